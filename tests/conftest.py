@@ -1,10 +1,127 @@
-"""Shared pytest fixtures: every async test runs on anyio's asyncio backend (discord.py is asyncio-only)."""
+"""Shared fixtures: the anyio backend (asyncio: discord.py is asyncio-only), the loopback Discord and
+OpenAI servers, and :class:`World`, which writes a bots.yaml for them and runs the real app."""
 
 from __future__ import annotations
 
+import contextlib
+import textwrap
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import anyio
 import pytest
+import yaml
+
+from orchestrator.app import App
+from orchestrator.config import Config, load_config
+from orchestrator.persona_bot import RuntimeOptions
+from orchestrator.sandbox.discord_server import DiscordSandbox
+from orchestrator.sandbox.openai_server import OpenAISandbox
+from orchestrator.supervisor import BotState, Supervisor
 
 
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+API_KEY = "sk-test-key-0123456789"
+FAST = RuntimeOptions(guild_ready_timeout=0.05, drain_timeout=5.0, close_timeout=2.0)
+
+
+@pytest.fixture
+async def discord_server() -> AsyncIterator[DiscordSandbox]:
+    async with DiscordSandbox() as server:
+        yield server
+
+
+@pytest.fixture
+async def openai_server() -> AsyncIterator[OpenAISandbox]:
+    async with OpenAISandbox(api_keys=[API_KEY]) as server:
+        yield server
+
+
+def token_for(name: str) -> str:
+    return f"discord-token-{name}-abcdef0123456789"
+
+
+class World:
+    """Writes bots.yaml for the loopback servers and builds the matching environment."""
+
+    def __init__(self, tmp_path: Path, discord_server: DiscordSandbox, openai_server: OpenAISandbox) -> None:
+        self.tmp_path = tmp_path
+        self.discord = discord_server
+        self.openai = openai_server
+        self.path = tmp_path / "bots.yaml"
+        self.bot_ids: dict[str, int] = {}
+        self.app: App | None = None
+
+    def env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        env = {
+            "OPENAI_API_KEY": API_KEY,
+            "DISCORD_API_URL": self.discord.api_url,
+            "DISCORD_GATEWAY_URL": self.discord.gateway_url,
+        }
+        for name in self.bot_ids:
+            env[f"TOKEN_{name.upper()}"] = token_for(name)
+        return env | (extra or {})
+
+    def write(self, bots: list[dict], **top: object) -> Path:
+        """Write bots.yaml; every bot gets a registered sandbox token unless it says otherwise."""
+        for bot in bots:
+            name = bot["name"]
+            bot.setdefault("token_env", f"TOKEN_{name.upper()}")
+            bot.setdefault("persona", f"You are {name.capitalize()}.")
+            if name not in self.bot_ids:
+                self.bot_ids[name] = self.discord.add_bot(token_for(name), name)
+        document = {
+            "providers": {"openai": {"base_url": self.openai.base_url, "api_key_env": "OPENAI_API_KEY", "timeout": 10}},
+            "defaults": {"model": "gpt-4o-mini", "params": {"max_tokens": 200}},
+            "database": str(self.tmp_path / "memory.sqlite3"),
+            "restart": {"max_restarts": 3, "window": 60, "backoff_initial": 0.01, "backoff_max": 0.05},
+            **top,
+            "bots": bots,
+        }
+        self.path.write_text(yaml.safe_dump(document, allow_unicode=True, sort_keys=False), encoding="utf-8")
+        return self.path
+
+    def load(self, extra_env: dict[str, str] | None = None) -> Config:
+        return load_config(self.path, env=self.env(extra_env))
+
+    @contextlib.asynccontextmanager
+    async def running(self, config: Config | None = None, **app_kwargs: object) -> AsyncIterator[App]:
+        """Run the app until the block ends; waits until every bot is RUNNING or FAILED first."""
+        app = App(config or self.load(), options=FAST, handle_signals=False, watch=False, **app_kwargs)  # type: ignore[arg-type]
+        async with anyio.create_task_group() as tg:
+            supervisor: Supervisor = await tg.start(app.run)
+            with anyio.fail_after(10):
+                for name in app.config.bots:
+                    await supervisor.wait_for_state(name, BotState.RUNNING, BotState.FAILED)
+            self.app = app
+            yield app
+            app.request_stop()
+
+    async def chat(self, text: str, *, bot: str | None = None, timeout: float = 10.0, **post: object) -> list:
+        """Post ``text`` and return the bot's reply chain (the reply and its follow-ups)."""
+        before = len(self.discord.sent)
+        message = await self.discord.post(text, **post)  # type: ignore[arg-type]
+        message_id = int(message["id"])
+        await self.discord.wait_for_sent(predicate=lambda m: m.reference_id == message_id, timeout=timeout)
+        await self.idle()
+        return self.discord.sent[before:]
+
+    async def idle(self) -> None:
+        """Wait until every bot has finished every job it accepted."""
+        assert self.app is not None and self.app.supervisor is not None
+        for child in self.app.supervisor.children.values():
+            if child.actor is not None:
+                await child.actor.wait_idle()
+
+
+@pytest.fixture
+def world(tmp_path: Path, discord_server: DiscordSandbox, openai_server: OpenAISandbox) -> World:
+    return World(tmp_path, discord_server, openai_server)
+
+
+def dedent(text: str) -> str:
+    return textwrap.dedent(text).lstrip()

@@ -1,0 +1,111 @@
+"""Command line: ``orchestrator run | check | models | demo``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+import anyio
+
+from .config import Config, load_config
+from .errors import ConfigError, ProviderError
+from .llm.pool import LLMPool
+from .observability import redactor, setup_logging
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CONFIG = "bots.yaml"
+
+
+def _load(path: str) -> Config:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(redactor.redact(str(exc)), file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .app import App, config_secrets
+
+    config = _load(args.config)
+    redactor.update(config_secrets(config))
+    for warning in config.warnings:
+        log.warning("%s", warning)
+    app = App(config, watch=not args.no_watch)
+    anyio.run(app.run, backend="asyncio")
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    for warning in config.warnings:
+        print(f"warning: {warning}")
+    names = ", ".join(f"{bot.name} ({bot.prefix}chat, {bot.provider}/{bot.model})" for bot in config.bots.values())
+    print(f"{args.config}: OK, {len(config.bots)} bot(s): {names}")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+
+    async def main() -> int:
+        status = 0
+        async with LLMPool(config.providers) as pool:
+            for name in config.providers:
+                if args.provider and name != args.provider:
+                    continue
+                try:
+                    models = await pool.list_models(name)
+                except ProviderError as exc:
+                    print(f"{name}: cannot list models: {exc.detail}", file=sys.stderr)
+                    status = 1
+                    continue
+                print(f"{name} ({config.providers[name].base_url}):")
+                for model in models:
+                    print(f"  {model}")
+        return status
+
+    return anyio.run(main, backend="asyncio")
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .sandbox.demo import run_demo
+
+    return anyio.run(run_demo, args.config, args.message, args.provider_url, backend="asyncio")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="orchestrator", description="Run many LLM persona bots on Discord.")
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
+    parser.add_argument("--log-format", choices=("text", "json"), default="text")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run every bot of bots.yaml until SIGINT/SIGTERM")
+    run.add_argument("config", nargs="?", default=DEFAULT_CONFIG)
+    run.add_argument("--no-watch", action="store_true", help="do not reload bots.yaml when it changes")
+    run.set_defaults(func=cmd_run)
+
+    check = sub.add_parser("check", help="validate bots.yaml and the environment without connecting")
+    check.add_argument("config", nargs="?", default=DEFAULT_CONFIG)
+    check.set_defaults(func=cmd_check)
+
+    models = sub.add_parser("models", help="list each provider's models")
+    models.add_argument("config", nargs="?", default=DEFAULT_CONFIG)
+    models.add_argument("--provider", help="only this provider")
+    models.set_defaults(func=cmd_models)
+
+    demo = sub.add_parser("demo", help="run the bots against the bundled loopback Discord and OpenAI servers")
+    demo.add_argument("config", nargs="?", default=DEFAULT_CONFIG)
+    demo.add_argument("-m", "--message", action="append", help="post this message (repeatable); default: stdin")
+    demo.add_argument("--provider-url", help="use this OpenAI-compatible server for the model (key: DEMO_API_KEY)")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_level, args.log_format)
+    raise SystemExit(args.func(args))

@@ -1,0 +1,478 @@
+"""bots.yaml: the schema (pydantic), loading with file/line errors, secrets from the environment.
+
+``load_config(path)`` returns a fully resolved :class:`Config` (defaults merged into every bot,
+secrets read from the environment or ``.env``) or raises :class:`ConfigError` listing every
+problem with its file and line. Secrets are never read from the YAML file itself.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from dotenv import dotenv_values
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+from .errors import ConfigError, ConfigIssue
+
+MAX_FILE_BYTES = 1_000_000
+MAX_NODES = 50_000
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DiscordSettings(_Model):
+    api_url: str = "https://discord.com/api/v10"
+    gateway_url: str = "wss://gateway.discord.gg"
+
+
+class ProviderSettings(_Model):
+    base_url: str
+    api_key_env: str | None = None
+    max_concurrency: int = Field(16, ge=1, le=1024)
+    max_queue: int = Field(256, ge=0, le=100_000)
+    queue_timeout: float = Field(30.0, gt=0, le=3600)
+    timeout: float = Field(60.0, gt=0, le=3600)
+    max_retries: int = Field(3, ge=0, le=10)
+
+
+class SamplingParams(_Model):
+    max_tokens: int | None = Field(None, ge=1, le=1_000_000)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, ge=0, le=1)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+
+
+class QuotaSettings(_Model):
+    requests_per_minute: int | None = Field(None, ge=1)
+    tokens_per_minute: int | None = Field(None, ge=1)
+    tokens_per_day: int | None = Field(None, ge=1)
+
+
+class AccessSettings(_Model):
+    guilds: tuple[int, ...] = ()
+    channels: tuple[int, ...] = ()
+    roles: tuple[int, ...] = ()
+    dms: bool = False
+    admins: tuple[int, ...] = ()
+    admin_roles: tuple[int, ...] = ()
+    allow_bots: bool = False
+
+
+class MemorySettings(_Model):
+    scope: Literal["user", "channel"] = "user"
+    context_tokens: int = Field(3000, ge=100, le=2_000_000)
+    max_turns: int = Field(50, ge=0, le=10_000)
+    max_age_days: float | None = Field(30.0, gt=0)
+
+
+class RestartSettings(_Model):
+    max_restarts: int = Field(5, ge=0, le=1000)
+    window: float = Field(60.0, gt=0)
+    backoff_initial: float = Field(1.0, ge=0)
+    backoff_max: float = Field(60.0, ge=0)
+
+
+class Defaults(_Model):
+    provider: str | None = None
+    model: str = "gpt-4o-mini"
+    prefix: str = "!"
+    params: SamplingParams = SamplingParams()
+    quota: QuotaSettings = QuotaSettings()
+    user_quota: QuotaSettings = QuotaSettings()
+    access: AccessSettings = AccessSettings()
+    memory: MemorySettings = MemorySettings()
+    stream: bool = False
+    mailbox_size: int = Field(32, ge=1, le=10_000)
+    concurrency: int = Field(4, ge=1, le=256)
+
+
+class BotSettings(_Model):
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,32}$")
+    token_env: str
+    persona: str
+    provider: str | None = None
+    model: str | None = None
+    prefix: str | None = None
+    weight: float = Field(1.0, gt=0, le=1000)
+    params: dict[str, Any] = {}
+    quota: dict[str, Any] = {}
+    user_quota: dict[str, Any] = {}
+    access: dict[str, Any] = {}
+    memory: dict[str, Any] = {}
+    stream: bool | None = None
+    mailbox_size: int | None = Field(None, ge=1, le=10_000)
+    concurrency: int | None = Field(None, ge=1, le=256)
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix_not_blank(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("prefix must contain a visible character")
+        return value
+
+
+class FileSettings(_Model):
+    """The literal shape of bots.yaml."""
+
+    discord: DiscordSettings = DiscordSettings()
+    providers: dict[str, ProviderSettings] = Field(default_factory=dict)
+    defaults: Defaults = Defaults()
+    bots: list[BotSettings] = Field(default_factory=list)
+    database: str = "orchestrator.sqlite3"
+    health_port: int | None = Field(None, ge=0, le=65535)
+    restart: RestartSettings = RestartSettings()
+
+
+# ---------------------------------------------------------------- resolved, ready-to-run config
+
+
+@dataclass(frozen=True)
+class ProviderSpec:
+    name: str
+    base_url: str
+    api_key: SecretStr
+    settings: ProviderSettings
+
+
+@dataclass(frozen=True)
+class BotSpec:
+    """One bot with defaults merged in and its token resolved."""
+
+    name: str
+    token: SecretStr
+    persona: str
+    provider: str
+    model: str
+    prefix: str
+    weight: float
+    params: SamplingParams
+    quota: QuotaSettings
+    user_quota: QuotaSettings
+    access: AccessSettings
+    memory: MemorySettings
+    stream: bool
+    mailbox_size: int
+    concurrency: int
+
+    def needs_reconnect(self, other: BotSpec) -> bool:
+        """True when going from ``self`` to ``other`` needs a new Discord connection."""
+        return self.token != other.token or self.prefix != other.prefix
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    discord: DiscordSettings
+    providers: dict[str, ProviderSpec]
+    bots: dict[str, BotSpec]
+    database: Path
+    health_port: int | None
+    restart: RestartSettings
+    warnings: list[str] = field(default_factory=list, compare=False)
+
+
+# ---------------------------------------------------------------- loading
+
+
+def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Config:
+    """Read, validate and resolve ``path``. ``env`` defaults to ``.env`` beside it plus ``os.environ``."""
+    path = Path(path)
+    name = str(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError([ConfigIssue(name, None, "", f"cannot read the file: {exc.strerror or exc}")]) from exc
+    if env is None:
+        env = read_environment(path.parent)
+    return parse_config(raw, name, env, base_dir=path.parent)
+
+
+def read_environment(directory: Path) -> dict[str, str]:
+    """Process environment, with ``.env`` from ``directory`` (or the working directory) underneath it."""
+    merged: dict[str, str] = {}
+    for candidate in (Path.cwd() / ".env", directory / ".env"):
+        if candidate.is_file():
+            merged.update({k: v for k, v in dotenv_values(candidate).items() if v is not None})
+    merged.update(os.environ)
+    return merged
+
+
+def parse_config(raw: bytes | str, name: str, env: Mapping[str, str], *, base_dir: Path | None = None) -> Config:
+    """Validate YAML text. Every problem found is reported at once in one :class:`ConfigError`."""
+    data, lines = _read_yaml(raw, name)
+    try:
+        settings = FileSettings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError([_issue_from_pydantic(err, data, lines, name) for err in exc.errors()]) from None
+    return _resolve(settings, lines, name, env, base_dir or Path("."))
+
+
+def _read_yaml(raw: bytes | str, name: str) -> tuple[Any, dict[tuple[Any, ...], int]]:
+    def fail(message: str, line: int | None = None) -> ConfigError:
+        return ConfigError([ConfigIssue(name, line, "", message)])
+
+    if isinstance(raw, bytes):
+        if len(raw) > MAX_FILE_BYTES:
+            raise fail(f"the file is larger than {MAX_FILE_BYTES // 1000} kB; is this the right file?")
+        try:
+            text = raw.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            line = raw[: exc.start].count(b"\n") + 1
+            raise fail("the file is not valid UTF-8 text; save it as UTF-8", line) from None
+    else:
+        text = raw
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise fail(f"not valid YAML: {problem}", mark.line + 1 if mark else None) from None
+    if node is None:
+        raise fail("the file is empty; it needs at least a 'bots:' list")
+    lines: dict[tuple[Any, ...], int] = {}
+    _index_lines(node, (), lines, [0])
+    try:
+        data = yaml.load(text, Loader=yaml.SafeLoader)  # noqa: S506 - SafeLoader
+    except yaml.YAMLError as exc:
+        raise fail(f"not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise fail("the top level must be a mapping with keys such as 'providers', 'defaults' and 'bots'", 1)
+    return data, lines
+
+
+def _index_lines(node: yaml.Node, path: tuple[Any, ...], lines: dict[tuple[Any, ...], int], count: list[int]) -> None:
+    """Map each key path to its 1-based line; refuse alias bombs by counting expanded nodes."""
+    count[0] += 1
+    if count[0] > MAX_NODES:
+        raise ConfigError([ConfigIssue("", None, "", f"the file expands to more than {MAX_NODES} values (YAML anchors?)")])
+    lines.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else repr(key_node)
+            lines[(*path, key)] = key_node.start_mark.line + 1
+            _index_lines(value_node, (*path, key), lines, count)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _index_lines(item, (*path, index), lines, count)
+
+
+def _line_for(lines: dict[tuple[Any, ...], int], loc: tuple[Any, ...]) -> int | None:
+    for end in range(len(loc), -1, -1):
+        found = lines.get(tuple(loc[:end]))
+        if found is not None:
+            return found
+    return None
+
+
+_KNOWN_KEYS: dict[str, type[BaseModel]] = {
+    "params": SamplingParams,
+    "quota": QuotaSettings,
+    "user_quota": QuotaSettings,
+    "access": AccessSettings,
+    "memory": MemorySettings,
+}
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The pydantic model whose fields are valid at ``loc`` (for typo suggestions)."""
+    model: type[BaseModel] | None = FileSettings
+    for part in loc:
+        if model is None or isinstance(part, int):
+            continue
+        if model is FileSettings and part == "bots":
+            model = BotSettings
+            continue
+        if model is FileSettings and part == "providers":
+            model = None
+            continue
+        if part in _KNOWN_KEYS and model in (BotSettings, Defaults):
+            model = _KNOWN_KEYS[part]
+            continue
+        info = model.model_fields.get(part)
+        annotation = info.annotation if info else None
+        model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+    return model
+
+
+def _where(loc: tuple[Any, ...], data: Any) -> str:
+    parts: list[str] = []
+    node = data
+    for part in loc:
+        if isinstance(part, int):
+            label = f"[{part}]"
+            if isinstance(node, list) and part < len(node) and isinstance(node[part], dict):
+                bot_name = node[part].get("name")
+                if isinstance(bot_name, str) and parts and parts[-1] == "bots":
+                    label = f"[{part}] (bot {bot_name!r})"
+            parts.append(label)
+        else:
+            parts.append(("." if parts else "") + str(part))
+        node = node[part] if isinstance(node, (dict, list)) and _has(node, part) else None
+    return "".join(parts)
+
+
+def _has(node: dict[Any, Any] | list[Any], part: Any) -> bool:
+    if isinstance(node, dict):
+        return part in node
+    return isinstance(part, int) and 0 <= part < len(node)
+
+
+def _issue_from_pydantic(err: Any, data: Any, lines: dict[tuple[Any, ...], int], name: str) -> ConfigIssue:
+    loc = tuple(err["loc"])
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        parent = _model_at(loc[:-1])
+        key = str(loc[-1])
+        message = f"unknown key {key!r}"
+        if parent is not None:
+            close = difflib.get_close_matches(key, list(parent.model_fields), n=1)
+            if close:
+                message += f"; did you mean {close[0]!r}?"
+            else:
+                message += f"; valid keys are {', '.join(parent.model_fields)}"
+    elif kind == "missing":
+        message = f"missing required key {str(loc[-1])!r}"
+        loc_for_line = loc[:-1]
+        return ConfigIssue(name, _line_for(lines, loc_for_line), _where(loc, data), message)
+    else:
+        message = err["msg"]
+        if "input" in err and not isinstance(err["input"], (dict, list)):
+            shown = repr(err["input"])
+            message += f" (got {shown[:60]}{'...' if len(shown) > 60 else ''})"
+    return ConfigIssue(name, _line_for(lines, loc), _where(loc, data), message)
+
+
+def _merge(model: type[_Model], base: _Model, override: dict[str, Any]) -> Any:
+    """Merge a bot's section over the defaults key by key."""
+    return model.model_validate({**base.model_dump(), **override})
+
+
+def _resolve(
+    settings: FileSettings, lines: dict[tuple[Any, ...], int], name: str, env: Mapping[str, str], base_dir: Path
+) -> Config:
+    issues: list[ConfigIssue] = []
+
+    def issue(loc: tuple[Any, ...], message: str) -> None:
+        issues.append(ConfigIssue(name, _line_for(lines, loc), _where(loc, raw_view), message))
+
+    raw_view = settings.model_dump()
+    raw_view["bots"] = [bot.model_dump() for bot in settings.bots]
+
+    providers: dict[str, ProviderSpec] = {}
+    for pname, provider in settings.providers.items():
+        key = ""
+        if provider.api_key_env:
+            key = env.get(provider.api_key_env, "")
+            if not key:
+                issue(("providers", pname, "api_key_env"), f"environment variable {provider.api_key_env} is not set; "
+                      f"put it in the environment or in .env")
+        providers[pname] = ProviderSpec(pname, provider.base_url.rstrip("/"), SecretStr(key or "unused"), provider)
+
+    defaults = settings.defaults
+    if not settings.bots:
+        issue(("bots",), "no bots are configured; add at least one under 'bots:'")
+    if defaults.provider is not None and defaults.provider not in providers:
+        issue(("defaults", "provider"), f"provider {defaults.provider!r} is not defined under 'providers:'")
+
+    bots: dict[str, BotSpec] = {}
+    seen_tokens: dict[str, str] = {}
+    seen_names: set[str] = set()
+    for index, bot in enumerate(settings.bots):
+        loc = ("bots", index)
+        if bot.name in seen_names:
+            issue((*loc, "name"), f"duplicate bot name {bot.name!r}; every bot needs its own name")
+            continue
+        seen_names.add(bot.name)
+        token = env.get(bot.token_env, "")
+        if not token:
+            issue((*loc, "token_env"), f"environment variable {bot.token_env} is not set; "
+                  f"put bot {bot.name!r}'s Discord token in the environment or in .env")
+        elif token in seen_tokens:
+            issue((*loc, "token_env"), f"bot {bot.name!r} uses the same Discord token as bot {seen_tokens[token]!r}; "
+                  "each bot needs its own application token")
+        else:
+            seen_tokens[token] = bot.name
+        provider = bot.provider or defaults.provider or (next(iter(providers)) if len(providers) == 1 else None)
+        if provider is None:
+            issue((*loc, "provider"), "no provider: set 'provider' on the bot or 'defaults.provider'")
+        elif provider not in providers:
+            close = difflib.get_close_matches(provider, list(providers), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            issue((*loc, "provider"), f"provider {provider!r} is not defined under 'providers:'{hint}")
+        if not bot.persona.strip():
+            issue((*loc, "persona"), "persona is empty; write the system prompt for this bot")
+        merged: dict[str, Any] = {}
+        for section, model in _KNOWN_KEYS.items():
+            try:
+                merged[section] = _merge(model, getattr(defaults, section), getattr(bot, section))
+            except ValidationError as exc:
+                for err in exc.errors():
+                    sub = {**err, "loc": (*loc, section, *err["loc"])}
+                    issues.append(_issue_from_pydantic(sub, raw_view, lines, name))
+        if len(merged) != len(_KNOWN_KEYS) or provider is None:
+            continue
+        bots[bot.name] = BotSpec(
+            name=bot.name,
+            token=SecretStr(token),
+            persona=bot.persona.strip(),
+            provider=provider,
+            model=bot.model or defaults.model,
+            prefix=bot.prefix or defaults.prefix,
+            weight=bot.weight,
+            stream=defaults.stream if bot.stream is None else bot.stream,
+            mailbox_size=bot.mailbox_size or defaults.mailbox_size,
+            concurrency=bot.concurrency or defaults.concurrency,
+            **merged,
+        )
+    if issues:
+        raise ConfigError(issues)
+
+    discord_settings = DiscordSettings(
+        api_url=env.get("DISCORD_API_URL") or settings.discord.api_url,
+        gateway_url=env.get("DISCORD_GATEWAY_URL") or settings.discord.gateway_url,
+    )
+    database = Path(env.get("ORCHESTRATOR_DATABASE") or settings.database)
+    if not database.is_absolute() and str(database) != ":memory:":
+        database = base_dir / database
+    return Config(
+        path=Path(name),
+        discord=discord_settings,
+        providers=providers,
+        bots=bots,
+        database=database,
+        health_port=settings.health_port,
+        restart=settings.restart,
+        warnings=overlap_warnings(list(bots.values())),
+    )
+
+
+def overlap_warnings(bots: list[BotSpec]) -> list[str]:
+    """Warn about pairs of bots that would both answer the same command in the same place."""
+    warnings = []
+    for i, first in enumerate(bots):
+        for second in bots[i + 1 :]:
+            if first.prefix != second.prefix:
+                continue
+            if _disjoint(first.access.channels, second.access.channels) or _disjoint(
+                first.access.guilds, second.access.guilds
+            ):
+                continue
+            warnings.append(
+                f"bots {first.name!r} and {second.name!r} both answer '{first.prefix}chat' where their channels "
+                f"overlap; give one of them another 'prefix' or disjoint 'access.channels'"
+            )
+    return warnings
+
+
+def _disjoint(a: tuple[int, ...], b: tuple[int, ...]) -> bool:
+    return bool(a) and bool(b) and not set(a) & set(b)
+

@@ -1,0 +1,113 @@
+"""The orchestrator's exception tree.
+
+    OrchestratorError
+    ├── ConfigError              bots.yaml or the environment is wrong (carries every ConfigIssue)
+    ├── BotFatalError            a bot cannot run until ops fix something (bad token, missing intent)
+    └── ProviderError            a model provider call failed; ``user_message`` is safe to show in Discord
+        ├── ProviderAuthError    401/403: the key was refused (never retried)
+        ├── ProviderBusy         429 / 5xx / pool queue full, after retries
+        ├── ProviderTimeout      no answer within the deadline
+        ├── ProviderUnavailable  circuit breaker open, connection refused
+        ├── ProviderBadResponse  malformed answer, cut stream, unknown model
+        └── QuotaExceeded        a bot or user limit was hit before any provider call
+
+Foreign errors (openai, discord.py) are translated at the boundary with ``raise ... from exc``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class OrchestratorError(Exception):
+    """Base class of every error this package raises on purpose."""
+
+
+@dataclass(frozen=True)
+class ConfigIssue:
+    """One problem in a configuration file, located as precisely as we can."""
+
+    file: str
+    line: int | None
+    where: str
+    message: str
+
+    def __str__(self) -> str:
+        location = f"{self.file}:{self.line}" if self.line else self.file
+        prefix = f"{self.where}: " if self.where else ""
+        return f"{location}: {prefix}{self.message}"
+
+
+class ConfigError(OrchestratorError):
+    def __init__(self, issues: list[ConfigIssue]) -> None:
+        self.issues = issues
+        count = len(issues)
+        header = f"{count} problem{'s' if count != 1 else ''} in the configuration:"
+        super().__init__("\n".join([header, *(f"  - {issue}" for issue in issues)]))
+
+
+class BotFatalError(OrchestratorError):
+    """Restarting the bot cannot help: ops must change its token, intents or settings."""
+
+    def __init__(self, bot: str, reason: str) -> None:
+        self.bot = bot
+        self.reason = reason
+        super().__init__(f"bot {bot!r}: {reason}")
+
+
+class ProviderError(OrchestratorError):
+    """A model call failed. ``user_message`` is short and safe to show to a Discord user."""
+
+    user_message = "Something went wrong while asking the model. Please try again."
+
+    def __init__(self, provider: str, detail: str, *, retry_after: float | None = None) -> None:
+        self.provider = provider
+        self.detail = detail
+        self.retry_after = retry_after
+        super().__init__(f"provider {provider!r}: {detail}")
+
+
+class ProviderAuthError(ProviderError):
+    user_message = "This persona's API key was refused by the model provider. Please tell the server admins."
+
+
+class ProviderBusy(ProviderError):
+    user_message = "The model provider is busy right now. Please try again in a moment."
+
+
+class ProviderTimeout(ProviderError):
+    user_message = "The model took too long to answer. Please try again."
+
+
+class ProviderUnavailable(ProviderError):
+    user_message = "The model provider is unavailable right now. Please try again in a minute."
+
+
+class ProviderBadResponse(ProviderError):
+    user_message = "The model provider sent an answer I could not read. Please try again."
+
+
+class QuotaExceeded(ProviderError):
+    """A configured limit was reached; no provider call was made."""
+
+    def __init__(self, provider: str, scope: str, limit: str, retry_after: float) -> None:
+        self.scope = scope
+        self.limit = limit
+        super().__init__(provider, f"{scope} quota {limit} exhausted", retry_after=retry_after)
+
+    @property
+    def user_message(self) -> str:  # type: ignore[override]
+        who = "You have" if self.scope == "user" else "This persona has"
+        return f"{who} reached the limit of {self.limit.replace('_', ' ')}; it resets in {format_duration(self.retry_after or 0)}."
+
+
+def format_duration(seconds: float) -> str:
+    """Human-friendly duration: ``45s``, ``3m 20s``, ``2h 5m``."""
+    seconds = max(0, int(round(seconds)))
+    if seconds < 60:
+        return f"{seconds}s"
+    minutes, secs = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes}m {secs}s" if secs else f"{minutes}m"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes}m" if minutes else f"{hours}h"

@@ -1,0 +1,346 @@
+"""The shared model-provider pool: one ``AsyncOpenAI`` per provider for every bot.
+
+For each call the pool: checks the bot's and user's quotas (no provider call when over), waits
+for a fair share of the provider's concurrency, respects a provider-wide pause when the
+provider said it is near its rate limit, sends the request, and retries 429/5xx/timeouts with
+backoff + jitter honouring ``retry-after`` within one total deadline. The pool is the only retry
+owner (the SDK's ``max_retries`` is 0). A circuit breaker per provider fails fast while the
+provider is down. Every openai exception is translated to a :mod:`orchestrator.errors` class.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import re
+import time
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import openai
+
+from ..config import ProviderSpec, QuotaSettings, SamplingParams
+from ..errors import (
+    ProviderAuthError,
+    ProviderBadResponse,
+    ProviderBusy,
+    ProviderError,
+    ProviderTimeout,
+    ProviderUnavailable,
+)
+from .breaker import CircuitBreaker
+from .limiter import FairLimiter, QueueFull, QueueTimeout
+from .quota import QuotaBook, Reservation
+
+log = logging.getLogger(__name__)
+
+Message = dict[str, str]
+
+
+@dataclass(frozen=True)
+class ChatCall:
+    """One request as the bots see it: no HTTP, no retries."""
+
+    bot: str
+    user: str
+    provider: str
+    model: str
+    messages: list[Message]
+    params: SamplingParams = SamplingParams()
+    weight: float = 1.0
+    quota: QuotaSettings = QuotaSettings()
+    user_quota: QuotaSettings = QuotaSettings()
+
+
+@dataclass(frozen=True)
+class ChatResult:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    model: str
+    attempts: int = 1
+
+
+@dataclass
+class PoolStats:
+    requests: int = 0
+    retries: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+
+
+def estimate_tokens(text: str) -> int:
+    """A cheap, network-free token estimate (about 4 bytes of UTF-8 per token, plus framing)."""
+    return (len(text.encode("utf-8")) + 3) // 4 + 4
+
+
+_DURATION = re.compile(r"(?P<value>\d+(?:\.\d+)?)(?P<unit>ms|s|m|h)")
+_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(value: str | None) -> float | None:
+    """Parse OpenAI's reset durations (``1s``, ``6m0s``, ``12ms``) or plain seconds."""
+    if not value:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    parts = _DURATION.findall(value)
+    if not parts:
+        return None
+    return sum(float(number) * _UNIT[unit] for number, unit in parts)
+
+
+def retry_after_from(headers: Mapping[str, str]) -> float | None:
+    """The wait a provider asked for: ``retry-after-ms``, ``retry-after``, then ``x-ratelimit-reset-*``."""
+    if (ms := headers.get("retry-after-ms")) is not None:
+        try:
+            return float(ms) / 1000
+        except ValueError:
+            pass
+    for name in ("retry-after", "x-ratelimit-reset-requests", "x-ratelimit-reset-tokens"):
+        seconds = parse_duration(headers.get(name))
+        if seconds is not None:
+            return seconds
+    return None
+
+
+class _Provider:
+    """Everything the pool keeps per provider."""
+
+    def __init__(self, spec: ProviderSpec, breaker: CircuitBreaker) -> None:
+        self.spec = spec
+        self.client = self._build()
+        self.limiter = FairLimiter(spec.settings.max_concurrency, spec.settings.max_queue)
+        self.breaker = breaker
+        self.paused_until = 0.0
+
+    def _build(self) -> openai.AsyncOpenAI:
+        return openai.AsyncOpenAI(
+            base_url=self.spec.base_url,
+            api_key=self.spec.api_key.get_secret_value(),
+            max_retries=0,  # the pool owns retries
+            timeout=self.spec.settings.timeout,
+        )
+
+    async def rebuild(self) -> None:
+        old, self.client = self.client, self._build()
+        with anyio.move_on_after(2, shield=True):
+            await old.close()
+
+
+class LLMPool:
+    """Shared, supervised access to every configured provider."""
+
+    def __init__(
+        self,
+        providers: Mapping[str, ProviderSpec],
+        quotas: QuotaBook | None = None,
+        *,
+        breaker_threshold: int = 5,
+        breaker_cooldown: float = 30.0,
+        near_limit_fraction: float = 0.02,
+    ) -> None:
+        self.quotas = quotas or QuotaBook()
+        self.stats = PoolStats()
+        self._breaker_args = (breaker_threshold, breaker_cooldown)
+        self._near_limit = near_limit_fraction
+        self._providers: dict[str, _Provider] = {}
+        self._random = random.Random()
+        self.update_providers(providers)
+
+    def update_providers(self, providers: Mapping[str, ProviderSpec]) -> list[openai.AsyncOpenAI]:
+        """Apply a new provider configuration; returns clients that are no longer used (close them)."""
+        retired = []
+        for name in list(self._providers):
+            if name not in providers or self._providers[name].spec != providers[name]:
+                retired.append(self._providers.pop(name).client)
+        for name, spec in providers.items():
+            if name not in self._providers:
+                self._providers[name] = _Provider(spec, CircuitBreaker(*self._breaker_args))
+        return retired
+
+    async def __aenter__(self) -> LLMPool:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        with anyio.move_on_after(5, shield=True):
+            for provider in self._providers.values():
+                await provider.client.close()
+
+    def client(self, provider: str) -> openai.AsyncOpenAI:
+        return self._provider(provider).client
+
+    def _provider(self, name: str) -> _Provider:
+        try:
+            return self._providers[name]
+        except KeyError:
+            raise ProviderUnavailable(name, "provider is not configured") from None
+
+    async def list_models(self, provider: str) -> list[str]:
+        state = self._provider(provider)
+        try:
+            page = await state.client.models.list()
+        except openai.OpenAIError as exc:
+            raise self._map_error(state, exc) from exc
+        return sorted(model.id for model in page.data)
+
+    async def complete(self, call: ChatCall) -> ChatResult:
+        """Answer ``call`` or raise a :class:`ProviderError` whose ``user_message`` can be shown."""
+        async with self._call(call, stream=False) as (raw, attempts, reservation):
+            try:
+                completion = raw.parse()
+                text = completion.choices[0].message.content or ""
+            except (ValueError, IndexError, AttributeError, TypeError) as exc:
+                raise ProviderBadResponse(call.provider, f"unreadable answer: {exc}") from exc
+            usage = completion.usage
+            prompt = usage.prompt_tokens if usage else 0
+            completion_tokens = usage.completion_tokens if usage else estimate_tokens(text)
+            self.quotas.settle(reservation, prompt + completion_tokens)
+            return ChatResult(text, prompt, completion_tokens, completion.model or call.model, attempts)
+
+    async def stream(self, call: ChatCall) -> AsyncIterator[str]:
+        """Yield the answer's text as it arrives. Use with ``contextlib.aclosing``."""
+        async with self._call(call, stream=True) as (raw, _attempts, reservation):
+            stream = raw.parse()
+            used = 0
+            text_len = 0
+            try:
+                async for chunk in stream:
+                    if chunk.usage is not None:
+                        used = chunk.usage.total_tokens
+                    for choice in chunk.choices:
+                        if choice.delta and choice.delta.content:
+                            text_len += len(choice.delta.content)
+                            yield choice.delta.content
+            except openai.OpenAIError as exc:
+                raise ProviderBadResponse(call.provider, f"the stream was cut: {exc}") from exc
+            except Exception as exc:  # httpx2 transport errors surface raw from the SSE iterator
+                raise ProviderBadResponse(call.provider, f"the stream was cut: {type(exc).__name__}") from exc
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await stream.close()
+                self.quotas.settle(reservation, used or text_len // 4 + 1)
+
+    @asynccontextmanager
+    async def _call(self, call: ChatCall, *, stream: bool) -> AsyncIterator[tuple[Any, int, Reservation]]:
+        state = self._provider(call.provider)
+        estimate = sum(estimate_tokens(m["content"]) for m in call.messages) + (call.params.max_tokens or 256)
+        reservation = self.quotas.reserve(call.provider, call.bot, call.user, estimate, call.quota, call.user_quota)
+        settings = state.spec.settings
+        deadline = anyio.current_time() + settings.timeout
+        kwargs: dict[str, Any] = {"model": call.model, "messages": call.messages}
+        kwargs.update(call.params.model_dump(exclude_none=True))
+        if stream:
+            kwargs["stream"] = True
+            kwargs["stream_options"] = {"include_usage": True}
+        attempt = 0
+        try:
+            while True:
+                self.stats.requests += 1
+                try:
+                    raw = await self._attempt(state, call, kwargs, deadline)
+                    break
+                except ProviderError as error:
+                    self.stats.errors[type(error).__name__] = self.stats.errors.get(type(error).__name__, 0) + 1
+                    delay = self._retry_delay(error, attempt, settings.max_retries, deadline)
+                    if delay is None:
+                        raise
+                    log.info(
+                        "provider %s: %s; retry %d/%d in %.2fs", call.provider, error.detail, attempt + 1,
+                        settings.max_retries, delay,
+                    )
+                    self.stats.retries += 1
+                    attempt += 1
+                    await anyio.sleep(delay)
+            yield raw, attempt + 1, reservation
+        finally:
+            self.quotas.settle(reservation, 0)  # a no-op when the caller settled the real usage
+
+    def _retry_delay(self, error: ProviderError, attempt: int, max_retries: int, deadline: float) -> float | None:
+        if not isinstance(error, (ProviderBusy, ProviderTimeout)) or attempt >= max_retries:
+            return None
+        backoff = min(8.0, 0.5 * 2**attempt) * self._random.uniform(0.5, 1.0)
+        delay = error.retry_after if error.retry_after is not None else backoff
+        if anyio.current_time() + delay >= deadline:
+            return None
+        return delay
+
+    async def _attempt(self, state: _Provider, call: ChatCall, kwargs: dict[str, Any], deadline: float) -> Any:
+        wait = state.breaker.allow()
+        if wait is not None:
+            raise ProviderUnavailable(call.provider, "circuit breaker is open", retry_after=wait)
+        pause = state.paused_until - time.monotonic()
+        if pause > 0:
+            if anyio.current_time() + pause >= deadline:
+                raise ProviderBusy(call.provider, "provider is rate limited", retry_after=pause)
+            await anyio.sleep(pause)
+        remaining = deadline - anyio.current_time()
+        try:
+            await state.limiter.acquire(call.bot, call.weight, min(remaining, state.spec.settings.queue_timeout))
+        except (QueueFull, QueueTimeout) as exc:
+            raise ProviderBusy(call.provider, f"pool queue {type(exc).__name__}") from None
+        try:
+            remaining = deadline - anyio.current_time()
+            try:
+                raw = await state.client.chat.completions.with_raw_response.create(**kwargs, timeout=remaining)
+            except openai.OpenAIError as exc:
+                error = self._map_error(state, exc)
+                if isinstance(error, (ProviderTimeout, ProviderUnavailable)) or (
+                    isinstance(error, ProviderBusy) and "5xx" in error.detail
+                ):
+                    if state.breaker.record_failure():
+                        log.error("provider %s: circuit opened after repeated failures (%s)", call.provider, error.detail)
+                        await state.rebuild()
+                raise error from exc
+        finally:
+            state.limiter.release()
+        state.breaker.record_success()
+        self._note_rate_headers(state, raw.headers)
+        return raw
+
+    def _note_rate_headers(self, state: _Provider, headers: Mapping[str, str]) -> None:
+        """Pause every bot on this provider when it says it is close to its rate limit."""
+        for kind in ("requests", "tokens"):
+            remaining = headers.get(f"x-ratelimit-remaining-{kind}")
+            limit = headers.get(f"x-ratelimit-limit-{kind}")
+            if remaining is None or limit is None:
+                continue
+            try:
+                if int(remaining) > max(1.0, int(limit) * self._near_limit):
+                    continue
+            except ValueError:
+                continue
+            reset = parse_duration(headers.get(f"x-ratelimit-reset-{kind}"))
+            if reset:
+                state.paused_until = max(state.paused_until, time.monotonic() + reset)
+                log.info("provider %s: near its %s limit, pausing new requests for %.2fs", state.spec.name, kind, reset)
+
+    def _map_error(self, state: _Provider, exc: openai.OpenAIError) -> ProviderError:
+        name = state.spec.name
+        if isinstance(exc, openai.APITimeoutError):
+            return ProviderTimeout(name, "request timed out")
+        if isinstance(exc, openai.APIConnectionError):
+            return ProviderUnavailable(name, f"cannot connect to {state.spec.base_url}")
+        if isinstance(exc, (openai.AuthenticationError, openai.PermissionDeniedError)):
+            log.error(
+                "provider %s refused the API key (HTTP %s); check %s", name, exc.status_code,
+                state.spec.settings.api_key_env or "its api_key_env",
+            )
+            return ProviderAuthError(name, f"API key refused (HTTP {exc.status_code})")
+        if isinstance(exc, openai.RateLimitError):
+            retry_after = retry_after_from(exc.response.headers)
+            if retry_after:
+                state.paused_until = max(state.paused_until, time.monotonic() + retry_after)
+            return ProviderBusy(name, "rate limited (429)", retry_after=retry_after)
+        if isinstance(exc, openai.APIStatusError) and exc.status_code >= 500:
+            return ProviderBusy(name, f"server error 5xx ({exc.status_code})", retry_after=retry_after_from(exc.response.headers))
+        if isinstance(exc, openai.APIStatusError):
+            return ProviderBadResponse(name, f"HTTP {exc.status_code}: {exc.message}")
+        return ProviderBadResponse(name, f"{type(exc).__name__}: {exc}")

@@ -1,0 +1,177 @@
+"""Per-bot and per-user quotas: requests and tokens per minute, tokens per day.
+
+A request first *reserves* its estimated cost (prompt estimate + max_tokens) against every limit
+that applies; the reservation is *settled* to the provider's real ``usage`` afterwards, or
+released when the call failed. Per-minute limits are sliding 60 s windows; the daily budget is a
+UTC calendar day whose totals are persisted through :class:`UsageSink` so a restart does not reset it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Protocol
+
+from ..config import QuotaSettings
+from ..errors import QuotaExceeded
+
+WINDOW = 60.0
+
+
+class UsageSink(Protocol):
+    """Where daily token totals are persisted (the SQLite store implements it)."""
+
+    def load_daily_usage(self, day: str) -> dict[tuple[str, str], int]: ...
+
+    def add_daily_usage(self, day: str, bot: str, user: str, tokens: int) -> None: ...
+
+
+@dataclass
+class _Window:
+    """Sliding 60 s window of (time, amount) events."""
+
+    events: deque[list[float]] = field(default_factory=deque)
+    total: float = 0.0
+
+    def prune(self, now: float) -> None:
+        while self.events and self.events[0][0] <= now - WINDOW:
+            self.total -= self.events.popleft()[1]
+
+    def add(self, now: float, amount: float) -> list[float]:
+        event = [now, amount]
+        self.events.append(event)
+        self.total += amount
+        return event
+
+    def retry_after(self, now: float, needed: float, limit: float) -> float:
+        """Seconds until ``needed`` more fits under ``limit``."""
+        excess = self.total + needed - limit
+        for at, amount in self.events:
+            excess -= amount
+            if excess <= 0:
+                return max(0.0, at + WINDOW - now)
+        return WINDOW
+
+
+@dataclass
+class Reservation:
+    bot: str
+    user: str
+    estimate: int
+    token_events: list[list[float]]
+    settled: bool = False
+
+
+@dataclass(frozen=True)
+class UsageReport:
+    bot: str
+    user: str
+    requests_last_minute: int
+    tokens_last_minute: int
+    tokens_today: int
+    limits: QuotaSettings
+
+
+def _utc_day(now: float) -> str:
+    return datetime.fromtimestamp(now, timezone.utc).strftime("%Y-%m-%d")
+
+
+def _seconds_to_midnight(now: float) -> float:
+    current = datetime.fromtimestamp(now, timezone.utc)
+    midnight = (current + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
+    return (midnight - current).total_seconds()
+
+
+class QuotaBook:
+    """Tracks usage for every (bot) and (bot, user) pair and enforces their limits."""
+
+    ALL_USERS = "*"
+
+    def __init__(
+        self,
+        sink: UsageSink | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._sink = sink
+        self._clock = clock
+        self._wall = wall_clock
+        self._requests: dict[tuple[str, str], _Window] = {}
+        self._tokens: dict[tuple[str, str], _Window] = {}
+        self._day = ""
+        self._daily: dict[tuple[str, str], int] = {}
+
+    def _roll_day(self) -> None:
+        day = _utc_day(self._wall())
+        if day != self._day:
+            self._day = day
+            self._daily = dict(self._sink.load_daily_usage(day)) if self._sink else {}
+
+    def reserve(
+        self, provider: str, bot: str, user: str, estimate: int, bot_quota: QuotaSettings, user_quota: QuotaSettings
+    ) -> Reservation:
+        """Reserve one request of ``estimate`` tokens, or raise :class:`QuotaExceeded` (nothing reserved)."""
+        now = self._clock()
+        self._roll_day()
+        scopes = (("bot", (bot, self.ALL_USERS), bot_quota), ("user", (bot, user), user_quota))
+        for scope, key, quota in scopes:
+            self._check(provider, scope, key, quota, estimate, now)
+        events = []
+        for _, key, _quota in scopes:
+            self._requests.setdefault(key, _Window()).add(now, 1)
+            events.append(self._tokens.setdefault(key, _Window()).add(now, estimate))
+            self._daily[key] = self._daily.get(key, 0) + estimate
+        return Reservation(bot, user, estimate, events)
+
+    def _check(
+        self, provider: str, scope: str, key: tuple[str, str], quota: QuotaSettings, estimate: int, now: float
+    ) -> None:
+        if quota.requests_per_minute is not None:
+            window = self._requests.setdefault(key, _Window())
+            window.prune(now)
+            if window.total + 1 > quota.requests_per_minute:
+                wait = window.retry_after(now, 1, quota.requests_per_minute)
+                raise QuotaExceeded(provider, scope, "requests_per_minute", wait)
+        if quota.tokens_per_minute is not None:
+            window = self._tokens.setdefault(key, _Window())
+            window.prune(now)
+            if window.total + estimate > quota.tokens_per_minute:
+                wait = window.retry_after(now, estimate, quota.tokens_per_minute)
+                raise QuotaExceeded(provider, scope, "tokens_per_minute", wait)
+        if quota.tokens_per_day is not None and self._daily.get(key, 0) + estimate > quota.tokens_per_day:
+            raise QuotaExceeded(provider, scope, "tokens_per_day", _seconds_to_midnight(self._wall()))
+
+    def settle(self, reservation: Reservation, actual_tokens: int) -> None:
+        """Replace the estimate by the real usage (0 when the call failed before the provider counted it)."""
+        if reservation.settled:
+            return
+        reservation.settled = True
+        delta = actual_tokens - reservation.estimate
+        self._roll_day()
+        for event, key in zip(
+            reservation.token_events, ((reservation.bot, self.ALL_USERS), (reservation.bot, reservation.user))
+        ):
+            event[1] += delta
+            window = self._tokens.get(key)
+            if window is not None:
+                window.total += delta
+            self._daily[key] = max(0, self._daily.get(key, 0) + delta)
+        if self._sink and actual_tokens:
+            for bot, user in ((reservation.bot, self.ALL_USERS), (reservation.bot, reservation.user)):
+                self._sink.add_daily_usage(self._day, bot, user, actual_tokens)
+
+    def report(self, bot: str, user: str = ALL_USERS, limits: QuotaSettings | None = None) -> UsageReport:
+        now = self._clock()
+        self._roll_day()
+        key = (bot, user)
+        requests = self._requests.get(key, _Window())
+        tokens = self._tokens.get(key, _Window())
+        requests.prune(now)
+        tokens.prune(now)
+        return UsageReport(
+            bot, user, int(requests.total), int(tokens.total), self._daily.get(key, 0), limits or QuotaSettings()
+        )

@@ -1,0 +1,432 @@
+"""One persona bot as an actor: a discord.py client, a bounded mailbox and the workers behind it.
+
+discord.py runs event handlers as bare asyncio tasks, so the handlers here do one thing: turn a
+Discord event into a :class:`Job` on the bot's mailbox (or answer "busy" when it is full). The
+bot's own task group owns the dispatcher and every job, so stopping or restarting the bot reaches
+answers in flight. Jobs of one conversation run in arrival order; different conversations run
+concurrently up to ``concurrency``.
+
+How a user addresses a persona: ``<prefix>chat <text>`` (each bot has its own prefix), an
+@mention of the bot, or a reply to one of the bot's messages.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import anyio
+import discord
+import yarl
+from anyio.abc import TaskGroup, TaskStatus
+from discord.ext import commands
+
+from .config import BotSpec, DiscordSettings
+from .discord_text import clean_user_text, neutralize_mentions, split_message
+from .errors import BotFatalError, ProviderError
+from .llm.pool import ChatCall, LLMPool
+from .memory import SHARED, ConversationKey, ConversationStore, fit_context
+
+log = logging.getLogger(__name__)
+
+NO_MENTIONS = discord.AllowedMentions.none()
+MAX_INPUT_CHARS = 8000
+
+BUSY = "I'm answering too many messages right now. Please try again in a moment."
+RESTARTING = "I'm restarting. Please try again in a few seconds."
+APOLOGY = "Sorry, something went wrong on my side while answering. The admins can find the details in the log."
+EMPTY_ANSWER = "(The model returned an empty answer. Try rephrasing your message.)"
+
+
+def configure_discord(settings: DiscordSettings) -> None:
+    """Point discord.py at a Discord-compatible server. Process-wide: every client shares it."""
+    discord.http.Route.BASE = settings.api_url.rstrip("/")
+    discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(settings.gateway_url)
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    guild_ready_timeout: float = 2.0
+    drain_timeout: float = 10.0
+    close_timeout: float = 5.0
+
+
+@dataclass
+class Services:
+    """What every bot shares: the provider pool, the memory store and runtime options."""
+
+    pool: LLMPool
+    store: ConversationStore
+    options: RuntimeOptions = RuntimeOptions()
+
+
+@dataclass(frozen=True)
+class Job:
+    kind: Literal["chat", "reset", "reset_channel", "usage"]
+    message: discord.Message
+    text: str = ""
+    received: float = 0.0
+
+
+@dataclass
+class BotCounters:
+    chats: int = 0
+    answered: int = 0
+    busy: int = 0
+    errors: int = 0
+
+
+class ConnectionLost(Exception):
+    """The Discord client stopped although nobody asked it to."""
+
+
+class PersonaBot:
+    """Runs one persona until stopped; raises when its client crashes (the supervisor restarts it)."""
+
+    def __init__(self, spec: BotSpec, services: Services, *, on_ready: Callable[[], None] | None = None) -> None:
+        self.spec = spec
+        self.services = services
+        self.counters = BotCounters()
+        self._on_ready_callback = on_ready
+        self._send, self._receive = anyio.create_memory_object_stream[Job](spec.mailbox_size)
+        self._ready = anyio.Event()
+        self._failure: BaseException | None = None
+        self._stopping = False
+        self._tails: dict[ConversationKey, anyio.Event] = {}
+        self._in_flight = 0
+        self._idle = anyio.Event()
+        self._scope: anyio.CancelScope | None = None
+        self.client = self._build_client()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def update(self, spec: BotSpec) -> None:
+        """Apply settings that need no reconnect (persona, model, parameters, quotas)."""
+        self.spec = spec
+
+    def stop(self) -> None:
+        """Stop taking new messages; queued and in-flight answers finish, then the client closes."""
+        self._stopping = True
+        self._send.close()
+        if not self._ready.is_set() and self._scope is not None:
+            self._scope.cancel()  # still connecting: nothing to drain
+
+    async def wait_idle(self) -> None:
+        """Wait until the mailbox is empty and no job is running."""
+        while self._in_flight:
+            await self._idle.wait()
+
+    @property
+    def user_id(self) -> int | None:
+        return self.client.user.id if self.client.user else None
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Connect, serve until :meth:`stop`, then drain. Raises on crash or fatal configuration errors."""
+        async with anyio.create_task_group() as tg:
+            self._scope = tg.cancel_scope
+            connect_scope = anyio.CancelScope(shield=True)
+            tg.start_soon(self._connect, tg, connect_scope)
+            try:
+                await self._ready.wait()
+                task_status.started()
+                async with anyio.create_task_group() as jobs:
+                    await self._dispatch(jobs)
+                    jobs.cancel_scope.deadline = anyio.current_time() + self.services.options.drain_timeout
+            finally:
+                self._stopping = True
+                self._send.close()
+                with anyio.move_on_after(self.services.options.close_timeout, shield=True):
+                    await self.client.close()
+                connect_scope.shield = False
+                connect_scope.cancel()
+        if self._failure is not None:
+            raise self._failure
+
+    async def _connect(self, tg: TaskGroup, scope: anyio.CancelScope) -> None:
+        # client.start() must end through client.close(), never by cancellation (which can hang it).
+        with scope:
+            try:
+                await self.client.start(self.spec.token.get_secret_value())
+                if not self._stopping:
+                    self._failure = ConnectionLost("the Discord connection closed unexpectedly")
+            except discord.LoginFailure:
+                self._failure = BotFatalError(
+                    self.spec.name, "Discord refused the token (401). Put a valid bot token in the environment "
+                    "variable named by token_env and save bots.yaml or restart."
+                )
+            except discord.PrivilegedIntentsRequired:
+                self._failure = BotFatalError(
+                    self.spec.name, "the Message Content intent is not enabled. Enable it in the Discord developer "
+                    "portal (Bot → Privileged Gateway Intents), then restart."
+                )
+            except Exception as exc:  # noqa: BLE001 - any crash is the supervisor's to handle
+                self._failure = exc
+        tg.cancel_scope.cancel()
+
+    def _build_client(self) -> commands.Bot:
+        intents = discord.Intents.none()
+        intents.guilds = True
+        intents.guild_messages = True
+        intents.dm_messages = True
+        intents.message_content = True
+        client = commands.Bot(
+            command_prefix=self.spec.prefix,
+            intents=intents,
+            help_command=None,
+            case_insensitive=True,
+            max_messages=None,
+            chunk_guilds_at_startup=False,
+            member_cache_flags=discord.MemberCacheFlags.none(),
+            allowed_mentions=NO_MENTIONS,
+            guild_ready_timeout=self.services.options.guild_ready_timeout,
+        )
+        # discord.py's Command wants a plain function whose first parameter is the context.
+        async def chat(ctx: commands.Context[Any], *, text: str = "") -> None:
+            await self._enqueue(Job("chat", ctx.message, text, time.monotonic()))
+
+        async def reset(ctx: commands.Context[Any], scope: str = "") -> None:
+            kind: Literal["reset", "reset_channel"] = "reset_channel" if scope.lower() == "channel" else "reset"
+            await self._enqueue(Job(kind, ctx.message, received=time.monotonic()))
+
+        async def usage(ctx: commands.Context[Any]) -> None:
+            await self._enqueue(Job("usage", ctx.message, received=time.monotonic()))
+
+        client.add_command(commands.Command(chat, name="chat", aliases=["ask"]))
+        client.add_command(commands.Command(reset, name="reset"))
+        client.add_command(commands.Command(usage, name="usage"))
+        client.on_message = self._on_message  # type: ignore[method-assign]
+        client.on_ready = self._on_ready  # type: ignore[method-assign]
+        client.on_command_error = self._on_command_error  # type: ignore[method-assign]
+        client.on_error = self._on_error  # type: ignore[method-assign]
+        return client
+
+    # ------------------------------------------------------------------ discord.py handlers (bare tasks)
+
+    async def _on_ready(self) -> None:
+        if not self._ready.is_set():
+            log.info("bot %s is online as %s", self.spec.name, self.client.user)
+            self._ready.set()
+            if self._on_ready_callback:
+                self._on_ready_callback()
+
+    async def _on_error(self, event: str, *args: Any, **kwargs: Any) -> None:
+        log.exception("bot %s: unhandled error in discord.py event %s", self.spec.name, event)
+
+    async def _on_command_error(self, ctx: commands.Context[Any], error: commands.CommandError) -> None:
+        if isinstance(error, commands.CommandNotFound):
+            return
+        if isinstance(error, commands.UserInputError):
+            await self._reply(ctx.message, f"I could not read that command: {error}")
+            return
+        log.error("bot %s: command %s failed", self.spec.name, ctx.command, exc_info=error)
+
+    def _allowed(self, message: discord.Message) -> bool:
+        access = self.spec.access
+        author = message.author
+        if self.client.user is not None and author.id == self.client.user.id:
+            return False
+        if author.bot and not access.allow_bots:
+            return False
+        if message.guild is None:
+            return access.dms
+        if access.guilds and message.guild.id not in access.guilds:
+            return False
+        if access.channels and message.channel.id not in access.channels:
+            return False
+        if access.roles:
+            roles = {role.id for role in getattr(author, "roles", ())}
+            if not roles & set(access.roles):
+                return False
+        return True
+
+    async def _on_message(self, message: discord.Message) -> None:
+        if not self._allowed(message):
+            return
+        ctx = await self.client.get_context(message)
+        if ctx.valid:
+            await self.client.invoke(ctx)
+            return
+        if ctx.prefix is not None:
+            return  # someone else's command, or a typo: stay quiet
+        me = self.client.user
+        if me is None:
+            return
+        mentioned = any(user.id == me.id for user in message.mentions)
+        resolved = message.reference.resolved if message.reference else None
+        replied = isinstance(resolved, discord.Message) and resolved.author.id == me.id
+        if mentioned or replied:
+            text = re.sub(rf"<@!?{me.id}>", "", message.content)
+            await self._enqueue(Job("chat", message, text, time.monotonic()))
+
+    async def _enqueue(self, job: Job) -> None:
+        try:
+            self._send.send_nowait(job)
+            self._in_flight += 1
+        except anyio.WouldBlock:
+            self.counters.busy += 1
+            log.warning("bot %s: mailbox full (%d), answering busy", self.spec.name, self.spec.mailbox_size)
+            await self._reply(job.message, BUSY)
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            await self._reply(job.message, RESTARTING)
+
+    # ------------------------------------------------------------------ the actor's own tasks
+
+    def conversation_key(self, message: discord.Message) -> ConversationKey:
+        user = SHARED if self.spec.memory.scope == "channel" else message.author.id
+        return ConversationKey(self.spec.name, message.channel.id, user)
+
+    async def _dispatch(self, jobs: TaskGroup) -> None:
+        """Read the mailbox until it is closed; each job runs after the previous one of its conversation."""
+        slots = anyio.Semaphore(self.spec.concurrency)
+        async with self._receive:
+            async for job in self._receive:
+                await slots.acquire()
+                key = self.conversation_key(job.message)
+                previous = self._tails.get(key)
+                done = anyio.Event()
+                self._tails[key] = done
+                jobs.start_soon(self._run_job, job, key, previous, done, slots)
+
+    async def _run_job(
+        self, job: Job, key: ConversationKey, previous: anyio.Event | None, done: anyio.Event, slots: anyio.Semaphore
+    ) -> None:
+        try:
+            if previous is not None:
+                await previous.wait()
+            await self._handle(job, key)
+        except Exception:  # noqa: BLE001 - one bad message must not stop the bot
+            self.counters.errors += 1
+            log.exception("bot %s: unexpected error while handling %s", self.spec.name, job.kind)
+            await self._reply(job.message, APOLOGY)
+        finally:
+            done.set()
+            slots.release()
+            if self._tails.get(key) is done:
+                del self._tails[key]
+            self._in_flight -= 1
+            if not self._in_flight:
+                self._idle.set()
+                self._idle = anyio.Event()
+
+    async def _handle(self, job: Job, key: ConversationKey) -> None:
+        if job.kind == "chat":
+            await self._chat(job, key)
+        elif job.kind == "reset":
+            removed = await self.services.store.reset(key)
+            await self._reply(job.message, f"Our conversation is cleared ({removed // 2} exchanges forgotten).")
+        elif job.kind == "reset_channel":
+            if not self._is_admin(job.message):
+                await self._reply(job.message, "Only an admin of this bot can clear the whole channel's memory.")
+                return
+            removed = await self.services.store.reset_channel(self.spec.name, job.message.channel.id)
+            await self._reply(job.message, f"This channel's conversations with me are cleared ({removed} messages).")
+        elif job.kind == "usage":
+            await self._reply(job.message, self._usage_text(job.message.author.id))
+
+    def _is_admin(self, message: discord.Message) -> bool:
+        access = self.spec.access
+        if message.author.id in access.admins:
+            return True
+        roles = {role.id for role in getattr(message.author, "roles", ())}
+        return bool(roles & set(access.admin_roles))
+
+    def _usage_text(self, user_id: int) -> str:
+        quotas = self.services.pool.quotas
+        spec = self.spec
+        lines = [f"Usage of {spec.name} (yours / the whole persona):"]
+        mine = quotas.report(spec.name, str(user_id))
+        total = quotas.report(spec.name)
+        for label, field_name, used_mine, used_total in (
+            ("requests this minute", "requests_per_minute", mine.requests_last_minute, total.requests_last_minute),
+            ("tokens this minute", "tokens_per_minute", mine.tokens_last_minute, total.tokens_last_minute),
+            ("tokens today", "tokens_per_day", mine.tokens_today, total.tokens_today),
+        ):
+            user_limit = getattr(spec.user_quota, field_name)
+            bot_limit = getattr(spec.quota, field_name)
+            lines.append(
+                f"- {label}: {used_mine}/{user_limit if user_limit is not None else '∞'}"
+                f" · {used_total}/{bot_limit if bot_limit is not None else '∞'}"
+            )
+        return "\n".join(lines)
+
+    async def _chat(self, job: Job, key: ConversationKey) -> None:
+        spec = self.spec  # a hot reload may replace self.spec; this answer keeps one consistent view
+        self.counters.chats += 1
+        text = clean_user_text(job.text)[:MAX_INPUT_CHARS]
+        if not text:
+            await self._reply(job.message, f"Write something after `{spec.prefix}chat`, for example `{spec.prefix}chat hello`.")
+            return
+        store = self.services.store
+        async with _typing(job.message.channel):
+            history = await store.history(key, spec.memory.max_turns)
+            call = ChatCall(
+                bot=spec.name,
+                user=str(job.message.author.id),
+                provider=spec.provider,
+                model=spec.model,
+                messages=fit_context(spec.persona, history, text, spec.memory.context_tokens),
+                params=spec.params,
+                weight=spec.weight,
+                quota=spec.quota,
+                user_quota=spec.user_quota,
+            )
+            try:
+                result = await self.services.pool.complete(call)
+            except ProviderError as exc:
+                log.warning("bot %s: %s", spec.name, exc)
+                await self._reply(job.message, exc.user_message)
+                return
+        answer = result.text.strip()
+        chunks = split_message(neutralize_mentions(answer))
+        if not chunks:
+            await self._reply(job.message, EMPTY_ANSWER)
+            return
+        if await self._deliver(job.message, chunks):
+            await store.append_exchange(key, text, answer)
+            self.counters.answered += 1
+
+    async def _deliver(self, message: discord.Message, chunks: list[str]) -> bool:
+        """Send the answer as a reply plus follow-ups; False when Discord refused it."""
+        try:
+            await self._reply(message, chunks[0], raise_errors=True)
+            for chunk in chunks[1:]:
+                await message.channel.send(chunk, allowed_mentions=NO_MENTIONS)
+        except discord.HTTPException as exc:
+            log.error("bot %s: Discord refused the answer (HTTP %s: %s)", self.spec.name, exc.status, exc.text)
+            return False
+        return True
+
+    async def _reply(self, message: discord.Message, text: str, *, raise_errors: bool = False) -> None:
+        try:
+            await message.channel.send(
+                text,
+                reference=message.to_reference(fail_if_not_exists=False),
+                mention_author=False,
+                allowed_mentions=NO_MENTIONS,
+            )
+        except discord.HTTPException as exc:
+            if raise_errors:
+                raise
+            log.warning("bot %s: could not send a reply (HTTP %s)", self.spec.name, exc.status)
+
+
+@asynccontextmanager
+async def _typing(channel: Any) -> AsyncIterator[None]:
+    """Show "typing…" while the block runs; a failed indicator never stops the answer."""
+    indicator = channel.typing()
+    try:
+        await indicator.__aenter__()
+    except discord.HTTPException as exc:
+        log.debug("typing indicator failed: %s", exc)
+        indicator = None
+    try:
+        yield
+    finally:
+        if indicator is not None:
+            await indicator.__aexit__(None, None, None)
+

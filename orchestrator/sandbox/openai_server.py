@@ -1,0 +1,465 @@
+"""OpenAI-compatible HTTP server on loopback, for tests and benchmarks.
+
+Serves ``POST /v1/chat/completions`` (JSON and ``stream: true`` SSE), ``GET /v1/models`` and
+``GET /v1/models/{id}`` well enough for the real ``openai`` SDK, records every request, and can
+inject faults (HTTP errors, delays, cut streams, malformed bodies) and enforce a rate limit.
+
+The default answer is a deterministic function of the request, so tests can see what reached
+the server::
+
+    [{model}] {persona} | T={temperature} | turns={user_messages} | {last_user_message}
+
+``persona`` is the first line of the first ``system`` (or ``developer``) message, ``temperature``
+is the value as sent (Python ``str`` of the JSON number); ``persona``, ``temperature`` and
+``last_user_message`` are ``-`` when absent. Usage is deterministic too: ``prompt_tokens`` sums
+``len(content) // 4 + 4`` over the messages, ``completion_tokens`` is ``len(answer) // 4 + 1``.
+
+Run standalone: ``python -m orchestrator.sandbox.openai_server --port 8001 --latency 0.5``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import math
+import re
+import signal
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+
+from aiohttp import web
+
+_WINDOW = 60.0
+_MODEL_CREATED = 1_700_000_000
+_MALFORMED = b'{"id": "chatcmpl-broken", "choices": [{'
+_ERRORS: dict[int, tuple[str, str, str | None]] = {
+    400: ("Invalid request body.", "invalid_request_error", None),
+    401: ("Incorrect API key provided.", "invalid_request_error", "invalid_api_key"),
+    404: (
+        "The model `{model}` does not exist or you do not have access to it.",
+        "invalid_request_error",
+        "model_not_found",
+    ),
+    429: ("Rate limit reached for requests.", "requests", "rate_limit_exceeded"),
+    500: ("The server had an error while processing your request. Sorry about that!", "server_error", None),
+    503: ("The server is overloaded or not ready yet.", "server_error", None),
+}
+
+
+@dataclass
+class Fault:
+    """One injected failure, consumed by the next admitted chat-completions request.
+
+    ``status`` answers with OpenAI's error JSON; ``retry_after`` adds ``retry-after`` (whole seconds,
+    rounded up) plus ``retry-after-ms`` when fractional; ``headers`` are added to the answer;
+    ``delay`` sleeps before answering; ``cut_stream_after`` sends that many content chunks of a
+    stream and then closes the connection without ``[DONE]`` (a non-stream request gets its
+    connection closed before any answer); ``malformed`` answers 200 with a body that is not JSON.
+    """
+
+    status: int | None = None
+    retry_after: float | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    delay: float = 0.0
+    cut_stream_after: int | None = None
+    malformed: bool = False
+
+    @classmethod
+    def rate_limited(cls, retry_after: float | None = 0.05) -> Fault:
+        """A 429 ``rate_limit_exceeded`` with a ``retry-after`` hint."""
+        return cls(status=429, retry_after=retry_after)
+
+    @classmethod
+    def server_error(cls, status: int = 500) -> Fault:
+        """A 5xx ``server_error``."""
+        return cls(status=status)
+
+    @classmethod
+    def timeout(cls, delay: float) -> Fault:
+        """A normal answer sent only after ``delay`` seconds (pair with a shorter client timeout)."""
+        return cls(delay=delay)
+
+    @classmethod
+    def cut(cls, after: int = 1) -> Fault:
+        """A stream dropped after ``after`` content chunks."""
+        return cls(cut_stream_after=after)
+
+    @classmethod
+    def malformed_json(cls) -> Fault:
+        """A 200 answer whose body (or first SSE event) is not valid JSON."""
+        return cls(malformed=True)
+
+
+@dataclass
+class RecordedRequest:
+    """One request as received; ``headers`` names are lower-cased, ``status`` is what was answered
+    (0 when the connection was dropped before any answer)."""
+
+    path: str
+    api_key: str | None
+    body: dict[str, Any]
+    headers: dict[str, str]
+    status: int
+
+
+class OpenAISandbox:
+    """OpenAI-compatible server on ``host:port`` (0 = ephemeral); use as ``async with`` or start/stop.
+
+    ``latency`` (settable any time) is slept before every chat answer, before the first stream
+    event; ``first_token_delay`` before the first content chunk of a stream; ``tokens_per_second``
+    paces later content chunks. ``rate_limit_per_minute`` (settable) enforces a sliding 60 s limit
+    on admitted chat requests: over it, 429 with ``retry-after`` (until a slot frees); every chat
+    answer then carries ``x-ratelimit-limit|remaining|reset-requests`` (reset: until the window is
+    empty, e.g. ``59.98s``). Chat requests are checked in this order:
+    API key (401), body (400), model (404), rate limit (429), then the next injected fault.
+    """
+
+    def __init__(
+        self,
+        *,
+        api_keys: Iterable[str] = ("sk-sandbox",),
+        models: Iterable[str] = ("gpt-4o-mini", "sandbox-small"),
+        latency: float = 0.0,
+        first_token_delay: float = 0.0,
+        tokens_per_second: float | None = None,
+        rate_limit_per_minute: int | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+    ) -> None:
+        self.api_keys = set(api_keys)
+        self.models = list(models)
+        self.latency = latency
+        self.first_token_delay = first_token_delay
+        self.tokens_per_second = tokens_per_second
+        self.rate_limit_per_minute = rate_limit_per_minute
+        self.base_url = ""
+        self.requests: list[RecordedRequest] = []
+        self.max_in_flight = 0
+        self._host = host
+        self._port = port
+        self._in_flight = 0
+        self._faults: deque[Fault] = deque()
+        self._replies: deque[str] = deque()
+        self._reply_fn: Callable[[dict[str, Any]], str] | None = None
+        self._window: deque[float] = deque()
+        self._ids = itertools.count(1)
+        self._arrived = asyncio.Condition()
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def in_flight(self) -> int:
+        """Chat requests being handled right now."""
+        return self._in_flight
+
+    @property
+    def chat_requests(self) -> list[RecordedRequest]:
+        """Recorded ``/chat/completions`` requests, in arrival order."""
+        return [r for r in self.requests if r.path.endswith("/chat/completions")]
+
+    def inject(self, *faults: Fault) -> None:
+        """Queue faults; each admitted chat request consumes one, first in first out."""
+        self._faults.extend(faults)
+
+    def set_reply(self, fn: Callable[[dict[str, Any]], str] | None) -> None:
+        """Answer with ``fn(request_body)`` instead of the default text; ``None`` restores it."""
+        self._reply_fn = fn
+
+    def queue_replies(self, *texts: str) -> None:
+        """Answer the next chat requests with these texts verbatim (before ``set_reply``/default)."""
+        self._replies.extend(texts)
+
+    async def wait_for_requests(self, n: int, timeout: float = 10.0) -> list[RecordedRequest]:
+        """Wait until at least ``n`` chat requests have arrived and return them all.
+
+        Raises ``TimeoutError`` after ``timeout`` seconds.
+        """
+        async with asyncio.timeout(timeout), self._arrived:
+            await self._arrived.wait_for(lambda: len(self.chat_requests) >= n)
+        return self.chat_requests
+
+    async def start(self) -> None:
+        """Bind the socket and start serving; sets ``base_url``."""
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_get("/v1/models", self._models)
+        app.router.add_get("/v1/models/{id:.+}", self._models)
+        self._runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=0.5)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, self._host, self._port).start()
+        host, port = self._runner.addresses[0][:2]
+        self.base_url = f"http://{host}:{port}/v1"
+
+    async def stop(self) -> None:
+        """Close the server; requests still running are cancelled."""
+        if self._runner is not None:
+            runner, self._runner = self._runner, None
+            await runner.cleanup()
+
+    async def __aenter__(self) -> OpenAISandbox:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    async def _record(self, request: web.Request, body: dict[str, Any], status: int) -> None:
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        self.requests.append(RecordedRequest(request.path, _bearer(request), body, headers, status))
+        async with self._arrived:
+            self._arrived.notify_all()
+
+    async def _models(self, request: web.Request) -> web.Response:
+        model_id = request.match_info.get("id")
+        if _bearer(request) not in self.api_keys:
+            response = _error(401)
+        elif model_id is None:
+            response = _json({"object": "list", "data": [_model(m) for m in self.models]})
+        elif model_id in self.models:
+            response = _json(_model(model_id))
+        else:
+            response = _error(404, model=model_id)
+        await self._record(request, {}, response.status)
+        return response
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        self._in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self._in_flight)
+        try:
+            return await self._answer_chat(request)
+        finally:
+            self._in_flight -= 1
+
+    async def _answer_chat(self, request: web.Request) -> web.StreamResponse:
+        try:
+            body = await request.json()
+        except ValueError:
+            body = None
+        fault = Fault()
+        headers: dict[str, str] = {}
+        status = 200
+        if _bearer(request) not in self.api_keys:
+            status = 401
+        elif not isinstance(body, dict) or not isinstance(body.get("messages"), list):
+            status = 400
+        elif body.get("model") not in self.models:
+            status = 404
+        else:
+            status, headers = self._take_rate_slot()
+            if status == 200 and self._faults:
+                fault = self._faults.popleft()
+                dropped = fault.cut_stream_after is not None and not body.get("stream")
+                status = fault.status or (0 if dropped else 200)
+        body = body if isinstance(body, dict) else {}
+        text = self._next_reply(body) if status == 200 else ""
+        await self._record(request, body, status)
+        headers = {**headers, **fault.headers, **_retry_after(fault.retry_after)}
+        await asyncio.sleep(self.latency + fault.delay)
+        if status == 0:
+            _drop(request)
+            return web.Response()
+        if status != 200:
+            return _error(status, headers, model=body.get("model"))
+        if body.get("stream"):
+            return await self._stream(request, body, text, fault, headers)
+        if fault.malformed:
+            return web.Response(body=_MALFORMED, headers={"Content-Type": "application/json", **headers})
+        return _json(self._completion(body, text), headers)
+
+    async def _stream(
+        self, request: web.Request, body: dict[str, Any], text: str, fault: Fault, headers: dict[str, str]
+    ) -> web.StreamResponse:
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", **headers}
+        )
+        await response.prepare(request)
+        if fault.malformed:
+            await response.write(b"data: " + _MALFORMED + b"\n\n")
+            return response
+        base = {
+            "id": f"chatcmpl-{next(self._ids)}",
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": body["model"],
+        }
+
+        async def send(choices: list[dict[str, Any]], **extra: Any) -> None:
+            await response.write(b"data: " + json.dumps({**base, "choices": choices, **extra}).encode() + b"\n\n")
+
+        def choice(delta: dict[str, Any], finish_reason: str | None = None) -> list[dict[str, Any]]:
+            return [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]
+
+        await send(choice({"role": "assistant", "content": ""}))
+        await asyncio.sleep(self.first_token_delay)
+        pieces = [p for p in re.split(r"(?<= )", text) if p]
+        for i, piece in enumerate(pieces[: fault.cut_stream_after]):
+            if i and self.tokens_per_second:
+                await asyncio.sleep(1 / self.tokens_per_second)
+            await send(choice({"content": piece}))
+        if fault.cut_stream_after is not None:
+            _drop(request)
+            return response
+        await send(choice({}, "stop"))
+        if (body.get("stream_options") or {}).get("include_usage"):
+            await send([], usage=_usage(body, text))
+        await response.write(b"data: [DONE]\n\n")
+        return response
+
+    def _completion(self, body: dict[str, Any], text: str) -> dict[str, Any]:
+        return {
+            "id": f"chatcmpl-{next(self._ids)}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": body["model"],
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text, "refusal": None},
+                    "finish_reason": "stop",
+                    "logprobs": None,
+                }
+            ],
+            "usage": _usage(body, text),
+        }
+
+    def _next_reply(self, body: dict[str, Any]) -> str:
+        if self._replies:
+            return self._replies.popleft()
+        return (self._reply_fn or default_reply)(body)
+
+    def _take_rate_slot(self) -> tuple[int, dict[str, str]]:
+        """Admit one request into the sliding window; returns (200 or 429, x-ratelimit headers)."""
+        limit = self.rate_limit_per_minute
+        if limit is None:
+            return 200, {}
+        now = time.monotonic()
+        while self._window and now - self._window[0] >= _WINDOW:
+            self._window.popleft()
+        admitted = len(self._window) < limit
+        if admitted:
+            self._window.append(now)
+        headers = {
+            "x-ratelimit-limit-requests": str(limit),
+            "x-ratelimit-remaining-requests": str(limit - len(self._window)),
+            "x-ratelimit-reset-requests": _duration(self._window[-1] + _WINDOW - now if self._window else 0.0),
+        }
+        if admitted:
+            return 200, headers
+        oldest = self._window[0] if self._window else now
+        return 429, {**headers, **_retry_after(oldest + _WINDOW - now)}
+
+
+def default_reply(body: Mapping[str, Any]) -> str:
+    """The default answer text for a chat request body (format in the module docstring)."""
+    messages = body.get("messages") or []
+    system = next((m for m in messages if m.get("role") in ("system", "developer")), None)
+    persona = _text(system.get("content")).split("\n", 1)[0] if system else "-"
+    users = [_text(m.get("content")) for m in messages if m.get("role") == "user"]
+    temperature = body.get("temperature")
+    t = "-" if temperature is None else temperature
+    return f"[{body.get('model')}] {persona} | T={t} | turns={len(users)} | {users[-1] if users else '-'}"
+
+
+def _text(content: object) -> str:
+    """Message content as text (string content, or the text parts of a content list)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return ""
+
+
+def _usage(body: Mapping[str, Any], text: str) -> dict[str, int]:
+    prompt = sum(len(_text(m.get("content"))) // 4 + 4 for m in body.get("messages") or [])
+    completion = len(text) // 4 + 1
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def _bearer(request: web.Request) -> str | None:
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    return (token.strip() or None) if scheme.lower() == "bearer" else None
+
+
+def _model(model_id: str) -> dict[str, Any]:
+    return {"id": model_id, "object": "model", "created": _MODEL_CREATED, "owned_by": "sandbox"}
+
+
+def _json(payload: object, headers: Mapping[str, str] | None = None, status: int = 200) -> web.Response:
+    """A JSON response with exactly ``Content-Type: application/json``."""
+    headers = {"Content-Type": "application/json", **(headers or {})}
+    return web.Response(status=status, body=json.dumps(payload).encode(), headers=headers)
+
+
+def _error(status: int, headers: Mapping[str, str] | None = None, *, model: object = None) -> web.Response:
+    """OpenAI's error JSON shape for ``status``."""
+    kind = "server_error" if status >= 500 else "invalid_request_error"
+    message, kind, code = _ERRORS.get(status, (f"Sandbox error {status}.", kind, None))
+    error = {"message": message.format(model=model), "type": kind, "param": None, "code": code}
+    return _json({"error": error}, headers, status)
+
+
+def _retry_after(seconds: float | None) -> dict[str, str]:
+    """``retry-after`` in whole seconds (rounded up), plus ``retry-after-ms`` when fractional."""
+    if seconds is None:
+        return {}
+    headers = {"retry-after": str(math.ceil(seconds))}
+    if seconds != int(seconds):
+        headers["retry-after-ms"] = str(round(seconds * 1000))
+    return headers
+
+
+def _duration(seconds: float) -> str:
+    """OpenAI's reset duration format: ``12ms`` under a second, else ``1.5s``."""
+    return f"{round(seconds * 1000)}ms" if seconds < 1 else f"{round(seconds, 3):g}s"
+
+
+def _drop(request: web.Request) -> None:
+    """Close the client connection without finishing the response."""
+    if request.transport is not None:
+        request.transport.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run a sandbox until SIGINT/SIGTERM, printing its base URL on stdout."""
+    parser = argparse.ArgumentParser(prog="python -m orchestrator.sandbox.openai_server", description=main.__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds before each chat answer")
+    parser.add_argument("--first-token-delay", type=float, default=0.0)
+    parser.add_argument("--tokens-per-second", type=float, default=None)
+    parser.add_argument("--rate-limit-per-minute", type=int, default=None)
+    parser.add_argument("--api-key", action="append", dest="api_keys", help="accepted key, repeatable")
+    parser.add_argument("--model", action="append", dest="models", help="served model (repeatable)")
+    args = parser.parse_args(argv)
+    sandbox = OpenAISandbox(
+        api_keys=args.api_keys or ("sk-sandbox",),
+        models=args.models or ("gpt-4o-mini", "sandbox-small"),
+        latency=args.latency,
+        first_token_delay=args.first_token_delay,
+        tokens_per_second=args.tokens_per_second,
+        rate_limit_per_minute=args.rate_limit_per_minute,
+        host=args.host,
+        port=args.port,
+    )
+    asyncio.run(_serve(sandbox))
+
+
+async def _serve(sandbox: OpenAISandbox) -> None:
+    stopped = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stopped.set)
+    async with sandbox:
+        print(sandbox.base_url, flush=True)
+        await stopped.wait()
+
+
+if __name__ == "__main__":
+    main()

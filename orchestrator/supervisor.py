@@ -1,0 +1,229 @@
+"""The supervisor: one anyio task group, one supervised child per bot (OTP-style).
+
+Each child runs a restart loop around a fresh :class:`PersonaBot`. A crash is caught inside the
+child (so siblings are never cancelled), logged, and followed by a restart after exponential
+backoff with jitter, unless more than ``max_restarts`` happened within ``window`` seconds: then
+the child is marked FAILED and stays down. Fatal configuration errors (bad token, missing
+intent) fail the child at once. :meth:`Supervisor.reconcile` applies a new configuration.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import anyio
+from anyio.abc import TaskGroup, TaskStatus
+
+from .config import BotSpec, Config, RestartSettings
+from .errors import BotFatalError
+from .observability import current_bot
+from .persona_bot import PersonaBot, Services
+
+log = logging.getLogger(__name__)
+
+
+class BotState(enum.Enum):
+    STARTING = "starting"
+    RUNNING = "running"
+    BACKOFF = "backoff"
+    FAILED = "failed"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+
+
+@dataclass(frozen=True)
+class RestartPolicy:
+    max_restarts: int = 5
+    window: float = 60.0
+    backoff_initial: float = 1.0
+    backoff_max: float = 60.0
+
+    @classmethod
+    def from_settings(cls, settings: RestartSettings) -> RestartPolicy:
+        return cls(settings.max_restarts, settings.window, settings.backoff_initial, settings.backoff_max)
+
+    def backoff(self, restarts: int, rng: random.Random) -> float:
+        """Exponential backoff with ±50% jitter for the ``restarts``-th restart in the window."""
+        base = min(self.backoff_max, self.backoff_initial * 2 ** max(0, restarts - 1))
+        return base * rng.uniform(0.5, 1.5)
+
+
+@dataclass
+class Child:
+    spec: BotSpec
+    state: BotState = BotState.STARTING
+    restarts: int = 0
+    recent_crashes: deque[float] = field(default_factory=deque)
+    actor: PersonaBot | None = None
+    scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+    stopping: bool = False
+    since: float = field(default_factory=time.monotonic)
+    last_error: str = ""
+    done: anyio.Event = field(default_factory=anyio.Event)
+
+
+class Supervisor:
+    def __init__(self, config: Config, services: Services, *, policy: RestartPolicy | None = None) -> None:
+        self.config = config
+        self.services = services
+        self.policy = policy or RestartPolicy.from_settings(config.restart)
+        self.children: dict[str, Child] = {}
+        self._tg: TaskGroup | None = None
+        self._changed = anyio.Event()
+        self._stop = anyio.Event()
+        self._rng = random.Random()
+
+    # ------------------------------------------------------------------ running
+
+    async def run(self, *, task_status: TaskStatus[Supervisor] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Run every bot until :meth:`request_stop`; then stop them all gracefully."""
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            for spec in self.config.bots.values():
+                self._start_child(spec)
+            task_status.started(self)
+            await self._stop.wait()
+            await self._stop_children(list(self.children.values()))
+        self._tg = None
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop.is_set()
+
+    def _start_child(self, spec: BotSpec) -> None:
+        assert self._tg is not None, "the supervisor is not running"
+        child = Child(spec)
+        self.children[spec.name] = child
+        self._tg.start_soon(self._supervise, child, name=f"bot:{spec.name}")
+
+    async def _stop_children(self, children: list[Child]) -> None:
+        for child in children:
+            child.stopping = True
+            self._set_state(child, BotState.STOPPING)
+            if child.actor is not None:
+                child.actor.stop()
+            else:
+                child.scope.cancel()
+        grace = self.services.options.drain_timeout + self.services.options.close_timeout + 1
+        with anyio.move_on_after(grace):
+            for child in children:
+                await child.done.wait()
+        for child in children:
+            child.scope.cancel()  # whoever did not finish in time
+        with anyio.CancelScope(shield=True):
+            for child in children:
+                await child.done.wait()
+
+    async def _supervise(self, child: Child) -> None:
+        current_bot.set(child.spec.name)
+        try:
+            with child.scope:
+                await self._restart_loop(child)
+        finally:
+            if child.state is not BotState.FAILED:
+                self._set_state(child, BotState.STOPPED)
+            child.done.set()
+
+    async def _restart_loop(self, child: Child) -> None:
+        name = child.spec.name
+        while not child.stopping:
+            self._set_state(child, BotState.STARTING)
+            try:
+                child.actor = PersonaBot(
+                    child.spec, self.services, on_ready=lambda: self._set_state(child, BotState.RUNNING)
+                )
+                await child.actor.run()
+                return
+            except BotFatalError as exc:
+                child.last_error = exc.reason
+                log.error("bot %s failed and will not be restarted: %s", name, exc.reason)
+                self._set_state(child, BotState.FAILED)
+                return
+            except Exception as exc:  # noqa: BLE001 - a crash stays inside this child
+                child.actor = None
+                child.last_error = f"{type(exc).__name__}: {exc}"
+                if child.stopping:
+                    return
+                now = time.monotonic()
+                child.recent_crashes.append(now)
+                while child.recent_crashes and child.recent_crashes[0] < now - self.policy.window:
+                    child.recent_crashes.popleft()
+                if len(child.recent_crashes) > self.policy.max_restarts:
+                    log.error(
+                        "bot %s crashed %d times within %.0fs; giving up on it (the other bots keep running). "
+                        "Last error: %s", name, len(child.recent_crashes), self.policy.window, child.last_error,
+                    )
+                    self._set_state(child, BotState.FAILED)
+                    return
+                delay = self.policy.backoff(len(child.recent_crashes), self._rng)
+                log.warning(
+                    "bot %s crashed (%s); restart %d/%d in %.1fs", name, child.last_error,
+                    len(child.recent_crashes), self.policy.max_restarts, delay, exc_info=exc,
+                )
+                child.restarts += 1
+                self._set_state(child, BotState.BACKOFF)
+                await anyio.sleep(delay)
+
+    # ------------------------------------------------------------------ state and waiting
+
+    def _set_state(self, child: Child, state: BotState) -> None:
+        if child.state is not state:
+            child.state = state
+            child.since = time.monotonic()
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    async def wait_until(self, predicate: Callable[[Supervisor], bool]) -> None:
+        """Wait (without polling) until ``predicate(self)`` holds after some state change."""
+        while not predicate(self):
+            await self._changed.wait()
+
+    async def wait_for_state(self, name: str, *states: BotState) -> Child:
+        await self.wait_until(lambda sup: name in sup.children and sup.children[name].state in states)
+        return self.children[name]
+
+    # ------------------------------------------------------------------ live reconfiguration
+
+    async def reconcile(self, config: Config) -> dict[str, list[str]]:
+        """Bring the running bots in line with ``config``; returns what changed, by kind."""
+        old = self.config
+        self.config = config
+        self.services.pool.update_providers(config.providers)
+        added = [name for name in config.bots if name not in self.children]
+        removed = [name for name in self.children if name not in config.bots]
+        restarted, updated = [], []
+        for name, spec in config.bots.items():
+            child = self.children.get(name)
+            if child is None or child.spec == spec:
+                continue
+            if child.spec.needs_reconnect(spec) or child.state in (BotState.FAILED, BotState.STOPPED):
+                restarted.append(name)
+            else:
+                updated.append(name)
+        for name in updated:
+            child = self.children[name]
+            child.spec = config.bots[name]
+            if child.actor is not None:
+                child.actor.update(child.spec)
+        gone = [self.children[name] for name in removed + restarted]
+        async with anyio.create_task_group() as tg:
+            for child in gone:
+                tg.start_soon(self._stop_children, [child])
+        for name in removed:
+            del self.children[name]
+        for name in added + restarted:
+            self._start_child(config.bots[name])
+        changes = {"added": added, "removed": removed, "restarted": restarted, "updated": updated}
+        if old.discord != config.discord:
+            log.warning("the 'discord' section changed; it applies to bots that (re)connect from now on")
+        log.info("configuration reloaded: %s", ", ".join(f"{k} {v}" for k, v in changes.items() if v) or "no changes")
+        return changes

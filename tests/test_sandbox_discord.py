@@ -1,0 +1,349 @@
+"""The Discord sandbox against the real discord.py client, over real sockets on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import signal
+import sys
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import aiohttp
+import anyio
+import discord
+import discord.gateway
+import discord.http
+import pytest
+import yarl
+from anyio.streams.text import TextReceiveStream
+from discord.ext import commands
+
+from orchestrator.sandbox.discord_server import DiscordSandbox, RestFault
+
+TOKEN_A = "token-alpha"
+TOKEN_B = "token-beta"
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+async def sandbox(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[DiscordSandbox]:
+    async with DiscordSandbox() as sandbox:
+        monkeypatch.setattr(discord.http.Route, "BASE", sandbox.api_url)
+        monkeypatch.setattr(discord.gateway.DiscordWebSocket, "DEFAULT_GATEWAY", yarl.URL(sandbox.gateway_url))
+        yield sandbox
+
+
+class FastBot(commands.Bot):
+    """discord.py sleeps 5 s before every non-initial IDENTIFY; tests need not wait."""
+
+    async def before_identify_hook(self, shard_id: int | None, *, initial: bool = False) -> None:
+        pass
+
+
+def make_bot(*, message_content: bool = True) -> commands.Bot:
+    """A bot with a few commands that exercise the REST routes."""
+    intents = discord.Intents.default()
+    intents.message_content = message_content
+    bot = FastBot(command_prefix="!", intents=intents, guild_ready_timeout=0.05)
+
+    @bot.command()
+    async def ping(ctx: commands.Context[commands.Bot]) -> None:
+        async with ctx.typing():
+            await ctx.reply("pong", allowed_mentions=discord.AllowedMentions.none())
+
+    @bot.command()
+    async def draft(ctx: commands.Context[commands.Bot]) -> None:
+        message = await ctx.send("first")
+        await message.edit(content="second")
+        await message.delete()
+
+    @bot.command()
+    async def upload(ctx: commands.Context[commands.Bot]) -> None:
+        await ctx.send("see attached", file=discord.File(io.BytesIO(b"hello"), filename="note.txt"))
+
+    return bot
+
+
+class Inbox:
+    """Collects the messages a bot receives; ``next`` waits for one that matches."""
+
+    def __init__(self, bot: commands.Bot) -> None:
+        self.messages: list[discord.Message] = []
+        self._changed = asyncio.Condition()
+        bot.add_listener(self._on_message, "on_message")
+
+    async def _on_message(self, message: discord.Message) -> None:
+        async with self._changed:
+            self.messages.append(message)
+            self._changed.notify_all()
+
+    async def next(self, predicate: Callable[[discord.Message], bool], timeout: float = 5.0) -> discord.Message:
+        with anyio.fail_after(timeout):
+            async with self._changed:
+                await self._changed.wait_for(lambda: any(map(predicate, self.messages)))
+        return next(message for message in self.messages if predicate(message))
+
+
+@asynccontextmanager
+async def running(sandbox: DiscordSandbox, *bots: tuple[commands.Bot, str]) -> AsyncIterator[None]:
+    """Run bots with ``bot.start`` in a task group until the block ends, then close them."""
+    async with anyio.create_task_group() as tg:
+        for bot, token in bots:
+            tg.start_soon(bot.start, token)
+        try:
+            with anyio.fail_after(5):
+                for bot, token in bots:
+                    await sandbox.wait_for_ready(token)
+                    await bot.wait_until_ready()
+            yield
+        finally:
+            with anyio.move_on_after(5, shield=True):
+                for bot, _ in bots:
+                    await bot.close()
+
+
+def statuses(sandbox: DiscordSandbox, method: str, suffix: str) -> list[int]:
+    return [status for m, path, status in sandbox.rest_log if m == method and path.endswith(suffix)]
+
+
+async def test_two_bots_reach_ready_and_see_the_guild_and_each_other(sandbox: DiscordSandbox) -> None:
+    alpha, beta = make_bot(), make_bot()
+    alpha_id, beta_id = sandbox.add_bot(TOKEN_A, "alpha"), sandbox.add_bot(TOKEN_B, "beta")
+    beta_inbox = Inbox(beta)
+    async with running(sandbox, (alpha, TOKEN_A), (beta, TOKEN_B)):
+        for bot, user_id in ((alpha, alpha_id), (beta, beta_id)):
+            assert bot.user is not None and bot.user.id == user_id
+            guild = bot.get_guild(sandbox.guild_id)
+            assert guild is not None and guild.name == "Sandbox"
+            channel = guild.get_channel(sandbox.channel_id)
+            assert isinstance(channel, discord.TextChannel) and channel.name == "general"
+            assert guild.me.id == user_id
+        channel = alpha.get_channel(sandbox.channel_id)
+        assert isinstance(channel, discord.TextChannel)
+        await channel.send("hello from alpha")
+        seen = await beta_inbox.next(lambda m: m.author.id == alpha_id)
+    assert seen.content == "hello from alpha" and seen.author.bot
+    assert sandbox.identify_count == {TOKEN_A: 1, TOKEN_B: 1}
+
+
+async def test_ping_command_is_answered_with_a_reply_while_typing(sandbox: DiscordSandbox) -> None:
+    bot = make_bot()
+    bot_id = sandbox.add_bot(TOKEN_A, "alpha")
+    async with running(sandbox, (bot, TOKEN_A)):
+        posted = await sandbox.post("!ping")
+        (reply,) = await sandbox.wait_for_sent()
+    assert reply.content == "pong" and reply.author_id == bot_id
+    assert reply.reference_id == int(posted["id"])
+    assert reply.allowed_mentions == {"parse": []}
+    assert (bot_id, sandbox.channel_id) in sandbox.typing
+    assert sandbox.sent_by(bot_id) == [reply]
+
+
+async def test_edit_and_delete_are_recorded(sandbox: DiscordSandbox) -> None:
+    bot = make_bot()
+    sandbox.add_bot(TOKEN_A, "alpha")
+    async with running(sandbox, (bot, TOKEN_A)):
+        await sandbox.post("!draft")
+        (record,) = await sandbox.wait_for_sent(predicate=lambda m: m.deleted)
+    assert record.edits == ["second"] and record.content == "second"
+
+
+async def test_multipart_upload_is_recorded(sandbox: DiscordSandbox) -> None:
+    bot = make_bot()
+    sandbox.add_bot(TOKEN_A, "alpha")
+    async with running(sandbox, (bot, TOKEN_A)):
+        await sandbox.post("!upload")
+        (record,) = await sandbox.wait_for_sent()
+    assert record.content == "see attached" and record.attachments == ["note.txt"]
+
+
+async def test_too_long_and_empty_messages_are_rejected_like_discord(sandbox: DiscordSandbox) -> None:
+    bot = make_bot()
+    sandbox.add_bot(TOKEN_A, "alpha")
+    async with running(sandbox, (bot, TOKEN_A)):
+        channel = bot.get_channel(sandbox.channel_id)
+        assert isinstance(channel, discord.TextChannel)
+        with pytest.raises(discord.HTTPException) as too_long:
+            await channel.send("x" * 2001)
+        with pytest.raises(discord.HTTPException) as empty:
+            await channel.send("")
+    assert (too_long.value.status, too_long.value.code) == (400, 50035)
+    assert (empty.value.status, empty.value.code) == (400, 50006)
+    assert sandbox.sent == []
+
+
+async def test_unknown_or_removed_token_fails_login(sandbox: DiscordSandbox) -> None:
+    sandbox.add_bot(TOKEN_A, "alpha")
+    sandbox.remove_bot(TOKEN_A)
+    for token in ("no-such-token", TOKEN_A):
+        bot = make_bot()
+        with pytest.raises(discord.LoginFailure):
+            await bot.start(token)
+        await bot.close()
+    assert statuses(sandbox, "GET", "/users/@me") == [401, 401]
+
+
+async def test_token_revoked_while_connected_gets_close_4004_on_identify(sandbox: DiscordSandbox) -> None:
+    bot = make_bot()
+    sandbox.add_bot(TOKEN_A, "alpha")
+    close_codes: list[int | None] = []
+
+    async def run() -> None:
+        try:
+            await bot.start(TOKEN_A)
+        except discord.ConnectionClosed as exc:
+            close_codes.append(exc.code)
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run)
+            await sandbox.wait_for_ready(TOKEN_A)
+            sandbox.remove_bot(TOKEN_A)
+            await sandbox.drop_gateway(TOKEN_A, resumable=False)
+    await bot.close()
+    assert close_codes == [4004]
+    assert sandbox.identify_count[TOKEN_A] == 2
+
+
+@pytest.mark.parametrize("global_", [False, True], ids=["per-route", "global"])
+async def test_injected_429_is_retried_by_discord_py(sandbox: DiscordSandbox, global_: bool) -> None:
+    bot = make_bot()
+    sandbox.add_bot(TOKEN_A, "alpha")
+    sandbox.inject_rest(RestFault(429, method="POST", path_contains="/messages", global_=global_))
+    async with running(sandbox, (bot, TOKEN_A)):
+        await sandbox.post("!ping")
+        (reply,) = await sandbox.wait_for_sent()
+    assert reply.content == "pong"
+    assert sandbox.faults == []
+    assert statuses(sandbox, "POST", "/messages") == [429, 200]
+
+
+async def test_injected_500_is_retried_by_discord_py(sandbox: DiscordSandbox) -> None:
+    bot = make_bot()
+    sandbox.add_bot(TOKEN_A, "alpha")
+    async with running(sandbox, (bot, TOKEN_A)):
+        channel = bot.get_channel(sandbox.channel_id)
+        assert isinstance(channel, discord.TextChannel)
+        sandbox.inject_rest(RestFault(500, method="POST"))
+        message = await channel.send("after the outage")
+    assert message.content == "after the outage"
+    assert statuses(sandbox, "POST", "/messages") == [500, 200]
+
+
+async def test_resumable_drop_resumes_the_session(sandbox: DiscordSandbox) -> None:
+    bot = make_bot()
+    sandbox.add_bot(TOKEN_A, "alpha")
+    async with running(sandbox, (bot, TOKEN_A)):
+        session_id = sandbox.sessions[TOKEN_A].session_id
+        await sandbox.drop_gateway(TOKEN_A, resumable=True)
+        session = await sandbox.wait_for_ready(TOKEN_A)
+        await sandbox.post("!ping")
+        await sandbox.wait_for_sent()
+    assert session.session_id == session_id
+    assert (sandbox.identify_count[TOKEN_A], sandbox.resume_count[TOKEN_A]) == (1, 1)
+
+
+async def test_invalid_session_makes_the_client_identify_again(sandbox: DiscordSandbox) -> None:
+    bot = make_bot()
+    sandbox.add_bot(TOKEN_A, "alpha")
+    async with running(sandbox, (bot, TOKEN_A)):
+        await sandbox.drop_gateway(TOKEN_A, resumable=False)
+        await sandbox.wait_for_ready(TOKEN_A)
+        await sandbox.post("!ping")
+        await sandbox.wait_for_sent()
+    assert (sandbox.identify_count[TOKEN_A], sandbox.resume_count[TOKEN_A]) == (2, 0)
+
+
+async def test_reply_to_a_bot_message_resolves_the_bot_as_author(sandbox: DiscordSandbox) -> None:
+    bot = make_bot()
+    bot_id = sandbox.add_bot(TOKEN_A, "alpha")
+    inbox = Inbox(bot)
+    async with running(sandbox, (bot, TOKEN_A)):
+        channel = bot.get_channel(sandbox.channel_id)
+        assert isinstance(channel, discord.TextChannel)
+        own = await channel.send("I am a bot")
+        await sandbox.post("replying to you", reply_to=own.id)
+        reply = await inbox.next(lambda m: m.author.id == sandbox.default_user_id)
+    assert reply.type is discord.MessageType.reply
+    assert reply.reference is not None and reply.reference.message_id == own.id
+    resolved = reply.reference.resolved
+    assert isinstance(resolved, discord.Message) and resolved.author.id == bot_id
+
+
+async def test_missing_message_content_intent_blanks_content_unless_mentioned(sandbox: DiscordSandbox) -> None:
+    bot = make_bot(message_content=False)
+    bot_id = sandbox.add_bot(TOKEN_A, "alpha")
+    inbox = Inbox(bot)
+    async with running(sandbox, (bot, TOKEN_A)):
+        await sandbox.post("!ping")
+        await sandbox.post(f"<@{bot_id}> hi", mentions=[bot_id])
+        plain = await inbox.next(lambda m: not m.mentions)
+        mentioned = await inbox.next(lambda m: bool(m.mentions))
+    assert plain.content == ""
+    assert mentioned.content == f"<@{bot_id}> hi"
+    assert sandbox.sent == []
+
+
+async def test_dm_reaches_only_its_bot_and_the_reply_stays_in_the_dm(sandbox: DiscordSandbox) -> None:
+    alpha, beta = make_bot(), make_bot()
+    alpha_id = sandbox.add_bot(TOKEN_A, "alpha")
+    sandbox.add_bot(TOKEN_B, "beta")
+    alpha_inbox, beta_inbox = Inbox(alpha), Inbox(beta)
+    async with running(sandbox, (alpha, TOKEN_A), (beta, TOKEN_B)):
+        posted = await sandbox.post("!ping", guild=False, dm_to=TOKEN_A)
+        (reply,) = await sandbox.wait_for_sent()
+        received = await alpha_inbox.next(lambda m: m.author.id == sandbox.default_user_id)
+    assert received.guild is None and isinstance(received.channel, discord.DMChannel)
+    assert reply.author_id == alpha_id and reply.channel_id == int(posted["channel_id"]) != sandbox.channel_id
+    assert beta_inbox.messages == []
+
+
+async def test_rest_responses_carry_discord_headers(sandbox: DiscordSandbox) -> None:
+    sandbox.add_bot(TOKEN_A, "alpha")
+    auth = {"Authorization": f"Bot {TOKEN_A}"}
+    messages_url = f"{sandbox.api_url}/channels/{sandbox.channel_id}/messages"
+    sandbox.inject_rest(RestFault(429, path_contains="/messages", retry_after=0.25, global_=True))
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{sandbox.api_url}/users/@me", headers=auth) as me:
+            assert me.headers["Content-Type"] == "application/json"
+            assert int(me.headers["X-RateLimit-Remaining"]) > 0 and "X-RateLimit-Bucket" in me.headers
+        async with http.get(f"{sandbox.api_url}/users/@me", headers={"Authorization": "Bot wrong"}) as denied:
+            assert denied.status == 401 and await denied.json() == {"message": "401: Unauthorized", "code": 0}
+        async with http.post(messages_url, json={"content": "hi"}, headers=auth) as limited:
+            assert limited.status == 429
+            assert limited.headers["Via"] == "1.1 google"
+            assert limited.headers["X-RateLimit-Global"] == "true"
+            assert limited.headers["X-RateLimit-Scope"] == "global"
+            assert limited.headers["Retry-After"] == "1"
+            body = await limited.json()
+            assert body == {"message": "You are being rate limited.", "retry_after": 0.25, "global": True}
+
+
+async def test_control_api_posts_as_a_user_and_lists_sent_messages(sandbox: DiscordSandbox) -> None:
+    bot = make_bot()
+    sandbox.add_bot(TOKEN_A, "alpha")
+    async with running(sandbox, (bot, TOKEN_A)), aiohttp.ClientSession() as http:
+        async with http.post(f"{sandbox.base_url}/_sandbox/messages", json={"content": "!ping"}) as posted:
+            assert posted.status == 200
+        await sandbox.wait_for_sent()
+        async with http.get(f"{sandbox.base_url}/_sandbox/sent") as sent:
+            assert [message["content"] for message in await sent.json()] == ["pong"]
+
+
+async def test_cli_prints_urls_and_exits_cleanly_on_sigterm() -> None:
+    command = [sys.executable, "-m", "orchestrator.sandbox.discord_server", "--bot", "tok=cli-bot"]
+    async with await anyio.open_process(command, cwd=PROJECT_ROOT) as process:
+        assert process.stdout is not None
+        output = ""
+        with anyio.fail_after(10):
+            async for chunk in TextReceiveStream(process.stdout):
+                output += chunk
+                if "gateway_url=" in output:
+                    break
+        process.send_signal(signal.SIGTERM)
+        with anyio.fail_after(10):
+            assert await process.wait() == 0
+    assert "api_url=http://127.0.0.1:" in output and "/api/v10" in output
+    assert "gateway_url=ws://127.0.0.1:" in output

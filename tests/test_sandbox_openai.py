@@ -1,0 +1,243 @@
+"""The OpenAI sandbox server driven by the real openai SDK over loopback."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator
+
+import anyio
+import httpx2
+import openai
+import pytest
+
+from orchestrator.sandbox.openai_server import Fault, OpenAISandbox
+
+MODEL = "gpt-4o-mini"
+MESSAGES = [
+    {"role": "system", "content": "You are Ada.\nSpeak briefly."},
+    {"role": "user", "content": "hello"},
+    {"role": "assistant", "content": "hi"},
+    {"role": "user", "content": "how are you?"},
+]
+ANSWER = "[gpt-4o-mini] You are Ada. | T=0.7 | turns=2 | how are you?"
+
+
+@pytest.fixture
+async def sandbox() -> AsyncIterator[OpenAISandbox]:
+    async with OpenAISandbox() as sb:
+        yield sb
+
+
+@pytest.fixture
+async def client(sandbox: OpenAISandbox) -> AsyncIterator[openai.AsyncOpenAI]:
+    async with openai.AsyncOpenAI(base_url=sandbox.base_url, api_key="sk-sandbox", max_retries=0) as c:
+        yield c
+
+
+async def ask(client: openai.AsyncOpenAI, content: str = "hi", **kwargs: object) -> str | None:
+    reply = await client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": content}], **kwargs)
+    return reply.choices[0].message.content
+
+
+async def test_plain_completion(sandbox: OpenAISandbox, client: openai.AsyncOpenAI) -> None:
+    reply = await client.chat.completions.create(model=MODEL, messages=MESSAGES, temperature=0.7)
+
+    assert reply.choices[0].message.content == ANSWER
+    assert reply.choices[0].finish_reason == "stop"
+    assert reply.object == "chat.completion" and reply.id.startswith("chatcmpl-")
+    prompt = sum(len(m["content"]) // 4 + 4 for m in MESSAGES)
+    assert reply.usage is not None
+    assert (reply.usage.prompt_tokens, reply.usage.completion_tokens) == (prompt, len(ANSWER) // 4 + 1)
+    assert reply.usage.total_tokens == prompt + len(ANSWER) // 4 + 1
+    [recorded] = sandbox.chat_requests
+    assert (recorded.path, recorded.api_key, recorded.status) == ("/v1/chat/completions", "sk-sandbox", 200)
+    assert recorded.body["model"] == MODEL and recorded.body["temperature"] == 0.7
+    assert recorded.body["messages"] == MESSAGES
+    assert recorded.headers["x-stainless-retry-count"] == "0"
+
+
+async def test_default_reply_without_persona_or_temperature(client: openai.AsyncOpenAI) -> None:
+    assert await ask(client, "yo") == "[gpt-4o-mini] - | T=- | turns=1 | yo"
+
+
+async def test_streaming_matches_plain_answer_and_reports_usage(client: openai.AsyncOpenAI) -> None:
+    stream = await client.chat.completions.create(
+        model=MODEL, messages=MESSAGES, temperature=0.7, stream=True, stream_options={"include_usage": True}
+    )
+    chunks = [chunk async for chunk in stream]
+
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == ANSWER
+    assert len([c for c in chunks if c.choices and c.choices[0].delta.content]) == len(ANSWER.split(" "))
+    assert chunks[-2].choices[0].finish_reason == "stop"
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None
+    assert chunks[-1].usage.completion_tokens == len(ANSWER) // 4 + 1
+
+
+async def test_stream_pacing() -> None:
+    async with (
+        OpenAISandbox(first_token_delay=0.05, tokens_per_second=100) as sb,
+        openai.AsyncOpenAI(base_url=sb.base_url, api_key="sk-sandbox", max_retries=0) as client,
+    ):
+        started = time.monotonic()
+        stream = await client.chat.completions.create(model=MODEL, messages=MESSAGES, temperature=0.7, stream=True)
+        async for _ in stream:
+            pass
+    assert time.monotonic() - started >= 0.05 + (len(ANSWER.split(" ")) - 1) / 100
+
+
+async def test_models(sandbox: OpenAISandbox, client: openai.AsyncOpenAI) -> None:
+    models = [m async for m in client.models.list()]
+    assert [(m.id, m.object, m.owned_by) for m in models] == [
+        ("gpt-4o-mini", "model", "sandbox"),
+        ("sandbox-small", "model", "sandbox"),
+    ]
+    assert (await client.models.retrieve("sandbox-small")).id == "sandbox-small"
+    with pytest.raises(openai.NotFoundError):
+        await client.models.retrieve("gpt-9")
+    assert [r.status for r in sandbox.requests] == [200, 200, 404]
+    assert sandbox.chat_requests == []
+
+
+async def test_wrong_key_and_unknown_model(sandbox: OpenAISandbox, client: openai.AsyncOpenAI) -> None:
+    async with openai.AsyncOpenAI(base_url=sandbox.base_url, api_key="sk-wrong", max_retries=2) as bad:
+        with pytest.raises(openai.AuthenticationError) as auth:
+            await ask(bad)
+    assert auth.value.code == "invalid_api_key" and auth.value.type == "invalid_request_error"
+    assert auth.value.response.headers["content-type"] == "application/json"
+    with pytest.raises(openai.NotFoundError) as missing:
+        await client.chat.completions.create(model="gpt-9", messages=[{"role": "user", "content": "hi"}])
+    assert missing.value.code == "model_not_found"
+    assert [(r.api_key, r.status) for r in sandbox.chat_requests] == [("sk-wrong", 401), ("sk-sandbox", 404)]
+
+
+async def test_rate_limited_fault_and_sdk_retry(sandbox: OpenAISandbox, client: openai.AsyncOpenAI) -> None:
+    sandbox.inject(Fault.rate_limited(retry_after=0.05))
+    with pytest.raises(openai.RateLimitError) as err:
+        await ask(client)
+    assert err.value.code == "rate_limit_exceeded"
+    assert (err.value.response.headers["retry-after"], err.value.response.headers["retry-after-ms"]) == ("1", "50")
+
+    sandbox.inject(Fault.rate_limited(retry_after=0.05))
+    assert await ask(client.with_options(max_retries=1), "again") == "[gpt-4o-mini] - | T=- | turns=1 | again"
+    retried = sandbox.chat_requests[-2:]
+    assert [r.status for r in retried] == [429, 200]
+    assert [r.headers["x-stainless-retry-count"] for r in retried] == ["0", "1"]
+
+
+@pytest.mark.parametrize("status", [500, 503])
+async def test_server_error(sandbox: OpenAISandbox, client: openai.AsyncOpenAI, status: int) -> None:
+    sandbox.inject(Fault.server_error(status))
+    with pytest.raises(openai.InternalServerError) as err:
+        await ask(client)
+    assert err.value.status_code == status and err.value.type == "server_error"
+    assert await ask(client, "ok") is not None
+
+
+async def test_malformed_json_raises_json_decode_error(sandbox: OpenAISandbox, client: openai.AsyncOpenAI) -> None:
+    """openai 3.57 does not wrap an unparsable body: ``json.JSONDecodeError`` escapes, plain or streamed."""
+    sandbox.inject(Fault.malformed_json(), Fault.malformed_json())
+    with pytest.raises(json.JSONDecodeError):
+        await ask(client)
+    with pytest.raises(json.JSONDecodeError):
+        async for _ in await client.chat.completions.create(model=MODEL, messages=MESSAGES, stream=True):
+            pass
+
+
+async def test_delay_beyond_client_timeout(caplog: pytest.LogCaptureFixture) -> None:
+    """The handler of a timed-out request is cancelled quietly and does not hold up ``stop()``."""
+    started = time.monotonic()
+    async with OpenAISandbox() as sb:
+        async with openai.AsyncOpenAI(base_url=sb.base_url, api_key="sk-sandbox", max_retries=0, timeout=0.1) as client:
+            sb.inject(Fault.timeout(5.0))
+            with pytest.raises(openai.APITimeoutError):
+                await ask(client)
+            assert await ask(client, "after") == "[gpt-4o-mini] - | T=- | turns=1 | after"
+    assert time.monotonic() - started < 2.0
+    assert sb.in_flight == 0
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+async def test_cut_stream_raises_connection_error(sandbox: OpenAISandbox, client: openai.AsyncOpenAI) -> None:
+    """A dropped stream surfaces as ``openai.APIConnectionError`` caused by ``httpx2.RemoteProtocolError``."""
+    sandbox.inject(Fault.cut(2))
+    received: list[str] = []
+    with pytest.raises(openai.APIConnectionError) as err:
+        async for chunk in await client.chat.completions.create(model=MODEL, messages=MESSAGES, stream=True):
+            received.append(chunk.choices[0].delta.content or "")
+    assert isinstance(err.value.__cause__, httpx2.RemoteProtocolError)
+    assert received == ["", "[gpt-4o-mini] ", "You "]
+
+    sandbox.inject(Fault.cut())  # a non-stream request loses its connection before any answer
+    with pytest.raises(openai.APIConnectionError):
+        await ask(client)
+    assert await ask(client, "still up") == "[gpt-4o-mini] - | T=- | turns=1 | still up"
+    assert [r.status for r in sandbox.chat_requests] == [200, 0, 200]
+
+
+async def test_queue_replies_and_set_reply(sandbox: OpenAISandbox, client: openai.AsyncOpenAI) -> None:
+    sandbox.queue_replies("one", "two")
+    sandbox.set_reply(lambda body: f"custom {body['model']}")
+    assert [await ask(client) for _ in range(3)] == ["one", "two", "custom gpt-4o-mini"]
+    sandbox.set_reply(None)
+    assert await ask(client, "x") == "[gpt-4o-mini] - | T=- | turns=1 | x"
+
+
+async def test_wait_for_requests(sandbox: OpenAISandbox, client: openai.AsyncOpenAI) -> None:
+    sandbox.latency = 0.3
+    async with anyio.create_task_group() as tg:
+        for i in range(3):
+            tg.start_soon(ask, client, f"q{i}")
+        recorded = await sandbox.wait_for_requests(3)
+        assert sandbox.in_flight == 3  # requests are recorded on arrival, before the answer
+    assert sorted(r.body["messages"][0]["content"] for r in recorded) == ["q0", "q1", "q2"]
+    with pytest.raises(TimeoutError):
+        await sandbox.wait_for_requests(4, timeout=0.05)
+
+
+async def test_rate_limit_per_minute() -> None:
+    async with (
+        OpenAISandbox(rate_limit_per_minute=2) as sb,
+        openai.AsyncOpenAI(base_url=sb.base_url, api_key="sk-sandbox", max_retries=0) as client,
+    ):
+        remaining = []
+        for _ in range(2):
+            raw = await client.chat.completions.with_raw_response.create(model=MODEL, messages=MESSAGES)
+            assert raw.headers["x-ratelimit-limit-requests"] == "2"
+            remaining.append(raw.headers["x-ratelimit-remaining-requests"])
+        assert remaining == ["1", "0"]
+        with pytest.raises(openai.RateLimitError) as err:
+            await ask(client)
+        headers = err.value.response.headers
+        assert (headers["x-ratelimit-limit-requests"], headers["x-ratelimit-remaining-requests"]) == ("2", "0")
+        assert re.fullmatch(r"\d+(\.\d+)?s", headers["x-ratelimit-reset-requests"])
+        assert 59 <= int(headers["retry-after"]) <= 60
+    assert [r.status for r in sb.chat_requests] == [200, 200, 429]
+
+
+async def test_max_in_flight() -> None:
+    async with (
+        OpenAISandbox(latency=0.05) as sb,
+        openai.AsyncOpenAI(base_url=sb.base_url, api_key="sk-sandbox", max_retries=0) as client,
+    ):
+        async with anyio.create_task_group() as tg:
+            for i in range(5):
+                tg.start_soon(ask, client, f"q{i}")
+    assert (sb.max_in_flight, sb.in_flight) == (5, 0)
+
+
+async def test_cli_serves_until_signal() -> None:
+    command = [sys.executable, "-m", "orchestrator.sandbox.openai_server", "--api-key", "k1", "--latency", "0.01"]
+    async with await anyio.open_process(command) as process:
+        assert process.stdout is not None
+        base_url = (await process.stdout.receive()).decode().strip()
+        assert re.fullmatch(r"http://127\.0\.0\.1:\d+/v1", base_url)
+        async with openai.AsyncOpenAI(base_url=base_url, api_key="k1", max_retries=0) as client:
+            assert "| hi" in (await ask(client) or "")
+        process.send_signal(signal.SIGINT)
+        assert await process.wait() == 0
