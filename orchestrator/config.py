@@ -239,7 +239,10 @@ def _read_yaml(raw: bytes | str, name: str) -> tuple[Any, dict[tuple[Any, ...], 
     if node is None:
         raise fail("the file is empty; it needs at least a 'bots:' list")
     lines: dict[tuple[Any, ...], int] = {}
-    _index_lines(node, (), lines, [0])
+    try:
+        _index_lines(node, (), lines, [0])
+    except RecursionError:
+        raise fail(f"the file expands to more than {MAX_NODES} values (YAML anchors?)") from None
     try:
         data = yaml.load(text, Loader=yaml.SafeLoader)  # noqa: S506 - SafeLoader
     except yaml.YAMLError as exc:
@@ -253,7 +256,7 @@ def _index_lines(node: yaml.Node, path: tuple[Any, ...], lines: dict[tuple[Any, 
     """Map each key path to its 1-based line; refuse alias bombs by counting expanded nodes."""
     count[0] += 1
     if count[0] > MAX_NODES:
-        raise ConfigError([ConfigIssue("", None, "", f"the file expands to more than {MAX_NODES} values (YAML anchors?)")])
+        raise RecursionError("too many nodes")
     lines.setdefault(path, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
         for key_node, value_node in node.value:

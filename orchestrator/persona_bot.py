@@ -52,6 +52,7 @@ def configure_discord(settings: DiscordSettings) -> None:
 @dataclass(frozen=True)
 class RuntimeOptions:
     guild_ready_timeout: float = 2.0
+    reidentify_delay: float = 5.0  # discord.py's pause before a fresh IDENTIFY (Discord's identify limit)
     drain_timeout: float = 10.0
     close_timeout: float = 5.0
 
@@ -79,6 +80,16 @@ class BotCounters:
     answered: int = 0
     busy: int = 0
     errors: int = 0
+
+
+class _Client(commands.Bot):
+    """``commands.Bot`` with a configurable pause before re-identifying."""
+
+    reidentify_delay = 5.0
+
+    async def before_identify_hook(self, shard_id: int | None, *, initial: bool = False) -> None:
+        if not initial:
+            await anyio.sleep(self.reidentify_delay)
 
 
 class ConnectionLost(Exception):
@@ -140,6 +151,7 @@ class PersonaBot:
             finally:
                 self._stopping = True
                 self._send.close()
+                self._receive.close()
                 with anyio.move_on_after(self.services.options.close_timeout, shield=True):
                     await self.client.close()
                 connect_scope.shield = False
@@ -168,13 +180,13 @@ class PersonaBot:
                 self._failure = exc
         tg.cancel_scope.cancel()
 
-    def _build_client(self) -> commands.Bot:
+    def _build_client(self) -> _Client:
         intents = discord.Intents.none()
         intents.guilds = True
         intents.guild_messages = True
         intents.dm_messages = True
         intents.message_content = True
-        client = commands.Bot(
+        client = _Client(
             command_prefix=self.spec.prefix,
             intents=intents,
             help_command=None,
@@ -185,6 +197,7 @@ class PersonaBot:
             allowed_mentions=NO_MENTIONS,
             guild_ready_timeout=self.services.options.guild_ready_timeout,
         )
+        client.reidentify_delay = self.services.options.reidentify_delay
         # discord.py's Command wants a plain function whose first parameter is the context.
         async def chat(ctx: commands.Context[Any], *, text: str = "") -> None:
             await self._enqueue(Job("chat", ctx.message, text, time.monotonic()))

@@ -26,7 +26,7 @@ def anyio_backend() -> str:
 
 
 API_KEY = "sk-test-key-0123456789"
-FAST = RuntimeOptions(guild_ready_timeout=0.05, drain_timeout=5.0, close_timeout=2.0)
+FAST = RuntimeOptions(guild_ready_timeout=0.05, reidentify_delay=0.0, drain_timeout=5.0, close_timeout=2.0)
 
 
 @pytest.fixture

@@ -227,6 +227,7 @@ class DiscordSandbox:
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 0, heartbeat_interval_ms: int = 41250) -> None:
         self._host, self._port = host, port
+        self.reject_identify: dict[str, int] = {}  # token -> close code sent instead of READY (crash loops)
         self._heartbeat_interval_ms = heartbeat_interval_ms
         self._runner: web.AppRunner | None = None
         self._bound_port: int | None = None
@@ -428,16 +429,22 @@ class DiscordSandbox:
         """Queue REST faults; each is consumed by the first ``/channels/...`` request it matches."""
         self.faults.extend(faults)
 
-    async def drop_gateway(self, token: str, *, resumable: bool = True) -> None:
+    async def drop_gateway(self, token: str, *, resumable: bool = True, code: int | None = None) -> None:
         """Disconnect a bot's gateway session.
 
         Resumable: close with 4000, the client RESUMEs the same session. Otherwise: forget the
         session, send INVALID_SESSION (``d=false``) and close, so the client IDENTIFYs again.
+        With ``code`` (e.g. 4012, invalid API version): forget the session and close with that
+        code; discord.py treats such codes as fatal and ``start()`` raises ``ConnectionClosed``.
         """
         session = self.sessions.get(token)
         if session is None or session.ws is None:
             raise LookupError("no connected gateway session for this token")
         ws, session.ws, session.ready = session.ws, None, False
+        if code is not None:
+            del self.sessions[token]
+            await ws.close(code=code, message=b"Closed by the sandbox")
+            return
         if resumable:
             await ws.close(code=4000, message=b"Unknown error")
             return
@@ -675,6 +682,9 @@ class DiscordSandbox:
         token = data.get("token", "")
         self.identify_count[token] += 1
         user_id = self._bot_tokens.get(token)
+        if token in self.reject_identify:
+            await ws.close(code=self.reject_identify[token], message=b"Rejected by the sandbox")
+            return None
         if user_id is None:
             await ws.close(code=4004, message=b"Authentication failed.")
             return None

@@ -1,0 +1,95 @@
+"""The command line, run as a real process: check, models, demo, and run's graceful SIGTERM."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import anyio
+
+from .conftest import API_KEY, World, token_for
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def orchestrator(*args: str, env: dict[str, str] | None = None, input: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "orchestrator", *args], cwd=ROOT, env=env, input=input, capture_output=True,
+        text=True, timeout=120,
+    )
+
+
+def base_env() -> dict[str, str]:
+    import os
+
+    return {k: v for k, v in os.environ.items() if not k.startswith(("DISCORD_", "OPENAI_"))}
+
+
+def test_check_accepts_the_example_and_names_the_bots() -> None:
+    env = base_env() | {"OPENAI_API_KEY": "sk-check-000000", "DISCORD_TOKEN_SAGE": "t-sage-00000", "DISCORD_TOKEN_HAFEZ": "t-hafez-0000"}
+    result = orchestrator("check", "bots.yaml", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "OK, 2 bot(s): sage (!chat" in result.stdout and "hafez (?chat" in result.stdout
+
+
+def test_check_fails_with_file_and_line_and_never_prints_secrets(tmp_path: Path) -> None:
+    text = (ROOT / "bots.yaml").read_text(encoding="utf-8").replace("params: {temperature: 0.3}", "params: {temprature: 0.3}")
+    (tmp_path / "bots.yaml").write_text(text, encoding="utf-8")
+    env = base_env() | {"OPENAI_API_KEY": "sk-secret-value-123", "DISCORD_TOKEN_SAGE": "secret-sage-token"}
+    result = orchestrator("check", str(tmp_path / "bots.yaml"), env=env)
+    assert result.returncode == 2
+    assert f"{tmp_path / 'bots.yaml'}:" in result.stderr and "did you mean 'temperature'" in result.stderr
+    assert "DISCORD_TOKEN_HAFEZ is not set" in result.stderr
+    assert "sk-secret-value-123" not in result.stderr + result.stdout
+    assert "secret-sage-token" not in result.stderr + result.stdout
+
+
+def test_check_warns_when_two_bots_answer_the_same_command(tmp_path: Path) -> None:
+    text = (ROOT / "bots.yaml").read_text(encoding="utf-8").replace('prefix: "?"', 'prefix: "!"')
+    (tmp_path / "bots.yaml").write_text(text, encoding="utf-8")
+    env = base_env() | {"OPENAI_API_KEY": "sk-check-000000", "DISCORD_TOKEN_SAGE": "t-sage-00000", "DISCORD_TOKEN_HAFEZ": "t-hafez-0000"}
+    result = orchestrator("check", str(tmp_path / "bots.yaml"), env=env)
+    assert result.returncode == 0
+    assert "warning: bots 'sage' and 'hafez' both answer '!chat'" in result.stdout
+
+
+def test_demo_runs_without_accounts_and_personas_answer() -> None:
+    result = orchestrator("demo", "bots.yaml", "-m", "!chat hello", "-m", "?chat سلام", env=base_env())
+    assert result.returncode == 0, result.stderr
+    assert "sage: [gpt-4o-mini] You are Sage" in result.stdout
+    assert "hafez: [gpt-4o-mini] تو «حافظ» هستی" in result.stdout
+
+
+def test_demo_reads_messages_from_stdin() -> None:
+    result = orchestrator("demo", "bots.yaml", env=base_env(), input="!chat one\n!chat two\n")
+    assert result.returncode == 0, result.stderr
+    assert "| turns=1 | one" in result.stdout and "| turns=2 | two" in result.stdout
+
+
+async def test_models_lists_the_providers_models(world: World) -> None:
+    world.write([{"name": "sage"}])
+    result = await anyio.to_thread.run_sync(lambda: orchestrator("models", str(world.path), env=base_env() | world.env()))
+    assert result.returncode == 0, result.stderr
+    assert "  gpt-4o-mini" in result.stdout and "  sandbox-small" in result.stdout
+
+
+async def test_sigterm_mid_answer_delivers_the_answer_and_exits_zero(world: World) -> None:
+    world.write([{"name": "sage"}])
+    world.openai.latency = 1.0
+    env = base_env() | world.env()
+    async with await anyio.open_process(
+        [sys.executable, "-m", "orchestrator", "run", str(world.path), "--no-watch"], cwd=ROOT, env=env
+    ) as process:
+        await world.discord.wait_for_ready(token_for("sage"), timeout=20)
+        message = await world.discord.post("!chat are you still there?")
+        await world.openai.wait_for_requests(1)
+        process.send_signal(signal.SIGTERM)
+        with anyio.fail_after(30):
+            code = await process.wait()
+        stderr = (await process.stderr.receive()).decode() if process.stderr else ""
+    assert code == 0, stderr
+    [reply] = [m for m in world.discord.sent if m.reference_id == int(message["id"])]
+    assert "are you still there?" in reply.content
+    assert world.openai.chat_requests[0].api_key == API_KEY
