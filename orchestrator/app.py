@@ -53,7 +53,7 @@ class App:
         watch_debounce_ms: int = 1600,
     ) -> None:
         self.config = config
-        self.options = options or RuntimeOptions()
+        self.options = options or RuntimeOptions(guild_ready_timeout=config.discord.guild_ready_timeout)
         self.handle_signals = handle_signals
         self.watch = watch
         self.watch_debounce_ms = watch_debounce_ms

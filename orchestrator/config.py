@@ -31,6 +31,8 @@ class _Model(BaseModel):
 class DiscordSettings(_Model):
     api_url: str = "https://discord.com/api/v10"
     gateway_url: str = "wss://gateway.discord.gg"
+    # seconds discord.py waits after the last GUILD_CREATE before a bot counts as ready
+    guild_ready_timeout: float = Field(0.5, ge=0, le=60)
 
 
 class ProviderSettings(_Model):
@@ -439,9 +441,11 @@ def _resolve(
     if issues:
         raise ConfigError(issues)
 
-    discord_settings = DiscordSettings(
-        api_url=env.get("DISCORD_API_URL") or settings.discord.api_url,
-        gateway_url=env.get("DISCORD_GATEWAY_URL") or settings.discord.gateway_url,
+    discord_settings = settings.discord.model_copy(
+        update={
+            "api_url": env.get("DISCORD_API_URL") or settings.discord.api_url,
+            "gateway_url": env.get("DISCORD_GATEWAY_URL") or settings.discord.gateway_url,
+        }
     )
     database = Path(env.get("ORCHESTRATOR_DATABASE") or settings.database)
     if not database.is_absolute() and str(database) != ":memory:":

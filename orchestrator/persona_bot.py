@@ -16,7 +16,7 @@ import logging
 import re
 import time
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -28,9 +28,10 @@ from discord.ext import commands
 
 from .config import BotSpec, DiscordSettings
 from .discord_text import clean_user_text, neutralize_mentions, split_message
-from .errors import BotFatalError, ProviderError
+from .errors import BotFatalError, ProviderBadResponse, ProviderError
 from .llm.pool import ChatCall, LLMPool
 from .memory import SHARED, ConversationKey, ConversationStore, fit_context
+from .streaming import EditBudgets, StreamingReply
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ def configure_discord(settings: DiscordSettings) -> None:
 
 @dataclass(frozen=True)
 class RuntimeOptions:
-    guild_ready_timeout: float = 2.0
+    guild_ready_timeout: float = 0.5
     reidentify_delay: float = 5.0  # discord.py's pause before a fresh IDENTIFY (Discord's identify limit)
     drain_timeout: float = 10.0
     close_timeout: float = 5.0
@@ -112,6 +113,7 @@ class PersonaBot:
         self._in_flight = 0
         self._idle = anyio.Event()
         self._scope: anyio.CancelScope | None = None
+        self._edit_budgets = EditBudgets()
         self.client = self._build_client()
 
     # ------------------------------------------------------------------ lifecycle
@@ -389,34 +391,64 @@ class PersonaBot:
                 user_quota=spec.user_quota,
             )
             try:
-                result = await self.services.pool.complete(call)
+                if spec.stream:
+                    answer = await self._answer_streaming(job.message, call)
+                else:
+                    answer = await self._answer_plain(job.message, call)
             except ProviderError as exc:
                 log.warning("bot %s: %s", spec.name, exc)
                 await self._reply(job.message, exc.user_message)
                 return
-        answer = result.text.strip()
-        chunks = split_message(neutralize_mentions(answer))
-        if not chunks:
-            await self._reply(job.message, EMPTY_ANSWER)
-            return
-        if await self._deliver(job.message, chunks):
+            except discord.HTTPException as exc:
+                log.error("bot %s: Discord refused the answer (HTTP %s: %s)", spec.name, exc.status, exc.text)
+                return
+        if answer is not None:
             await store.append_exchange(key, text, answer)
             self.counters.answered += 1
 
-    async def _deliver(self, message: discord.Message, chunks: list[str]) -> bool:
-        """Send the answer as a reply plus follow-ups; False when Discord refused it."""
-        try:
-            await self._reply(message, chunks[0], raise_errors=True)
-            for chunk in chunks[1:]:
-                await message.channel.send(chunk, allowed_mentions=NO_MENTIONS)
-        except discord.HTTPException as exc:
-            log.error("bot %s: Discord refused the answer (HTTP %s: %s)", self.spec.name, exc.status, exc.text)
-            return False
-        return True
+    async def _answer_plain(self, message: discord.Message, call: ChatCall) -> str | None:
+        """Ask, then send the whole answer; returns what was delivered (None: nothing to remember)."""
+        result = await self.services.pool.complete(call)
+        answer = result.text.strip()
+        chunks = split_message(neutralize_mentions(answer))
+        if not chunks:
+            await self._reply(message, EMPTY_ANSWER)
+            return None
+        await self._reply(message, chunks[0], raise_errors=True)
+        for chunk in chunks[1:]:
+            await message.channel.send(chunk, allowed_mentions=NO_MENTIONS)
+        return answer
 
-    async def _reply(self, message: discord.Message, text: str, *, raise_errors: bool = False) -> None:
+    async def _answer_streaming(self, message: discord.Message, call: ChatCall) -> str | None:
+        """Show the answer while the model writes it; a cut stream keeps its partial text, marked."""
+
+        async def send(text: str, first: bool) -> discord.Message:
+            if first:
+                return await self._reply(message, text, raise_errors=True)  # type: ignore[return-value]
+            return await message.channel.send(text, allowed_mentions=NO_MENTIONS)
+
+        reply = StreamingReply(send, self._edit_budgets.for_channel(message.channel.id))
+        cut = False
         try:
-            await message.channel.send(
+            async with aclosing(self.services.pool.stream(call)) as pieces:
+                async for piece in pieces:
+                    await reply.feed(piece)
+        except ProviderBadResponse as exc:
+            if not reply.started:
+                raise
+            log.warning("bot %s: %s", self.spec.name, exc)
+            cut = True
+        if not reply.text.strip():
+            await self._reply(message, EMPTY_ANSWER)
+            return None
+        await reply.finish(cut=cut)
+        return None if cut else reply.text.strip()
+
+    async def _reply(
+        self, message: discord.Message, text: str, *, raise_errors: bool = False
+    ) -> discord.Message | None:
+        try:
+            return await message.channel.send(
                 text,
                 reference=message.to_reference(fail_if_not_exists=False),
                 mention_author=False,
@@ -426,6 +458,7 @@ class PersonaBot:
             if raise_errors:
                 raise
             log.warning("bot %s: could not send a reply (HTTP %s)", self.spec.name, exc.status)
+            return None
 
 
 @asynccontextmanager

@@ -201,8 +201,8 @@ def test_limit_below_minimum_is_rejected() -> None:
 
 
 def test_prefers_paragraph_break() -> None:
-    text = "A" * 70 + "\n\n" + "b " * 40
-    assert split_message(text, 100)[0] == "A" * 70
+    text = "A" * 55 + "\n\n" + "B" * 20 + "\n" + "c " * 40
+    assert split_message(text, 100)[0] == "A" * 55  # not the later line break
 
 
 def test_prefers_line_break_over_space() -> None:
@@ -219,8 +219,12 @@ def test_breaks_between_words() -> None:
 
 
 def test_no_break_space_is_not_a_break_point() -> None:
-    text = "a" * 30 + "\u00a0" + "b" * 30 + " c"
-    assert split_message(text, 62) == ["a" * 30 + "\u00a0" + "b" * 30, "c"]
+    text = "a" * 30 + "\u00a0" + "b" * 40
+    assert split_message(text, 50) == ["a" * 30 + "\u00a0" + "b" * 19, "b" * 21]
+
+
+def test_whitespace_only_pieces_are_dropped() -> None:
+    assert split_message("hello " + "\u00a0" * 40 + " world", 20) == ["hello", "world"]
 
 
 # ---------------------------------------------------------------- scripts and graphemes

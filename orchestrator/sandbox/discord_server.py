@@ -249,6 +249,7 @@ class DiscordSandbox:
         self.sessions: dict[str, GatewaySession] = {}  # token -> current (possibly disconnected) session
         self.faults: list[RestFault] = []  # pending injected faults, FIFO
         self.rest_log: list[tuple[str, str, int]] = []  # (method, path, status) per REST request
+        self.rest_times: list[float] = []  # time.monotonic() of each rest_log entry
 
         self.default_user_id = self._add_user("alice", bot=False, roles=())
         self.guild_id = self.add_guild("Sandbox")
@@ -809,6 +810,7 @@ class DiscordSandbox:
                 }
             )
         self.rest_log.append((request.method, request.path, response.status))
+        self.rest_times.append(time.monotonic())
         return response
 
     def _take_fault(self, request: web.Request) -> RestFault | None:
