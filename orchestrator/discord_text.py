@@ -38,6 +38,7 @@ _BREAK_WS = (
 )
 _WS_CLASS = "[" + re.escape(_BREAK_WS) + "]"
 _WS_RUN = re.compile(_WS_CLASS + "+")
+_ANY_WS = re.compile(r"\s*")
 _LINE_BREAKS = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
 # Greedy ".*" makes re.match find the LAST break in a window, scanning back in C.
 _LAST_PARA = re.compile(r"(?s).*(\n)[^\S\n\u00a0\u2007\u202f]*\n")
@@ -246,10 +247,9 @@ def split_message(text: str, limit: int = 2000) -> list[str]:
         suffix = ""
         if lay.is_open(e):
             suffix = _CLOSE
-            # If only whitespace separates the cut from the block's own closing fence,
+            # If only whitespace (even no-break) separates the cut from the block's own closing fence,
             # our "\n```" stands in for it instead of reopening an empty block.
-            ws = _WS_RUN.match(text, e)
-            q = ws.end() if ws else e
+            q = _ANY_WS.match(text, e).end()  # type: ignore[union-attr]  # \s* always matches
             if q < lay.end and lay.token_at(q):
                 nxt = lay.skip(q + 3)
         chunks.append(prefix + body + suffix)

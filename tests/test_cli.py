@@ -9,6 +9,8 @@ from pathlib import Path
 
 import anyio
 
+from orchestrator.memory import ConversationKey, SQLiteStore
+
 from .conftest import API_KEY, World, token_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -93,3 +95,7 @@ async def test_sigterm_mid_answer_delivers_the_answer_and_exits_zero(world: Worl
     [reply] = [m for m in world.discord.sent if m.reference_id == int(message["id"])]
     assert "are you still there?" in reply.content
     assert world.openai.chat_requests[0].api_key == API_KEY
+    store = SQLiteStore(world.tmp_path / "memory.sqlite3")
+    key = ConversationKey("sage", world.discord.channel_id, world.discord.default_user_id)
+    assert [turn.content for turn in await store.history(key, 10)] == ["are you still there?", reply.content]
+    store.close()
