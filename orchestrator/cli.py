@@ -71,6 +71,35 @@ def cmd_models(args: argparse.Namespace) -> int:
     return anyio.run(main, backend="asyncio")
 
 
+def cmd_usage(args: argparse.Namespace) -> int:
+    """Today's token usage per bot (and its top users) from the store, next to the daily budgets."""
+    from .llm.quota import QuotaBook, utc_day
+    from .memory import SQLiteStore
+
+    config = _load(args.config)
+    if not config.database.exists():
+        print(f"no usage recorded yet ({config.database} does not exist)")
+        return 0
+    store = SQLiteStore(config.database)
+    try:
+        usage = store.load_daily_usage(utc_day())
+    finally:
+        store.close()
+    print(f"token usage on {utc_day()} (UTC):")
+    for bot in config.bots.values():
+        used = usage.get((bot.name, QuotaBook.ALL_USERS), 0)
+        budget = bot.quota.tokens_per_day
+        share = f" ({100 * used / budget:.1f}% of {budget})" if budget else ""
+        print(f"  {bot.name:16} {used:>10} tokens{share}")
+        users = sorted(
+            ((tokens, user) for (name, user), tokens in usage.items() if name == bot.name and user != QuotaBook.ALL_USERS),
+            reverse=True,
+        )
+        for tokens, user in users[: args.top]:
+            print(f"    user {user:>20} {tokens:>10}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .sandbox.demo import run_demo
 
@@ -96,6 +125,11 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("config", nargs="?", default=DEFAULT_CONFIG)
     models.add_argument("--provider", help="only this provider")
     models.set_defaults(func=cmd_models)
+
+    usage = sub.add_parser("usage", help="today's token usage per bot and its top users")
+    usage.add_argument("config", nargs="?", default=DEFAULT_CONFIG)
+    usage.add_argument("--top", type=int, default=5, help="how many users to list per bot (default 5)")
+    usage.set_defaults(func=cmd_usage)
 
     demo = sub.add_parser("demo", help="run the bots against the bundled loopback Discord and OpenAI servers")
     demo.add_argument("config", nargs="?", default=DEFAULT_CONFIG)

@@ -43,6 +43,8 @@ class ProviderSettings(_Model):
     queue_timeout: float = Field(30.0, gt=0, le=3600)
     timeout: float = Field(60.0, gt=0, le=3600)
     max_retries: int = Field(3, ge=0, le=10)
+    breaker_threshold: int = Field(5, ge=1, le=1000)  # consecutive failures that open the circuit
+    breaker_cooldown: float = Field(30.0, gt=0, le=3600)  # seconds before a probe request
 
 
 class SamplingParams(_Model):

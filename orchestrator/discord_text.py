@@ -247,9 +247,10 @@ def split_message(text: str, limit: int = 2000) -> list[str]:
         suffix = ""
         if lay.is_open(e):
             suffix = _CLOSE
-            # If only whitespace (even no-break) separates the cut from the block's own closing fence,
+            # If only whitespace separates the cut from the block's own closing fence,
             # our "\n```" stands in for it instead of reopening an empty block.
-            q = _ANY_WS.match(text, e).end()  # type: ignore[union-attr]  # \s* always matches
+            ws = _ANY_WS.match(text, e)
+            q = ws.end() if ws else e
             if q < lay.end and lay.token_at(q):
                 nxt = lay.skip(q + 3)
         chunks.append(prefix + body + suffix)

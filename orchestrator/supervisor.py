@@ -22,8 +22,8 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from .config import BotSpec, Config, RestartSettings
 from .errors import BotFatalError
-from .observability import current_bot
-from .persona_bot import PersonaBot, Services
+from .observability import current_bot, report_exception
+from .persona_bot import BotCounters, PersonaBot, Services
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,7 @@ class Child:
     since: float = field(default_factory=time.monotonic)
     last_error: str = ""
     done: anyio.Event = field(default_factory=anyio.Event)
+    counters: BotCounters = field(default_factory=BotCounters)  # outlives each restart's actor
 
 
 class Supervisor:
@@ -141,11 +142,13 @@ class Supervisor:
                 child.actor = PersonaBot(
                     child.spec, self.services, on_ready=lambda: self._set_state(child, BotState.RUNNING)
                 )
+                child.actor.counters = child.counters
                 await child.actor.run()
                 return
             except BotFatalError as exc:
                 child.last_error = exc.reason
                 log.error("bot %s failed and will not be restarted: %s", name, exc.reason)
+                report_exception(exc, bot=name, provider=child.spec.provider, model=child.spec.model)
                 self._set_state(child, BotState.FAILED)
                 return
             except Exception as exc:  # noqa: BLE001 - a crash stays inside this child
@@ -153,6 +156,7 @@ class Supervisor:
                 child.last_error = f"{type(exc).__name__}: {exc}"
                 if child.stopping:
                     return
+                report_exception(exc, bot=name, provider=child.spec.provider, model=child.spec.model)
                 now = time.monotonic()
                 child.recent_crashes.append(now)
                 while child.recent_crashes and child.recent_crashes[0] < now - self.policy.window:
@@ -197,7 +201,7 @@ class Supervisor:
         """Bring the running bots in line with ``config``; returns what changed, by kind."""
         old = self.config
         self.config = config
-        self.services.pool.update_providers(config.providers)
+        await self.services.pool.update_providers(config.providers)
         added = [name for name in config.bots if name not in self.children]
         removed = [name for name in self.children if name not in config.bots]
         restarted, updated = [], []

@@ -69,6 +69,7 @@ class PoolStats:
     requests: int = 0
     retries: int = 0
     errors: dict[str, int] = field(default_factory=dict)
+    provider_errors: dict[tuple[str, str], int] = field(default_factory=dict)  # (provider, error class)
 
 
 def estimate_tokens(text: str) -> int:
@@ -117,6 +118,8 @@ class _Provider:
         self.limiter = FairLimiter(spec.settings.max_concurrency, spec.settings.max_queue)
         self.breaker = breaker
         self.paused_until = 0.0
+        self.in_flight = 0
+        self.retired = False
 
     def _build(self) -> openai.AsyncOpenAI:
         return openai.AsyncOpenAI(
@@ -127,9 +130,14 @@ class _Provider:
         )
 
     async def rebuild(self) -> None:
+        """Replace a client that keeps failing (its connections may be broken)."""
         old, self.client = self.client, self._build()
         with anyio.move_on_after(2, shield=True):
             await old.close()
+
+    async def close(self) -> None:
+        with anyio.move_on_after(2, shield=True):
+            await self.client.close()
 
 
 class LLMPool:
@@ -140,28 +148,30 @@ class LLMPool:
         providers: Mapping[str, ProviderSpec],
         quotas: QuotaBook | None = None,
         *,
-        breaker_threshold: int = 5,
-        breaker_cooldown: float = 30.0,
         near_limit_fraction: float = 0.02,
     ) -> None:
         self.quotas = quotas or QuotaBook()
         self.stats = PoolStats()
-        self._breaker_args = (breaker_threshold, breaker_cooldown)
         self._near_limit = near_limit_fraction
         self._providers: dict[str, _Provider] = {}
         self._random = random.Random()
-        self.update_providers(providers)
+        self._add_providers(providers)
 
-    def update_providers(self, providers: Mapping[str, ProviderSpec]) -> list[openai.AsyncOpenAI]:
-        """Apply a new provider configuration; returns clients that are no longer used (close them)."""
-        retired = []
-        for name in list(self._providers):
-            if name not in providers or self._providers[name].spec != providers[name]:
-                retired.append(self._providers.pop(name).client)
+    def _add_providers(self, providers: Mapping[str, ProviderSpec]) -> None:
         for name, spec in providers.items():
             if name not in self._providers:
-                self._providers[name] = _Provider(spec, CircuitBreaker(*self._breaker_args))
-        return retired
+                breaker = CircuitBreaker(spec.settings.breaker_threshold, spec.settings.breaker_cooldown)
+                self._providers[name] = _Provider(spec, breaker)
+
+    async def update_providers(self, providers: Mapping[str, ProviderSpec]) -> None:
+        """Apply a new provider configuration. A replaced client closes once its last request ends."""
+        for name in list(self._providers):
+            if name not in providers or self._providers[name].spec != providers[name]:
+                state = self._providers.pop(name)
+                state.retired = True
+                if not state.in_flight:
+                    await state.close()
+        self._add_providers(providers)
 
     async def __aenter__(self) -> LLMPool:
         return self
@@ -170,9 +180,8 @@ class LLMPool:
         await self.aclose()
 
     async def aclose(self) -> None:
-        with anyio.move_on_after(5, shield=True):
-            for provider in self._providers.values():
-                await provider.client.close()
+        for provider in self._providers.values():
+            await provider.close()
 
     def client(self, provider: str) -> openai.AsyncOpenAI:
         return self._provider(provider).client
@@ -241,6 +250,7 @@ class LLMPool:
             kwargs["stream"] = True
             kwargs["stream_options"] = {"include_usage": True}
         attempt = 0
+        state.in_flight += 1
         try:
             while True:
                 self.stats.requests += 1
@@ -249,6 +259,8 @@ class LLMPool:
                     break
                 except ProviderError as error:
                     self.stats.errors[type(error).__name__] = self.stats.errors.get(type(error).__name__, 0) + 1
+                    by_provider = (call.provider, type(error).__name__)
+                    self.stats.provider_errors[by_provider] = self.stats.provider_errors.get(by_provider, 0) + 1
                     delay = self._retry_delay(error, attempt, settings.max_retries, deadline)
                     if delay is None:
                         raise
@@ -262,6 +274,9 @@ class LLMPool:
             yield raw, attempt + 1, reservation
         finally:
             self.quotas.settle(reservation, 0)  # a no-op when the caller settled the real usage
+            state.in_flight -= 1
+            if state.retired and not state.in_flight:
+                await state.close()
 
     def _retry_delay(self, error: ProviderError, attempt: int, max_retries: int, deadline: float) -> float | None:
         if not isinstance(error, (ProviderBusy, ProviderTimeout)) or attempt >= max_retries:

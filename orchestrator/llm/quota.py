@@ -63,6 +63,7 @@ class Reservation:
     estimate: int
     token_events: list[list[float]]
     settled: bool = False
+    provider: str = ""
 
 
 @dataclass(frozen=True)
@@ -75,8 +76,9 @@ class UsageReport:
     limits: QuotaSettings
 
 
-def _utc_day(now: float) -> str:
-    return datetime.fromtimestamp(now, timezone.utc).strftime("%Y-%m-%d")
+def utc_day(now: float | None = None) -> str:
+    """The UTC calendar day daily budgets count in, as ``YYYY-MM-DD``."""
+    return datetime.fromtimestamp(time.time() if now is None else now, timezone.utc).strftime("%Y-%m-%d")
 
 
 def _seconds_to_midnight(now: float) -> float:
@@ -104,9 +106,11 @@ class QuotaBook:
         self._tokens: dict[tuple[str, str], _Window] = {}
         self._day = ""
         self._daily: dict[tuple[str, str], int] = {}
+        self.rejections: dict[tuple[str, str, str], int] = {}  # (bot, scope, limit) → refused requests
+        self.tokens_used: dict[tuple[str, str], int] = {}  # (bot, provider) → tokens the providers counted
 
     def _roll_day(self) -> None:
-        day = _utc_day(self._wall())
+        day = utc_day(self._wall())
         if day != self._day:
             self._day = day
             self._daily = dict(self._sink.load_daily_usage(day)) if self._sink else {}
@@ -118,14 +122,19 @@ class QuotaBook:
         now = self._clock()
         self._roll_day()
         scopes = (("bot", (bot, self.ALL_USERS), bot_quota), ("user", (bot, user), user_quota))
-        for scope, key, quota in scopes:
-            self._check(provider, scope, key, quota, estimate, now)
+        try:
+            for scope, key, quota in scopes:
+                self._check(provider, scope, key, quota, estimate, now)
+        except QuotaExceeded as exc:
+            counted = (bot, exc.scope, exc.limit)
+            self.rejections[counted] = self.rejections.get(counted, 0) + 1
+            raise
         events = []
         for _, key, _quota in scopes:
             self._requests.setdefault(key, _Window()).add(now, 1)
             events.append(self._tokens.setdefault(key, _Window()).add(now, estimate))
             self._daily[key] = self._daily.get(key, 0) + estimate
-        return Reservation(bot, user, estimate, events)
+        return Reservation(bot, user, estimate, events, provider=provider)
 
     def _check(
         self, provider: str, scope: str, key: tuple[str, str], quota: QuotaSettings, estimate: int, now: float
@@ -160,6 +169,9 @@ class QuotaBook:
             if window is not None:
                 window.total += delta
             self._daily[key] = max(0, self._daily.get(key, 0) + delta)
+        if actual_tokens:
+            used = (reservation.bot, reservation.provider)
+            self.tokens_used[used] = self.tokens_used.get(used, 0) + actual_tokens
         if self._sink and actual_tokens:
             for bot, user in ((reservation.bot, self.ALL_USERS), (reservation.bot, reservation.user)):
                 self._sink.add_daily_usage(self._day, bot, user, actual_tokens)

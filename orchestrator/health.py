@@ -1,0 +1,112 @@
+"""A small HTTP server for operations: ``GET /healthz`` (JSON) and ``GET /metrics`` (Prometheus).
+
+It listens on 127.0.0.1 by default (``orchestrator run --health-port PORT`` or ``health_port:`` in
+bots.yaml; off otherwise) and runs as one task of the app's task group, so it stops with the app.
+``/healthz`` answers 200 while the supervisor runs and 503 once it is stopping::
+
+    {"status": "ok",
+     "bots": {"sage": {"state": "running", "uptime_s": 12.5, "state_s": 12.5, "restarts": 0,
+                       "last_error": "", "chats": 2, "answered": 2, "provider": "openai",
+                       "model": "gpt-4o-mini",
+                       "usage": {"requests_last_minute": 2, "tokens_last_minute": 80, "tokens_today": 80}}},
+     "last_reload_error": null}
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from aiohttp import web
+from anyio.abc import TaskStatus
+
+from .metrics import CONTENT_TYPE_LATEST
+from .observability import redactor
+
+if TYPE_CHECKING:
+    from .app import App
+
+log = logging.getLogger(__name__)
+
+DEFAULT_HOST = "127.0.0.1"
+
+
+def health_report(app: App) -> tuple[int, dict[str, Any]]:
+    """The HTTP status and JSON body of ``/healthz``."""
+    supervisor = app.supervisor
+    if supervisor is None:
+        return 503, {"status": "starting", "bots": {}, "last_reload_error": app.last_reload_error}
+    now = time.monotonic()
+    bots: dict[str, Any] = {}
+    for name, child in list(supervisor.children.items()):
+        in_state = round(now - child.since, 3)
+        entry: dict[str, Any] = {
+            "state": child.state.value,
+            "uptime_s": in_state if child.state.value == "running" else 0.0,
+            "state_s": in_state,
+            "restarts": child.restarts,
+            "last_error": redactor.redact(child.last_error),
+            "chats": child.counters.chats,
+            "answered": child.counters.answered,
+            "busy": child.counters.busy,
+            "errors": child.counters.errors,
+            "provider": child.spec.provider,
+            "model": child.spec.model,
+        }
+        if app.pool is not None:
+            usage = app.pool.quotas.report(name)
+            entry["usage"] = {
+                "requests_last_minute": usage.requests_last_minute,
+                "tokens_last_minute": usage.tokens_last_minute,
+                "tokens_today": usage.tokens_today,
+            }
+        bots[name] = entry
+    stopping = supervisor.stop_requested
+    body = {
+        "status": "stopping" if stopping else "ok",
+        "bots": bots,
+        "last_reload_error": redactor.redact(app.last_reload_error) if app.last_reload_error else None,
+    }
+    return (503 if stopping else 200), body
+
+
+class HealthServer:
+    """Serves ``/healthz`` and ``/metrics`` for one :class:`~orchestrator.app.App`."""
+
+    def __init__(self, app: App, port: int, host: str = DEFAULT_HOST) -> None:
+        self.app = app
+        self.host = host
+        self.requested_port = port
+        self.port: int | None = None
+
+    async def serve(self, *, task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Listen, report the bound port through ``task_status``, serve until cancelled."""
+        web_app = web.Application()
+        web_app.router.add_get("/healthz", self._healthz)
+        web_app.router.add_get("/metrics", self._metrics)
+        runner = web.AppRunner(web_app, access_log=None, shutdown_timeout=1.0)
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, self.host, self.requested_port)
+            try:
+                await site.start()
+            except OSError as exc:
+                raise OSError(
+                    exc.errno, f"cannot serve /healthz on {self.host}:{self.requested_port}: {exc.strerror or exc}"
+                ) from exc
+            self.port = runner.addresses[0][1]
+            log.info("health and metrics on http://%s:%d/healthz and /metrics", self.host, self.port)
+            task_status.started(self.port)
+            await anyio.sleep_forever()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await runner.cleanup()
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        status, body = health_report(self.app)
+        return web.json_response(body, status=status)
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        return web.Response(body=self.app.metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -1,0 +1,151 @@
+"""Prometheus metrics for ``GET /metrics``.
+
+Almost everything is read from the live state when Prometheus scrapes (a custom collector over
+the supervisor's children, each bot's counters, the pool's statistics and the quota book), so the
+core modules keep plain counters and know nothing about Prometheus. The one exception is the
+answer latency, a histogram the bots feed when an answer is delivered (:meth:`Metrics.observe_answer`).
+
+Every :class:`Metrics` has its own registry: two apps in one process (tests) never share series.
+
+    orchestrator_bot_state{bot,state}                   1 for the bot's current state, 0 for the others
+    orchestrator_bot_state_seconds{bot}                 seconds in the current state
+    orchestrator_bot_restarts_total{bot}                restarts after crashes
+    orchestrator_chats_total{bot}                       chat requests handled
+    orchestrator_answers_total{bot}                     answers delivered
+    orchestrator_busy_total{bot}                        messages refused because the mailbox was full
+    orchestrator_handler_errors_total{bot}              unexpected errors while handling a message
+    orchestrator_answer_latency_seconds{bot}            histogram: message received → answer delivered
+    orchestrator_provider_requests_total                requests sent to providers (retries included)
+    orchestrator_provider_retries_total                 retries after 429 / 5xx / timeouts
+    orchestrator_provider_errors_total{provider,kind}   failed attempts: auth, busy, timeout, unavailable, bad_response
+    orchestrator_quota_rejections_total{bot,scope,limit} requests refused by a quota (scope: bot or user)
+    orchestrator_tokens_total{bot,provider}             tokens used, as counted by the providers
+    orchestrator_config_reload_failed                   1 while the last edit of bots.yaml was rejected
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Protocol
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from .llm.pool import LLMPool
+    from .supervisor import Supervisor
+
+__all__ = ["CONTENT_TYPE_LATEST", "LATENCY_BUCKETS", "Metrics", "error_kind"]
+
+# LLM answers take from a fraction of a second (small local models) to minutes (long answers, retries).
+LATENCY_BUCKETS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0, 120.0, 300.0)
+
+
+class MetricsSource(Protocol):
+    """What the collector reads at scrape time (the :class:`~orchestrator.app.App`)."""
+
+    supervisor: Supervisor | None
+    pool: LLMPool | None
+    last_reload_error: str | None
+
+
+def error_kind(class_name: str) -> str:
+    """``ProviderBadResponse`` → ``bad_response``, ``ProviderAuthError`` → ``auth``."""
+    name = class_name.removeprefix("Provider").removesuffix("Error") or class_name
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+class Metrics:
+    """One registry with the live collector and the latency histogram."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.source: MetricsSource | None = None
+        self.answer_latency = Histogram(
+            "orchestrator_answer_latency_seconds",
+            "Seconds from receiving a chat message to delivering the answer.",
+            ["bot"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.registry.register(_LiveCollector(self))
+
+    def observe_answer(self, bot: str, seconds: float) -> None:
+        self.answer_latency.labels(bot).observe(max(0.0, seconds))
+
+    def exposition(self) -> bytes:
+        """The registry in Prometheus' text format (call it on the event loop's thread)."""
+        return generate_latest(self.registry)
+
+
+class _LiveCollector(Collector):
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        source = self._metrics.source
+        if source is None:
+            return
+        yield from self._bots(source.supervisor)
+        yield from self._pool(source.pool)
+        reload_failed = GaugeMetricFamily(
+            "orchestrator_config_reload_failed", "1 while the last edit of bots.yaml was rejected."
+        )
+        reload_failed.add_metric([], 1.0 if source.last_reload_error else 0.0)
+        yield reload_failed
+
+    @staticmethod
+    def _bots(supervisor: Supervisor | None) -> Iterator[Metric]:
+        state = GaugeMetricFamily(
+            "orchestrator_bot_state", "1 for the bot's current state, 0 for the others.", labels=["bot", "state"]
+        )
+        state_seconds = GaugeMetricFamily(
+            "orchestrator_bot_state_seconds", "Seconds the bot has been in its current state.", labels=["bot"]
+        )
+        restarts = CounterMetricFamily("orchestrator_bot_restarts", "Restarts after crashes.", labels=["bot"])
+        counters = {
+            "chats": CounterMetricFamily("orchestrator_chats", "Chat requests handled.", labels=["bot"]),
+            "answered": CounterMetricFamily("orchestrator_answers", "Answers delivered.", labels=["bot"]),
+            "busy": CounterMetricFamily(
+                "orchestrator_busy", "Messages refused because the bot's mailbox was full.", labels=["bot"]
+            ),
+            "errors": CounterMetricFamily(
+                "orchestrator_handler_errors", "Unexpected errors while handling a message.", labels=["bot"]
+            ),
+        }
+        now = time.monotonic()
+        children = list(supervisor.children.items()) if supervisor is not None else []
+        for name, child in children:
+            for candidate in type(child.state):
+                state.add_metric([name, candidate.value], 1.0 if candidate is child.state else 0.0)
+            state_seconds.add_metric([name], now - child.since)
+            restarts.add_metric([name], child.restarts)
+            for field_name, family in counters.items():
+                family.add_metric([name], getattr(child.counters, field_name))
+        yield from (state, state_seconds, restarts, *counters.values())
+
+    @staticmethod
+    def _pool(pool: LLMPool | None) -> Iterator[Metric]:
+        requests = CounterMetricFamily("orchestrator_provider_requests", "Requests sent to providers, retries included.")
+        retries = CounterMetricFamily("orchestrator_provider_retries", "Retries after 429, 5xx or timeouts.")
+        errors = CounterMetricFamily(
+            "orchestrator_provider_errors", "Failed provider attempts by kind.", labels=["provider", "kind"]
+        )
+        rejections = CounterMetricFamily(
+            "orchestrator_quota_rejections", "Requests refused by a quota.", labels=["bot", "scope", "limit"]
+        )
+        tokens = CounterMetricFamily("orchestrator_tokens", "Tokens used, as counted by the providers.",
+                                     labels=["bot", "provider"])
+        if pool is not None:
+            requests.add_metric([], pool.stats.requests)
+            retries.add_metric([], pool.stats.retries)
+            for (provider, class_name), count in sorted(pool.stats.provider_errors.items()):
+                errors.add_metric([provider, error_kind(class_name)], count)
+            for (bot, scope, limit), count in sorted(pool.quotas.rejections.items()):
+                rejections.add_metric([bot, scope, limit], count)
+            for (bot, provider), count in sorted(pool.quotas.tokens_used.items()):
+                tokens.add_metric([bot, provider], count)
+        yield from (requests, retries, errors, rejections, tokens)

@@ -1,0 +1,48 @@
+"""CPU time and memory of another process, read from /proc (Linux only, no psutil)."""
+
+from __future__ import annotations
+
+import os
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of every thread of ``pid`` so far (resolution 1/CLK_TCK s)."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+        stat = f.read()
+    fields = stat[stat.rindex(")") + 2 :].split()  # the command name may contain spaces
+    utime, stime = int(fields[11]), int(fields[12])
+    return (utime + stime) / CLOCK_TICKS
+
+
+def rss_kib(pid: int) -> int:
+    """Resident set size (VmRSS) in KiB."""
+    with open(f"/proc/{pid}/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise LookupError(f"no VmRSS for pid {pid}")
+
+
+def pss_kib(pid: int) -> int | None:
+    """Proportional set size from /proc/PID/smaps_rollup in KiB, or None when it is not readable."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def memory(pids: list[int]) -> dict[str, float | None]:
+    """Summed RSS and PSS (MiB) of ``pids``; ``pss_mib`` is None if any smaps_rollup was unreadable."""
+    rss = [rss_kib(pid) for pid in pids]
+    pss = [pss_kib(pid) for pid in pids]
+    return {
+        "processes": len(pids),
+        "rss_mib": sum(rss) / 1024,
+        "pss_mib": None if any(p is None for p in pss) else sum(p for p in pss if p is not None) / 1024,
+    }
