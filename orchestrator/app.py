@@ -4,6 +4,7 @@
     ├── LLMPool            shared providers (closed last)
     ├── SQLiteStore        memory + usage
     └── task group
+        ├── HealthServer.serve     /healthz and /metrics on 127.0.0.1 (when a health port is set)
         ├── Supervisor.run         every bot (see supervisor.py)
         ├── signal handler         SIGINT/SIGTERM → graceful stop, SIGHUP → reload
         ├── config watcher         bots.yaml / .env saved → reload
@@ -14,18 +15,22 @@ from __future__ import annotations
 
 import logging
 import signal
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import anyio
 import watchfiles
 from anyio.abc import TaskStatus
 
-from .config import Config, load_config
+from .config import Config, load_config, read_environment
 from .errors import ConfigError
+from .health import DEFAULT_HOST, HealthServer
 from .llm.pool import LLMPool
 from .llm.quota import QuotaBook
 from .memory import SQLiteStore
-from .observability import redactor
+from .metrics import Metrics
+from .observability import flush_sentry, init_sentry, install_log_redaction, redactor, set_bot_tag_source
 from .persona_bot import RuntimeOptions, Services, configure_discord
 from .supervisor import Supervisor
 
@@ -41,7 +46,13 @@ def config_secrets(config: Config) -> list[str]:
 
 
 class App:
-    """Owns everything ``orchestrator run`` starts; ``run`` returns after a graceful stop."""
+    """Owns everything ``orchestrator run`` starts; ``run`` returns after a graceful stop.
+
+    ``health_port`` (default: bots.yaml's ``health_port``; 0 picks a free port) turns on the
+    /healthz and /metrics server; :attr:`health_port_bound` is the port it listens on.
+    ``sentry_dsn`` defaults to ``SENTRY_DSN`` from the environment or the ``.env`` beside bots.yaml;
+    ``sentry_transport`` replaces Sentry's network transport (tests).
+    """
 
     def __init__(
         self,
@@ -51,13 +62,25 @@ class App:
         handle_signals: bool = True,
         watch: bool = True,
         watch_debounce_ms: int = 1600,
+        health_port: int | None = None,
+        health_host: str = DEFAULT_HOST,
+        sentry_dsn: str | None = None,
+        sentry_transport: Any = None,
     ) -> None:
         self.config = config
         self.options = options or RuntimeOptions(guild_ready_timeout=config.discord.guild_ready_timeout)
         self.handle_signals = handle_signals
         self.watch = watch
         self.watch_debounce_ms = watch_debounce_ms
+        self.health_port = health_port
+        self.health_host = health_host
+        self.sentry_dsn = sentry_dsn
+        self.sentry_transport = sentry_transport
         self.supervisor: Supervisor | None = None
+        self.pool: LLMPool | None = None
+        self.health: HealthServer | None = None
+        self.metrics = Metrics()
+        self.metrics.source = self
         self.last_reload_error: str | None = None
         self._reload_lock = anyio.Lock()
 
@@ -65,16 +88,34 @@ class App:
     def from_file(cls, path: str | Path, **kwargs: object) -> App:
         return cls(load_config(path), **kwargs)  # type: ignore[arg-type]
 
+    @property
+    def health_port_bound(self) -> int | None:
+        """The port /healthz and /metrics listen on, once the server is up."""
+        return self.health.port if self.health is not None else None
+
+    def _bot_tags(self, name: str) -> Mapping[str, str]:
+        spec = self.config.bots.get(name)
+        return {"provider": spec.provider, "model": spec.model} if spec is not None else {}
+
     async def run(self, *, task_status: TaskStatus[Supervisor] = anyio.TASK_STATUS_IGNORED) -> None:
         config = self.config
         redactor.update(config_secrets(config))
+        install_log_redaction()
+        dsn = self.sentry_dsn if self.sentry_dsn is not None else read_environment(config.path.parent).get("SENTRY_DSN")
+        if init_sentry(dsn, transport=self.sentry_transport):
+            set_bot_tag_source(self._bot_tags)
         configure_discord(config.discord)
         store = SQLiteStore(config.database)
         try:
             async with LLMPool(config.providers, QuotaBook(store)) as pool:
-                services = Services(pool, store, self.options)
+                self.pool = pool
+                services = Services(pool, store, self.options, metrics=self.metrics)
                 self.supervisor = supervisor = Supervisor(config, services)
                 async with anyio.create_task_group() as tg:
+                    port = self.health_port if self.health_port is not None else config.health_port
+                    if port is not None:
+                        self.health = HealthServer(self, port, self.health_host)
+                        await tg.start(self.health.serve)
                     await tg.start(self._supervise, supervisor, tg.cancel_scope)
                     if self.handle_signals:
                         tg.start_soon(self._handle_signals)
@@ -84,6 +125,7 @@ class App:
                     task_status.started(supervisor)
         finally:
             store.close()
+            await flush_sentry()
         log.info("all bots stopped; bye")
 
     @staticmethod

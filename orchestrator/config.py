@@ -168,8 +168,8 @@ class BotSpec:
     concurrency: int
 
     def needs_reconnect(self, other: BotSpec) -> bool:
-        """True when going from ``self`` to ``other`` needs a new Discord connection."""
-        return self.token != other.token or self.prefix != other.prefix
+        """True when going from ``self`` to ``other`` needs a new Discord connection (and actor)."""
+        return (self.token, self.mailbox_size, self.concurrency) != (other.token, other.mailbox_size, other.concurrency)
 
 
 @dataclass(frozen=True)

@@ -3,9 +3,10 @@
 Pure functions, no discord.py import. ``split_message`` cuts a model's answer into
 messages of at most ``limit`` characters (Discord counts code points, i.e. ``len()``):
 
-* it breaks at paragraph ends, then line ends, then spaces; a word longer than the
-  room is hard-split, but never inside a grapheme cluster (combining marks, ZWJ emoji
-  sequences, variation selectors, skin tones, flag pairs, ZWNJ inside Persian words);
+* it breaks at paragraph ends, then line ends, then spaces (any script; no-break spaces
+  are not break points); a word longer than the room is hard-split, but never inside a
+  grapheme cluster (combining marks, ZWJ emoji sequences, variation selectors, skin
+  tones, flag pairs, ZWNJ inside Persian words);
 * a chunk that ends inside a ``` fence gets "\\n```" appended and the next chunk reopens
   the fence with the original opening line ("```python\\n"), both counted in the limit;
   an answer that ends with its fence still open is closed too, so every chunk is balanced;

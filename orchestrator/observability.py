@@ -258,3 +258,15 @@ def report_exception(
         for key, value in tags.items():
             scope.set_tag(key, value)
         scope.capture_exception(exc if exc is not None else sys.exc_info()[1])
+
+
+async def flush_sentry(timeout: float = 2.0) -> None:
+    """Send what Sentry still holds (off the event loop's thread); a no-op without Sentry."""
+    if "sentry_sdk" not in sys.modules:
+        return
+    import anyio
+    import sentry_sdk
+
+    if sentry_sdk.get_client().is_active():
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(sentry_sdk.flush, timeout)

@@ -31,6 +31,8 @@ from .discord_text import clean_user_text, neutralize_mentions, split_message
 from .errors import BotFatalError, ProviderBadResponse, ProviderError
 from .llm.pool import ChatCall, LLMPool
 from .memory import SHARED, ConversationKey, ConversationStore, fit_context
+from .metrics import Metrics
+from .observability import report_exception
 from .streaming import EditBudgets, StreamingReply
 
 log = logging.getLogger(__name__)
@@ -65,6 +67,7 @@ class Services:
     pool: LLMPool
     store: ConversationStore
     options: RuntimeOptions = RuntimeOptions()
+    metrics: Metrics | None = None
 
 
 @dataclass(frozen=True)
@@ -119,8 +122,9 @@ class PersonaBot:
     # ------------------------------------------------------------------ lifecycle
 
     def update(self, spec: BotSpec) -> None:
-        """Apply settings that need no reconnect (persona, model, parameters, quotas)."""
+        """Apply settings that need no reconnect (persona, model, parameters, quotas, prefix, access)."""
         self.spec = spec
+        self.client.command_prefix = spec.prefix
 
     def stop(self) -> None:
         """Stop taking new messages; queued and in-flight answers finish, then the client closes."""
@@ -231,6 +235,7 @@ class PersonaBot:
 
     async def _on_error(self, event: str, *args: Any, **kwargs: Any) -> None:
         log.exception("bot %s: unhandled error in discord.py event %s", self.spec.name, event)
+        report_exception(bot=self.spec.name, provider=self.spec.provider, model=self.spec.model)
 
     async def _on_command_error(self, ctx: commands.Context[Any], error: commands.CommandError) -> None:
         if isinstance(error, commands.CommandNotFound):
@@ -317,6 +322,7 @@ class PersonaBot:
         except Exception:  # noqa: BLE001 - one bad message must not stop the bot
             self.counters.errors += 1
             log.exception("bot %s: unexpected error while handling %s", self.spec.name, job.kind)
+            report_exception(bot=self.spec.name, provider=self.spec.provider, model=self.spec.model)
             await self._reply(job.message, APOLOGY)
         finally:
             done.set()
@@ -403,6 +409,8 @@ class PersonaBot:
                 log.error("bot %s: Discord refused the answer (HTTP %s: %s)", spec.name, exc.status, exc.text)
                 return
         if answer is not None:
+            if self.services.metrics is not None:
+                self.services.metrics.observe_answer(spec.name, time.monotonic() - job.received)
             await store.append_exchange(key, text, answer)
             self.counters.answered += 1
 

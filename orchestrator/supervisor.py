@@ -183,6 +183,9 @@ class Supervisor:
         if child.state is not state:
             child.state = state
             child.since = time.monotonic()
+        self._notify()
+
+    def _notify(self) -> None:
         self._changed.set()
         self._changed = anyio.Event()
 
@@ -226,6 +229,7 @@ class Supervisor:
             del self.children[name]
         for name in added + restarted:
             self._start_child(config.bots[name])
+        self._notify()
         changes = {"added": added, "removed": removed, "restarted": restarted, "updated": updated}
         if old.discord != config.discord:
             log.warning("the 'discord' section changed; it applies to bots that (re)connect from now on")

@@ -25,6 +25,7 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
+ROOT = Path(__file__).resolve().parent.parent
 API_KEY = "sk-test-key-0123456789"
 FAST = RuntimeOptions(guild_ready_timeout=0.05, reidentify_delay=0.0, drain_timeout=5.0, close_timeout=2.0)
 
@@ -91,7 +92,8 @@ class World:
     @contextlib.asynccontextmanager
     async def running(self, config: Config | None = None, **app_kwargs: object) -> AsyncIterator[App]:
         """Run the app until the block ends; waits until every bot is RUNNING or FAILED first."""
-        app = App(config or self.load(), options=FAST, handle_signals=False, watch=False, **app_kwargs)  # type: ignore[arg-type]
+        settings: dict[str, object] = {"options": FAST, "handle_signals": False, "watch": False, **app_kwargs}
+        app = App(config or self.load(), **settings)  # type: ignore[arg-type]
         async with anyio.create_task_group() as tg:
             supervisor: Supervisor = await tg.start(app.run)
             with anyio.fail_after(10):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import time
 import unicodedata
 from bisect import bisect_right
 
@@ -351,19 +350,16 @@ def test_never_cuts_between_fence_and_language_tag() -> None:
             assert any("print('hello')" in c for c in chunks)
 
 
-# ---------------------------------------------------------------- speed
+# ---------------------------------------------------------------- size (speed is measured by scripts/bench)
 
 
-def test_100kb_answer_splits_quickly() -> None:
+def test_100kb_answer_splits_well_formed() -> None:
     prose = ("Lorem ipsum dolor sit amet, " + PERSIAN_WORDS[0] + " " + FAMILY + " consectetur.\n") * 400
     code = "```python\n" + "    x = compute(1, 2, 3)  # comment\n" * 800 + "```\n"
     text = ((prose + code) * 3)[:100_000]
-    start = time.perf_counter()
     chunks = split_message(text)
-    elapsed = time.perf_counter() - start
-    assert len(text) == 100_000
+    assert len(text) == 100_000 and len(chunks) >= 50
     assert_well_formed(chunks, 2000)
-    assert elapsed < 0.2, f"took {elapsed * 1000:.1f} ms"
 
 
 # ---------------------------------------------------------------- mentions
