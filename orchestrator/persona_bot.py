@@ -384,7 +384,11 @@ class PersonaBot:
             return
         store = self.services.store
         async with _typing(job.message.channel):
-            history = await store.history(key, spec.memory.max_turns)
+            try:
+                history = await store.history(key, spec.memory.max_turns)
+            except Exception:  # noqa: BLE001 - answer without memory rather than not at all
+                log.exception("bot %s: could not read conversation memory; answering without it", spec.name)
+                history = []
             call = ChatCall(
                 bot=spec.name,
                 user=str(job.message.author.id),
@@ -411,7 +415,10 @@ class PersonaBot:
         if answer is not None:
             if self.services.metrics is not None:
                 self.services.metrics.observe_answer(spec.name, time.monotonic() - job.received)
-            await store.append_exchange(key, text, answer)
+            try:
+                await store.append_exchange(key, text, answer)
+            except Exception:  # noqa: BLE001 - the user has the answer; only the memory of it is lost
+                log.exception("bot %s: the answer was delivered but could not be saved to memory", spec.name)
             self.counters.answered += 1
 
     async def _answer_plain(self, message: discord.Message, call: ChatCall) -> str | None:

@@ -1,0 +1,564 @@
+"""The scenarios. Each runs the orchestrator and the baseline fleet, one after the other, against a
+fresh sandbox process, and returns plain JSON-able figures (times in seconds or milliseconds as named).
+
+Every message is ``<prefix>chat #m<tag> ...`` for one bot (each bot has its own prefix ``b<i>!``,
+so all bots share #general and each message is for exactly one of them); the tag links the
+Discord message, the provider request and the reply. Message ``k`` goes to bot ``k % B`` from
+user ``(k // B) % U``, so consecutive messages belong to different conversations.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import shutil
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import procfs
+from .runner import (
+    API_KEY,
+    BaselineFleet,
+    BotDef,
+    Children,
+    OrchestratorProc,
+    SandboxProc,
+    make_bots,
+    opened,
+    orchestrator_env,
+    write_orchestrator_config,
+)
+
+SIDES = ("orchestrator", "baseline")
+SEED_EXCHANGES = 10
+
+
+# ----------------------------------------------------------------------------- statistics
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Linear-interpolated percentile (q in 0..100) of a non-empty list."""
+    ordered = sorted(values)
+    if len(ordered) == 1:
+        return ordered[0]
+    rank = (len(ordered) - 1) * q / 100
+    low = math.floor(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def summary_ms(seconds: list[float]) -> dict[str, float] | None:
+    if not seconds:
+        return None
+    ms = [s * 1000 for s in seconds]
+    return {
+        "n": len(ms),
+        "p50": percentile(ms, 50),
+        "p90": percentile(ms, 90),
+        "p99": percentile(ms, 99),
+        "max": max(ms),
+        "mean": sum(ms) / len(ms),
+    }
+
+
+def jain_index(values: list[float]) -> float | None:
+    if not values or not any(values):
+        return None
+    return sum(values) ** 2 / (len(values) * sum(v * v for v in values))
+
+
+def classify(text: str | None) -> str:
+    """What a user saw as the first reply to a message."""
+    if text is None:
+        return "unanswered"
+    if text.startswith("["):  # the sandbox model's answers start with "[<model>]"
+        return "answer"
+    if "429" in text:
+        return "error_429"
+    if "too many messages" in text:
+        return "bot_busy"
+    if "provider is busy" in text:
+        return "provider_busy"
+    if "reached the limit" in text:
+        return "quota"
+    return "other_error"
+
+
+def chat_messages(bots: list[BotDef], count: int, users: int, first_tag: int = 0) -> list[dict[str, Any]]:
+    out = []
+    for k in range(first_tag, first_tag + count):
+        bot = bots[k % len(bots)]
+        out.append(
+            {
+                "content": f"{bot.prefix}chat #m{k} what do you think about item {k}?",
+                "user": (k // len(bots)) % users,
+                "target": bot.token,
+                "tag": k,
+            }
+        )
+    return out
+
+
+@dataclass
+class Exchange:
+    """One message's timeline (monotonic seconds), as seen by the sandbox."""
+
+    tag: int
+    bot: str
+    post: float
+    dispatch: float | None
+    provider_in: float | None
+    provider_out: float | None
+    reply: float | None
+    kind: str
+
+    @property
+    def e2e(self) -> float | None:
+        return None if self.reply is None or self.dispatch is None else self.reply - self.dispatch
+
+    @property
+    def inbound(self) -> float | None:
+        if self.provider_in is None or self.dispatch is None:
+            return None
+        return self.provider_in - self.dispatch
+
+    @property
+    def outbound(self) -> float | None:
+        if self.reply is None or self.provider_out is None:
+            return None
+        return self.reply - self.provider_out
+
+
+def exchanges(load: dict[str, Any], messages: list[dict[str, Any]], bots: list[BotDef]) -> list[Exchange]:
+    by_tag: dict[int, tuple[float, float]] = {}
+    for tag, _bot, status, arrived, answered in load["provider"]:
+        if tag is not None and status == 200:
+            by_tag[tag] = (arrived, answered)
+    names = {bot.token: bot.name for bot in bots}
+    out = []
+    for spec, record in zip(messages, load["messages"]):
+        provider = by_tag.get(spec["tag"])
+        out.append(
+            Exchange(
+                tag=spec["tag"],
+                bot=names[spec["target"]],
+                post=record["post"],
+                dispatch=record["dispatch"],
+                provider_in=provider[0] if provider else None,
+                provider_out=provider[1] if provider else None,
+                reply=record["reply"],
+                kind=classify(record["text"]),
+            )
+        )
+    return out
+
+
+def kinds(items: list[Exchange]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for item in items:
+        counts[item.kind] = counts.get(item.kind, 0) + 1
+    return counts
+
+
+def provider_statuses(load: dict[str, Any]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for _tag, _bot, status, _a, _b in load["provider"]:
+        counts[str(status)] = counts.get(str(status), 0) + 1
+    return counts
+
+
+def linear_fit(xs: list[float], ys: list[float]) -> tuple[float, float] | None:
+    """Least-squares (slope, intercept), or None with fewer than two distinct x."""
+    if len(set(xs)) < 2:
+        return None
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+    return slope, my - slope * mx
+
+
+# ----------------------------------------------------------------------------- one side, one sandbox
+
+
+class World:
+    """A fresh sandbox process plus one side (the orchestrator or the baseline fleet)."""
+
+    def __init__(self, bench: Bench, label: str, side: str, bots: list[BotDef], users: int, **sandbox: Any) -> None:
+        self.bench, self.label, self.side, self.bots, self.users = bench, label, side, bots, users
+        self.sandbox_args = sandbox
+        self.workdir = bench.workdir / f"{label}-{side}"
+        self.sandbox: SandboxProc | None = None
+        self.proc: OrchestratorProc | BaselineFleet | None = None
+        self._stack = contextlib.AsyncExitStack()
+
+    async def __aenter__(self) -> World:
+        shutil.rmtree(self.workdir, ignore_errors=True)
+        self.workdir.mkdir(parents=True)
+        log = await self._stack.enter_async_context(opened(self.bench.log_dir / f"{self.label}-sandbox-{self.side}.log"))
+        self.sandbox = await SandboxProc.start(
+            self.bench.children, log, bots=[[b.token, b.name] for b in self.bots], users=self.users,
+            api_key=API_KEY, **self.sandbox_args,
+        )  # fmt: skip
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        children = self.bench.children
+        try:
+            if isinstance(self.proc, OrchestratorProc):
+                await children.stop(self.proc.proc)
+                await self.proc.finish()
+            elif isinstance(self.proc, BaselineFleet):
+                await asyncio.gather(*(children.stop(p, 2.0) for p in self.proc.procs))
+            if self.sandbox is not None:
+                with contextlib.suppress(Exception):
+                    await self.sandbox.call("quit", timeout=1)
+                await children.stop(self.sandbox.proc)
+        finally:
+            await self._stack.aclose()
+
+    @property
+    def info(self) -> dict[str, Any]:
+        assert self.sandbox is not None
+        return self.sandbox.info
+
+    @property
+    def pids(self) -> list[int]:
+        assert self.proc is not None
+        return self.proc.pids
+
+    async def launch(
+        self, *, provider: dict[str, Any] | None = None, defaults: dict[str, Any] | None = None, seed: bool = False
+    ) -> None:
+        log = await self._stack.enter_async_context(opened(self.bench.log_dir / f"{self.label}-{self.side}.log"))
+        if self.side == "orchestrator":
+            database = self.workdir / "memory.sqlite3"
+            if seed:
+                seed_memory(database, self.bots, self.info["channel_id"], self.info["user_ids"])
+            config = write_orchestrator_config(
+                self.workdir / "bots.yaml", self.bots, self.info, database, provider=provider, defaults=defaults
+            )
+            env = orchestrator_env(self.bots, self.info, database)
+            self.proc = await OrchestratorProc.start(self.bench.children, config, env, log)
+        else:
+            self.proc = await BaselineFleet.start(
+                self.bench.children, self.bots, self.info, log, seed_history=SEED_EXCHANGES if seed else 0
+            )
+
+    async def ready(self, timeout: float) -> dict[str, Any]:
+        """Wait for every bot; times are seconds after the process(es) were spawned."""
+        assert self.sandbox is not None and self.proc is not None
+        names = [b.name for b in self.bots]
+        online = await self.proc.wait_ready(names, timeout)
+        gateway = await self.sandbox.call("wait_ready", tokens=[b.token for b in self.bots], timeout=timeout, timeout_rpc=None) \
+            if False else await self.sandbox.call("wait_ready", tokens=[b.token for b in self.bots], timeout=timeout)
+        spawned = self.proc.spawned
+        return {
+            "gateway_ready_s": max(gateway.values()) - spawned,
+            "first_gateway_ready_s": min(gateway.values()) - spawned,
+            "online_s": max(online.values()) - spawned,
+            "first_online_s": min(online.values()) - spawned,
+        }
+
+    async def chat(self, messages: list[dict[str, Any]], *, rate: float | None, timeout: float) -> dict[str, Any]:
+        assert self.sandbox is not None
+        return await self.sandbox.call("load", messages=messages, rate=rate, timeout=timeout, timeout_=None) \
+            if False else await self.sandbox.call("load", timeout=timeout + 30, messages=messages, rate=rate,
+                                                  **{"linger": 0.0}, **_load_timeout(timeout))  # fmt: skip
+
+    async def set_provider(self, **settings: Any) -> None:
+        assert self.sandbox is not None
+        await self.sandbox.call("set", **settings)
+
+    def cpu(self) -> float:
+        return sum(procfs.cpu_seconds(pid) for pid in self.pids)
+
+
+def _load_timeout(timeout: float) -> dict[str, float]:
+    return {"timeout_s": timeout}
+
+
+def seed_memory(database: Path, bots: list[BotDef], channel_id: int, user_ids: list[int]) -> None:
+    """Give every (bot, user) conversation SEED_EXCHANGES earlier exchanges in the orchestrator's store."""
+    from orchestrator.memory import SQLiteStore
+
+    SQLiteStore(database).close()  # creates the schema, whatever its current shape
+    rows = []
+    now = time.time()
+    for bot in bots:
+        for user in user_ids:
+            for i in range(SEED_EXCHANGES):
+                question = f"earlier question {i}: what do you think about topic {i}?"
+                answer = f"earlier answer {i}: topic {i} is interesting because of {i}."
+                rows.append((bot.name, channel_id, user, "user", question, now))
+                rows.append((bot.name, channel_id, user, "assistant", answer, now))
+    with contextlib.closing(sqlite3.connect(database)) as db, db:
+        db.executemany("INSERT INTO turns (bot, channel, user, role, content, created) VALUES (?, ?, ?, ?, ?, ?)", rows)
+
+
+# ----------------------------------------------------------------------------- the scenarios
+
+
+@dataclass
+class Bench:
+    args: Any
+    children: Children
+    workdir: Path
+    log_dir: Path
+    results_dir: Path
+
+    def say(self, text: str) -> None:
+        print(f"[bench {time.strftime('%H:%M:%S')}] {text}", flush=True)
+
+
+async def warm_up(world: World, bots: list[BotDef], users: int, first_tag: int) -> None:
+    """One answered !chat per bot at zero provider latency: connections and lazy imports are made."""
+    messages = chat_messages(bots, len(bots), users, first_tag)
+    await world.chat(messages, rate=None, timeout=30 + len(bots) * 0.5)
+
+
+async def concurrency(bench: Bench) -> dict[str, Any]:
+    args = bench.args
+    B, K, L = args.bots, args.messages, args.latency
+    users = max(20, math.ceil(K / B))
+    bots = make_bots(B)
+    limits = {"max_concurrency": max(16, K), "concurrency": max(4, math.ceil(K / B)), "mailbox_size": max(32, 2 * math.ceil(K / B))}
+    result: dict[str, Any] = {
+        "params": {"bots": B, "messages": K, "latency_s": L, "users": users, "orchestrator_limits": limits},
+    }
+    for side in SIDES:
+        bench.say(f"concurrency: {side}, {B} bots, {K} simultaneous !chat, provider latency {L} s")
+        async with World(bench, "concurrency", side, bots, users) as world:
+            await world.launch(
+                provider={"max_concurrency": limits["max_concurrency"], "timeout": 60 + K / B * L},
+                defaults={"concurrency": limits["concurrency"], "mailbox_size": limits["mailbox_size"],
+                          "user_quota": {"requests_per_minute": 1000}},
+            )  # fmt: skip
+            await world.ready(timeout=60 + 2 * B)
+            await warm_up(world, bots, users, first_tag=1_000_000)
+            await world.set_provider(latency=L)
+            messages = chat_messages(bots, K, users)
+            load = await world.chat(messages, rate=None, timeout=30 + 2 * K / B * L)
+            items = exchanges(load, messages, bots)
+            replies = [x.reply for x in items if x.reply is not None]
+            wall = max(replies) - min(x.post for x in items) if replies else None
+            stats = await world.sandbox.call("stats")  # type: ignore[union-attr]
+            result[side] = {
+                "wall_s": wall,
+                "wall_over_latency": wall / L if wall is not None and L else None,
+                "answer_latency_ms": summary_ms([x.e2e for x in items if x.e2e is not None and x.kind == "answer"]),
+                "replies": kinds(items),
+                "provider_max_in_flight": stats["provider_max_in_flight"],
+            }
+    o, b = result["orchestrator"], result["baseline"]
+    result["baseline_over_orchestrator_wall"] = b["wall_s"] / o["wall_s"] if o["wall_s"] and b["wall_s"] else None
+    return result
+
+
+async def overhead(bench: Bench) -> dict[str, Any]:
+    args = bench.args
+    B, rate, duration, warm = args.bots, args.rate, args.duration, args.warmup
+    users = args.users
+    bots = make_bots(B)
+    total = max(1, round(rate * duration))
+    warm_count = max(B, round(rate * warm))
+    result: dict[str, Any] = {
+        "params": {
+            "bots": B, "rate_per_s": rate, "duration_s": duration, "warmup_s": warm, "users": users,
+            "conversations": B * users, "history_exchanges": SEED_EXCHANGES, "provider_latency_s": 0.0,
+            "orchestrator": "typing indicator on; memory scope=user, max_turns=20 (10 exchanges), seeded; "
+                            "quotas per bot and per user configured (not binding)",
+        },
+    }  # fmt: skip
+    for side in SIDES:
+        bench.say(f"overhead: {side}, {B} bots, {rate:g} msg/s for {duration:g} s (after {warm:g} s warm-up)")
+        async with World(bench, "overhead", side, bots, users) as world:
+            await world.launch(
+                provider={"max_concurrency": 32},
+                defaults={
+                    "concurrency": 8,
+                    "mailbox_size": 64,
+                    "memory": {"scope": "user", "context_tokens": 3000, "max_turns": 2 * SEED_EXCHANGES},
+                    "quota": {"requests_per_minute": 100_000, "tokens_per_minute": 100_000_000, "tokens_per_day": 1_000_000_000},
+                    "user_quota": {"requests_per_minute": 600, "tokens_per_minute": 10_000_000, "tokens_per_day": 100_000_000},
+                },
+                seed=True,
+            )  # fmt: skip
+            await world.ready(timeout=60 + 2 * B)
+            await warm_up(world, bots, users, first_tag=1_000_000)
+            await world.chat(chat_messages(bots, warm_count, users, first_tag=2_000_000), rate=rate, timeout=30 + warm)
+            messages = chat_messages(bots, total, users)
+            profiler = await start_profiler(bench, world, duration) if side == "orchestrator" else None
+            cpu0 = world.cpu()
+            load = await world.chat(messages, rate=rate, timeout=30 + 2 * duration)
+            cpu = world.cpu() - cpu0
+            if profiler is not None:
+                await finish_profiler(bench, profiler)
+            items = exchanges(load, messages, bots)
+            answered = [x for x in items if x.kind == "answer"]
+            replies = [x.reply for x in answered if x.reply is not None]
+            span = max(replies) - min(x.post for x in items) if replies else None
+            per_answer = cpu / len(answered) if answered else None
+            inbound = [x.inbound for x in answered if x.inbound is not None]
+            outbound = [x.outbound for x in answered if x.outbound is not None]
+            added = [x.inbound + x.outbound for x in answered if x.inbound is not None and x.outbound is not None]  # type: ignore[operator]
+            result[side] = {
+                "offered": total,
+                "answered": len(answered),
+                "replies": kinds(items),
+                "throughput_per_s": len(answered) / span if span else None,
+                "posting_s": load["posting_done"] - load["start"],
+                "cpu_s": cpu,
+                "processes": len(world.pids),
+                "cpu_ms_per_answer": per_answer * 1000 if per_answer else None,
+                "capacity_per_core_per_s": 1 / per_answer if per_answer else None,
+                "cpu_utilisation": cpu / span if span else None,
+                "added_latency_ms": {
+                    "total": summary_ms(added),
+                    "inbound": summary_ms(inbound),
+                    "outbound": summary_ms(outbound),
+                },
+                "answer_latency_ms": summary_ms([x.e2e for x in answered if x.e2e is not None]),
+                "sandbox_cpu_utilisation": load["sandbox_cpu"] / (load["end"] - load["start"]),
+                "profiled": profiler is not None,
+            }
+    return result
+
+
+async def start_profiler(bench: Bench, world: World, duration: float) -> dict[str, Any] | None:
+    if not bench.args.profile:
+        return None
+    py_spy = shutil.which("py-spy") or str(Path(bench.args.python).parent / "py-spy")
+    if not Path(py_spy).exists():
+        bench.say("--profile: py-spy is not installed (pip install py-spy); not profiling")
+        return None
+    output = bench.results_dir / "profile-overhead-orchestrator.txt"
+    proc = await bench.children.spawn(
+        py_spy, "record", "--pid", str(world.pids[0]), "--duration", str(math.ceil(duration)), "--rate", "250",
+        "--format", "raw", "--nonblocking", "--output", str(output),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    await asyncio.sleep(0.3)  # py-spy attaches
+    return {"proc": proc, "output": output}
+
+
+async def finish_profiler(bench: Bench, profiler: dict[str, Any]) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(profiler["proc"].wait(), 30)
+    await bench.children.stop(profiler["proc"])
+    bench.say(f"profile written to {profiler['output']}")
+
+
+async def fleet(bench: Bench) -> dict[str, Any]:
+    """Scenarios 3 and 4: start N bots (memory, start-up), plus one !chat per bot (latency vs N)."""
+    users = 10
+    memory_points, startup_points, latency_points = [], [], []
+    for n in bench.args.fleet:
+        bots = make_bots(n)
+        mem: dict[str, Any] = {"bots": n}
+        start: dict[str, Any] = {"bots": n}
+        lat: dict[str, Any] = {"bots": n}
+        for side in SIDES:
+            bench.say(f"memory/start-up: {side}, {n} bots")
+            async with World(bench, "fleet", side, bots, users) as world:
+                await world.launch()
+                start[side] = await world.ready(timeout=60 + (2.0 if side == "baseline" else 0.2) * n)
+                await warm_up(world, bots, users, first_tag=1_000_000)
+                load = await world.chat(chat_messages(bots, n, users), rate=None, timeout=30 + n)
+                items = exchanges(load, chat_messages(bots, n, users), bots)
+                lat[side] = summary_ms([x.e2e for x in items if x.e2e is not None and x.kind == "answer"])
+                await asyncio.sleep(0.5)
+                mem[side] = procfs.memory(world.pids)
+        memory_points.append(mem)
+        startup_points.append(start)
+        latency_points.append(lat)
+    ns = [p["bots"] for p in memory_points]
+    memory: dict[str, Any] = {
+        "measure": "rss_mib = sum of VmRSS (/proc/PID/status); pss_mib = sum of Pss (/proc/PID/smaps_rollup), "
+        "which splits shared pages between the processes that map them",
+        "points": memory_points,
+    }
+    for side in SIDES:
+        for kind in ("rss", "pss"):
+            ys = [p[side][f"{kind}_mib"] for p in memory_points]
+            fit = None if any(y is None for y in ys) else linear_fit(ns, ys)
+            memory[f"{side}_{kind}_per_bot_mib"] = fit[0] if fit else None
+            memory[f"{side}_{kind}_intercept_mib"] = fit[1] if fit else None
+    last = memory_points[-1]
+    memory["at_bots"] = last["bots"]
+    for kind in ("rss", "pss"):
+        o, b = last["orchestrator"][f"{kind}_mib"], last["baseline"][f"{kind}_mib"]
+        memory[f"baseline_over_orchestrator_{kind}"] = b / o if o and b else None
+    startup = {"points": startup_points, "at_bots": startup_points[-1]["bots"]}
+    return {"memory": memory, "startup": startup, "latency_by_bots": {"provider_latency_s": 0.0, "points": latency_points}}
+
+
+async def fairness(bench: Bench) -> dict[str, Any]:
+    args = bench.args
+    n = max(2, min(args.bots, args.fairness_bots))
+    weights = [1.0, 2.0, 4.0]
+    bots = make_bots(n, weights)
+    slots, latency = 4, 0.1
+    capacity = slots / latency  # answers per second the provider's concurrency allows
+    duration = args.fairness_duration
+    offered = 2 * capacity
+    rate_limit = max(10, int(capacity * duration * 2 / 3))  # binds about two thirds into the flood
+    timeout = 5.0 if args.quick else 10.0
+    users = 50
+    total = round(offered * duration)
+    fair = {b.name: b.weight / sum(x.weight for x in bots) for b in bots}
+    result: dict[str, Any] = {
+        "params": {
+            "bots": n, "weights": {b.name: b.weight for b in bots}, "provider_max_concurrency": slots,
+            "provider_latency_s": latency, "provider_capacity_per_s": capacity, "offered_per_s": offered,
+            "flood_s": duration, "rate_limit_per_minute": rate_limit, "provider_timeout_s": timeout,
+        },
+    }  # fmt: skip
+    for side in SIDES:
+        bench.say(f"fairness: {side}, {n} bots weighted {[b.weight for b in bots]}, {offered:g} msg/s for {duration:g} s, "
+                  f"provider {slots} slots x {latency} s, limit {rate_limit}/min")  # fmt: skip
+        async with World(bench, "fairness", side, bots, users, rate_limit_per_minute=rate_limit) as world:
+            await world.launch(
+                provider={"max_concurrency": slots, "timeout": timeout, "max_retries": 3},
+                defaults={"concurrency": 8, "quota": {"requests_per_minute": 100_000},
+                          "user_quota": {"requests_per_minute": 600}},
+            )  # fmt: skip
+            await world.ready(timeout=60 + 2 * n)
+            await world.set_provider(latency=latency)
+            messages = chat_messages(bots, total, users)
+            drain = timeout + (2.0 if args.quick else 5.0)
+            load = await world.chat(messages, rate=offered, timeout=duration + drain)
+            items = exchanges(load, messages, bots)
+            admitted: dict[str, int] = {b.name: 0 for b in bots}
+            for _tag, bot, status, _a, _b in load["provider"]:
+                if status == 200 and bot in admitted:
+                    admitted[bot] += 1
+            total_admitted = sum(admitted.values())
+            shares = []
+            for b in bots:
+                achieved = admitted[b.name] / total_admitted if total_admitted else 0.0
+                shares.append({"bot": b.name, "weight": b.weight, "fair_share": fair[b.name], "achieved_share": achieved,
+                               "provider_answers": admitted[b.name]})  # fmt: skip
+            replies = kinds(items)
+            user_429 = replies.get("error_429", 0)
+            if isinstance(world.proc, OrchestratorProc):
+                user_429 += sum(count for detail, count in world.proc.provider_errors.items() if "429" in detail)
+            result[side] = {
+                "shares": shares,
+                "jain_index": jain_index([s["achieved_share"] / s["fair_share"] for s in shares]),
+                "provider_statuses": provider_statuses(load),
+                "user_visible_429": user_429,
+                "replies": replies,
+                "user_facing_provider_errors": dict(world.proc.provider_errors) if isinstance(world.proc, OrchestratorProc) else None,
+            }  # fmt: skip
+    return result
+
+
+SCENARIOS = {
+    "concurrency": concurrency,
+    "overhead": overhead,
+    "fleet": fleet,  # memory + start-up (+ latency by bot count)
+    "fairness": fairness,
+}
