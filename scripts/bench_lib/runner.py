@@ -114,15 +114,15 @@ class SandboxProc:
             PYTHON, HELPER, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=log, limit=1 << 26
         )
         helper = cls(proc, {})
-        helper.info = await helper.call("setup", timeout=30, **setup)
+        helper.info = await helper.call("setup", rpc_timeout=30, **setup)
         return helper
 
-    async def call(self, cmd: str, *, timeout: float = 120.0, **kwargs: Any) -> Any:
+    async def call(self, cmd: str, *, rpc_timeout: float = 120.0, **kwargs: Any) -> Any:
         assert self.proc.stdin is not None and self.proc.stdout is not None
         async with self._lock:
             self.proc.stdin.write((json.dumps({"cmd": cmd, **kwargs}) + "\n").encode())
             await self.proc.stdin.drain()
-            line = await asyncio.wait_for(self.proc.stdout.readline(), timeout)
+            line = await asyncio.wait_for(self.proc.stdout.readline(), rpc_timeout)
         if not line:
             raise RuntimeError(f"the sandbox process exited (code {self.proc.returncode}) during {cmd!r}")
         reply = json.loads(line)

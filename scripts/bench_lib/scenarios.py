@@ -214,7 +214,7 @@ class World:
                 await asyncio.gather(*(children.stop(p, 2.0) for p in self.proc.procs))
             if self.sandbox is not None:
                 with contextlib.suppress(Exception):
-                    await self.sandbox.call("quit", timeout=1)
+                    await self.sandbox.call("quit", rpc_timeout=1)
                 await children.stop(self.sandbox.proc)
         finally:
             await self._stack.aclose()
@@ -252,8 +252,8 @@ class World:
         assert self.sandbox is not None and self.proc is not None
         names = [b.name for b in self.bots]
         online = await self.proc.wait_ready(names, timeout)
-        gateway = await self.sandbox.call("wait_ready", tokens=[b.token for b in self.bots], timeout=timeout, timeout_rpc=None) \
-            if False else await self.sandbox.call("wait_ready", tokens=[b.token for b in self.bots], timeout=timeout)
+        tokens = [b.token for b in self.bots]
+        gateway = await self.sandbox.call("wait_ready", tokens=tokens, timeout=timeout, rpc_timeout=timeout + 10)
         spawned = self.proc.spawned
         return {
             "gateway_ready_s": max(gateway.values()) - spawned,
@@ -264,9 +264,7 @@ class World:
 
     async def chat(self, messages: list[dict[str, Any]], *, rate: float | None, timeout: float) -> dict[str, Any]:
         assert self.sandbox is not None
-        return await self.sandbox.call("load", messages=messages, rate=rate, timeout=timeout, timeout_=None) \
-            if False else await self.sandbox.call("load", timeout=timeout + 30, messages=messages, rate=rate,
-                                                  **{"linger": 0.0}, **_load_timeout(timeout))  # fmt: skip
+        return await self.sandbox.call("load", messages=messages, rate=rate, timeout=timeout, rpc_timeout=timeout + 30)
 
     async def set_provider(self, **settings: Any) -> None:
         assert self.sandbox is not None
@@ -274,10 +272,6 @@ class World:
 
     def cpu(self) -> float:
         return sum(procfs.cpu_seconds(pid) for pid in self.pids)
-
-
-def _load_timeout(timeout: float) -> dict[str, float]:
-    return {"timeout_s": timeout}
 
 
 def seed_memory(database: Path, bots: list[BotDef], channel_id: int, user_ids: list[int]) -> None:
