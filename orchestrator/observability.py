@@ -222,7 +222,6 @@ def init_sentry(dsn: str | None, *, transport: Any = None, environment: str | No
         environment=environment,
         before_send=_before_send,
         include_local_variables=False,
-        send_default_pii=False,
         auto_enabling_integrations=False,  # no patching of openai, aiohttp or httpx
         integrations=[LoggingIntegration(level=logging.INFO, event_level=None)],
     )

@@ -243,7 +243,8 @@ async def test_no_secret_in_any_log_record_even_through_foreign_handlers(
 ) -> None:
     caplog.set_level(logging.DEBUG)
     world.write(
-        [{"name": "sage"}, {"name": "hafez", "prefix": "?", "provider": "other"}, {"name": "bad", "prefix": "$"}],
+        [{"name": "sage", "provider": "openai"}, {"name": "hafez", "prefix": "?", "provider": "other"},
+         {"name": "bad", "prefix": "$", "provider": "openai"}],
         providers={
             "openai": {"base_url": world.openai.base_url, "api_key_env": "OPENAI_API_KEY"},
             "other": {"base_url": world.openai.base_url, "api_key_env": "OTHER_KEY"},
@@ -251,7 +252,7 @@ async def test_no_secret_in_any_log_record_even_through_foreign_handlers(
     )
     secrets = [API_KEY, REFUSED_KEY, BAD_TOKEN, token_for("sage"), token_for("hafez")]
     async with world.running(world.load({"OTHER_KEY": REFUSED_KEY, "TOKEN_BAD": BAD_TOKEN})) as app:
-        assert app.supervisor is not None
+        assert app.supervisor is not None and app.supervisor.children["bad"].state is BotState.FAILED
         await world.chat("!chat hello")
         [refused] = await world.chat("?chat hello")
         await world.discord.drop_gateway(token_for("sage"), code=4012)
@@ -267,7 +268,6 @@ async def test_no_secret_in_any_log_record_even_through_foreign_handlers(
         except RuntimeError:
             logger.exception("call failed")
     assert "API key was refused" in refused.content
-    assert app.supervisor.children["bad"].state is BotState.FAILED
 
     plain, as_json = root_logs["plain"].getvalue(), root_logs["json"].getvalue()
     assert "refused the API key (HTTP 401)" in plain and "refused the token (401)" in plain

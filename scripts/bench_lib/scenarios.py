@@ -14,6 +14,7 @@ import contextlib
 import math
 import shutil
 import sqlite3
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -424,7 +425,9 @@ async def overhead(bench: Bench) -> dict[str, Any]:
 async def start_profiler(bench: Bench, world: World, duration: float) -> dict[str, Any] | None:
     if not bench.args.profile:
         return None
-    py_spy = shutil.which("py-spy") or str(Path(bench.args.python).parent / "py-spy")
+    py_spy = str(Path(sys.executable).parent / "py-spy")
+    if not Path(py_spy).exists():
+        py_spy = shutil.which("py-spy") or py_spy
     if not Path(py_spy).exists():
         bench.say("--profile: py-spy is not installed (pip install py-spy); not profiling")
         return None
@@ -460,8 +463,9 @@ async def fleet(bench: Bench) -> dict[str, Any]:
                 await world.launch()
                 start[side] = await world.ready(timeout=60 + (2.0 if side == "baseline" else 0.2) * n)
                 await warm_up(world, bots, users, first_tag=1_000_000)
-                load = await world.chat(chat_messages(bots, n, users), rate=None, timeout=30 + n)
-                items = exchanges(load, chat_messages(bots, n, users), bots)
+                probe = chat_messages(bots, n, users)
+                load = await world.chat(probe, rate=None, timeout=30 + n)
+                items = exchanges(load, probe, bots)
                 lat[side] = summary_ms([x.e2e for x in items if x.e2e is not None and x.kind == "answer"])
                 await asyncio.sleep(0.5)
                 mem[side] = procfs.memory(world.pids)

@@ -1,0 +1,188 @@
+"""``scripts/bench``: argument parsing, running the selected scenarios, the results file."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import atexit
+import json
+import math
+import os
+import platform
+import shlex
+import sys
+import tempfile
+import time
+import traceback
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from . import report
+from .runner import GUILD_READY_TIMEOUT, ROOT, Children, guild_ready_timeout_in_config
+from .scenarios import SCENARIOS, Bench
+
+FULL = {"messages": 200, "latency": 1.0, "duration": 15.0, "warmup": 5.0, "users": 100, "fleet": "10,50,100",
+        "fairness_duration": 20.0}  # fmt: skip
+QUICK = {"messages": 50, "latency": 0.25, "duration": 2.0, "warmup": 1.0, "users": 50, "fleet": "2,10",
+         "fairness_duration": 3.0}  # fmt: skip
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="scripts/bench",
+        description="One orchestrator process versus one baseline script per bot, side by side, on the loopback "
+        "Discord and OpenAI sandboxes. Full mode takes about 5-10 minutes; --quick under a minute.",
+    )
+    parser.add_argument("--quick", action="store_true", help="small sizes, under a minute in all")
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS),
+                        help=f"comma-separated subset of {','.join(SCENARIOS)} (fleet = memory + start-up)")  # fmt: skip
+    parser.add_argument("--bots", type=int, default=10, help="bots in the concurrency/overhead scenarios (10)")
+    parser.add_argument("--messages", type=int, help="simultaneous !chat in the concurrency scenario (200; quick 50)")
+    parser.add_argument("--latency", type=float, help="provider latency in the concurrency scenario, s (1; quick 0.25)")
+    parser.add_argument("--rate", type=float, default=200.0, help="messages per second in the overhead scenario (200)")
+    parser.add_argument("--duration", type=float, help="measured seconds in the overhead scenario (15; quick 2)")
+    parser.add_argument("--warmup", type=float, help="warm-up seconds before it (5; quick 1)")
+    parser.add_argument("--users", type=int, help="users (conversations per bot) in the overhead scenario (100; quick 50)")
+    parser.add_argument("--fleet", help="bot counts for memory and start-up (10,50,100; quick 2,10)")
+    parser.add_argument("--fairness-bots", type=int, default=3, help="bots in the fairness scenario, weights 1,2,4 (3)")
+    parser.add_argument("--fairness-duration", type=float, help="flood seconds in the fairness scenario (20; quick 3)")
+    parser.add_argument("--output", type=Path, default=ROOT / "results" / "bench.json", help="JSON results file")
+    parser.add_argument("--chart", type=Path, help="PNG chart (default: beside --output)")
+    parser.add_argument("--no-chart", action="store_true")
+    parser.add_argument("--profile", action="store_true",
+                        help="py-spy the orchestrator during the overhead window (raw stacks into the results folder)")  # fmt: skip
+    return parser
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    for key, value in (QUICK if args.quick else FULL).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    try:
+        args.fleet = sorted({int(n) for n in str(args.fleet).split(",") if n.strip()})
+    except ValueError:
+        parser.error("--fleet takes comma-separated integers, e.g. 10,50,100")
+    args.scenarios = [name.strip() for name in args.scenarios.split(",") if name.strip()]
+    unknown = set(args.scenarios) - set(SCENARIOS)
+    if unknown:
+        parser.error(f"unknown scenario(s) {sorted(unknown)}; choose from {','.join(SCENARIOS)}")
+    if args.bots < 1 or args.messages < 1 or not args.fleet or min(args.fleet) < 1:
+        parser.error("--bots, --messages and --fleet sizes must be at least 1")
+    if args.rate <= 0 or args.duration <= 0 or args.latency < 0:
+        parser.error("--rate and --duration must be positive, --latency not negative")
+    args.chart = args.chart or args.output.with_suffix(".png")
+    return args
+
+
+def machine() -> dict[str, Any]:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    memory = None
+    try:
+        memory = int(Path("/proc/meminfo").read_text().split()[1]) // 1024
+    except (OSError, ValueError, IndexError):
+        pass
+
+    def version(name: str) -> str | None:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return None
+
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_mib": memory,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "discord.py": version("discord.py"),
+        "openai": version("openai"),
+        "aiohttp": version("aiohttp"),
+    }
+
+
+async def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
+    children = Children()
+    atexit.register(children.kill_all_now)
+    results_dir = args.output.parent
+    results_dir.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    results: dict[str, Any] = {
+        "meta": {
+            "command": "scripts/bench " + shlex.join(argv),
+            "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+            "quick": args.quick,
+            "machine": machine(),
+            "guild_ready_timeout_s": GUILD_READY_TIMEOUT,
+            "orchestrator_guild_ready_timeout_from": "bots.yaml discord.guild_ready_timeout"
+            if guild_ready_timeout_in_config()
+            else "not settable for `orchestrator run` (ORCHESTRATOR_GUILD_READY_TIMEOUT set, maybe ignored)",
+            "logs": str(results_dir / "bench-logs"),
+        },
+        "scenarios": {},
+    }
+    with tempfile.TemporaryDirectory(prefix="orchestrator-bench-") as tmp:
+        bench = Bench(args, children, Path(tmp), results_dir / "bench-logs", results_dir)
+        bench.log_dir.mkdir(parents=True, exist_ok=True)
+        for stale in bench.log_dir.glob("*.log"):
+            stale.unlink()
+        try:
+            for name in args.scenarios:
+                t0 = time.monotonic()
+                try:
+                    produced = await SCENARIOS[name](bench)
+                except Exception as exc:  # noqa: BLE001 - report and go on with the next scenario
+                    traceback.print_exc()
+                    produced = {name: {"error": f"{type(exc).__name__}: {exc}"}}
+                    if name == "fleet":
+                        produced = {key: {"error": f"{type(exc).__name__}: {exc}"} for key in ("memory", "startup")}
+                else:
+                    if name != "fleet":
+                        produced = {name: produced}
+                for key, value in produced.items():
+                    if isinstance(value, dict):
+                        value["elapsed_s"] = time.monotonic() - t0
+                results["scenarios"].update(produced)
+                await children.stop_all()
+        finally:
+            await children.stop_all()
+    results["meta"]["elapsed_s"] = time.monotonic() - started
+    results["targets"] = report.targets(results, args)
+    return results
+
+
+def _clean(value: Any) -> Any:
+    """JSON without NaN/Infinity."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_clean(v) for v in value]
+    return value
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    results = asyncio.run(run(args, argv))
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(_clean(results), indent=2) + "\n", encoding="utf-8")
+    print()
+    print(report.table(results, results["targets"]))
+    print()
+    print(f"raw figures: {args.output}")
+    if not args.no_chart:
+        print(report.chart(results, args.chart))
+    print(f"logs: {results['meta']['logs']}   ({results['meta']['elapsed_s']:.0f} s in all)")
+    failed = any(isinstance(v, dict) and "error" in v for v in results["scenarios"].values())
+    return 1 if failed else 0

@@ -1,0 +1,208 @@
+"""The project's targets, the table printed on stdout, and the PNG chart."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+
+def _get(data: dict[str, Any], *path: str | int) -> Any:
+    for key in path:
+        if data is None:
+            return None
+        try:
+            data = data[key]  # type: ignore[index]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return data
+
+
+def _ok(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def targets(results: dict[str, Any], args: Any) -> list[dict[str, Any]]:
+    """Each target with the measured value, pass/fail, and a note when the run's sizes differ from the target's."""
+    s = results.get("scenarios", {})
+    out: list[dict[str, Any]] = []
+
+    def add(name: str, value: Any, limit: float, kind: str, unit: str, note: str = "") -> None:
+        if not _ok(value):
+            passed = None
+        else:
+            passed = value <= limit if kind == "max" else value >= limit
+        out.append({"target": name, "value": value, "limit": limit, "kind": kind, "unit": unit,
+                    "passed": passed, "note": note})  # fmt: skip
+
+    L = _get(s, "concurrency", "params", "latency_s")
+    add("concurrency wall <= 1.25 x L", _get(s, "concurrency", "orchestrator", "wall_over_latency"), 1.25, "max", "x L",
+        "" if (_get(s, "concurrency", "params", "messages"), L) == (200, 1.0) else "sizes differ from the target's (200 msgs, L=1 s)")
+    rate = _get(s, "overhead", "params", "rate_per_s")
+    add("CPU per answered !chat <= 1.5 ms", _get(s, "overhead", "orchestrator", "cpu_ms_per_answer"), 1.5, "max", "ms")
+    add("orchestrator-added latency p99 <= 5 ms", _get(s, "overhead", "orchestrator", "added_latency_ms", "total", "p99"),
+        5.0, "max", "ms", "" if rate == 200 else f"measured at {rate} msg/s, target is at 200 msg/s")
+    at = _get(s, "memory", "at_bots")
+    add("RSS per additional bot <= 0.5 MiB", _get(s, "memory", "orchestrator_rss_per_bot_mib"), 0.5, "max", "MiB")
+    add("total RSS >= 50x less than N baseline processes", _get(s, "memory", "baseline_over_orchestrator_rss"), 50.0,
+        "min", "x", "" if at == 100 else f"measured at N={at}, target is at N=100")
+    points = _get(s, "startup", "points") or []
+    add("100 bots ready <= 2 s", _get(points[-1], "orchestrator", "online_s") if points else None, 2.0, "max", "s",
+        "" if _get(s, "startup", "at_bots") == 100 else f"measured with N={_get(s, 'startup', 'at_bots')}, target is N=100")
+    add("429s that reached a user = 0", _get(s, "fairness", "orchestrator", "user_visible_429"), 0, "max", "")
+    return out
+
+
+def _fmt(value: Any, digits: int = 2) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return str(value)
+        if abs(value) >= 1000:
+            return f"{value:,.0f}"
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def rows(results: dict[str, Any]) -> list[tuple[str, str, Any, Any]]:
+    """(scenario, metric, orchestrator, baseline) rows for the side-by-side table."""
+    s = results.get("scenarios", {})
+    r: list[tuple[str, str, Any, Any]] = []
+
+    def both(scenario: str, metric: str, *path: str) -> None:
+        r.append((scenario, metric, _get(s, scenario, "orchestrator", *path), _get(s, scenario, "baseline", *path)))
+
+    if "concurrency" in s:
+        p = s["concurrency"].get("params", {})
+        label = f"{p.get('bots')} bots, {p.get('messages')} msgs, L={p.get('latency_s')} s"
+        both("concurrency", f"wall s ({label})", "wall_s")
+        both("concurrency", "wall / L", "wall_over_latency")
+        both("concurrency", "answer latency p50 ms", "answer_latency_ms", "p50")
+        both("concurrency", "answer latency p99 ms", "answer_latency_ms", "p99")
+    if "overhead" in s:
+        p = s["overhead"].get("params", {})
+        both("overhead", f"answered ({p.get('rate_per_s')} msg/s x {p.get('duration_s')} s)", "answered")
+        both("overhead", "throughput answers/s", "throughput_per_s")
+        both("overhead", "CPU ms per answered !chat", "cpu_ms_per_answer")
+        both("overhead", "=> answers/s per core", "capacity_per_core_per_s")
+        both("overhead", "added latency p50 ms", "added_latency_ms", "total", "p50")
+        both("overhead", "added latency p99 ms", "added_latency_ms", "total", "p99")
+        both("overhead", "  inbound p99 ms (msg -> provider)", "added_latency_ms", "inbound", "p99")
+        both("overhead", "  outbound p99 ms (provider -> send)", "added_latency_ms", "outbound", "p99")
+        both("overhead", "sandbox process CPU utilisation", "sandbox_cpu_utilisation")
+    for point in _get(s, "memory", "points") or []:
+        n = point["bots"]
+        r.append(("memory", f"RSS MiB, {n} bots", _get(point, "orchestrator", "rss_mib"), _get(point, "baseline", "rss_mib")))
+        r.append(("memory", f"PSS MiB, {n} bots", _get(point, "orchestrator", "pss_mib"), _get(point, "baseline", "pss_mib")))
+    if "memory" in s:
+        m = s["memory"]
+        r.append(("memory", "RSS MiB per additional bot", m.get("orchestrator_rss_per_bot_mib"), m.get("baseline_rss_per_bot_mib")))
+        r.append(("memory", "PSS MiB per additional bot", m.get("orchestrator_pss_per_bot_mib"), m.get("baseline_pss_per_bot_mib")))
+        r.append(("memory", f"baseline/orchestrator RSS at {m.get('at_bots')}", m.get("baseline_over_orchestrator_rss"), None))
+        r.append(("memory", f"baseline/orchestrator PSS at {m.get('at_bots')}", m.get("baseline_over_orchestrator_pss"), None))
+    for point in _get(s, "startup", "points") or []:
+        n = point["bots"]
+        r.append(("start-up", f"{n} bots online s (on_ready)", _get(point, "orchestrator", "online_s"), _get(point, "baseline", "online_s")))
+        r.append(("start-up", f"{n} bots gateway READY s", _get(point, "orchestrator", "gateway_ready_s"), _get(point, "baseline", "gateway_ready_s")))
+    for point in _get(s, "latency_by_bots", "points") or []:
+        n = point["bots"]
+        r.append(("latency", f"1 !chat/bot at once, {n} bots, p99 ms", _get(point, "orchestrator", "p99"), _get(point, "baseline", "p99")))
+    if "fairness" in s:
+        both("fairness", "Jain index (share / weighted fair share)", "jain_index")
+        for i, share in enumerate(_get(s, "fairness", "orchestrator", "shares") or []):
+            r.append(("fairness", f"{share['bot']} (w={share['weight']:g}) share, fair {share['fair_share']:.2f}",
+                      share["achieved_share"], _get(s, "fairness", "baseline", "shares", i, "achieved_share")))  # fmt: skip
+        both("fairness", "provider 429 responses", "provider_statuses", "429")
+        both("fairness", "429s that reached a user", "user_visible_429")
+        both("fairness", "answered", "replies", "answer")
+        both("fairness", "unanswered at the end", "replies", "unanswered")
+    return r
+
+
+def table(results: dict[str, Any], goal: list[dict[str, Any]]) -> str:
+    lines = []
+    data = rows(results)
+    w = max([len(m) for _, m, _, _ in data] + [10])
+    lines.append(f"{'scenario':<12} {'metric':<{w}} {'orchestrator':>13} {'baseline':>13}")
+    lines.append("-" * (12 + w + 30))
+    for scenario, metric, orch, base in data:
+        lines.append(f"{scenario:<12} {metric:<{w}} {_fmt(orch):>13} {_fmt(base):>13}")
+    lines.append("")
+    lines.append("targets")
+    lines.append("-" * (12 + w + 30))
+    for t in goal:
+        mark = {True: "PASS", False: "FAIL", None: "n/a"}[t["passed"]]
+        sign = "<=" if t["kind"] == "max" else ">="
+        note = f"  ({t['note']})" if t["note"] else ""
+        lines.append(f"{mark:<5} {t['target']:<50} measured {_fmt(t['value'])} {t['unit']} ({sign} {t['limit']:g}){note}")
+    for name, scenario in results.get("scenarios", {}).items():
+        if isinstance(scenario, dict) and "error" in scenario:
+            lines.append(f"ERROR in {name}: {scenario['error']}")
+    return "\n".join(lines)
+
+
+def chart(results: dict[str, Any], path: Path) -> str:
+    """Write the PNG chart; returns a message (the path, or why there is no chart)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "no chart: matplotlib is not installed (pip install matplotlib)"
+    s = results.get("scenarios", {})
+    memory = _get(s, "memory", "points") or []
+    startup = _get(s, "startup", "points") or []
+    latency = _get(s, "latency_by_bots", "points") or []
+    if not memory and not startup and not latency:
+        return "no chart: the memory/start-up scenario did not run"
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    styles = {"orchestrator": ("tab:blue", "o"), "baseline": ("tab:red", "s")}
+
+    def plot(ax: Any, points: list[dict[str, Any]], key: str | None, label: str) -> None:
+        for side, (color, marker) in styles.items():
+            xs = [p["bots"] for p in points if _ok(_get(p, side, key) if key else None)]
+            ys = [_get(p, side, key) for p in points if _ok(_get(p, side, key) if key else None)]
+            if xs:
+                ax.plot(xs, ys, color=color, marker=marker, label=f"{side} {label}".strip())
+
+    ax = axes[0]
+    plot(ax, memory, "rss_mib", "RSS")
+    for side, (color, _marker) in styles.items():
+        xs = [p["bots"] for p in memory if _ok(_get(p, side, "pss_mib"))]
+        ys = [_get(p, side, "pss_mib") for p in memory if _ok(_get(p, side, "pss_mib"))]
+        if xs:
+            ax.plot(xs, ys, color=color, linestyle="--", marker="x", label=f"{side} PSS")
+    ax.set_yscale("log")
+    ax.set_title("total memory (MiB, log scale)")
+    ax.set_xlabel("bots")
+    ax.legend()
+    ax = axes[1]
+    plot(ax, startup, "online_s", "")
+    ax.set_title("start-up: all bots ready (s)")
+    ax.set_xlabel("bots")
+    ax.legend()
+    ax = axes[2]
+    for side, (color, marker) in styles.items():
+        for q, style in (("p50", "-"), ("p99", ":")):
+            xs = [p["bots"] for p in latency if _ok(_get(p, side, q))]
+            ys = [_get(p, side, q) for p in latency if _ok(_get(p, side, q))]
+            if xs:
+                ax.plot(xs, ys, color=color, marker=marker, linestyle=style, label=f"{side} {q}")
+    ax.set_yscale("log")
+    ax.set_title("answer latency, one !chat per bot at once (ms)")
+    ax.set_xlabel("bots")
+    ax.legend()
+    for ax in axes:
+        ax.grid(True, alpha=0.3)
+    fig.suptitle("persona-bot orchestrator vs one baseline process per bot (loopback sandbox)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return f"chart written to {path}"
