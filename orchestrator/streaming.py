@@ -41,9 +41,9 @@ class EditBudget:
             return 0.0
         return min(stamp[0] for stamp in self._stamps) + self.per - now
 
-    def try_take(self) -> list[float] | None:
-        """A stamp for a write that may start now, or None when the window is full."""
-        if self.wait_time() > 0:
+    def try_take(self, *, keep: int = 0) -> list[float] | None:
+        """A stamp for a write that may start now, or None when fewer than ``keep`` + 1 writes are left."""
+        if self.wait_time() > 0 or len(self._stamps) + keep >= self.rate:
             return None
         stamp = [self._clock()]
         self._stamps.append(stamp)
@@ -81,9 +81,12 @@ Send = Callable[[str, bool], Awaitable[Any]]  # (text, is_first) -> a message wi
 class StreamingReply:
     """Shows a growing answer as a reply plus follow-ups, within the channel's edit budget."""
 
-    def __init__(self, send: Send, budget: EditBudget) -> None:
+    def __init__(self, send: Send, budget: EditBudget, clock: Callable[[], float] = time.monotonic) -> None:
         self._send = send
         self._budget = budget
+        self._clock = clock
+        self._interval = budget.per / budget.rate  # one update per interval per stream at most
+        self._last_write = float("-inf")
         self._messages: list[Any] = []
         self._shown: list[str] = []
         self.text = ""
@@ -99,7 +102,8 @@ class StreamingReply:
             if self.text.strip():
                 await self._sync(force=True)  # the first words appear as soon as they exist
             return
-        await self._sync(force=False)
+        if self._clock() - self._last_write >= self._interval:
+            await self._sync(force=False)
 
     async def finish(self, *, cut: bool = False) -> None:
         """Make Discord show exactly the whole answer (plus a note when the stream was cut)."""
@@ -112,9 +116,11 @@ class StreamingReply:
         for index, chunk in enumerate(chunks):
             if index < len(self._shown) and self._shown[index] == chunk:
                 continue
-            stamp = await self._budget.take() if force else self._budget.try_take()
+            # intermediate updates leave one write free so the final text is never kept waiting
+            stamp = await self._budget.take() if force else self._budget.try_take(keep=1)
             if stamp is None:
                 return
+            self._last_write = self._clock()
             try:
                 if index < len(self._messages):
                     await self._messages[index].edit(content=chunk)

@@ -1,0 +1,27 @@
+"""scripts/bench_stream runs on tiny sizes and writes sane figures (no timing is asserted)."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_stream_benchmark_produces_its_figures(tmp_path: Path) -> None:
+    output = tmp_path / "bench_stream.json"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench_stream"), "--first-token", "0.05", "--tokens-per-second", "400",
+         "--words", "20", "--runs", "2", "--output", str(output)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(output.read_text())
+    for mode in ("plain", "stream"):
+        for value in figures[mode].values():
+            assert math.isfinite(value) and value > 0
+    assert figures["first_words_speedup"] > 0
+    assert "streaming shows the first words" in result.stdout
