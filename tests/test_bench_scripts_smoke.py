@@ -1,4 +1,4 @@
-"""scripts/bench_stream runs on tiny sizes and writes sane figures (no timing is asserted)."""
+"""scripts/bench_stream and scripts/bench_pool run on tiny sizes and write sane figures (no timing is asserted)."""
 
 from __future__ import annotations
 
@@ -25,3 +25,16 @@ def test_stream_benchmark_produces_its_figures(tmp_path: Path) -> None:
             assert math.isfinite(value) and value > 0
     assert figures["first_words_speedup"] > 0
     assert "streaming shows the first words" in result.stdout
+
+
+def test_pool_benchmark_produces_its_figures(tmp_path: Path) -> None:
+    output = tmp_path / "bench_pool.json"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench_pool"), "--requests", "20", "--output", str(output)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(output.read_text())
+    for path in ("sdk", "post", "pool"):
+        assert all(math.isfinite(v) and v > 0 for v in figures[path].values())
+    assert math.isfinite(figures["pool_added_p50_ms"]) and figures["pool_to_sdk_create_p50_ratio"] > 0
