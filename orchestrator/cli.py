@@ -32,14 +32,20 @@ def _load(path: str) -> Config:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .app import App, config_secrets
+    from .health import HealthPortError
 
     config = _load(args.config)
     redactor.update(config_secrets(config))
     for warning in config.warnings:
         log.warning("%s", warning)
     app = App(config, watch=not args.no_watch, health_port=args.health_port, health_host=args.health_host)
-    anyio.run(app.run, backend="asyncio")
-    return 0
+    status = 0
+    try:
+        anyio.run(app.run, backend="asyncio")
+    except* HealthPortError as group:
+        log.error("%s", group.exceptions[0].strerror)
+        status = 1
+    return status
 
 
 def cmd_check(args: argparse.Namespace) -> int:

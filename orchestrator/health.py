@@ -33,6 +33,10 @@ log = logging.getLogger(__name__)
 DEFAULT_HOST = "127.0.0.1"
 
 
+class HealthPortError(OSError):
+    """The health server cannot listen (the port is taken, or the address is wrong)."""
+
+
 def health_report(app: App) -> tuple[int, dict[str, Any]]:
     """The HTTP status and JSON body of ``/healthz``."""
     supervisor = app.supervisor
@@ -93,7 +97,7 @@ class HealthServer:
             try:
                 await site.start()
             except OSError as exc:
-                raise OSError(
+                raise HealthPortError(
                     exc.errno, f"cannot serve /healthz on {self.host}:{self.requested_port}: {exc.strerror or exc}"
                 ) from exc
             self.port = runner.addresses[0][1]

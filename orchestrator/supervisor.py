@@ -109,7 +109,8 @@ class Supervisor:
     async def _stop_children(self, children: list[Child]) -> None:
         for child in children:
             child.stopping = True
-            self._set_state(child, BotState.STOPPING)
+            if child.state not in (BotState.FAILED, BotState.STOPPED):
+                self._set_state(child, BotState.STOPPING)
             if child.actor is not None:
                 child.actor.stop()
             else:

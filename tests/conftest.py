@@ -127,3 +127,58 @@ def world(tmp_path: Path, discord_server: DiscordSandbox, openai_server: OpenAIS
 
 def dedent(text: str) -> str:
     return textwrap.dedent(text).lstrip()
+
+
+# ---------------------------------------------------------------- reliability accounting (issue 6)
+#
+# Tests marked ``fault`` inject a failure (network, provider, database, signal, crash); tests marked
+# ``bad_input`` feed hostile or malformed input (messages, model output, bots.yaml, unauthorized
+# senders). Each executed case counts once (parametrized cases individually); property-based tests
+# add the number of generated examples they tried through :func:`count_generated`.
+
+_RELIABILITY = pytest.StashKey[dict[str, int]]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "fault: injects a failure the orchestrator must survive (counted in the summary)")
+    config.addinivalue_line("markers", "bad_input: feeds malformed or hostile input (counted in the summary)")
+    config.stash[_RELIABILITY] = {"fault": 0, "bad_input": 0, "generated": 0}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.when != "call":  # a case skipped at setup was not tried
+        return
+    counts = _reliability_counts()
+    if counts is None:
+        return
+    for marker in ("fault", "bad_input"):
+        if marker in report.keywords:
+            counts[marker] += 1
+
+
+_CONFIG: list[pytest.Config] = []
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    _CONFIG[:] = [session.config]
+
+
+def _reliability_counts() -> dict[str, int] | None:
+    return _CONFIG[0].stash.get(_RELIABILITY, None) if _CONFIG else None
+
+
+def count_generated(n: int) -> None:
+    """Add ``n`` generated bad inputs (e.g. hypothesis examples) to the summary."""
+    counts = _reliability_counts()
+    if counts is not None:
+        counts["generated"] += n
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, exitstatus: int, config: pytest.Config) -> None:
+    counts = config.stash.get(_RELIABILITY, None)
+    if not counts or not (counts["fault"] or counts["bad_input"]):
+        return
+    line = f"reliability: {counts['fault']} fault scenarios and {counts['bad_input']} bad inputs tried"
+    if counts["generated"]:
+        line += f" (plus {counts['generated']} generated bots.yaml files)"
+    terminalreporter.write_line(line)

@@ -5,9 +5,11 @@ Everything runs the real app (:class:`World`) against the loopback Discord and O
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
+import socket
 from collections.abc import Iterator
 
 import aiohttp
@@ -20,6 +22,7 @@ from sentry_sdk.transport import Transport
 
 from orchestrator import cli, observability
 from orchestrator.app import App
+from orchestrator.health import HealthPortError
 from orchestrator.metrics import error_kind
 from orchestrator.observability import build_handler, redactor, report_exception, scrub, setup_logging
 from orchestrator.sandbox.openai_server import Fault
@@ -209,6 +212,18 @@ async def test_health_port_from_bots_yaml(world: World) -> None:
     assert status == 200
 
 
+async def test_a_taken_health_port_stops_the_app_before_any_bot_connects(world: World) -> None:
+    world.write([{"name": "sage"}])
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        app = App(world.load(), handle_signals=False, watch=False, health_port=taken.getsockname()[1])
+        with pytest.raises(ExceptionGroup) as raised:
+            await app.run()
+    assert raised.group_contains(HealthPortError, match="cannot serve /healthz on 127.0.0.1")
+    assert not world.discord.identify_count.get(token_for("sage"))
+
+
 def test_status_without_a_server_says_so(capsys: pytest.CaptureFixture[str]) -> None:
     args = cli.build_parser().parse_args(["status", "--url", "http://127.0.0.1:9/"])
     assert args.func(args) == 2
@@ -309,6 +324,15 @@ async def test_bot_crash_and_failure_reach_sentry_tagged_and_scrubbed(
             report_exception()  # as persona_bot's handlers do: the exception being handled, bot from context
             observability.current_bot.reset(token)
 
+        async def stray() -> None:
+            raise LookupError("a bug in a bare asyncio task")
+
+        token = observability.current_bot.set("flaky")
+        task = asyncio.get_running_loop().create_task(stray())  # inherits the bot's context
+        observability.current_bot.reset(token)
+        with pytest.raises(LookupError):
+            await task
+
     events = sentry_transport.events
     crash = [e for e in events if e["exception"]["values"][-1]["type"] == "ConnectionClosed"]
     assert crash and crash[0]["tags"] == {"bot": "flaky", "provider": "openai", "model": "gpt-4o-mini"}
@@ -319,6 +343,9 @@ async def test_bot_crash_and_failure_reach_sentry_tagged_and_scrubbed(
     quoted = [e for e in events if e["exception"]["values"][-1]["type"] == "ValueError"]
     assert quoted and quoted[0]["tags"] == {"bot": "flaky", "provider": "openai", "model": "gpt-4o-mini"}
     assert quoted[0]["exception"]["values"][-1]["value"] == "an error message quoting *** and ***"
+    [unhandled] = [e for e in events if e["exception"]["values"][-1]["type"] == "LookupError"]
+    assert unhandled["exception"]["values"][-1]["mechanism"] == {"type": "asyncio", "handled": False}
+    assert unhandled["tags"] == {"bot": "flaky", "provider": "openai", "model": "gpt-4o-mini"}
     for frame in (f for e in events for v in e["exception"]["values"] for f in v["stacktrace"]["frames"]):
         assert "vars" not in frame, "local variables are never sent"
     sent = sentry_transport.serialized()

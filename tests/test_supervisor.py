@@ -80,3 +80,13 @@ def test_backoff_grows_exponentially_with_jitter_and_a_cap() -> None:
         delays = [policy.backoff(restarts, rng) for _ in range(200)]
         assert all(base * 0.5 <= d <= base * 1.5 for d in delays)
         assert max(delays) - min(delays) > base * 0.5, "jitter spreads restarts out"
+
+
+async def test_a_failed_bot_stays_failed_while_the_others_stop(world: World) -> None:
+    world.write([{"name": "good"}, {"name": "bad", "prefix": "?"}])
+    async with world.running(world.load({"TOKEN_BAD": "unknown-token-0000000"})) as app:
+        supervisor = app.supervisor
+        assert supervisor is not None
+        app.request_stop()
+        await supervisor.wait_for_state("good", BotState.STOPPED)
+        assert supervisor.children["bad"].state is BotState.FAILED

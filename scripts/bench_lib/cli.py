@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import atexit
+import contextlib
 import json
 import math
 import os
@@ -18,13 +19,15 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from . import report
+from . import procfs, report
 from .runner import GUILD_READY_TIMEOUT, ROOT, Children, guild_ready_timeout_in_config
 from .scenarios import SCENARIOS, Bench
 
 FULL = {"messages": 200, "latency": 1.0, "duration": 15.0, "warmup": 5.0, "users": 100, "fleet": "10,50,100",
+        "overhead_bots": "1,{bots}",
         "fairness_duration": 20.0}  # fmt: skip
-QUICK = {"messages": 50, "latency": 0.25, "duration": 2.0, "warmup": 1.0, "users": 50, "fleet": "2,10",
+QUICK = {"messages": 50, "latency": 0.25, "duration": 2.0, "warmup": 1.0, "users": 20, "fleet": "2,10",
+         "overhead_bots": "{bots}",
          "fairness_duration": 3.0}  # fmt: skip
 
 
@@ -43,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rate", type=float, default=200.0, help="messages per second in the overhead scenario (200)")
     parser.add_argument("--duration", type=float, help="measured seconds in the overhead scenario (15; quick 2)")
     parser.add_argument("--warmup", type=float, help="warm-up seconds before it (5; quick 1)")
-    parser.add_argument("--users", type=int, help="users (conversations per bot) in the overhead scenario (100; quick 50)")
+    parser.add_argument("--users", type=int, help="users (conversations per bot) in the overhead scenario (100; quick 20)")
+    parser.add_argument("--overhead-bots", help="bot counts for the overhead scenario (1,BOTS; quick BOTS)")
     parser.add_argument("--fleet", help="bot counts for memory and start-up (10,50,100; quick 2,10)")
     parser.add_argument("--fairness-bots", type=int, default=3, help="bots in the fairness scenario, weights 1,2,4 (3)")
     parser.add_argument("--fairness-duration", type=float, help="flood seconds in the fairness scenario (20; quick 3)")
@@ -63,14 +67,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             setattr(args, key, value)
     try:
         args.fleet = sorted({int(n) for n in str(args.fleet).split(",") if n.strip()})
+        spec = str(args.overhead_bots).replace("{bots}", str(args.bots))
+        args.overhead_bots = sorted({int(n) for n in spec.split(",") if n.strip()})
     except ValueError:
-        parser.error("--fleet takes comma-separated integers, e.g. 10,50,100")
+        parser.error("--fleet and --overhead-bots take comma-separated integers, e.g. 10,50,100")
     args.scenarios = [name.strip() for name in args.scenarios.split(",") if name.strip()]
     unknown = set(args.scenarios) - set(SCENARIOS)
     if unknown:
         parser.error(f"unknown scenario(s) {sorted(unknown)}; choose from {','.join(SCENARIOS)}")
-    if args.bots < 1 or args.messages < 1 or not args.fleet or min(args.fleet) < 1:
-        parser.error("--bots, --messages and --fleet sizes must be at least 1")
+    if args.bots < 1 or args.messages < 1 or min(args.fleet, default=0) < 1 or min(args.overhead_bots, default=0) < 1:
+        parser.error("--bots, --messages, --fleet and --overhead-bots sizes must be at least 1")
     if args.rate <= 0 or args.duration <= 0 or args.latency < 0:
         parser.error("--rate and --duration must be positive, --latency not negative")
     args.chart = args.chart or args.output.with_suffix(".png")
@@ -138,6 +144,7 @@ async def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         try:
             for name in args.scenarios:
                 t0 = time.monotonic()
+                load_before = procfs.loadavg()
                 try:
                     produced = await SCENARIOS[name](bench)
                 except Exception as exc:  # noqa: BLE001 - report and go on with the next scenario
@@ -151,6 +158,7 @@ async def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
                 for key, value in produced.items():
                     if isinstance(value, dict):
                         value["elapsed_s"] = time.monotonic() - t0
+                        value["load_average_1min"] = {"before": load_before, "after": procfs.loadavg()}
                 results["scenarios"].update(produced)
                 await children.stop_all()
         finally:
@@ -171,9 +179,18 @@ def _clean(value: Any) -> Any:
     return value
 
 
+def _child_watcher() -> None:
+    """Python 3.11's default watcher runs one waitpid thread per child; pidfds need none (3.12+ use them)."""
+    if sys.version_info < (3, 12) and hasattr(asyncio, "PidfdChildWatcher"):
+        with contextlib.suppress(OSError, AttributeError):
+            watcher = asyncio.PidfdChildWatcher()
+            asyncio.set_child_watcher(watcher)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
+    _child_watcher()
     results = asyncio.run(run(args, argv))
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(_clean(results), indent=2) + "\n", encoding="utf-8")

@@ -46,3 +46,16 @@ def memory(pids: list[int]) -> dict[str, float | None]:
         "rss_mib": sum(rss) / 1024,
         "pss_mib": None if any(p is None for p in pss) else sum(p for p in pss if p is not None) / 1024,
     }
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds the whole machine spent busy (all cores, /proc/stat), for noise accounting."""
+    with open("/proc/stat", encoding="ascii") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / CLOCK_TICKS
+
+
+def loadavg() -> float:
+    with open("/proc/loadavg", encoding="ascii") as f:
+        return float(f.read().split()[0])

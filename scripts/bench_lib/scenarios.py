@@ -353,76 +353,99 @@ async def concurrency(bench: Bench) -> dict[str, Any]:
 
 
 async def overhead(bench: Bench) -> dict[str, Any]:
+    """Zero provider latency, a sustained open-loop message rate; one run per bot count in --overhead-bots.
+
+    With one bot the figures are the cost of the !chat pipeline itself. With B bots in one channel
+    every bot also receives (and discord.py parses) every other bot's messages and replies, as on
+    Discord: about 2 x B gateway events per answered !chat."""
     args = bench.args
-    B, rate, duration, warm = args.bots, args.rate, args.duration, args.warmup
-    users = args.users
-    bots = make_bots(B)
-    total = max(1, round(rate * duration))
-    warm_count = max(B, round(rate * warm))
     result: dict[str, Any] = {
         "params": {
-            "bots": B, "rate_per_s": rate, "duration_s": duration, "warmup_s": warm, "users": users,
-            "conversations": B * users, "history_exchanges": SEED_EXCHANGES, "provider_latency_s": 0.0,
-            "orchestrator": "typing indicator on; memory scope=user, max_turns=20 (10 exchanges), seeded; "
-                            "quotas per bot and per user configured (not binding)",
+            "bot_counts": args.overhead_bots, "rate_per_s": args.rate, "duration_s": args.duration,
+            "warmup_s": args.warmup, "users": args.users, "history_exchanges": SEED_EXCHANGES,
+            "provider_latency_s": 0.0,
+            "orchestrator": "typing indicator on; memory scope=user, max_turns=20 (10 exchanges), seeded for every "
+                            "conversation; quotas per bot and per user configured (not binding); concurrency 8/bot",
         },
+        "runs": [],
     }  # fmt: skip
-    for side in SIDES:
-        bench.say(f"overhead: {side}, {B} bots, {rate:g} msg/s for {duration:g} s (after {warm:g} s warm-up)")
-        async with World(bench, "overhead", side, bots, users) as world:
-            await world.launch(
-                provider={"max_concurrency": 32},
-                defaults={
-                    "concurrency": 8,
-                    "mailbox_size": 64,
-                    "memory": {"scope": "user", "context_tokens": 3000, "max_turns": 2 * SEED_EXCHANGES},
-                    "quota": {"requests_per_minute": 100_000, "tokens_per_minute": 100_000_000, "tokens_per_day": 1_000_000_000},
-                    "user_quota": {"requests_per_minute": 600, "tokens_per_minute": 10_000_000, "tokens_per_day": 100_000_000},
-                },
-                seed=True,
-            )  # fmt: skip
-            await world.ready(timeout=60 + 2 * B)
-            await warm_up(world, bots, users, first_tag=1_000_000)
-            await world.chat(chat_messages(bots, warm_count, users, first_tag=2_000_000), rate=rate, timeout=30 + warm)
-            messages = chat_messages(bots, total, users)
-            profiler = await start_profiler(bench, world, duration) if side == "orchestrator" else None
-            cpu0 = world.cpu()
-            load = await world.chat(messages, rate=rate, timeout=30 + 2 * duration)
-            cpu = world.cpu() - cpu0
-            if profiler is not None:
-                await finish_profiler(bench, profiler)
-            items = exchanges(load, messages, bots)
-            answered = [x for x in items if x.kind == "answer"]
-            replies = [x.reply for x in answered if x.reply is not None]
-            span = max(replies) - min(x.post for x in items) if replies else None
-            per_answer = cpu / len(answered) if answered else None
-            inbound = [x.inbound for x in answered if x.inbound is not None]
-            outbound = [x.outbound for x in answered if x.outbound is not None]
-            added = [x.inbound + x.outbound for x in answered if x.inbound is not None and x.outbound is not None]  # type: ignore[operator]
-            result[side] = {
-                "offered": total,
-                "answered": len(answered),
-                "replies": kinds(items),
-                "throughput_per_s": len(answered) / span if span else None,
-                "posting_s": load["posting_done"] - load["start"],
-                "cpu_s": cpu,
-                "processes": len(world.pids),
-                "cpu_ms_per_answer": per_answer * 1000 if per_answer else None,
-                "capacity_per_core_per_s": 1 / per_answer if per_answer else None,
-                "cpu_utilisation": cpu / span if span else None,
-                "added_latency_ms": {
-                    "total": summary_ms(added),
-                    "inbound": summary_ms(inbound),
-                    "outbound": summary_ms(outbound),
-                },
-                "answer_latency_ms": summary_ms([x.e2e for x in answered if x.e2e is not None]),
-                "sandbox_cpu_utilisation": load["sandbox_cpu"] / (load["end"] - load["start"]),
-                "profiled": profiler is not None,
-            }
+    for n in args.overhead_bots:
+        run: dict[str, Any] = {"bots": n, "conversations": n * args.users}
+        for side in SIDES:
+            run[side] = await _overhead_side(bench, side, n)
+        result["runs"].append(run)
     return result
 
 
-async def start_profiler(bench: Bench, world: World, duration: float) -> dict[str, Any] | None:
+async def _overhead_side(bench: Bench, side: str, n: int) -> dict[str, Any]:
+    args = bench.args
+    rate, duration, users = args.rate, args.duration, args.users
+    bots = make_bots(n)
+    total = max(1, round(rate * duration))
+    warm_count = max(n * users, round(rate * args.warmup))  # every conversation's history is loaded once
+    bench.say(f"overhead: {side}, {n} bot(s), {rate:g} msg/s for {duration:g} s (after {warm_count} warm-up messages)")
+    async with World(bench, "overhead", side, bots, users) as world:
+        await world.launch(
+            provider={"max_concurrency": 32},
+            defaults={
+                "concurrency": 8,
+                "mailbox_size": 64,
+                "memory": {"scope": "user", "context_tokens": 3000, "max_turns": 2 * SEED_EXCHANGES},
+                "quota": {"requests_per_minute": 100_000, "tokens_per_minute": 100_000_000, "tokens_per_day": 1_000_000_000},
+                "user_quota": {"requests_per_minute": 600, "tokens_per_minute": 10_000_000, "tokens_per_day": 100_000_000},
+            },
+            seed=True,
+        )  # fmt: skip
+        await world.ready(timeout=60 + 2 * n)
+        await warm_up(world, bots, users, first_tag=1_000_000)
+        await world.chat(chat_messages(bots, warm_count, users, first_tag=2_000_000), rate=rate, timeout=30 + warm_count / rate)
+        messages = chat_messages(bots, total, users)
+        profiler = await start_profiler(bench, world, duration, n) if side == "orchestrator" else None
+        assert world.sandbox is not None
+        ours = [*world.pids, world.sandbox.pid]
+        cpu0, ours0, machine0, driver0 = world.cpu(), _cpu(ours), procfs.machine_busy_seconds(), time.process_time()
+        load = await world.chat(messages, rate=rate, timeout=30 + 2 * duration)
+        cpu = world.cpu() - cpu0
+        window = load["end"] - load["start"]
+        foreign = (procfs.machine_busy_seconds() - machine0) - (_cpu(ours) - ours0) - (time.process_time() - driver0)
+        if profiler is not None:
+            await finish_profiler(bench, profiler)
+    items = exchanges(load, messages, bots)
+    answered = [x for x in items if x.kind == "answer"]
+    replies = [x.reply for x in answered if x.reply is not None]
+    span = max(replies) - min(x.post for x in items) if replies else None
+    per_answer = cpu / len(answered) if answered else None
+    inbound = [x.inbound for x in answered if x.inbound is not None]
+    outbound = [x.outbound for x in answered if x.outbound is not None]
+    added = [x.inbound + x.outbound for x in answered if x.inbound is not None and x.outbound is not None]  # type: ignore[operator]
+    return {
+        "offered": total,
+        "answered": len(answered),
+        "replies": kinds(items),
+        "throughput_per_s": len(answered) / span if span else None,
+        "kept_up": bool(span) and len(answered) == total and span < duration * 1.2 + 1,
+        "cpu_s": cpu,
+        "processes": len(world.pids),
+        "cpu_ms_per_answer": per_answer * 1000 if per_answer else None,
+        "capacity_per_core_per_s": 1 / per_answer if per_answer else None,
+        "cpu_cores_used": cpu / span if span else None,
+        "added_latency_ms": {"total": summary_ms(added), "inbound": summary_ms(inbound), "outbound": summary_ms(outbound)},
+        "answer_latency_ms": summary_ms([x.e2e for x in answered if x.e2e is not None]),
+        "sandbox_cores_used": load["sandbox_cpu"] / window,
+        "other_processes_cores_used": max(0.0, foreign / window),
+        "profiled": profiler is not None,
+    }
+
+
+def _cpu(pids: list[int]) -> float:
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            total += procfs.cpu_seconds(pid)
+    return total
+
+
+async def start_profiler(bench: Bench, world: World, duration: float, bots: int) -> dict[str, Any] | None:
     if not bench.args.profile:
         return None
     py_spy = str(Path(sys.executable).parent / "py-spy")
@@ -431,7 +454,7 @@ async def start_profiler(bench: Bench, world: World, duration: float) -> dict[st
     if not Path(py_spy).exists():
         bench.say("--profile: py-spy is not installed (pip install py-spy); not profiling")
         return None
-    output = bench.results_dir / "profile-overhead-orchestrator.txt"
+    output = bench.results_dir / f"profile-overhead-orchestrator-{bots}bots.txt"
     proc = await bench.children.spawn(
         py_spy, "record", "--pid", str(world.pids[0]), "--duration", str(math.ceil(duration)), "--rate", "250",
         "--format", "raw", "--nonblocking", "--output", str(output),
