@@ -108,12 +108,13 @@ class PersonaBot:
         self.services = services
         self.counters = BotCounters()
         self._on_ready_callback = on_ready
-        self._send, self._receive = anyio.create_memory_object_stream[Job](spec.mailbox_size)
+        self._send, self._receive = anyio.create_memory_object_stream[Job](spec.mailbox_size + spec.concurrency)
         self._ready = anyio.Event()
         self._failure: BaseException | None = None
         self._stopping = False
         self._tails: dict[ConversationKey, anyio.Event] = {}
-        self._in_flight = 0
+        self._in_flight = 0  # accepted jobs not finished yet (queued, waiting or running)
+        self._per_user: dict[int, int] = {}
         self._idle = anyio.Event()
         self._scope: anyio.CancelScope | None = None
         self._edit_budgets = EditBudgets()
@@ -284,15 +285,22 @@ class PersonaBot:
             await self._enqueue(Job("chat", message, text, time.monotonic()))
 
     async def _enqueue(self, job: Job) -> None:
+        """Accept a job, or answer "busy" when the bot, or this user, already has too many waiting."""
+        user = job.message.author.id
+        capacity = self.spec.mailbox_size + self.spec.concurrency
+        per_user = max(2, capacity // 4)  # one user cannot fill the whole mailbox
+        if self._in_flight >= capacity or self._per_user.get(user, 0) >= per_user:
+            self.counters.busy += 1
+            log.warning("bot %s: too many messages waiting (%d), answering busy", self.spec.name, self._in_flight)
+            await self._reply(job.message, BUSY)
+            return
         try:
             self._send.send_nowait(job)
-            self._in_flight += 1
-        except anyio.WouldBlock:
-            self.counters.busy += 1
-            log.warning("bot %s: mailbox full (%d), answering busy", self.spec.name, self.spec.mailbox_size)
-            await self._reply(job.message, BUSY)
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):
             await self._reply(job.message, RESTARTING)
+            return
+        self._in_flight += 1
+        self._per_user[user] = self._per_user.get(user, 0) + 1
 
     # ------------------------------------------------------------------ the actor's own tasks
 
@@ -305,7 +313,6 @@ class PersonaBot:
         slots = anyio.Semaphore(self.spec.concurrency)
         async with self._receive:
             async for job in self._receive:
-                await slots.acquire()
                 key = self.conversation_key(job.message)
                 previous = self._tails.get(key)
                 done = anyio.Event()
@@ -315,10 +322,12 @@ class PersonaBot:
     async def _run_job(
         self, job: Job, key: ConversationKey, previous: anyio.Event | None, done: anyio.Event, slots: anyio.Semaphore
     ) -> None:
+        """Run after the previous job of the same conversation; a slot is held only while working."""
         try:
             if previous is not None:
                 await previous.wait()
-            await self._handle(job, key)
+            async with slots:
+                await self._handle(job, key)
         except Exception:  # noqa: BLE001 - one bad message must not stop the bot
             self.counters.errors += 1
             log.exception("bot %s: unexpected error while handling %s", self.spec.name, job.kind)
@@ -326,9 +335,12 @@ class PersonaBot:
             await self._reply(job.message, APOLOGY)
         finally:
             done.set()
-            slots.release()
             if self._tails.get(key) is done:
                 del self._tails[key]
+            user = job.message.author.id
+            self._per_user[user] -= 1
+            if not self._per_user[user]:
+                del self._per_user[user]
             self._in_flight -= 1
             if not self._in_flight:
                 self._idle.set()

@@ -177,3 +177,16 @@ async def test_same_user_is_answered_in_order_seeing_the_previous_exchange(world
     assert first.body["messages"][-1]["content"] == "one"
     assert [m["content"] for m in second.body["messages"][1:]] == ["one", "answer to one", "two"]
     assert [m.content for m in world.discord.sent] == ["answer to one", "answer to two"]
+
+
+async def test_one_flooding_user_cannot_fill_the_mailbox_for_everyone(world: World) -> None:
+    world.write([{"name": "sage", "mailbox_size": 6, "concurrency": 2}])  # 8 places, at most 2 per user
+    world.openai.latency = 0.3
+    flooder, other = world.discord.add_user("flooder"), world.discord.add_user("other")
+    async with world.running():
+        for i in range(6):
+            await world.discord.post(f"!chat flood {i}", author_id=flooder)
+        chain = await world.chat("!chat my turn", author_id=other, timeout=20)
+        await world.idle()
+    assert any(m.content.endswith("| my turn") for m in chain)
+    assert sum(1 for m in world.discord.sent if m.content == BUSY) == 4
