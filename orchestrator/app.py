@@ -37,6 +37,7 @@ from .supervisor import Supervisor
 log = logging.getLogger(__name__)
 
 PRUNE_INTERVAL = 3600.0
+USAGE_LOG_INTERVAL = 600.0
 
 
 def config_secrets(config: Config) -> list[str]:
@@ -122,6 +123,7 @@ class App:
                     if self.watch:
                         tg.start_soon(self._watch_config)
                     tg.start_soon(self._prune_forever, store)
+                    tg.start_soon(self._log_usage_forever, pool)
                     task_status.started(supervisor)
         finally:
             store.close()
@@ -182,11 +184,31 @@ class App:
             log.info("%s changed on disk: reloading", path.name)
             await self.reload()
 
+    def log_usage(self, pool: LLMPool) -> None:
+        """One log line per bot: requests and tokens in the last minute, tokens today, against limits."""
+        for bot in self.config.bots.values():
+            usage = pool.quotas.report(bot.name)
+            limit = bot.quota.tokens_per_day
+            log.info(
+                "usage of bot %s: %d requests and %d tokens in the last minute, %d tokens today%s",
+                bot.name, usage.requests_last_minute, usage.tokens_last_minute, usage.tokens_today,
+                f" of {limit}" if limit else "",
+            )
+
+    async def _log_usage_forever(self, pool: LLMPool) -> None:
+        while True:
+            await anyio.sleep(USAGE_LOG_INTERVAL)
+            self.log_usage(pool)
+
     async def _prune_forever(self, store: SQLiteStore) -> None:
         while True:
             for bot in self.config.bots.values():
                 max_age = bot.memory.max_age_days * 86400 if bot.memory.max_age_days else None
-                removed = await store.prune(bot.name, max_age, bot.memory.max_turns)
+                try:
+                    removed = await store.prune(bot.name, max_age, bot.memory.max_turns)
+                except Exception:  # noqa: BLE001 - retention is housekeeping: never stop the bots for it
+                    log.exception("retention: could not prune old turns of bot %s; trying again later", bot.name)
+                    continue
                 if removed:
                     log.info("retention: pruned %d old turns of bot %s", removed, bot.name)
             await anyio.sleep(PRUNE_INTERVAL)

@@ -194,9 +194,13 @@ async def test_rate_limited_request_is_retried_after_retry_after(world: World) -
 async def test_circuit_breaker_opens_fails_fast_then_closes(world: World) -> None:
     world.write([{"name": "sage"}], providers=provider(world, max_retries=0, breaker_threshold=2, breaker_cooldown=0.5))
     world.openai.inject(Fault.server_error(500), Fault.server_error(500))
-    async with world.running():
+    async with world.running() as app:
+        assert app.supervisor is not None
+        pool = app.supervisor.services.pool
+        first_client = pool.client("openai")
         await world.chat("!chat 1")
         await world.chat("!chat 2")
+        assert pool.client("openai") is not first_client, "the failing client was rebuilt"
         [fast] = await world.chat("!chat 3")
         assert len(world.openai.chat_requests) == 2, "open circuit: no provider call"
         assert "unavailable" in fast.content
@@ -241,3 +245,16 @@ async def test_a_flooding_bot_does_not_starve_another(world: World) -> None:
 
 def test_utc_day_format() -> None:
     assert utc_day(0) == "1970-01-01"
+
+
+async def test_usage_is_logged_per_bot_for_ops(world: World, caplog: pytest.LogCaptureFixture) -> None:
+    world.write([{"name": "sage", "quota": {"tokens_per_day": 100000}}, {"name": "hafez", "prefix": "?"}])
+    async with world.running() as app:
+        await world.chat("!chat count this")
+        assert app.supervisor is not None
+        with caplog.at_level("INFO", logger="orchestrator.app"):
+            app.log_usage(app.supervisor.services.pool)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("usage of bot")]
+    assert len(lines) == 2
+    assert lines[0].startswith("usage of bot sage: 1 requests") and lines[0].endswith("of 100000")
+    assert lines[1].startswith("usage of bot hafez: 0 requests")
