@@ -85,10 +85,6 @@ class App:
         self.last_reload_error: str | None = None
         self._reload_lock = anyio.Lock()
 
-    @classmethod
-    def from_file(cls, path: str | Path, **kwargs: object) -> App:
-        return cls(load_config(path), **kwargs)  # type: ignore[arg-type]
-
     @property
     def health_port_bound(self) -> int | None:
         """The port /healthz and /metrics listen on, once the server is up."""

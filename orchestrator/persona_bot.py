@@ -17,6 +17,7 @@ import re
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing, asynccontextmanager
+from functools import partial
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -138,10 +139,6 @@ class PersonaBot:
         """Wait until the mailbox is empty and no job is running."""
         while self._in_flight:
             await self._idle.wait()
-
-    @property
-    def user_id(self) -> int | None:
-        return self.client.user.id if self.client.user else None
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Connect, serve until :meth:`stop`, then drain. Raises on crash or fatal configuration errors."""
@@ -443,7 +440,7 @@ class PersonaBot:
             return None
         await self._reply(message, chunks[0], raise_errors=True)
         for chunk in chunks[1:]:
-            await message.channel.send(chunk, allowed_mentions=NO_MENTIONS)
+            await _retry_5xx(partial(message.channel.send, chunk, allowed_mentions=NO_MENTIONS))
         return answer
 
     async def _answer_streaming(self, message: discord.Message, call: ChatCall) -> str | None:
@@ -452,7 +449,7 @@ class PersonaBot:
         async def send(text: str, first: bool) -> discord.Message:
             if first:
                 return await self._reply(message, text, raise_errors=True)  # type: ignore[return-value]
-            return await message.channel.send(text, allowed_mentions=NO_MENTIONS)
+            return await _retry_5xx(partial(message.channel.send, text, allowed_mentions=NO_MENTIONS))
 
         reply = StreamingReply(send, self._edit_budgets.for_channel(message.channel.id))
         cut = False
@@ -468,19 +465,20 @@ class PersonaBot:
         if not reply.text.strip():
             await self._reply(message, EMPTY_ANSWER)
             return None
-        await reply.finish(cut=cut)
+        await _retry_5xx(partial(reply.finish, cut=cut))  # finish only rewrites what Discord does not show yet
         return None if cut else reply.text.strip()
 
     async def _reply(
         self, message: discord.Message, text: str, *, raise_errors: bool = False
     ) -> discord.Message | None:
         try:
-            return await message.channel.send(
+            return await _retry_5xx(partial(
+                message.channel.send,
                 text,
                 reference=message.to_reference(fail_if_not_exists=False),
                 mention_author=False,
                 allowed_mentions=NO_MENTIONS,
-            )
+            ))
         except discord.HTTPException as exc:
             if raise_errors:
                 raise
@@ -502,4 +500,15 @@ async def _typing(channel: Any) -> AsyncIterator[None]:
     finally:
         if indicator is not None:
             await indicator.__aexit__(None, None, None)
+
+
+async def _retry_5xx(action: Callable[[], Any], pauses: tuple[float, ...] = (0.5, 1.0, 2.0)) -> Any:
+    """Await ``action()``; after a Discord server error (a 5xx discord.py does not retry, e.g. 503) try again."""
+    for pause in pauses:
+        try:
+            return await action()
+        except discord.DiscordServerError as exc:
+            log.warning("Discord answered HTTP %s; sending again in %.1fs", exc.status, pause)
+            await anyio.sleep(pause)
+    return await action()
 
