@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,12 @@ from .errors import ConfigError, ConfigIssue
 
 MAX_FILE_BYTES = 1_000_000
 MAX_NODES = 50_000
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+# Never echo the value: a *_env key that is not a variable name is usually the secret itself.
+_NOT_A_NAME = (
+    "must be the *name* of an environment variable (letters, digits and _), not the secret itself; "
+    "put the secret in the environment or in .env (e.g. DISCORD_TOKEN_SAGE=...) and write its name here"
+)
 
 
 class _Model(BaseModel):
@@ -234,23 +241,33 @@ def _read_yaml(raw: bytes | str, name: str) -> tuple[Any, dict[tuple[Any, ...], 
             raise fail("the file is not valid UTF-8 text; save it as UTF-8", line) from None
     else:
         text = raw
+    too_deep = "the file is nested too deeply; bots.yaml needs only a few levels of indentation or brackets"
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         problem = getattr(exc, "problem", None) or str(exc)
         raise fail(f"not valid YAML: {problem}", mark.line + 1 if mark else None) from None
+    except RecursionError:  # PyYAML's composer recurses once per nesting level
+        raise fail(too_deep) from None
     if node is None:
         raise fail("the file is empty; it needs at least a 'bots:' list")
     lines: dict[tuple[Any, ...], int] = {}
+    count = [0]
     try:
-        _index_lines(node, (), lines, [0])
+        _index_lines(node, (), lines, count)
     except RecursionError:
+        if count[0] <= MAX_NODES:
+            raise fail(too_deep) from None
         raise fail(f"the file expands to more than {MAX_NODES} values (YAML anchors?)") from None
     try:
         data = yaml.load(text, Loader=yaml.SafeLoader)  # noqa: S506 - SafeLoader
     except yaml.YAMLError as exc:
         raise fail(f"not valid YAML: {exc}") from None
+    except RecursionError:
+        raise fail(too_deep) from None
+    except (ValueError, TypeError, OverflowError) as exc:  # e.g. a 5000-digit integer, the date 2020-13-45
+        raise fail(f"not valid YAML: a value cannot be read ({exc})") from None
     if not isinstance(data, dict):
         raise fail("the top level must be a mapping with keys such as 'providers', 'defaults' and 'bots'", 1)
     return data, lines
@@ -377,7 +394,9 @@ def _resolve(
     providers: dict[str, ProviderSpec] = {}
     for pname, provider in settings.providers.items():
         key = ""
-        if provider.api_key_env:
+        if provider.api_key_env and not _ENV_NAME.fullmatch(provider.api_key_env):
+            issue(("providers", pname, "api_key_env"), _NOT_A_NAME)
+        elif provider.api_key_env:
             key = env.get(provider.api_key_env, "")
             if not key:
                 issue(("providers", pname, "api_key_env"), f"environment variable {provider.api_key_env} is not set; "
@@ -399,8 +418,10 @@ def _resolve(
             issue((*loc, "name"), f"duplicate bot name {bot.name!r}; every bot needs its own name")
             continue
         seen_names.add(bot.name)
-        token = env.get(bot.token_env, "")
-        if not token:
+        token = env.get(bot.token_env, "") if _ENV_NAME.fullmatch(bot.token_env) else ""
+        if not _ENV_NAME.fullmatch(bot.token_env):
+            issue((*loc, "token_env"), _NOT_A_NAME)
+        elif not token:
             issue((*loc, "token_env"), f"environment variable {bot.token_env} is not set; "
                   f"put bot {bot.name!r}'s Discord token in the environment or in .env")
         elif token in seen_tokens:

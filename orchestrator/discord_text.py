@@ -285,6 +285,10 @@ def clean_user_text(text: str) -> str:
 
     Removes U+200B, LRM/RLM (U+200E/F), embeddings/overrides (U+202A–U+202E),
     isolates (U+2066–U+2069) and BOM (U+FEFF). Keeps U+200C (ZWNJ, part of Persian
-    spelling) and U+200D (ZWJ, part of emoji sequences). Returns "" if nothing is left.
+    spelling) and U+200D (ZWJ, part of emoji sequences). A lone surrogate (valid JSON can
+    carry one, UTF-8 cannot) becomes U+FFFD. Returns "" if nothing is left.
     """
-    return text.translate(_INVISIBLE).strip()
+    return _LONE_SURROGATE.sub("\ufffd", text.translate(_INVISIBLE)).strip()
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")

@@ -9,6 +9,8 @@ It also persists daily token usage for :class:`~orchestrator.llm.quota.QuotaBook
 
 from __future__ import annotations
 
+import logging
+import re
 import sqlite3
 import threading
 import time
@@ -22,6 +24,14 @@ import anyio
 from .llm.pool import Message, estimate_tokens
 
 SHARED = 0  # the "user" of a channel-wide conversation
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _storable(text: str) -> str:
+    """``text`` as valid UTF-8 (a model may emit a lone surrogate, which SQLite cannot store)."""
+    return _LONE_SURROGATE.sub("\ufffd", text)
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -104,6 +114,9 @@ class SQLiteStore:
         self._cache: OrderedDict[ConversationKey, list[Turn]] = OrderedDict()
         self._cache_size = cache_size
         self._max_cached_turns = max_cached_turns
+        self._pending_usage: dict[tuple[str, str, str], int] = {}  # (day, bot, user) -> tokens not yet written
+        self._usage_lock = threading.Lock()
+        self._usage_failing = False
         with self._lock:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
@@ -112,6 +125,7 @@ class SQLiteStore:
 
     def close(self) -> None:
         with self._lock:
+            self._flush_usage(wait=True)
             self._db.close()
 
     async def _run(self, fn, *args):  # type: ignore[no-untyped-def]
@@ -146,6 +160,7 @@ class SQLiteStore:
             self._cache.popitem(last=False)
 
     async def append_exchange(self, key: ConversationKey, question: str, answer: str) -> None:
+        question, answer = _storable(question), _storable(answer)
         await self._run(self._insert, key, question, answer)
         cached = self._cache.get(key)
         if cached is not None:
@@ -207,12 +222,53 @@ class SQLiteStore:
     def load_daily_usage(self, day: str) -> dict[tuple[str, str], int]:
         with self._lock:
             rows = self._db.execute("SELECT bot, user, tokens FROM daily_usage WHERE day=?", (day,)).fetchall()
-        return {(bot, user): tokens for bot, user, tokens in rows}
+        usage = {(bot, user): tokens for bot, user, tokens in rows}
+        with self._usage_lock:
+            for (pending_day, bot, user), tokens in self._pending_usage.items():
+                if pending_day == day:
+                    usage[(bot, user)] = usage.get((bot, user), 0) + tokens
+        return usage
 
     def add_daily_usage(self, day: str, bot: str, user: str, tokens: int) -> None:
-        with self._lock, self._db:
-            self._db.execute(
-                "INSERT INTO daily_usage (day, bot, user, tokens) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT (day, bot, user) DO UPDATE SET tokens = tokens + excluded.tokens",
-                (day, bot, user, tokens),
-            )
+        """Record usage; called on the event loop, so it never waits and never raises.
+
+        The tokens are written now if the database is free, else kept and written with the next
+        call (or at close). A locked, read-only or full database only delays persistence.
+        """
+        with self._usage_lock:
+            key = (day, bot, user)
+            self._pending_usage[key] = self._pending_usage.get(key, 0) + tokens
+        if self._lock.acquire(blocking=False):
+            try:
+                self._flush_usage(wait=False)
+            finally:
+                self._lock.release()
+
+    def _flush_usage(self, *, wait: bool) -> None:
+        """Write pending usage in one transaction (caller holds ``_lock``); on failure keep it pending."""
+        with self._usage_lock:
+            pending, self._pending_usage = self._pending_usage, {}
+        if not pending:
+            return
+        busy_ms = self._db.execute("PRAGMA busy_timeout").fetchone()[0]
+        try:
+            if not wait:
+                self._db.execute("PRAGMA busy_timeout=0")
+            with self._db:
+                self._db.executemany(
+                    "INSERT INTO daily_usage (day, bot, user, tokens) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (day, bot, user) DO UPDATE SET tokens = tokens + excluded.tokens",
+                    [(day, bot, user, tokens) for (day, bot, user), tokens in pending.items()],
+                )
+        except sqlite3.Error as exc:
+            with self._usage_lock:
+                for key, tokens in pending.items():
+                    self._pending_usage[key] = self._pending_usage.get(key, 0) + tokens
+            if not self._usage_failing:
+                log.warning("could not save token usage to %s (%s); keeping it in memory and retrying", self.path, exc)
+            self._usage_failing = True
+        else:
+            self._usage_failing = False
+        finally:
+            if not wait:
+                self._db.execute(f"PRAGMA busy_timeout={int(busy_ms)}")

@@ -21,6 +21,7 @@ from functools import partial
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import aiohttp
 import anyio
 import discord
 import yarl
@@ -484,6 +485,11 @@ class PersonaBot:
                 raise
             log.warning("bot %s: could not send a reply (HTTP %s)", self.spec.name, exc.status)
             return None
+        except Exception as exc:  # noqa: BLE001 - e.g. no connection, or the client is closing
+            if raise_errors:
+                raise
+            log.warning("bot %s: could not send a reply (%s: %s)", self.spec.name, type(exc).__name__, exc)
+            return None
 
 
 @asynccontextmanager
@@ -503,12 +509,13 @@ async def _typing(channel: Any) -> AsyncIterator[None]:
 
 
 async def _retry_5xx(action: Callable[[], Any], pauses: tuple[float, ...] = (0.5, 1.0, 2.0)) -> Any:
-    """Await ``action()``; after a Discord server error (a 5xx discord.py does not retry, e.g. 503) try again."""
+    """Await ``action()``; after a Discord server error (a 5xx discord.py does not retry, e.g. 503) or a
+    dropped connection, try again."""
     for pause in pauses:
         try:
             return await action()
-        except discord.DiscordServerError as exc:
-            log.warning("Discord answered HTTP %s; sending again in %.1fs", exc.status, pause)
+        except (discord.DiscordServerError, aiohttp.ClientConnectionError) as exc:
+            log.warning("Discord send failed (%s); sending again in %.1fs", getattr(exc, "status", None) or exc, pause)
             await anyio.sleep(pause)
     return await action()
 

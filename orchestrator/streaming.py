@@ -107,7 +107,7 @@ class StreamingReply:
 
     async def finish(self, *, cut: bool = False) -> None:
         """Make Discord show exactly the whole answer (plus a note when the stream was cut)."""
-        if cut:
+        if cut and not self.text.endswith(CUT_NOTE):  # idempotent: a failed finish may be retried
             self.text = self.text.rstrip() + CUT_NOTE
         await self._sync(force=True)
 
@@ -128,5 +128,9 @@ class StreamingReply:
                 else:
                     self._messages.append(await self._send(chunk, index == 0))
                     self._shown.append(chunk)
+            except Exception:
+                if force:
+                    raise
+                return  # a failed intermediate update is skipped; the next one (or finish) shows the text
             finally:
                 self._budget.done(stamp)

@@ -14,6 +14,7 @@ import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import aiohttp
 import anyio
 import pytest
 
@@ -145,6 +146,50 @@ async def test_discord_rate_limits_and_server_errors_still_deliver_the_answer(
         assert messages[0].edits, "the streamed answer was edited in place"
 
 
+@pytest.mark.parametrize(
+    ("error", "failures", "delivered"),
+    [
+        pytest.param(aiohttp.ClientConnectionError("Connection reset by peer"), 1, True, id="connection-reset-is-retried"),
+        pytest.param(RuntimeError("Session is closed"), 2, False, id="send-and-apology-both-fail"),
+    ],
+)
+async def test_a_send_failing_outside_http_never_takes_other_answers_down(
+    world: World, monkeypatch: pytest.MonkeyPatch, error: Exception, failures: int, delivered: bool
+) -> None:
+    two_bots(world)
+    world.openai.latency = 0.3  # both questions are in flight together
+    bob = world.discord.add_user("bob")
+    async with world.running() as app:
+        assert app.supervisor is not None
+        actor = app.supervisor.children["sage"].actor
+        assert actor is not None
+        http = actor.client.http
+        original = http.request
+        raised = []
+
+        async def flaky(route, **kwargs):  # type: ignore[no-untyped-def]
+            if route.method == "POST" and route.path.endswith("/messages") and len(raised) < failures:
+                raised.append(route)
+                raise error
+            return await original(route, **kwargs)
+
+        monkeypatch.setattr(http, "request", flaky)
+        first = await world.discord.post("!chat first")
+        await world.openai.wait_for_requests(1)
+        second = await world.discord.post("!chat second", author_id=bob)
+        await world.discord.wait_for_sent(predicate=lambda m: m.reference_id == int(second["id"]))
+        await world.idle()
+        await sibling_answers(world)
+        assert app.supervisor.children["sage"].restarts == 0 and app.supervisor.children["sage"].actor is actor
+    replies = {m.reference_id: m for m in world.discord.sent}
+    assert len(raised) == failures
+    assert is_answer(replies[int(second["id"])], "second"), "the other conversation was answered"
+    if delivered:
+        assert is_answer(replies[int(first["id"])], "first")
+    else:
+        assert int(first["id"]) not in replies
+
+
 # ---------------------------------------------------------------- model provider
 
 PROVIDER_FAULTS = [
@@ -169,7 +214,7 @@ async def test_provider_failure_is_explained_and_the_next_chat_works(
         [after] = await world.chat("!chat second")
         await sibling_answers(world)
     if explained is None and stream:  # a cut stream keeps its partial text, marked as cut
-        assert failed.content.startswith("[gpt-4o-mini] You ") and failed.content.endswith(CUT_NOTE)
+        assert failed.content.startswith("[gpt-4o-mini] You") and failed.content.endswith(CUT_NOTE)
     elif explained is None:  # without streaming, the connection closes before any answer
         assert "unavailable" in failed.content
     else:
@@ -195,6 +240,31 @@ async def test_one_provider_hiccup_is_retried_invisibly(world: World, fault: Fau
         [reply] = await world.chat("!chat hello")
     assert is_answer(reply, "hello")
     assert [r.status for r in world.openai.chat_requests] == [fault.status, 200]
+
+
+@pytest.mark.parametrize(
+    "probe_fault",
+    [
+        pytest.param(Fault.rate_limited(0.01), id="probe-rate-limited"),
+        pytest.param(Fault(status=400), id="probe-bad-request"),
+        pytest.param(Fault.server_error(500), id="probe-server-error"),
+    ],
+)
+async def test_circuit_breaker_closes_again_whatever_its_probe_met(world: World, probe_fault: Fault) -> None:
+    cooldown = 0.3
+    two_bots(world, max_retries=0, breaker_threshold=1, breaker_cooldown=cooldown)
+    world.openai.inject(Fault.server_error(500), probe_fault)
+    async with world.running():
+        [opened] = await world.chat("!chat the provider fails")
+        [fast] = await world.chat("!chat while the circuit is open")
+        await anyio.sleep(cooldown)  # the breaker's cool-down is a time, not an event
+        [probed] = await world.chat("!chat the probe")
+        await anyio.sleep(2 * cooldown)
+        [after] = await world.chat("!chat the provider is fine again")
+    assert "busy" in opened.content and "unavailable" in fast.content
+    assert "unavailable" not in probed.content, "the probe reached the provider"
+    assert is_answer(after, "the provider is fine again"), "the circuit closed again"
+    assert [r.status for r in world.openai.chat_requests] == [500, probe_fault.status, 200]
 
 
 # ---------------------------------------------------------------- SQLite
@@ -253,7 +323,6 @@ def insert_fails(store: SQLiteStore, monkeypatch: pytest.MonkeyPatch) -> Iterato
 
     with monkeypatch.context() as patch:
         patch.setattr(store, "_insert", full)
-        patch.setattr(store, "add_daily_usage", full)
         yield
 
 

@@ -24,19 +24,23 @@ class CircuitBreaker:
         self._failures = 0
         self._opened_at = 0.0
         self._probing = False
+        self._probe_started = 0.0
         self.state = BreakerState.CLOSED
 
     def allow(self) -> float | None:
         """None if a request may go ahead, else the seconds left before the next probe."""
         if self.state is BreakerState.CLOSED:
             return None
-        remaining = self._opened_at + self.cooldown - self._clock()
+        now = self._clock()
+        remaining = self._opened_at + self.cooldown - now
         if remaining > 0:
             return remaining
-        if self._probing:
-            return self.cooldown
+        if self._probing and now - self._probe_started < self.cooldown:
+            return self._probe_started + self.cooldown - now
+        # No probe out, or the last one never reported back (a 429, a 4xx, a cancelled request): probe again.
         self.state = BreakerState.HALF_OPEN
         self._probing = True
+        self._probe_started = now
         return None
 
     def record_success(self) -> None:

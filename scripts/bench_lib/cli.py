@@ -20,14 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from . import procfs, report
-from .runner import GUILD_READY_TIMEOUT, ROOT, Children, guild_ready_timeout_in_config
+from .runner import GUILD_READY_TIMEOUT, PYCACHE, ROOT, Children, guild_ready_timeout_in_config, warm_bytecode_cache
 from .scenarios import SCENARIOS, Bench
 
-FULL = {"messages": 200, "latency": 1.0, "duration": 15.0, "warmup": 5.0, "users": 100, "fleet": "10,50,100",
-        "overhead_bots": "1,{bots}",
+FULL = {"messages": 200, "latency": 1.0, "duration": 10.0, "warmup": 5.0, "users": 100, "fleet": "10,50,100",
+        "overhead_bots": "1,{bots}", "low_rate": 50.0,
         "fairness_duration": 20.0}  # fmt: skip
 QUICK = {"messages": 50, "latency": 0.25, "duration": 2.0, "warmup": 1.0, "users": 20, "fleet": "2,10",
-         "overhead_bots": "{bots}",
+         "overhead_bots": "{bots}", "low_rate": 0.0,
          "fairness_duration": 3.0}  # fmt: skip
 
 
@@ -44,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--messages", type=int, help="simultaneous !chat in the concurrency scenario (200; quick 50)")
     parser.add_argument("--latency", type=float, help="provider latency in the concurrency scenario, s (1; quick 0.25)")
     parser.add_argument("--rate", type=float, default=200.0, help="messages per second in the overhead scenario (200)")
-    parser.add_argument("--duration", type=float, help="measured seconds in the overhead scenario (15; quick 2)")
+    parser.add_argument("--low-rate", type=float, help="a second, sustainable rate for the overhead scenario (50; quick 0 = off)")
+    parser.add_argument("--duration", type=float, help="measured seconds in the overhead scenario (10; quick 2)")
     parser.add_argument("--warmup", type=float, help="warm-up seconds before it (5; quick 1)")
     parser.add_argument("--users", type=int, help="users (conversations per bot) in the overhead scenario (100; quick 20)")
     parser.add_argument("--overhead-bots", help="bot counts for the overhead scenario (1,BOTS; quick BOTS)")
@@ -77,8 +78,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"unknown scenario(s) {sorted(unknown)}; choose from {','.join(SCENARIOS)}")
     if args.bots < 1 or args.messages < 1 or min(args.fleet, default=0) < 1 or min(args.overhead_bots, default=0) < 1:
         parser.error("--bots, --messages, --fleet and --overhead-bots sizes must be at least 1")
-    if args.rate <= 0 or args.duration <= 0 or args.latency < 0:
-        parser.error("--rate and --duration must be positive, --latency not negative")
+    if args.rate <= 0 or args.duration <= 0 or args.latency < 0 or args.low_rate < 0:
+        parser.error("--rate and --duration must be positive, --latency and --low-rate not negative")
     args.chart = args.chart or args.output.with_suffix(".png")
     return args
 
@@ -133,6 +134,7 @@ async def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
             if guild_ready_timeout_in_config()
             else "not settable for `orchestrator run` (ORCHESTRATOR_GUILD_READY_TIMEOUT set, maybe ignored)",
             "logs": str(results_dir / "bench-logs"),
+            "bytecode_cache": f"children run with PYTHONPYCACHEPREFIX={PYCACHE}, warmed before the scenarios",
         },
         "scenarios": {},
     }
@@ -142,6 +144,7 @@ async def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         for stale in bench.log_dir.glob("*.log"):
             stale.unlink()
         try:
+            await warm_bytecode_cache(children)
             for name in args.scenarios:
                 t0 = time.monotonic()
                 load_before = procfs.loadavg()

@@ -7,13 +7,17 @@ import os
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of every thread of ``pid`` so far (resolution 1/CLK_TCK s)."""
+def cpu_times(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of every thread of ``pid`` so far (resolution 1/CLK_TCK s)."""
     with open(f"/proc/{pid}/stat", encoding="ascii") as f:
         stat = f.read()
     fields = stat[stat.rindex(")") + 2 :].split()  # the command name may contain spaces
-    utime, stime = int(fields[11]), int(fields[12])
-    return (utime + stime) / CLOCK_TICKS
+    return int(fields[11]) / CLOCK_TICKS, int(fields[12]) / CLOCK_TICKS
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of every thread of ``pid`` so far."""
+    return sum(cpu_times(pid))
 
 
 def rss_kib(pid: int) -> int:

@@ -14,6 +14,7 @@ import os
 import re
 import signal
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -29,6 +30,27 @@ BASELINE = ROOT / "scripts" / "baseline_bot.py"
 API_KEY = "sk-bench-0123456789"
 GUILD_READY_TIMEOUT = 0.05
 PR_SET_PDEATHSIG = 1
+# Children cache their bytecode here (never beside the sources), also where PYTHONDONTWRITEBYTECODE
+# is set: a deployment has .pyc files, and compiling on every start would skew the start-up figures.
+PYCACHE = Path(tempfile.gettempdir()) / "orchestrator-bench-pycache"
+WARM_IMPORTS = (
+    "import orchestrator.cli, orchestrator.app, orchestrator.sandbox.discord_server, "
+    "orchestrator.sandbox.openai_server, discord.ext.commands, openai, yarl, yaml"
+)
+
+
+def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env["PYTHONPYCACHEPREFIX"] = str(PYCACHE)
+    env.update(extra or {})
+    return env
+
+
+async def warm_bytecode_cache(children: Children) -> None:
+    """Import everything the children import once, so that every measured start finds its .pyc files."""
+    proc = await children.spawn(PYTHON, "-c", WARM_IMPORTS, env=child_env(), stdout=asyncio.subprocess.DEVNULL)
+    await asyncio.wait_for(proc.wait(), 120)
+    await children.stop(proc)
 
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec
@@ -111,8 +133,9 @@ class SandboxProc:
     @classmethod
     async def start(cls, children: Children, log: TextIO, **setup: Any) -> SandboxProc:
         proc = await children.spawn(
-            PYTHON, HELPER, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=log, limit=1 << 26
-        )
+            PYTHON, HELPER, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=log, limit=1 << 26,
+            env=child_env(),
+        )  # fmt: skip
         helper = cls(proc, {})
         helper.info = await helper.call("setup", rpc_timeout=30, **setup)
         return helper
@@ -217,7 +240,7 @@ class BaselineFleet:
     ) -> BaselineFleet:
         spawned = time.monotonic()
         self = cls([], spawned)
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = child_env({"PYTHONUNBUFFERED": "1"})
         for bot in bots:
             proc = await children.spawn(
                 PYTHON, BASELINE, "--name", bot.name, "--token", bot.token, "--prefix", bot.prefix,
@@ -265,7 +288,7 @@ def guild_ready_timeout_in_config() -> bool:
 
 
 def orchestrator_env(bots: list[BotDef], sandbox: dict[str, Any], database: Path) -> dict[str, str]:
-    env = dict(os.environ)
+    env = child_env()
     env.update(
         {
             "DISCORD_API_URL": sandbox["api_url"],

@@ -271,12 +271,17 @@ class World:
         assert self.sandbox is not None
         await self.sandbox.call("set", **settings)
 
-    def cpu(self) -> float:
-        return sum(procfs.cpu_seconds(pid) for pid in self.pids)
+    def cpu(self) -> tuple[float, float]:
+        """(user, system) CPU seconds of the side's process(es)."""
+        times = [procfs.cpu_times(pid) for pid in self.pids]
+        return sum(t[0] for t in times), sum(t[1] for t in times)
 
 
 def seed_memory(database: Path, bots: list[BotDef], channel_id: int, user_ids: list[int]) -> None:
-    """Give every (bot, user) conversation SEED_EXCHANGES earlier exchanges in the orchestrator's store."""
+    """Give every (bot, user) conversation SEED_EXCHANGES earlier exchanges in the orchestrator's store.
+
+    The texts are those of ``seed_history`` in scripts/baseline_bot.py (kept in step by hand, so that
+    this process never imports discord.py), so both sides send the same requests."""
     from orchestrator.memory import SQLiteStore
 
     SQLiteStore(database).close()  # creates the schema, whatever its current shape
@@ -335,15 +340,24 @@ async def concurrency(bench: Bench) -> dict[str, Any]:
             await warm_up(world, bots, users, first_tag=1_000_000)
             await world.set_provider(latency=L)
             messages = chat_messages(bots, K, users)
+            profiler = await start_profiler(bench, world, 2 * L + 2, "concurrency") if side == "orchestrator" else None
             load = await world.chat(messages, rate=None, timeout=30 + 2 * K / B * L)
+            if profiler is not None:
+                await finish_profiler(bench, profiler)
             items = exchanges(load, messages, bots)
             replies = [x.reply for x in items if x.reply is not None]
             wall = max(replies) - min(x.post for x in items) if replies else None
             stats = await world.sandbox.call("stats")  # type: ignore[union-attr]
+            answered = [x for x in items if x.kind == "answer"]
+            provider_in = [x.provider_in for x in answered if x.provider_in is not None]
             result[side] = {
                 "wall_s": wall,
                 "wall_over_latency": wall / L if wall is not None and L else None,
-                "answer_latency_ms": summary_ms([x.e2e for x in items if x.e2e is not None and x.kind == "answer"]),
+                "answer_latency_ms": summary_ms([x.e2e for x in answered if x.e2e is not None]),
+                "inbound_ms": summary_ms([x.inbound for x in answered if x.inbound is not None]),
+                "outbound_ms": summary_ms([x.outbound for x in answered if x.outbound is not None]),
+                "sandbox_posting_s": load["posting_done"] - load["start"],
+                "provider_requests_spread_s": max(provider_in) - min(provider_in) if provider_in else None,
                 "replies": kinds(items),
                 "provider_max_in_flight": stats["provider_max_in_flight"],
             }
@@ -369,19 +383,23 @@ async def overhead(bench: Bench) -> dict[str, Any]:
         },
         "runs": [],
     }  # fmt: skip
+    rates = [args.rate] + ([args.low_rate] if args.low_rate else [])
+    result["params"]["rates_per_s"] = rates
     for n in args.overhead_bots:
-        run: dict[str, Any] = {"bots": n, "conversations": n * args.users}
-        for side in SIDES:
-            run[side] = await _overhead_side(bench, side, n)
-        result["runs"].append(run)
+        for rate in rates:
+            run: dict[str, Any] = {"bots": n, "rate_per_s": rate, "conversations": n * args.users}
+            for side in SIDES:
+                run[side] = await _overhead_side(bench, side, n, rate)
+            result["runs"].append(run)
     return result
 
 
-async def _overhead_side(bench: Bench, side: str, n: int) -> dict[str, Any]:
+async def _overhead_side(bench: Bench, side: str, n: int, rate: float) -> dict[str, Any]:
     args = bench.args
-    rate, duration, users = args.rate, args.duration, args.users
+    duration, users = args.duration, args.users
     bots = make_bots(n)
     total = max(1, round(rate * duration))
+    warm_rate = max(rate, 200.0)  # not measured; the warm-up waits for its last answer anyway
     warm_count = max(n * users, round(rate * args.warmup))  # every conversation's history is loaded once
     bench.say(f"overhead: {side}, {n} bot(s), {rate:g} msg/s for {duration:g} s (after {warm_count} warm-up messages)")
     async with World(bench, "overhead", side, bots, users) as world:
@@ -398,14 +416,19 @@ async def _overhead_side(bench: Bench, side: str, n: int) -> dict[str, Any]:
         )  # fmt: skip
         await world.ready(timeout=60 + 2 * n)
         await warm_up(world, bots, users, first_tag=1_000_000)
-        await world.chat(chat_messages(bots, warm_count, users, first_tag=2_000_000), rate=rate, timeout=30 + warm_count / rate)
+        await world.chat(
+            chat_messages(bots, warm_count, users, first_tag=2_000_000), rate=warm_rate, timeout=60 + warm_count / 20
+        )
         messages = chat_messages(bots, total, users)
-        profiler = await start_profiler(bench, world, duration, n) if side == "orchestrator" else None
+        label = f"overhead-{n}bots-{rate:g}per_s"
+        profiler = await start_profiler(bench, world, duration, label) if side == "orchestrator" else None
         assert world.sandbox is not None
         ours = [*world.pids, world.sandbox.pid]
         cpu0, ours0, machine0, driver0 = world.cpu(), _cpu(ours), procfs.machine_busy_seconds(), time.process_time()
         load = await world.chat(messages, rate=rate, timeout=30 + 2 * duration)
-        cpu = world.cpu() - cpu0
+        cpu1 = world.cpu()
+        user, system = cpu1[0] - cpu0[0], cpu1[1] - cpu0[1]
+        cpu = user + system
         window = load["end"] - load["start"]
         foreign = (procfs.machine_busy_seconds() - machine0) - (_cpu(ours) - ours0) - (time.process_time() - driver0)
         if profiler is not None:
@@ -427,6 +450,8 @@ async def _overhead_side(bench: Bench, side: str, n: int) -> dict[str, Any]:
         "cpu_s": cpu,
         "processes": len(world.pids),
         "cpu_ms_per_answer": per_answer * 1000 if per_answer else None,
+        "cpu_user_ms_per_answer": user / len(answered) * 1000 if answered else None,
+        "cpu_system_ms_per_answer": system / len(answered) * 1000 if answered else None,
         "capacity_per_core_per_s": 1 / per_answer if per_answer else None,
         "cpu_cores_used": cpu / span if span else None,
         "added_latency_ms": {"total": summary_ms(added), "inbound": summary_ms(inbound), "outbound": summary_ms(outbound)},
@@ -445,7 +470,10 @@ def _cpu(pids: list[int]) -> float:
     return total
 
 
-async def start_profiler(bench: Bench, world: World, duration: float, bots: int) -> dict[str, Any] | None:
+async def start_profiler(
+    bench: Bench, world: World, duration: float, label: str, settle: float = 0.3
+) -> dict[str, Any] | None:
+    """With --profile: py-spy (raw collapsed stacks, active samples only) on the orchestrator for ``duration`` s."""
     if not bench.args.profile:
         return None
     py_spy = str(Path(sys.executable).parent / "py-spy")
@@ -454,13 +482,13 @@ async def start_profiler(bench: Bench, world: World, duration: float, bots: int)
     if not Path(py_spy).exists():
         bench.say("--profile: py-spy is not installed (pip install py-spy); not profiling")
         return None
-    output = bench.results_dir / f"profile-overhead-orchestrator-{bots}bots.txt"
+    output = bench.results_dir / f"profile-{label}.txt"
     proc = await bench.children.spawn(
         py_spy, "record", "--pid", str(world.pids[0]), "--duration", str(math.ceil(duration)), "--rate", "250",
         "--format", "raw", "--nonblocking", "--output", str(output),
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
     )  # fmt: skip
-    await asyncio.sleep(0.3)  # py-spy attaches
+    await asyncio.sleep(settle)  # py-spy attaches
     return {"proc": proc, "output": output}
 
 
@@ -484,7 +512,12 @@ async def fleet(bench: Bench) -> dict[str, Any]:
             bench.say(f"memory/start-up: {side}, {n} bots")
             async with World(bench, "fleet", side, bots, users) as world:
                 await world.launch()
+                profiler = None
+                if side == "orchestrator" and n == max(bench.args.fleet):
+                    profiler = await start_profiler(bench, world, 4.0, f"startup-{n}bots", settle=0.0)
                 start[side] = await world.ready(timeout=60 + (2.0 if side == "baseline" else 0.2) * n)
+                if profiler is not None:
+                    await finish_profiler(bench, profiler)
                 await warm_up(world, bots, users, first_tag=1_000_000)
                 probe = chat_messages(bots, n, users)
                 load = await world.chat(probe, rate=None, timeout=30 + n)
@@ -526,7 +559,7 @@ async def fairness(bench: Bench) -> dict[str, Any]:
     duration = args.fairness_duration
     offered = 2 * capacity
     rate_limit = max(10, int(capacity * duration * 2 / 3))  # binds about two thirds into the flood
-    timeout = 5.0 if args.quick else 10.0
+    timeout = 3.0 if args.quick else 10.0
     users = 50
     total = round(offered * duration)
     fair = {b.name: b.weight / sum(x.weight for x in bots) for b in bots}
@@ -549,7 +582,7 @@ async def fairness(bench: Bench) -> dict[str, Any]:
             await world.ready(timeout=60 + 2 * n)
             await world.set_provider(latency=latency)
             messages = chat_messages(bots, total, users)
-            drain = timeout + (2.0 if args.quick else 5.0)
+            drain = timeout + (1.0 if args.quick else 5.0)  # baseline bots blocked in the SDK's retry sleep never finish
             load = await world.chat(messages, rate=offered, timeout=duration + drain)
             items = exchanges(load, messages, bots)
             admitted: dict[str, int] = {b.name: 0 for b in bots}
@@ -562,16 +595,24 @@ async def fairness(bench: Bench) -> dict[str, Any]:
                 achieved = admitted[b.name] / total_admitted if total_admitted else 0.0
                 shares.append({"bot": b.name, "weight": b.weight, "fair_share": fair[b.name], "achieved_share": achieved,
                                "provider_answers": admitted[b.name]})  # fmt: skip
-            replies = kinds(items)
-            user_429 = replies.get("error_429", 0)
+            # A 429 reached a user when a message's provider attempts include a 429 and no 200 and the
+            # user got an error reply (derived from the sandbox's records: no log format involved).
+            attempts: dict[int, set[int]] = {}
+            for tag, _bot, status, _a, _b in load["provider"]:
+                if tag is not None:
+                    attempts.setdefault(tag, set()).add(status)
+            failed_by_429 = [x for x in items if 429 in attempts.get(x.tag, ()) and 200 not in attempts.get(x.tag, ())]
+            from_log = None
             if isinstance(world.proc, OrchestratorProc):
-                user_429 += sum(count for detail, count in world.proc.provider_errors.items() if "429" in detail)
+                from_log = sum(count for detail, count in world.proc.provider_errors.items() if "429" in detail)
             result[side] = {
                 "shares": shares,
                 "jain_index": jain_index([s["achieved_share"] / s["fair_share"] for s in shares]),
                 "provider_statuses": provider_statuses(load),
-                "user_visible_429": user_429,
-                "replies": replies,
+                "user_visible_429": sum(x.kind not in ("answer", "unanswered") for x in failed_by_429),
+                "unanswered_after_429": sum(x.kind == "unanswered" for x in failed_by_429),
+                "user_visible_429_from_log": from_log,
+                "replies": kinds(items),
                 "user_facing_provider_errors": dict(world.proc.provider_errors) if isinstance(world.proc, OrchestratorProc) else None,
             }  # fmt: skip
     return result

@@ -1,0 +1,86 @@
+"""Smoke test of the benchmark harness (scripts/bench): tiny sizes, every scenario, sane figures.
+
+It checks the shape and sanity of results/bench.json, never the speed of anything: the figures of
+a tiny run on a shared test machine mean little, and the real ones live in docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = [
+    "--quick", "--bots", "2", "--messages", "10", "--fleet", "1,2", "--rate", "50", "--duration", "1",
+    "--warmup", "0.5", "--users", "5", "--fairness-duration", "1.5", "--no-chart",
+]  # fmt: skip
+
+
+def positive(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+
+
+def finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def test_bench_quick_produces_every_scenario_with_sane_numbers(tmp_path: Path) -> None:
+    output = tmp_path / "bench.json"
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench"), *TINY, "--output", str(output)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,  # a hang guard, not a speed assertion
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "targets" in run.stdout and "orchestrator" in run.stdout
+    results = json.loads(output.read_text())
+    scenarios = results["scenarios"]
+    for name in ("concurrency", "overhead", "memory", "startup", "latency_by_bots", "fairness"):
+        assert name in scenarios and "error" not in scenarios[name], (name, scenarios.get(name))
+
+    concurrency = scenarios["concurrency"]
+    for side in ("orchestrator", "baseline"):
+        figures = concurrency[side]
+        assert positive(figures["wall_s"]) and positive(figures["wall_over_latency"])
+        assert positive(figures["answer_latency_ms"]["p50"])
+        assert figures["answer_latency_ms"]["p99"] >= figures["answer_latency_ms"]["p50"]
+        assert figures["replies"].get("answer") == 10, figures["replies"]
+    assert positive(concurrency["baseline_over_orchestrator_wall"])
+
+    [run_2_bots] = scenarios["overhead"]["runs"]
+    assert run_2_bots["bots"] == 2
+    for side in ("orchestrator", "baseline"):
+        figures = run_2_bots[side]
+        assert figures["answered"] > 0 and positive(figures["throughput_per_s"])
+        assert positive(figures["cpu_ms_per_answer"]) and positive(figures["capacity_per_core_per_s"])
+        for part in ("total", "inbound", "outbound"):
+            assert finite(figures["added_latency_ms"][part]["p50"]) and finite(figures["added_latency_ms"][part]["p99"])
+
+    memory = scenarios["memory"]
+    assert [point["bots"] for point in memory["points"]] == [1, 2]
+    for point in memory["points"]:
+        assert positive(point["orchestrator"]["rss_mib"]) and positive(point["baseline"]["rss_mib"])
+        assert point["baseline"]["processes"] == point["bots"] and point["orchestrator"]["processes"] == 1
+    assert finite(memory["orchestrator_rss_per_bot_mib"]) and finite(memory["baseline_rss_per_bot_mib"])
+    assert positive(memory["baseline_over_orchestrator_rss"])
+
+    for point in scenarios["startup"]["points"]:
+        for side in ("orchestrator", "baseline"):
+            assert positive(point[side]["online_s"]) and positive(point[side]["gateway_ready_s"])
+            assert point[side]["online_s"] >= point[side]["first_online_s"]
+    for point in scenarios["latency_by_bots"]["points"]:
+        assert positive(point["orchestrator"]["p50"]) and positive(point["baseline"]["p50"])
+
+    fairness = scenarios["fairness"]
+    for side in ("orchestrator", "baseline"):
+        figures = fairness[side]
+        assert 0 < figures["jain_index"] <= 1 + 1e-9
+        assert math.isclose(sum(s["achieved_share"] for s in figures["shares"]), 1.0, rel_tol=1e-6)
+        assert isinstance(figures["user_visible_429"], int) and figures["user_visible_429"] >= 0
+
+    targets = results["targets"]
+    assert len(targets) >= 7 and all("passed" in target and "limit" in target for target in targets)
+    assert any(target["passed"] is not None for target in targets)
