@@ -17,8 +17,8 @@ import re
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing, asynccontextmanager
-from functools import partial
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Literal
 
 import aiohttp
@@ -159,6 +159,9 @@ class PersonaBot:
                 self._receive.close()
                 with anyio.move_on_after(self.services.options.close_timeout, shield=True):
                     await self.client.close()
+                ready_task = getattr(self.client._connection, "_ready_task", None)
+                if ready_task is not None:  # discord.py leaves it; it would dispatch 'ready' on the closed client
+                    ready_task.cancel()
                 connect_scope.shield = False
                 connect_scope.cancel()
         if self._failure is not None:

@@ -258,3 +258,15 @@ async def test_usage_is_logged_per_bot_for_ops(world: World, caplog: pytest.LogC
     assert len(lines) == 2
     assert lines[0].startswith("usage of bot sage: 1 requests") and lines[0].endswith("of 100000")
     assert lines[1].startswith("usage of bot hafez: 0 requests")
+
+
+async def test_a_probe_answered_with_429_closes_the_circuit(world: World) -> None:
+    world.write([{"name": "sage"}], providers=provider(world, max_retries=0, breaker_threshold=1, breaker_cooldown=0.3))
+    world.openai.inject(Fault.server_error(500), Fault.rate_limited(retry_after=0.01))
+    async with world.running():
+        await world.chat("!chat opens the circuit")
+        await anyio.sleep(0.35)  # the cool-down itself is what is under test
+        [probe] = await world.chat("!chat probe")
+        [after] = await world.chat("!chat after")
+    assert "busy" in probe.content, "the probe reached the provider, which answered 429"
+    assert after.content.endswith("| after"), "a provider that answers is up: the circuit closed"

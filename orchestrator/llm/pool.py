@@ -116,6 +116,13 @@ def retry_after_from(headers: Mapping[str, str]) -> float | None:
     return None
 
 
+def _unhealthy(exc: openai.OpenAIError) -> bool:
+    """Failures that say the provider is down (they count towards opening its circuit)."""
+    if isinstance(exc, openai.APIConnectionError):  # timeouts included
+        return True
+    return isinstance(exc, openai.APIStatusError) and exc.status_code >= 500
+
+
 class _Provider:
     """Everything the pool keeps per provider."""
 
@@ -321,12 +328,11 @@ class LLMPool:
                 )
             except openai.OpenAIError as exc:
                 error = self._map_error(state, exc)
-                if isinstance(error, (ProviderTimeout, ProviderUnavailable)) or (
-                    isinstance(error, ProviderBusy) and "5xx" in error.detail
-                ):
-                    if state.breaker.record_failure():
-                        log.error("provider %s: circuit opened after repeated failures (%s)", call.provider, error.detail)
-                        await state.rebuild()
+                if not _unhealthy(exc):
+                    state.breaker.record_success()  # a 429 or 4xx: the provider is up and answering
+                elif state.breaker.record_failure():
+                    log.error("provider %s: circuit opened after repeated failures (%s)", call.provider, error.detail)
+                    await state.rebuild()
                 raise error from exc
         finally:
             state.limiter.release()

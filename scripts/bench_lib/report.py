@@ -94,6 +94,7 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, Any, Any]]:
         both("concurrency", "  inbound p99 ms (msg -> provider)", "inbound_ms", "p99")
         both("concurrency", "  outbound p99 ms (provider -> send)", "outbound_ms", "p99")
         both("concurrency", "sandbox time to post the burst s", "sandbox_posting_s")
+        both("concurrency", "other processes' cores used (noise)", "other_processes_cores_used")
     if "overhead" in s:
         p = s["overhead"].get("params", {})
         for run in s["overhead"].get("runs") or []:

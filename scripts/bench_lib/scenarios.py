@@ -341,7 +341,9 @@ async def concurrency(bench: Bench) -> dict[str, Any]:
             await world.set_provider(latency=L)
             messages = chat_messages(bots, K, users)
             profiler = await start_profiler(bench, world, 2 * L + 2, "concurrency") if side == "orchestrator" else None
+            noise = NoiseMeter(world)
             load = await world.chat(messages, rate=None, timeout=30 + 2 * K / B * L)
+            other_cores = noise.cores()
             if profiler is not None:
                 await finish_profiler(bench, profiler)
             items = exchanges(load, messages, bots)
@@ -358,6 +360,7 @@ async def concurrency(bench: Bench) -> dict[str, Any]:
                 "outbound_ms": summary_ms([x.outbound for x in answered if x.outbound is not None]),
                 "sandbox_posting_s": load["posting_done"] - load["start"],
                 "provider_requests_spread_s": max(provider_in) - min(provider_in) if provider_in else None,
+                "other_processes_cores_used": other_cores,
                 "replies": kinds(items),
                 "provider_max_in_flight": stats["provider_max_in_flight"],
             }
@@ -401,7 +404,8 @@ async def _overhead_side(bench: Bench, side: str, n: int, rate: float) -> dict[s
     total = max(1, round(rate * duration))
     warm_rate = max(rate, 200.0)  # not measured; the warm-up waits for its last answer anyway
     warm_count = max(n * users, round(rate * args.warmup))  # every conversation's history is loaded once
-    bench.say(f"overhead: {side}, {n} bot(s), {rate:g} msg/s for {duration:g} s (after {warm_count} warm-up messages)")
+    warm = f"after {warm_count} warm-up messages" if side == "orchestrator" else "after one warm-up message per bot"
+    bench.say(f"overhead: {side}, {n} bot(s), {rate:g} msg/s for {duration:g} s ({warm})")
     async with World(bench, "overhead", side, bots, users) as world:
         await world.launch(
             provider={"max_concurrency": 32},
@@ -416,21 +420,21 @@ async def _overhead_side(bench: Bench, side: str, n: int, rate: float) -> dict[s
         )  # fmt: skip
         await world.ready(timeout=60 + 2 * n)
         await warm_up(world, bots, users, first_tag=1_000_000)
-        await world.chat(
-            chat_messages(bots, warm_count, users, first_tag=2_000_000), rate=warm_rate, timeout=60 + warm_count / 20
-        )
+        if side == "orchestrator":  # loads every conversation's history from SQLite into its cache
+            await world.chat(
+                chat_messages(bots, warm_count, users, first_tag=2_000_000), rate=warm_rate, timeout=60 + warm_count / 20
+            )
         messages = chat_messages(bots, total, users)
         label = f"overhead-{n}bots-{rate:g}per_s"
         profiler = await start_profiler(bench, world, duration, label) if side == "orchestrator" else None
-        assert world.sandbox is not None
-        ours = [*world.pids, world.sandbox.pid]
-        cpu0, ours0, machine0, driver0 = world.cpu(), _cpu(ours), procfs.machine_busy_seconds(), time.process_time()
+        noise = NoiseMeter(world)
+        cpu0 = world.cpu()
         load = await world.chat(messages, rate=rate, timeout=30 + 2 * duration)
         cpu1 = world.cpu()
+        other_cores = noise.cores()
         user, system = cpu1[0] - cpu0[0], cpu1[1] - cpu0[1]
         cpu = user + system
         window = load["end"] - load["start"]
-        foreign = (procfs.machine_busy_seconds() - machine0) - (_cpu(ours) - ours0) - (time.process_time() - driver0)
         if profiler is not None:
             await finish_profiler(bench, profiler)
     items = exchanges(load, messages, bots)
@@ -457,9 +461,23 @@ async def _overhead_side(bench: Bench, side: str, n: int, rate: float) -> dict[s
         "added_latency_ms": {"total": summary_ms(added), "inbound": summary_ms(inbound), "outbound": summary_ms(outbound)},
         "answer_latency_ms": summary_ms([x.e2e for x in answered if x.e2e is not None]),
         "sandbox_cores_used": load["sandbox_cpu"] / window,
-        "other_processes_cores_used": max(0.0, foreign / window),
+        "other_processes_cores_used": other_cores,
         "profiled": profiler is not None,
     }
+
+
+class NoiseMeter:
+    """CPU the rest of the machine used during a window: all busy CPU minus ours (side, sandbox, driver)."""
+
+    def __init__(self, world: World) -> None:
+        assert world.sandbox is not None
+        self.pids = [*world.pids, world.sandbox.pid]
+        self.start = (procfs.machine_busy_seconds(), _cpu(self.pids), time.process_time(), time.monotonic())
+
+    def cores(self) -> float:
+        machine, ours, driver, t0 = self.start
+        foreign = (procfs.machine_busy_seconds() - machine) - (_cpu(self.pids) - ours) - (time.process_time() - driver)
+        return max(0.0, foreign / max(1e-9, time.monotonic() - t0))
 
 
 def _cpu(pids: list[int]) -> float:
