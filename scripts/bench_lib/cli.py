@@ -23,12 +23,12 @@ from . import procfs, report
 from .runner import GUILD_READY_TIMEOUT, PYCACHE, ROOT, Children, guild_ready_timeout_in_config, warm_bytecode_cache
 from .scenarios import SCENARIOS, Bench
 
-FULL = {"messages": 200, "latency": 1.0, "duration": 10.0, "warmup": 5.0, "users": 100, "fleet": "10,50,100",
+FULL = {"messages": 200, "latency": 1.0, "duration": 10.0, "warmup": 5.0, "users": 100, "fleet": "10,50,100", "rate": 200.0,
         "overhead_bots": "1,{bots}", "low_rate": 50.0,
         "fairness_duration": 20.0}  # fmt: skip
-QUICK = {"messages": 50, "latency": 0.25, "duration": 2.0, "warmup": 1.0, "users": 20, "fleet": "2,10",
+QUICK = {"messages": 50, "latency": 0.25, "duration": 2.0, "warmup": 1.0, "users": 20, "fleet": "2,6", "rate": 100.0,
          "overhead_bots": "{bots}", "low_rate": 0.0,
-         "fairness_duration": 3.0}  # fmt: skip
+         "fairness_duration": 2.0}  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,15 +43,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--bots", type=int, default=10, help="bots in the concurrency/overhead scenarios (10)")
     parser.add_argument("--messages", type=int, help="simultaneous !chat in the concurrency scenario (200; quick 50)")
     parser.add_argument("--latency", type=float, help="provider latency in the concurrency scenario, s (1; quick 0.25)")
-    parser.add_argument("--rate", type=float, default=200.0, help="messages per second in the overhead scenario (200)")
+    parser.add_argument("--rate", type=float, help="messages per second in the overhead scenario (200; quick 100)")
     parser.add_argument("--low-rate", type=float, help="a second, sustainable rate for the overhead scenario (50; quick 0 = off)")
     parser.add_argument("--duration", type=float, help="measured seconds in the overhead scenario (10; quick 2)")
     parser.add_argument("--warmup", type=float, help="warm-up seconds before it (5; quick 1)")
     parser.add_argument("--users", type=int, help="users (conversations per bot) in the overhead scenario (100; quick 20)")
     parser.add_argument("--overhead-bots", help="bot counts for the overhead scenario (1,BOTS; quick BOTS)")
-    parser.add_argument("--fleet", help="bot counts for memory and start-up (10,50,100; quick 2,10)")
+    parser.add_argument("--fleet", help="bot counts for memory and start-up (10,50,100; quick 2,6)")
     parser.add_argument("--fairness-bots", type=int, default=3, help="bots in the fairness scenario, weights 1,2,4 (3)")
-    parser.add_argument("--fairness-duration", type=float, help="flood seconds in the fairness scenario (20; quick 3)")
+    parser.add_argument("--fairness-duration", type=float, help="flood seconds in the fairness scenario (20; quick 2)")
     parser.add_argument("--output", type=Path, default=ROOT / "results" / "bench.json", help="JSON results file")
     parser.add_argument("--chart", type=Path, help="PNG chart (default: beside --output)")
     parser.add_argument("--no-chart", action="store_true")
@@ -81,6 +81,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.rate <= 0 or args.duration <= 0 or args.latency < 0 or args.low_rate < 0:
         parser.error("--rate and --duration must be positive, --latency and --low-rate not negative")
     args.chart = args.chart or args.output.with_suffix(".png")
+    for parent in (args.output.parent, *args.output.parent.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                parser.error(f"--output: {parent} exists and is not a directory")
+            break
     return args
 
 
