@@ -206,6 +206,14 @@ class PersonaBot:
             guild_ready_timeout=self.services.options.guild_ready_timeout,
         )
         client.reidentify_delay = self.services.options.reidentify_delay
+        parse_message = client._connection.parsers["MESSAGE_CREATE"]
+
+        def parse_if_addressed(data: dict[str, Any]) -> None:
+            if self._addressed(data):
+                parse_message(data)
+
+        # discord.py would build a full Message for every message in every channel the bot sees.
+        client._connection.parsers["MESSAGE_CREATE"] = parse_if_addressed
         # discord.py's Command wants a plain function whose first parameter is the context.
         async def chat(ctx: commands.Context[Any], *, text: str = "") -> None:
             await self._enqueue(Job("chat", ctx.message, text, time.monotonic()))
@@ -246,6 +254,20 @@ class PersonaBot:
             await self._reply(ctx.message, f"I could not read that command: {error}")
             return
         log.error("bot %s: command %s failed", self.spec.name, ctx.command, exc_info=error)
+
+    def _addressed(self, data: dict[str, Any]) -> bool:
+        """Cheap test on the raw gateway payload: could this message be for this bot at all?"""
+        if data.get("author", {}).get("bot") and not self.spec.access.allow_bots:
+            return False
+        if "guild_id" not in data:
+            return True  # a DM
+        if data.get("content", "").startswith(self.spec.prefix):
+            return True
+        me = str(self.client._connection.self_id)
+        if any(user.get("id") == me for user in data.get("mentions") or ()):
+            return True
+        referenced = data.get("referenced_message") or {}
+        return referenced.get("author", {}).get("id") == me
 
     def _allowed(self, message: discord.Message) -> bool:
         access = self.spec.access
@@ -495,20 +517,32 @@ class PersonaBot:
             return None
 
 
+TYPING_REFRESH = 8.0  # Discord shows "typing…" for about 10 s after each request
+
+
 @asynccontextmanager
 async def _typing(channel: Any) -> AsyncIterator[None]:
-    """Show "typing…" while the block runs; a failed indicator never stops the answer."""
-    indicator = channel.typing()
-    try:
-        await indicator.__aenter__()
-    except discord.HTTPException as exc:
-        log.debug("typing indicator failed: %s", exc)
-        indicator = None
-    try:
-        yield
-    finally:
-        if indicator is not None:
-            await indicator.__aexit__(None, None, None)
+    """Show "typing…" while the block runs, without making the answer wait for it.
+
+    The indicator is sent by a task of its own, beside the work, and a failed indicator never
+    stops the answer.
+    """
+
+    async def keep_typing() -> None:
+        while True:
+            try:
+                await channel.typing()
+            except (discord.HTTPException, aiohttp.ClientError) as exc:
+                log.debug("typing indicator failed: %s", exc)
+                return
+            await anyio.sleep(TYPING_REFRESH)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(keep_typing)
+        try:
+            yield
+        finally:
+            tg.cancel_scope.cancel()
 
 
 async def _retry_5xx(action: Callable[[], Any], pauses: tuple[float, ...] = (0.5, 1.0, 2.0)) -> Any:

@@ -43,6 +43,7 @@ async def test_two_bots_answer_with_their_own_persona_model_and_parameters(world
 
 async def test_typing_indicator_is_shown_while_answering(world: World) -> None:
     world.write([{"name": "sage"}])
+    world.openai.latency = 0.3  # the indicator is sent beside the work, so give the work some time
     async with world.running():
         await world.chat("!chat hello")
     assert (world.bot_ids["sage"], world.discord.channel_id) in world.discord.typing
@@ -190,3 +191,24 @@ async def test_one_flooding_user_cannot_fill_the_mailbox_for_everyone(world: Wor
         await world.idle()
     assert any(m.content.endswith("| my turn") for m in chain)
     assert sum(1 for m in world.discord.sent if m.content == BUSY) == 4
+
+
+async def test_messages_for_nobody_are_dropped_before_discord_py_parses_them(world: World) -> None:
+    world.write([{"name": "sage"}, {"name": "hafez", "prefix": "?", "access": {"allow_bots": True}}])
+    async with world.running() as app:
+        assert app.supervisor is not None
+        sage = app.supervisor.children["sage"].actor
+        hafez = app.supervisor.children["hafez"].actor
+        assert sage is not None and hafez is not None
+        me = str(world.bot_ids["sage"])
+        guild = {"guild_id": "1", "author": {"id": "5", "bot": False}}
+        assert sage._addressed({**guild, "content": "!chat hi"})
+        assert not sage._addressed({**guild, "content": "?chat hi"})
+        assert not sage._addressed({**guild, "content": "just talking"})
+        assert sage._addressed({**guild, "content": "hey", "mentions": [{"id": me}]})
+        assert sage._addressed({**guild, "content": "and?", "referenced_message": {"author": {"id": me}}})
+        assert sage._addressed({"author": {"id": "5"}, "content": "a DM"})
+        assert not sage._addressed({**guild, "author": {"id": "6", "bot": True}, "content": "!chat from a bot"})
+        assert hafez._addressed({**guild, "author": {"id": "6", "bot": True}, "content": "?chat from a bot"})
+        [reply] = await world.chat("?chat still parsed when addressed")
+    assert reply.author_id == world.bot_ids["hafez"]

@@ -305,16 +305,20 @@ class LLMPool:
         wait = state.breaker.allow()
         if wait is not None:
             raise ProviderUnavailable(call.provider, "circuit breaker is open", retry_after=wait)
-        pause = state.paused_until - time.monotonic()
-        if pause > 0:
-            if anyio.current_time() + pause >= deadline:
-                raise ProviderBusy(call.provider, "provider is rate limited", retry_after=pause)
-            await anyio.sleep(pause)
-        remaining = deadline - anyio.current_time()
-        try:
-            await state.limiter.acquire(call.bot, call.weight, min(remaining, state.spec.settings.queue_timeout))
-        except (QueueFull, QueueTimeout) as exc:
-            raise ProviderBusy(call.provider, f"pool queue {type(exc).__name__}") from None
+        while True:
+            pause = state.paused_until - time.monotonic()
+            if pause > 0:
+                if anyio.current_time() + pause >= deadline:
+                    raise ProviderBusy(call.provider, "provider is rate limited", retry_after=pause)
+                await anyio.sleep(pause)
+            remaining = deadline - anyio.current_time()
+            try:
+                await state.limiter.acquire(call.bot, call.weight, min(remaining, state.spec.settings.queue_timeout))
+            except (QueueFull, QueueTimeout) as exc:
+                raise ProviderBusy(call.provider, f"pool queue {type(exc).__name__}") from None
+            if state.paused_until <= time.monotonic():
+                break
+            state.limiter.release()  # a pause began while we queued: wait it out before sending
         try:
             remaining = deadline - anyio.current_time()
             try:
@@ -347,8 +351,8 @@ class LLMPool:
             limit = headers.get(f"x-ratelimit-limit-{kind}")
             if remaining is None or limit is None:
                 continue
-            try:
-                if int(remaining) > max(1.0, int(limit) * self._near_limit):
+            try:  # near: fewer requests left than we already have in flight, or a small fraction
+                if int(remaining) > max(1.0, int(limit) * self._near_limit, state.in_flight):
                     continue
             except ValueError:
                 continue
