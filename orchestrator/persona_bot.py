@@ -12,6 +12,7 @@ How a user addresses a persona: ``<prefix>chat <text>`` (each bot has its own pr
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import time
@@ -88,6 +89,51 @@ class BotCounters:
     errors: int = 0
 
 
+class Mailbox:
+    """A bot's bounded mailbox. It belongs to the supervised child, not to one actor, so the jobs
+    waiting when a client crashes are answered by the next incarnation."""
+
+    def __init__(self, size: int, concurrency: int) -> None:
+        self.capacity = size + concurrency  # accepted jobs not finished yet: queued, waiting or running
+        self.per_user_limit = max(2, self.capacity // 4)  # one user cannot fill the whole mailbox
+        self.send, self.receive = anyio.create_memory_object_stream[Job](self.capacity)
+        self.in_flight = 0
+        self.per_user: dict[int, int] = {}
+        self._idle = anyio.Event()
+
+    def accepts(self, user: int) -> bool:
+        return self.in_flight < self.capacity and self.per_user.get(user, 0) < self.per_user_limit
+
+    def put(self, job: Job) -> None:
+        """Queue a new job; raises ``anyio.ClosedResourceError`` once the bot is stopping."""
+        self.send.send_nowait(job)
+        self.in_flight += 1
+        user = job.message.author.id
+        self.per_user[user] = self.per_user.get(user, 0) + 1
+
+    def requeue(self, job: Job) -> None:
+        """Give a job that a crashing client could not finish to the next incarnation (still counted)."""
+        self.send.send_nowait(job)
+
+    def done(self, job: Job) -> None:
+        user = job.message.author.id
+        self.per_user[user] -= 1
+        if not self.per_user[user]:
+            del self.per_user[user]
+        self.in_flight -= 1
+        if not self.in_flight:
+            self._idle.set()
+            self._idle = anyio.Event()
+
+    async def wait_idle(self) -> None:
+        while self.in_flight:
+            await self._idle.wait()
+
+    def close(self) -> None:
+        self.send.close()
+        self.receive.close()
+
+
 class _Client(commands.Bot):
     """``commands.Bot`` with a configurable pause before re-identifying."""
 
@@ -105,19 +151,25 @@ class ConnectionLost(Exception):
 class PersonaBot:
     """Runs one persona until stopped; raises when its client crashes (the supervisor restarts it)."""
 
-    def __init__(self, spec: BotSpec, services: Services, *, on_ready: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        spec: BotSpec,
+        services: Services,
+        *,
+        on_ready: Callable[[], None] | None = None,
+        mailbox: Mailbox | None = None,
+    ) -> None:
         self.spec = spec
         self.services = services
         self.counters = BotCounters()
         self._on_ready_callback = on_ready
-        self._send, self._receive = anyio.create_memory_object_stream[Job](spec.mailbox_size + spec.concurrency)
+        self._owns_mailbox = mailbox is None
+        self.mailbox = mailbox or Mailbox(spec.mailbox_size, spec.concurrency)
         self._ready = anyio.Event()
         self._failure: BaseException | None = None
         self._stopping = False
         self._tails: dict[ConversationKey, anyio.Event] = {}
-        self._in_flight = 0  # accepted jobs not finished yet (queued, waiting or running)
-        self._per_user: dict[int, int] = {}
-        self._idle = anyio.Event()
+        self._stop_requested = False
         self._scope: anyio.CancelScope | None = None
         self._edit_budgets = EditBudgets()
         self.client = self._build_client()
@@ -131,15 +183,14 @@ class PersonaBot:
 
     def stop(self) -> None:
         """Stop taking new messages; queued and in-flight answers finish, then the client closes."""
-        self._stopping = True
-        self._send.close()
+        self._stopping = self._stop_requested = True
+        self.mailbox.send.close()
         if not self._ready.is_set() and self._scope is not None:
             self._scope.cancel()  # still connecting: nothing to drain
 
     async def wait_idle(self) -> None:
         """Wait until the mailbox is empty and no job is running."""
-        while self._in_flight:
-            await self._idle.wait()
+        await self.mailbox.wait_idle()
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Connect, serve until :meth:`stop`, then drain. Raises on crash or fatal configuration errors."""
@@ -155,8 +206,8 @@ class PersonaBot:
                     jobs.cancel_scope.deadline = anyio.current_time() + self.services.options.drain_timeout
             finally:
                 self._stopping = True
-                self._send.close()
-                self._receive.close()
+                if self._owns_mailbox:
+                    self.mailbox.close()
                 with anyio.move_on_after(self.services.options.close_timeout, shield=True):
                     await self.client.close()
                 ready_task = getattr(self.client._connection, "_ready_task", None)
@@ -309,21 +360,15 @@ class PersonaBot:
 
     async def _enqueue(self, job: Job) -> None:
         """Accept a job, or answer "busy" when the bot, or this user, already has too many waiting."""
-        user = job.message.author.id
-        capacity = self.spec.mailbox_size + self.spec.concurrency
-        per_user = max(2, capacity // 4)  # one user cannot fill the whole mailbox
-        if self._in_flight >= capacity or self._per_user.get(user, 0) >= per_user:
+        if not self.mailbox.accepts(job.message.author.id):
             self.counters.busy += 1
-            log.warning("bot %s: too many messages waiting (%d), answering busy", self.spec.name, self._in_flight)
+            log.warning("bot %s: too many messages waiting (%d), answering busy", self.spec.name, self.mailbox.in_flight)
             await self._reply(job.message, BUSY)
             return
         try:
-            self._send.send_nowait(job)
+            self.mailbox.put(job)
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):
             await self._reply(job.message, RESTARTING)
-            return
-        self._in_flight += 1
-        self._per_user[user] = self._per_user.get(user, 0) + 1
 
     # ------------------------------------------------------------------ the actor's own tasks
 
@@ -334,8 +379,8 @@ class PersonaBot:
     async def _dispatch(self, jobs: TaskGroup) -> None:
         """Read the mailbox until it is closed; each job runs after the previous one of its conversation."""
         slots = anyio.Semaphore(self.spec.concurrency)
-        async with self._receive:
-            async for job in self._receive:
+        with contextlib.suppress(anyio.ClosedResourceError):  # closed: the child is gone
+            async for job in self.mailbox.receive:
                 key = self.conversation_key(job.message)
                 previous = self._tails.get(key)
                 done = anyio.Event()
@@ -345,29 +390,50 @@ class PersonaBot:
     async def _run_job(
         self, job: Job, key: ConversationKey, previous: anyio.Event | None, done: anyio.Event, slots: anyio.Semaphore
     ) -> None:
-        """Run after the previous job of the same conversation; a slot is held only while working."""
+        """Run after the previous job of the same conversation; a slot is held only while working.
+
+        A job that a crashing client could not finish goes back to the mailbox for the next
+        incarnation of this bot (a crash closes discord.py's HTTP session, so nothing can be sent).
+        """
+        handed_over = False
         try:
             if previous is not None:
                 await previous.wait()
             async with slots:
                 await self._handle(job, key)
+        except anyio.get_cancelled_exc_class():
+            handed_over = self._hand_over(job)
+            raise
         except Exception:  # noqa: BLE001 - one bad message must not stop the bot
-            self.counters.errors += 1
-            log.exception("bot %s: unexpected error while handling %s", self.spec.name, job.kind)
-            report_exception(bot=self.spec.name, provider=self.spec.provider, model=self.spec.model)
-            await self._reply(job.message, APOLOGY)
+            handed_over = self._hand_over(job)
+            if not handed_over:
+                self.counters.errors += 1
+                log.exception("bot %s: unexpected error while handling %s", self.spec.name, job.kind)
+                report_exception(bot=self.spec.name, provider=self.spec.provider, model=self.spec.model)
+                await self._reply(job.message, APOLOGY)
         finally:
             done.set()
             if self._tails.get(key) is done:
                 del self._tails[key]
-            user = job.message.author.id
-            self._per_user[user] -= 1
-            if not self._per_user[user]:
-                del self._per_user[user]
-            self._in_flight -= 1
-            if not self._in_flight:
-                self._idle.set()
-                self._idle = anyio.Event()
+            if not handed_over:
+                self.mailbox.done(job)
+
+    def _channel(self, message: discord.Message) -> discord.PartialMessageable:
+        """Where to answer ``message`` through this incarnation's client (a job handed over after a
+        crash carries a message whose own channel object belongs to the closed client)."""
+        guild_id = message.guild.id if message.guild is not None else None
+        return self.client.get_partial_messageable(message.channel.id, guild_id=guild_id)
+
+    def _hand_over(self, job: Job) -> bool:
+        """Requeue ``job`` if this incarnation is dying rather than stopping; True when requeued."""
+        if self._stop_requested or not (self._failure is not None or self.client.is_closed()):
+            return False
+        try:
+            self.mailbox.requeue(job)
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError, anyio.WouldBlock):
+            return False
+        log.info("bot %s: the client died mid-answer; the next start answers this message", self.spec.name)
+        return True
 
     async def _handle(self, job: Job, key: ConversationKey) -> None:
         if job.kind == "chat":
@@ -418,7 +484,7 @@ class PersonaBot:
             await self._reply(job.message, f"Write something after `{spec.prefix}chat`, for example `{spec.prefix}chat hello`.")
             return
         store = self.services.store
-        async with _typing(job.message.channel):
+        async with _typing(self._channel(job.message)):
             try:
                 history = await store.history(key, spec.memory.max_turns)
             except Exception:  # noqa: BLE001 - answer without memory rather than not at all
@@ -466,7 +532,7 @@ class PersonaBot:
             return None
         await self._reply(message, chunks[0], raise_errors=True)
         for chunk in chunks[1:]:
-            await _retry_5xx(partial(message.channel.send, chunk, allowed_mentions=NO_MENTIONS))
+            await _retry_5xx(partial(self._channel(message).send, chunk, allowed_mentions=NO_MENTIONS))
         return answer
 
     async def _answer_streaming(self, message: discord.Message, call: ChatCall) -> str | None:
@@ -475,7 +541,7 @@ class PersonaBot:
         async def send(text: str, first: bool) -> discord.Message:
             if first:
                 return await self._reply(message, text, raise_errors=True)  # type: ignore[return-value]
-            return await _retry_5xx(partial(message.channel.send, text, allowed_mentions=NO_MENTIONS))
+            return await _retry_5xx(partial(self._channel(message).send, text, allowed_mentions=NO_MENTIONS))
 
         reply = StreamingReply(send, self._edit_budgets.for_channel(message.channel.id))
         cut = False
@@ -499,7 +565,7 @@ class PersonaBot:
     ) -> discord.Message | None:
         try:
             return await _retry_5xx(partial(
-                message.channel.send,
+                self._channel(message).send,
                 text,
                 reference=message.to_reference(fail_if_not_exists=False),
                 mention_author=False,

@@ -23,7 +23,7 @@ from anyio.abc import TaskGroup, TaskStatus
 from .config import BotSpec, Config, RestartSettings
 from .errors import BotFatalError
 from .observability import current_bot, report_exception
-from .persona_bot import BotCounters, PersonaBot, Services
+from .persona_bot import BotCounters, Mailbox, PersonaBot, Services
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,7 @@ class Child:
     last_error: str = ""
     done: anyio.Event = field(default_factory=anyio.Event)
     counters: BotCounters = field(default_factory=BotCounters)  # outlives each restart's actor
+    mailbox: Mailbox | None = None  # outlives each restart's actor too: waiting jobs are not lost
 
 
 class Supervisor:
@@ -102,7 +103,7 @@ class Supervisor:
 
     def _start_child(self, spec: BotSpec) -> None:
         assert self._tg is not None, "the supervisor is not running"
-        child = Child(spec)
+        child = Child(spec, mailbox=Mailbox(spec.mailbox_size, spec.concurrency))
         self.children[spec.name] = child
         self._tg.start_soon(self._supervise, child, name=f"bot:{spec.name}")
 
@@ -131,6 +132,8 @@ class Supervisor:
             with child.scope:
                 await self._restart_loop(child)
         finally:
+            if child.mailbox is not None:
+                child.mailbox.close()
             if child.state is not BotState.FAILED:
                 self._set_state(child, BotState.STOPPED)
             child.done.set()
@@ -141,7 +144,8 @@ class Supervisor:
             self._set_state(child, BotState.STARTING)
             try:
                 child.actor = PersonaBot(
-                    child.spec, self.services, on_ready=lambda: self._set_state(child, BotState.RUNNING)
+                    child.spec, self.services, mailbox=child.mailbox,
+                    on_ready=lambda: self._set_state(child, BotState.RUNNING),
                 )
                 child.actor.counters = child.counters
                 await child.actor.run()

@@ -90,3 +90,20 @@ async def test_a_failed_bot_stays_failed_while_the_others_stop(world: World) -> 
         app.request_stop()
         await supervisor.wait_for_state("good", BotState.STOPPED)
         assert supervisor.children["bad"].state is BotState.FAILED
+
+
+async def test_messages_waiting_when_a_client_crashes_are_answered_after_the_restart(world: World) -> None:
+    world.write([{"name": "flaky", "concurrency": 1}, {"name": "steady", "prefix": "?"}])
+    world.openai.latency = 0.3
+    users = [world.discord.add_user(f"user{i}") for i in range(3)]
+    async with world.running() as app:
+        supervisor = app.supervisor
+        assert supervisor is not None
+        posted = [await world.discord.post(f"!chat question {i}", author_id=user) for i, user in enumerate(users)]
+        await world.openai.wait_for_requests(1)  # one answer in flight, two waiting
+        await world.discord.drop_gateway(token_for("flaky"), code=4012)
+        await supervisor.wait_until(lambda s: s.children["flaky"].restarts == 1)
+        ids = {int(message["id"]) for message in posted}
+        replies = await world.discord.wait_for_sent(3, predicate=lambda m: m.reference_id in ids, timeout=20)
+    assert {m.reference_id for m in replies} == ids
+    assert all(m.author_id == world.bot_ids["flaky"] and "question" in m.content for m in replies)
