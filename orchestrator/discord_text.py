@@ -24,7 +24,7 @@ import unicodedata
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
 
-__all__ = ["MIN_LIMIT", "clean_user_text", "neutralize_mentions", "split_message"]
+__all__ = ["MIN_LIMIT", "clean_user_text", "neutralize_mentions", "replace_lone_surrogates", "split_message"]
 
 MIN_LIMIT = 16
 """Smallest ``limit`` for which a fenced chunk ("```\\n" + content + "\\n```") still has room."""
@@ -288,7 +288,12 @@ def clean_user_text(text: str) -> str:
     spelling) and U+200D (ZWJ, part of emoji sequences). A lone surrogate (valid JSON can
     carry one, UTF-8 cannot) becomes U+FFFD. Returns "" if nothing is left.
     """
-    return _LONE_SURROGATE.sub("\ufffd", text.translate(_INVISIBLE)).strip()
+    return replace_lone_surrogates(text.translate(_INVISIBLE)).strip()
 
 
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def replace_lone_surrogates(text: str) -> str:
+    """``text`` with every lone surrogate (valid in JSON, not in UTF-8) replaced by U+FFFD."""
+    return _LONE_SURROGATE.sub("\ufffd", text)

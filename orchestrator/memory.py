@@ -10,7 +10,6 @@ It also persists daily token usage for :class:`~orchestrator.llm.quota.QuotaBook
 from __future__ import annotations
 
 import logging
-import re
 import sqlite3
 import threading
 import time
@@ -21,15 +20,10 @@ from typing import Protocol
 
 import anyio
 
+from .discord_text import replace_lone_surrogates
 from .llm.pool import Message, estimate_tokens
 
 SHARED = 0  # the "user" of a channel-wide conversation
-_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-def _storable(text: str) -> str:
-    """``text`` as valid UTF-8 (a model may emit a lone surrogate, which SQLite cannot store)."""
-    return _LONE_SURROGATE.sub("\ufffd", text)
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +154,7 @@ class SQLiteStore:
             self._cache.popitem(last=False)
 
     async def append_exchange(self, key: ConversationKey, question: str, answer: str) -> None:
-        question, answer = _storable(question), _storable(answer)
+        question, answer = replace_lone_surrogates(question), replace_lone_surrogates(answer)
         await self._run(self._insert, key, question, answer)
         cached = self._cache.get(key)
         if cached is not None:
