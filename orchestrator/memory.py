@@ -119,12 +119,13 @@ class SQLiteStore:
 
     def close(self) -> None:
         with self._lock:
-            self._flush_usage(wait=True)
+            self._flush_usage()
             self._db.close()
 
     async def _run(self, fn, *args):  # type: ignore[no-untyped-def]
         def locked():  # type: ignore[no-untyped-def]
             with self._lock:
+                self._flush_usage()  # usage recorded on the event loop rides along, off the loop
                 return fn(*args)
 
         return await anyio.to_thread.run_sync(locked, limiter=self._thread)
@@ -224,30 +225,20 @@ class SQLiteStore:
         return usage
 
     def add_daily_usage(self, day: str, bot: str, user: str, tokens: int) -> None:
-        """Record usage; called on the event loop, so it never waits and never raises.
-
-        The tokens are written now if the database is free, else kept and written with the next
-        call (or at close). A locked, read-only or full database only delays persistence.
-        """
+        """Record usage. Called on the event loop, so it only remembers the tokens: they are written
+        by the worker thread before its next database job (at the latest on close), so a locked,
+        read-only or full database only delays persistence and never blocks the bots."""
         with self._usage_lock:
             key = (day, bot, user)
             self._pending_usage[key] = self._pending_usage.get(key, 0) + tokens
-        if self._lock.acquire(blocking=False):
-            try:
-                self._flush_usage(wait=False)
-            finally:
-                self._lock.release()
 
-    def _flush_usage(self, *, wait: bool) -> None:
+    def _flush_usage(self) -> None:
         """Write pending usage in one transaction (caller holds ``_lock``); on failure keep it pending."""
         with self._usage_lock:
             pending, self._pending_usage = self._pending_usage, {}
         if not pending:
             return
-        busy_ms = self._db.execute("PRAGMA busy_timeout").fetchone()[0]
         try:
-            if not wait:
-                self._db.execute("PRAGMA busy_timeout=0")
             with self._db:
                 self._db.executemany(
                     "INSERT INTO daily_usage (day, bot, user, tokens) VALUES (?, ?, ?, ?) "
@@ -263,6 +254,3 @@ class SQLiteStore:
             self._usage_failing = True
         else:
             self._usage_failing = False
-        finally:
-            if not wait:
-                self._db.execute(f"PRAGMA busy_timeout={int(busy_ms)}")

@@ -155,16 +155,17 @@ class PersonaBot:
         self,
         spec: BotSpec,
         services: Services,
+        mailbox: Mailbox,
+        counters: BotCounters,
         *,
         on_ready: Callable[[], None] | None = None,
-        mailbox: Mailbox | None = None,
     ) -> None:
+        """``mailbox`` and ``counters`` belong to the supervised child and outlive this incarnation."""
         self.spec = spec
         self.services = services
-        self.counters = BotCounters()
+        self.mailbox = mailbox
+        self.counters = counters
         self._on_ready_callback = on_ready
-        self._owns_mailbox = mailbox is None
-        self.mailbox = mailbox or Mailbox(spec.mailbox_size, spec.concurrency)
         self._ready = anyio.Event()
         self._failure: BaseException | None = None
         self._stopping = False
@@ -206,8 +207,6 @@ class PersonaBot:
                     jobs.cancel_scope.deadline = anyio.current_time() + self.services.options.drain_timeout
             finally:
                 self._stopping = True
-                if self._owns_mailbox:
-                    self.mailbox.close()
                 with anyio.move_on_after(self.services.options.close_timeout, shield=True):
                     await self.client.close()
                 ready_task = getattr(self.client._connection, "_ready_task", None)

@@ -66,8 +66,12 @@ class Child:
     since: float = field(default_factory=time.monotonic)
     last_error: str = ""
     done: anyio.Event = field(default_factory=anyio.Event)
-    counters: BotCounters = field(default_factory=BotCounters)  # outlives each restart's actor
-    mailbox: Mailbox | None = None  # outlives each restart's actor too: waiting jobs are not lost
+    # Both outlive each restart's actor: counters keep counting, waiting jobs are not lost.
+    counters: BotCounters = field(default_factory=BotCounters)
+    mailbox: Mailbox = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.mailbox = Mailbox(self.spec.mailbox_size, self.spec.concurrency)
 
 
 class Supervisor:
@@ -103,7 +107,7 @@ class Supervisor:
 
     def _start_child(self, spec: BotSpec) -> None:
         assert self._tg is not None, "the supervisor is not running"
-        child = Child(spec, mailbox=Mailbox(spec.mailbox_size, spec.concurrency))
+        child = Child(spec)
         self.children[spec.name] = child
         self._tg.start_soon(self._supervise, child, name=f"bot:{spec.name}")
 
@@ -132,8 +136,7 @@ class Supervisor:
             with child.scope:
                 await self._restart_loop(child)
         finally:
-            if child.mailbox is not None:
-                child.mailbox.close()
+            child.mailbox.close()
             if child.state is not BotState.FAILED:
                 self._set_state(child, BotState.STOPPED)
             child.done.set()
@@ -144,10 +147,9 @@ class Supervisor:
             self._set_state(child, BotState.STARTING)
             try:
                 child.actor = PersonaBot(
-                    child.spec, self.services, mailbox=child.mailbox,
+                    child.spec, self.services, child.mailbox, child.counters,
                     on_ready=lambda: self._set_state(child, BotState.RUNNING),
                 )
-                child.actor.counters = child.counters
                 await child.actor.run()
                 return
             except BotFatalError as exc:

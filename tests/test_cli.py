@@ -145,3 +145,16 @@ async def test_demo_can_use_a_real_provider_while_discord_stays_local(world: Wor
     assert result.returncode == 0, result.stderr
     [request] = world.openai.chat_requests
     assert request.api_key == API_KEY and request.body["messages"][-1]["content"] == "via provider"
+
+
+async def test_usage_command_shows_todays_tokens_per_bot_and_user(world: World) -> None:
+    world.write([{"name": "sage", "quota": {"tokens_per_day": 100000}}, {"name": "hafez", "prefix": "?"}])
+    async with world.running():
+        await world.chat("!chat count these tokens")
+    result = await anyio.to_thread.run_sync(lambda: orchestrator("usage", str(world.path), env=base_env() | world.env()))
+    assert result.returncode == 0, result.stderr
+    [sage_line] = [line for line in result.stdout.splitlines() if line.strip().startswith("sage")]
+    used = int(sage_line.split()[1])
+    assert used > 0 and "% of 100000" in sage_line
+    assert any(line.split() == ["user", str(world.discord.default_user_id), str(used)] for line in result.stdout.splitlines())
+    assert any(line.strip().startswith("hafez") and line.split()[1] == "0" for line in result.stdout.splitlines())

@@ -75,7 +75,6 @@ class ChatResult:
 class PoolStats:
     requests: int = 0
     retries: int = 0
-    errors: dict[str, int] = field(default_factory=dict)
     provider_errors: dict[tuple[str, str], int] = field(default_factory=dict)  # (provider, error class)
 
 
@@ -242,10 +241,8 @@ class LLMPool:
                         if choice.delta and choice.delta.content:
                             text_len += len(choice.delta.content)
                             yield choice.delta.content
-            except openai.OpenAIError as exc:
-                raise ProviderBadResponse(call.provider, f"the stream was cut: {exc}") from exc
-            except Exception as exc:  # httpx2 transport errors surface raw from the SSE iterator
-                raise ProviderBadResponse(call.provider, f"the stream was cut: {type(exc).__name__}") from exc
+            except Exception as exc:  # the SDK's errors, and httpx2 transport errors raw from the SSE iterator
+                raise ProviderBadResponse(call.provider, f"the stream was cut: {type(exc).__name__}: {exc}") from exc
             finally:
                 with anyio.CancelScope(shield=True):
                     await stream.close()
@@ -272,7 +269,6 @@ class LLMPool:
                     raw = await self._attempt(state, call, kwargs, deadline)
                     break
                 except ProviderError as error:
-                    self.stats.errors[type(error).__name__] = self.stats.errors.get(type(error).__name__, 0) + 1
                     by_provider = (call.provider, type(error).__name__)
                     self.stats.provider_errors[by_provider] = self.stats.provider_errors.get(by_provider, 0) + 1
                     delay = self._retry_delay(error, attempt, settings.max_retries, deadline)
