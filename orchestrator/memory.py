@@ -1,10 +1,18 @@
 """Conversation memory: the store interface, its SQLite implementation, and context fitting.
 
 The bots only see :class:`ConversationStore`; another database can implement it later.
-:class:`SQLiteStore` keeps one connection in WAL mode. Writes run in one worker thread (never on
-the event loop) and each exchange is committed atomically, *after* the answer was delivered.
-Recent histories are cached in a bounded LRU so a warm conversation costs no database read.
-It also persists daily token usage for :class:`~orchestrator.llm.quota.QuotaBook`.
+:class:`SQLiteStore` keeps one connection in WAL mode. Recent histories are cached in a bounded
+LRU so a warm conversation costs no database read. It also persists daily token usage for
+:class:`~orchestrator.llm.quota.QuotaBook`.
+
+Writes are behind and grouped: ``append_exchange`` (called *after* the answer was delivered) and
+``add_daily_usage`` only update memory on the event loop; a writer thread commits everything
+pending in one transaction, ``flush_interval`` (50 ms) after the first pending item, each exchange
+whole. Reads, resets and pruning run in a worker thread and write what is pending first, so they
+see it. Durability trade-off: an exchange is in memory at once and on disk within
+``flush_interval``; a hard kill can lose the last ~50 ms of exchanges, a clean shutdown
+(:meth:`SQLiteStore.close`) loses nothing. A database that refuses writes (locked, read-only,
+full) only delays them: they stay in memory and are retried, with backoff up to a second.
 """
 
 from __future__ import annotations
@@ -14,9 +22,10 @@ import sqlite3
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import NamedTuple, Protocol, TypeVar
 
 import anyio
 
@@ -97,38 +106,146 @@ CREATE TABLE IF NOT EXISTS daily_usage (
 """
 
 
+class _Exchange(NamedTuple):
+    key: ConversationKey
+    question: str
+    answer: str
+    created: float
+
+
+_FIRST_RETRY_DELAY, _MAX_RETRY_DELAY = 0.1, 1.0  # seconds between attempts while the database refuses writes
+_T = TypeVar("_T")
+
+
 class SQLiteStore:
     """SQLite-backed :class:`ConversationStore` and quota usage sink."""
 
-    def __init__(self, path: str | Path, *, cache_size: int = 2048, max_cached_turns: int = 200) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        cache_size: int = 2048,
+        max_cached_turns: int = 200,
+        flush_interval: float = 0.05,
+    ) -> None:
         self.path = str(path)
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # owns the connection
         self._thread = anyio.CapacityLimiter(1)
         self._cache: OrderedDict[ConversationKey, list[Turn]] = OrderedDict()
         self._cache_size = cache_size
         self._max_cached_turns = max_cached_turns
+        self._flush_interval = flush_interval
+        self._pending_cv = threading.Condition()  # guards the pending writes below; wakes the writer
+        self._pending: list[_Exchange] = []  # appended, not yet written, in append order
         self._pending_usage: dict[tuple[str, str, str], int] = {}  # (day, bot, user) -> tokens not yet written
-        self._usage_lock = threading.Lock()
-        self._usage_failing = False
+        self._failing = False
+        self._closing = False
         with self._lock:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA busy_timeout=2000")
             self._db.executescript(_SCHEMA)
+        self._writer = threading.Thread(target=self._write_behind, name="sqlite-writer", daemon=True)
+        self._writer.start()
 
     def close(self) -> None:
+        """Stop the writer thread, write what is pending and close the connection; later calls do nothing."""
+        with self._pending_cv:
+            if self._closing:
+                return
+            self._closing = True
+            self._pending_cv.notify()
+        self._writer.join()
         with self._lock:
-            self._flush_usage()
+            error = self._flush()
+            if error is not None:
+                log.error(
+                    "could not write to %s on close (%s): %d exchange(s) and the unsaved token usage are lost",
+                    self.path, error, len(self._pending),
+                )
             self._db.close()
 
-    async def _run(self, fn, *args):  # type: ignore[no-untyped-def]
-        def locked():  # type: ignore[no-untyped-def]
+    async def flush(self) -> None:
+        """Write everything pending now (on failure it stays pending, see :meth:`_flush`)."""
+        await self._run(lambda: None)
+
+    async def _run(self, fn: Callable[..., _T], *args: object) -> _T:
+        """Run ``fn`` in the worker thread, after the pending writes, so it sees (or deletes) them."""
+
+        def locked() -> _T:
             with self._lock:
-                self._flush_usage()  # usage recorded on the event loop rides along, off the loop
+                self._flush()
                 return fn(*args)
 
         return await anyio.to_thread.run_sync(locked, limiter=self._thread)
+
+    # ------------------------------------------------------------ write-behind
+
+    def _write_behind(self) -> None:
+        """The writer thread: once something is pending, let more gather for ``flush_interval``, then
+        commit it all in one transaction; after a failure wait longer (up to a second) before retrying."""
+        delay = self._flush_interval
+        while self._wait_for_pending(delay):
+            with self._lock:
+                error = self._flush()
+            if error is None:
+                delay = self._flush_interval
+            else:
+                delay = min(max(2 * delay, _FIRST_RETRY_DELAY), _MAX_RETRY_DELAY)
+
+    def _wait_for_pending(self, delay: float) -> bool:
+        """Sleep until something is pending, then ``delay`` more; False as soon as the store closes."""
+        with self._pending_cv:
+            self._pending_cv.wait_for(lambda: self._closing or bool(self._pending or self._pending_usage))
+            return not self._pending_cv.wait_for(lambda: self._closing, timeout=delay)
+
+    def _flush(self) -> sqlite3.Error | None:
+        """Write pending exchanges and usage in one transaction (caller holds ``_lock``).
+
+        On failure everything stays pending, in order, for the next attempt; returns the error."""
+        with self._pending_cv:
+            exchanges, self._pending = self._pending, []
+            usage, self._pending_usage = self._pending_usage, {}
+        if not exchanges and not usage:
+            return None
+        try:
+            with self._db:  # one transaction: every exchange whole, or nothing
+                self._db.execute("BEGIN IMMEDIATE")
+                if exchanges:
+                    self._insert(exchanges)
+                if usage:
+                    self._db.executemany(
+                        "INSERT INTO daily_usage (day, bot, user, tokens) VALUES (?, ?, ?, ?) "
+                        "ON CONFLICT (day, bot, user) DO UPDATE SET tokens = tokens + excluded.tokens",
+                        [(day, bot, user, tokens) for (day, bot, user), tokens in usage.items()],
+                    )
+        except sqlite3.Error as exc:
+            with self._pending_cv:
+                self._pending[:0] = exchanges
+                for key, tokens in usage.items():
+                    self._pending_usage[key] = self._pending_usage.get(key, 0) + tokens
+            if not self._failing:
+                log.warning(
+                    "could not write conversations and token usage to %s (%s); keeping them in memory and retrying",
+                    self.path, exc,
+                )
+            self._failing = True
+            return exc
+        if self._failing:
+            log.info("writing to %s works again; what was kept in memory is saved", self.path)
+        self._failing = False
+        return None
+
+    def _insert(self, exchanges: list[_Exchange]) -> None:
+        self._db.executemany(
+            "INSERT INTO turns (bot, channel, user, role, content, created) VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                (e.key.bot, e.key.channel, e.key.user, role, content, e.created)
+                for e in exchanges
+                for role, content in (("user", e.question), ("assistant", e.answer))
+            ),
+        )
 
     # ------------------------------------------------------------ conversations
 
@@ -142,11 +259,17 @@ class SQLiteStore:
         return cached[-limit:] if limit else []
 
     def _load(self, key: ConversationKey, limit: int) -> list[Turn]:
+        """The newest ``limit`` turns, including any still pending because the database refuses writes."""
         rows = self._db.execute(
             "SELECT role, content FROM turns WHERE bot=? AND channel=? AND user=? ORDER BY id DESC LIMIT ?",
             (key.bot, key.channel, key.user, limit),
         ).fetchall()
-        return [Turn(role, content) for role, content in reversed(rows)]
+        turns = [Turn(role, content) for role, content in reversed(rows)]
+        with self._pending_cv:
+            for e in self._pending:
+                if e.key == key:
+                    turns += (Turn("user", e.question), Turn("assistant", e.answer))
+        return turns[-limit:]
 
     def _remember(self, key: ConversationKey, turns: list[Turn]) -> None:
         self._cache[key] = turns
@@ -155,37 +278,44 @@ class SQLiteStore:
             self._cache.popitem(last=False)
 
     async def append_exchange(self, key: ConversationKey, question: str, answer: str) -> None:
+        """Remember an exchange at once (cache) and queue it for the writer thread; never waits for SQLite."""
         question, answer = replace_lone_surrogates(question), replace_lone_surrogates(answer)
-        await self._run(self._insert, key, question, answer)
         cached = self._cache.get(key)
         if cached is not None:
             cached.extend((Turn("user", question), Turn("assistant", answer)))
             del cached[: -self._max_cached_turns]
+        self._enqueue(lambda: self._pending.append(_Exchange(key, question, answer, time.time())))
 
-    def _insert(self, key: ConversationKey, question: str, answer: str) -> None:
-        now = time.time()
-        with self._db:  # one transaction: both turns or neither
-            self._db.execute("BEGIN IMMEDIATE")
-            self._db.executemany(
-                "INSERT INTO turns (bot, channel, user, role, content, created) VALUES (?, ?, ?, ?, ?, ?)",
-                [
-                    (key.bot, key.channel, key.user, "user", question, now),
-                    (key.bot, key.channel, key.user, "assistant", answer, now),
-                ],
-            )
+    def _enqueue(self, add: Callable[[], None]) -> None:
+        """Add a pending write; wake the writer if it was idle."""
+        with self._pending_cv:
+            idle = not (self._pending or self._pending_usage)
+            add()
+            if idle:
+                self._pending_cv.notify()
 
     async def reset(self, key: ConversationKey) -> int:
         self._cache.pop(key, None)
-        return await self._run(self._delete, "bot=? AND channel=? AND user=?", (key.bot, key.channel, key.user))
+        return await self._run(
+            self._delete, "bot=? AND channel=? AND user=?", (key.bot, key.channel, key.user), lambda k: k == key
+        )
 
     async def reset_channel(self, bot: str, channel: int) -> int:
         for key in [k for k in self._cache if k.bot == bot and k.channel == channel]:
             del self._cache[key]
-        return await self._run(self._delete, "bot=? AND channel=?", (bot, channel))
+        return await self._run(
+            self._delete, "bot=? AND channel=?", (bot, channel), lambda k: k.bot == bot and k.channel == channel
+        )
 
-    def _delete(self, where: str, args: tuple[object, ...]) -> int:
+    def _delete(self, where: str, args: tuple[object, ...], doomed: Callable[[ConversationKey], bool]) -> int:
+        """Delete the matching turns, and the matching exchanges still pending (a failing database)."""
         with self._db:
-            return self._db.execute(f"DELETE FROM turns WHERE {where}", args).rowcount  # noqa: S608 - fixed clauses
+            removed = self._db.execute(f"DELETE FROM turns WHERE {where}", args).rowcount  # noqa: S608 - fixed clauses
+        with self._pending_cv:
+            kept = [e for e in self._pending if not doomed(e.key)]
+            removed += 2 * (len(self._pending) - len(kept))
+            self._pending = kept
+        return removed
 
     async def prune(self, bot: str, max_age_seconds: float | None, max_turns: int) -> int:
         """Drop ``bot``'s turns older than ``max_age_seconds`` and beyond its newest ``max_turns`` per conversation."""
@@ -215,42 +345,21 @@ class SQLiteStore:
     # ------------------------------------------------------------ quota usage (UsageSink)
 
     def load_daily_usage(self, day: str) -> dict[tuple[str, str], int]:
-        with self._lock:
+        """Usage of ``day`` per (bot, user): what is on disk plus what is still pending."""
+        with self._lock:  # held throughout: no flush moves usage from pending to disk between the reads
             rows = self._db.execute("SELECT bot, user, tokens FROM daily_usage WHERE day=?", (day,)).fetchall()
-        usage = {(bot, user): tokens for bot, user, tokens in rows}
-        with self._usage_lock:
-            for (pending_day, bot, user), tokens in self._pending_usage.items():
-                if pending_day == day:
-                    usage[(bot, user)] = usage.get((bot, user), 0) + tokens
+            usage = {(bot, user): tokens for bot, user, tokens in rows}
+            with self._pending_cv:
+                for (pending_day, bot, user), tokens in self._pending_usage.items():
+                    if pending_day == day:
+                        usage[(bot, user)] = usage.get((bot, user), 0) + tokens
         return usage
 
     def add_daily_usage(self, day: str, bot: str, user: str, tokens: int) -> None:
-        """Record usage. Called on the event loop, so it only remembers the tokens: they are written
-        by the worker thread before its next database job (at the latest on close), so a locked,
-        read-only or full database only delays persistence and never blocks the bots."""
-        with self._usage_lock:
-            key = (day, bot, user)
-            self._pending_usage[key] = self._pending_usage.get(key, 0) + tokens
+        """Record usage. Called on the event loop, so it only remembers the tokens for the writer
+        thread: a locked, read-only or full database only delays persistence, never the bots."""
 
-    def _flush_usage(self) -> None:
-        """Write pending usage in one transaction (caller holds ``_lock``); on failure keep it pending."""
-        with self._usage_lock:
-            pending, self._pending_usage = self._pending_usage, {}
-        if not pending:
-            return
-        try:
-            with self._db:
-                self._db.executemany(
-                    "INSERT INTO daily_usage (day, bot, user, tokens) VALUES (?, ?, ?, ?) "
-                    "ON CONFLICT (day, bot, user) DO UPDATE SET tokens = tokens + excluded.tokens",
-                    [(day, bot, user, tokens) for (day, bot, user), tokens in pending.items()],
-                )
-        except sqlite3.Error as exc:
-            with self._usage_lock:
-                for key, tokens in pending.items():
-                    self._pending_usage[key] = self._pending_usage.get(key, 0) + tokens
-            if not self._usage_failing:
-                log.warning("could not save token usage to %s (%s); keeping it in memory and retrying", self.path, exc)
-            self._usage_failing = True
-        else:
-            self._usage_failing = False
+        def add() -> None:
+            self._pending_usage[(day, bot, user)] = self._pending_usage.get((day, bot, user), 0) + tokens
+
+        self._enqueue(add)

@@ -16,8 +16,8 @@ import contextlib
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import aclosing, asynccontextmanager
+from collections.abc import Callable
+from contextlib import aclosing
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Literal
@@ -37,6 +37,7 @@ from .memory import SHARED, ConversationKey, ConversationStore, fit_context
 from .metrics import Metrics
 from .observability import report_exception
 from .streaming import EditBudgets, StreamingReply
+from .typing_indicator import TypingIndicator
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,8 @@ class RuntimeOptions:
     reidentify_delay: float = 5.0  # discord.py's pause before a fresh IDENTIFY (Discord's identify limit)
     drain_timeout: float = 10.0
     close_timeout: float = 5.0
+    typing_refresh: float = 8.0  # Discord shows "typing…" for about 10 s after each POST
+    typing_min_interval: float = 1.0  # at most one typing POST per channel this often
 
 
 @dataclass
@@ -174,6 +177,11 @@ class PersonaBot:
         self._scope: anyio.CancelScope | None = None
         self._edit_budgets = EditBudgets()
         self.client = self._build_client()
+        self._typing = TypingIndicator(
+            self.client.http.send_typing,
+            refresh=services.options.typing_refresh,
+            min_interval=services.options.typing_min_interval,
+        )
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -199,6 +207,7 @@ class PersonaBot:
             self._scope = tg.cancel_scope
             connect_scope = anyio.CancelScope(shield=True)
             tg.start_soon(self._connect, tg, connect_scope)
+            tg.start_soon(self._typing.run)
             try:
                 await self._ready.wait()
                 task_status.started()
@@ -483,7 +492,7 @@ class PersonaBot:
             await self._reply(job.message, f"Write something after `{spec.prefix}chat`, for example `{spec.prefix}chat hello`.")
             return
         store = self.services.store
-        async with _typing(self._channel(job.message)):
+        with self._typing.working(job.message.channel.id):
             try:
                 history = await store.history(key, spec.memory.max_turns)
             except Exception:  # noqa: BLE001 - answer without memory rather than not at all
@@ -531,7 +540,7 @@ class PersonaBot:
             return None
         await self._reply(message, chunks[0], raise_errors=True)
         for chunk in chunks[1:]:
-            await _retry_5xx(partial(self._channel(message).send, chunk, allowed_mentions=NO_MENTIONS))
+            await self._follow_up(message, chunk)
         return answer
 
     async def _answer_streaming(self, message: discord.Message, call: ChatCall) -> str | None:
@@ -540,7 +549,7 @@ class PersonaBot:
         async def send(text: str, first: bool) -> discord.Message:
             if first:
                 return await self._reply(message, text, raise_errors=True)  # type: ignore[return-value]
-            return await _retry_5xx(partial(self._channel(message).send, text, allowed_mentions=NO_MENTIONS))
+            return await self._follow_up(message, text)
 
         reply = StreamingReply(send, self._edit_budgets.for_channel(message.channel.id))
         cut = False
@@ -559,11 +568,17 @@ class PersonaBot:
         await _retry_5xx(partial(reply.finish, cut=cut))  # finish only rewrites what Discord does not show yet
         return None if cut else reply.text.strip()
 
+    async def _follow_up(self, message: discord.Message, text: str) -> discord.Message:
+        """Send ``text`` after the reply to ``message``, in its channel, as a plain message."""
+        sent = await _retry_5xx(partial(self._channel(message).send, text, allowed_mentions=NO_MENTIONS))
+        self._typing.sent(message.channel.id)
+        return sent
+
     async def _reply(
         self, message: discord.Message, text: str, *, raise_errors: bool = False
     ) -> discord.Message | None:
         try:
-            return await _retry_5xx(partial(
+            sent = await _retry_5xx(partial(
                 self._channel(message).send,
                 text,
                 reference=message.to_reference(fail_if_not_exists=False),
@@ -580,34 +595,8 @@ class PersonaBot:
                 raise
             log.warning("bot %s: could not send a reply (%s: %s)", self.spec.name, type(exc).__name__, exc)
             return None
-
-
-TYPING_REFRESH = 8.0  # Discord shows "typing…" for about 10 s after each request
-
-
-@asynccontextmanager
-async def _typing(channel: Any) -> AsyncIterator[None]:
-    """Show "typing…" while the block runs, without making the answer wait for it.
-
-    The indicator is sent by a task of its own, beside the work, and a failed indicator never
-    stops the answer.
-    """
-
-    async def keep_typing() -> None:
-        while True:
-            try:
-                await channel.typing()
-            except (discord.HTTPException, aiohttp.ClientError) as exc:
-                log.debug("typing indicator failed: %s", exc)
-                return
-            await anyio.sleep(TYPING_REFRESH)
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(keep_typing)
-        try:
-            yield
-        finally:
-            tg.cancel_scope.cancel()
+        self._typing.sent(message.channel.id)
+        return sent
 
 
 async def _retry_5xx(action: Callable[[], Any], pauses: tuple[float, ...] = (0.5, 1.0, 2.0)) -> Any:

@@ -35,6 +35,6 @@ def test_pool_benchmark_produces_its_figures(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     figures = json.loads(output.read_text())
-    for path in ("sdk", "post", "pool"):
+    for path in ("sdk", "post", "transport", "pool"):
         assert all(math.isfinite(v) and v > 0 for v in figures[path].values())
     assert math.isfinite(figures["pool_added_p50_ms"]) and figures["pool_to_sdk_create_p50_ratio"] > 0

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import sqlite3
 import time
 from pathlib import Path
+
+import anyio
+import pytest
 
 from orchestrator.memory import ConversationKey, SQLiteStore, Turn, fit_context
 
@@ -107,6 +112,7 @@ async def test_retention_prunes_old_and_excess_turns(tmp_path: Path) -> None:
     for i in range(5):
         await store.append_exchange(key, f"q{i}", f"a{i}")
     await store.append_exchange(other, "old", "old answer")
+    await store.flush()
     with sqlite3.connect(tmp_path / "m.sqlite3") as db:
         db.execute("UPDATE turns SET created = ? WHERE bot = 'hafez'", (time.time() - 90 * 86400,))
     assert await store.prune("sage", None, 4) == 6
@@ -116,18 +122,148 @@ async def test_retention_prunes_old_and_excess_turns(tmp_path: Path) -> None:
     store.close()
 
 
+def turns_on_disk(db: Path) -> list[tuple[str, int, int, str, str]]:
+    """Every stored turn, in id order: (bot, channel, user, role, content)."""
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        return conn.execute("SELECT bot, channel, user, role, content FROM turns ORDER BY id").fetchall()
+
+
+def exchange(key: ConversationKey, question: str, answer: str) -> list[tuple[str, int, int, str, str]]:
+    return [(key.bot, key.channel, key.user, "user", question), (key.bot, key.channel, key.user, "assistant", answer)]
+
+
 async def test_an_exchange_is_written_whole_or_not_at_all(tmp_path: Path) -> None:
-    store = SQLiteStore(tmp_path / "m.sqlite3")
+    db = tmp_path / "m.sqlite3"
+    store = SQLiteStore(db)
     key = ConversationKey("sage", 1, 2)
-    with sqlite3.connect(tmp_path / "m.sqlite3") as db:
-        db.execute("CREATE TRIGGER fail BEFORE INSERT ON turns WHEN NEW.role = 'assistant' BEGIN SELECT RAISE(ABORT, 'boom'); END")
-    try:
-        await store.append_exchange(key, "question", "answer")
-    except sqlite3.DatabaseError:
-        pass
-    else:  # pragma: no cover
-        raise AssertionError("the trigger should have failed the insert")
-    fresh = SQLiteStore(tmp_path / "m.sqlite3")
-    assert await fresh.history(key, 10) == []
+    with contextlib.closing(sqlite3.connect(db)) as conn, conn:
+        conn.execute("CREATE TRIGGER fail BEFORE INSERT ON turns WHEN NEW.role = 'assistant' BEGIN SELECT RAISE(ABORT, 'boom'); END")
+    await store.append_exchange(key, "question", "answer")
+    await store.flush()
+    assert turns_on_disk(db) == [], "no question without its answer"
+    with contextlib.closing(sqlite3.connect(db)) as conn, conn:
+        conn.execute("DROP TRIGGER fail")
+    await store.flush()
+    assert turns_on_disk(db) == exchange(key, "question", "answer"), "kept in memory and written whole later"
     store.close()
-    fresh.close()
+
+
+async def test_many_appends_are_group_committed_in_a_few_transactions_in_append_order(tmp_path: Path) -> None:
+    db = tmp_path / "m.sqlite3"
+    store = SQLiteStore(db)
+    statements: list[str] = []
+    with store._lock:
+        store._db.set_trace_callback(statements.append)
+    keys = [ConversationKey("sage", 1, user) for user in range(20)]
+    expected = []
+    for i in range(10):
+        for key in keys:
+            await store.append_exchange(key, f"q{i} of {key.user}", f"a{i} of {key.user}")
+            expected += exchange(key, f"q{i} of {key.user}", f"a{i} of {key.user}")
+    store.close()
+    transactions = [sql for sql in statements if sql.startswith("BEGIN")]
+    assert 0 < len(transactions) < 20, f"{len(transactions)} transactions for 200 appends"
+    assert turns_on_disk(db) == expected, "all 400 turns, in append order"
+
+
+async def test_reads_and_resets_right_after_an_append_see_it(tmp_path: Path) -> None:
+    db = tmp_path / "m.sqlite3"
+    store = SQLiteStore(db, flush_interval=3600)  # the writer thread never gets there first
+    alice, bob, elsewhere = ConversationKey("sage", 1, 2), ConversationKey("sage", 1, 3), ConversationKey("sage", 9, 2)
+    await store.append_exchange(alice, "q", "a")
+    await store.append_exchange(bob, "q", "a")
+    await store.append_exchange(elsewhere, "q", "a")
+    assert await store.history(elsewhere, 10) == [Turn("user", "q"), Turn("assistant", "a")], "loaded on a cache miss"
+    assert await store.reset(alice) == 2
+    assert await store.history(alice, 10) == []
+    assert await store.reset_channel("sage", 1) == 2
+    assert await store.history(bob, 10) == []
+    store.close()
+    assert turns_on_disk(db) == exchange(elsewhere, "q", "a")
+
+
+async def test_while_writes_fail_history_sees_pending_exchanges_and_reset_forgets_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = tmp_path / "m.sqlite3"
+    store = SQLiteStore(db)
+    kept, forgotten = ConversationKey("sage", 1, 2), ConversationKey("sage", 1, 3)
+
+    def full(*_args: object) -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(store, "_insert", full)
+        await store.append_exchange(kept, "q", "a")
+        await store.append_exchange(forgotten, "q", "a")
+        assert await store.history(kept, 10) == [Turn("user", "q"), Turn("assistant", "a")]
+        assert await store.reset(forgotten) == 2
+        assert turns_on_disk(db) == []
+    store.close()
+    assert turns_on_disk(db) == exchange(kept, "q", "a")
+
+
+async def test_close_writes_everything_pending_and_a_reopened_store_sees_it(tmp_path: Path) -> None:
+    db = tmp_path / "m.sqlite3"
+    store = SQLiteStore(db, flush_interval=3600)
+    key = ConversationKey("sage", 1, 2)
+    await store.append_exchange(key, "q1", "a1")
+    await store.append_exchange(key, "q2", "a2")
+    store.add_daily_usage("2024-01-01", "sage", "2", 42)
+    writer = store._writer
+    store.close()
+    store.close()  # a second close is harmless
+    assert writer.name == "sqlite-writer" and writer.daemon and not writer.is_alive()
+    reopened = SQLiteStore(db)
+    assert [t.content for t in await reopened.history(key, 10)] == ["q1", "a1", "q2", "a2"]
+    assert reopened.load_daily_usage("2024-01-01") == {("sage", "2"): 42}
+    reopened.close()
+
+
+async def test_a_locked_database_keeps_exchanges_in_memory_and_writes_them_once_released(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="orchestrator.memory")
+    db = tmp_path / "m.sqlite3"
+    store = SQLiteStore(db)
+    with store._lock:
+        store._db.execute("PRAGMA busy_timeout=20")  # the production 2 s, shortened so the test stays quick
+    key = ConversationKey("sage", 1, 2)
+    blocker = sqlite3.connect(db, isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")
+    expected = []
+    for i in range(3):
+        await store.append_exchange(key, f"q{i}", f"a{i}")
+        expected += exchange(key, f"q{i}", f"a{i}")
+        await store.flush()  # fails: the exchanges stay in memory
+    assert blocker.execute("SELECT count(*) FROM turns").fetchone() == (0,)
+    assert [t.content for t in await store.history(key, 10)] == ["q0", "a0", "q1", "a1", "q2", "a2"]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "orchestrator.memory" and r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and str(db) in warnings[0] and "in memory and retrying" in warnings[0]
+    blocker.rollback()
+    blocker.close()
+    with anyio.fail_after(30):  # the writer thread retries on its own
+        while turns_on_disk(db) != expected:
+            await anyio.sleep(0.01)
+    await store.flush()  # the writer has finished its attempt, log line included
+    assert any(r.levelno == logging.INFO and "works again" in r.getMessage() for r in caplog.records)
+    store.close()
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_appends_never_hand_work_to_a_thread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    db = tmp_path / "m.sqlite3"
+    store = SQLiteStore(db)
+    key = ConversationKey("sage", 1, 2)
+    assert await store.history(key, 10) == []  # now cached
+
+    def no_thread(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("append_exchange handed work to a worker thread")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(anyio.to_thread, "run_sync", no_thread)
+        for i in range(3):
+            await store.append_exchange(key, f"q{i}", f"a{i}")
+        assert [t.content for t in await store.history(key, 10)] == ["q0", "a0", "q1", "a1", "q2", "a2"]
+    store.close()
+    assert turns_on_disk(db) == [*exchange(key, "q0", "a0"), *exchange(key, "q1", "a1"), *exchange(key, "q2", "a2")]

@@ -15,13 +15,12 @@ import random
 import re
 import time
 from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
 import openai
-from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from ..config import ProviderSpec, QuotaSettings, SamplingParams
 from ..errors import (
@@ -35,17 +34,11 @@ from ..errors import (
 from .breaker import CircuitBreaker
 from .limiter import FairLimiter, QueueFull, QueueTimeout
 from .quota import QuotaBook, Reservation
+from .transport import ChatTransport, Completion, CompletionStream
 
 log = logging.getLogger(__name__)
 
 Message = dict[str, str]
-
-# What ``chat.completions.with_raw_response.create`` sends, minus its per-call parameter transform:
-# that transform walks every message of the history (about 40% of our CPU per answer) and changes
-# nothing in a body of plain strings and numbers. Responses are still parsed into the SDK's types,
-# and its error classes are raised as before. Raw mode gives us the rate-limit headers.
-_RAW_OPTIONS: dict[str, Any] = {"headers": {"X-Stainless-Raw-Response": "true"}, "security": {"bearer_auth": True}}
-
 
 @dataclass(frozen=True)
 class ChatCall:
@@ -128,6 +121,7 @@ class _Provider:
     def __init__(self, spec: ProviderSpec, breaker: CircuitBreaker) -> None:
         self.spec = spec
         self.client = self._build()
+        self.transport = ChatTransport(self.client)
         self.limiter = FairLimiter(spec.settings.max_concurrency, spec.settings.max_queue)
         self.breaker = breaker
         self.paused_until = 0.0
@@ -144,12 +138,16 @@ class _Provider:
 
     async def rebuild(self) -> None:
         """Replace a client that keeps failing (its connections may be broken)."""
-        old, self.client = self.client, self._build()
+        old, old_transport = self.client, self.transport
+        self.client = self._build()
+        self.transport = ChatTransport(self.client)
         with anyio.move_on_after(2, shield=True):
+            await old_transport.aclose()
             await old.close()
 
     async def close(self) -> None:
         with anyio.move_on_after(2, shield=True):
+            await self.transport.aclose()
             await self.client.close()
 
 
@@ -215,11 +213,12 @@ class LLMPool:
 
     async def complete(self, call: ChatCall) -> ChatResult:
         """Answer ``call`` or raise a :class:`ProviderError` whose ``user_message`` can be shown."""
-        async with self._call(call, stream=False) as (raw, attempts, reservation):
+        async with self._call(call, stream=False) as (answer, attempts, reservation):
+            assert isinstance(answer, Completion)
+            completion = answer.completion
             try:
-                completion = raw.parse()
                 text = completion.choices[0].message.content or ""
-            except (ValueError, IndexError, AttributeError, TypeError) as exc:
+            except (IndexError, AttributeError, TypeError) as exc:
                 raise ProviderBadResponse(call.provider, f"unreadable answer: {exc}") from exc
             usage = completion.usage
             prompt = usage.prompt_tokens if usage else 0
@@ -229,27 +228,27 @@ class LLMPool:
 
     async def stream(self, call: ChatCall) -> AsyncIterator[str]:
         """Yield the answer's text as it arrives. Use with ``contextlib.aclosing``."""
-        async with self._call(call, stream=True) as (raw, _attempts, reservation):
-            stream = raw.parse()
+        async with self._call(call, stream=True) as (answer, _attempts, reservation):
+            assert isinstance(answer, CompletionStream)
             used = 0
             text_len = 0
             try:
-                async for chunk in stream:
+                async for chunk in answer.chunks:
                     if chunk.usage is not None:
                         used = chunk.usage.total_tokens
                     for choice in chunk.choices:
                         if choice.delta and choice.delta.content:
                             text_len += len(choice.delta.content)
                             yield choice.delta.content
-            except Exception as exc:  # the SDK's errors, and httpx2 transport errors raw from the SSE iterator
+            except Exception as exc:  # the SDK's errors from the transport, or an unreadable chunk
                 raise ProviderBadResponse(call.provider, f"the stream was cut: {type(exc).__name__}: {exc}") from exc
             finally:
-                with anyio.CancelScope(shield=True):
-                    await stream.close()
                 self.quotas.settle(reservation, used or text_len // 4 + 1)
 
     @asynccontextmanager
-    async def _call(self, call: ChatCall, *, stream: bool) -> AsyncIterator[tuple[Any, int, Reservation]]:
+    async def _call(
+        self, call: ChatCall, *, stream: bool
+    ) -> AsyncIterator[tuple[Completion | CompletionStream, int, Reservation]]:
         state = self._provider(call.provider)
         estimate = sum(estimate_tokens(m["content"]) for m in call.messages) + (call.params.max_tokens or 256)
         reservation = self.quotas.reserve(call.provider, call.bot, call.user, estimate, call.quota, call.user_quota)
@@ -257,31 +256,29 @@ class LLMPool:
         deadline = anyio.current_time() + settings.timeout
         kwargs: dict[str, Any] = {"model": call.model, "messages": call.messages}
         kwargs.update(call.params.model_dump(exclude_none=True))
-        if stream:
-            kwargs["stream"] = True
-            kwargs["stream_options"] = {"include_usage": True}
         attempt = 0
         state.in_flight += 1
         try:
-            while True:
-                self.stats.requests += 1
-                try:
-                    raw = await self._attempt(state, call, kwargs, deadline)
-                    break
-                except ProviderError as error:
-                    by_provider = (call.provider, type(error).__name__)
-                    self.stats.provider_errors[by_provider] = self.stats.provider_errors.get(by_provider, 0) + 1
-                    delay = self._retry_delay(error, attempt, settings.max_retries, deadline)
-                    if delay is None:
-                        raise
-                    log.info(
-                        "provider %s: %s; retry %d/%d in %.2fs", call.provider, error.detail, attempt + 1,
-                        settings.max_retries, delay,
-                    )
-                    self.stats.retries += 1
-                    attempt += 1
-                    await anyio.sleep(delay)
-            yield raw, attempt + 1, reservation
+            async with AsyncExitStack() as open_stream:
+                while True:
+                    self.stats.requests += 1
+                    try:
+                        answer = await self._attempt(state, call, kwargs, deadline, attempt, open_stream if stream else None)
+                        break
+                    except ProviderError as error:
+                        by_provider = (call.provider, type(error).__name__)
+                        self.stats.provider_errors[by_provider] = self.stats.provider_errors.get(by_provider, 0) + 1
+                        delay = self._retry_delay(error, attempt, settings.max_retries, deadline)
+                        if delay is None:
+                            raise
+                        log.info(
+                            "provider %s: %s; retry %d/%d in %.2fs", call.provider, error.detail, attempt + 1,
+                            settings.max_retries, delay,
+                        )
+                        self.stats.retries += 1
+                        attempt += 1
+                        await anyio.sleep(delay)
+                yield answer, attempt + 1, reservation
         finally:
             self.quotas.settle(reservation, 0)  # a no-op when the caller settled the real usage
             state.in_flight -= 1
@@ -297,7 +294,16 @@ class LLMPool:
             return None
         return delay
 
-    async def _attempt(self, state: _Provider, call: ChatCall, kwargs: dict[str, Any], deadline: float) -> Any:
+    async def _attempt(
+        self,
+        state: _Provider,
+        call: ChatCall,
+        body: dict[str, Any],
+        deadline: float,
+        retries_taken: int,
+        open_stream: AsyncExitStack | None,
+    ) -> Completion | CompletionStream:
+        """One request. A stream is entered into ``open_stream`` and stays open for the caller."""
         wait = state.breaker.allow()
         if wait is not None:
             raise ProviderUnavailable(call.provider, "circuit breaker is open", retry_after=wait)
@@ -318,14 +324,14 @@ class LLMPool:
         try:
             remaining = deadline - anyio.current_time()
             try:
-                raw = await state.client.post(
-                    "/chat/completions",
-                    body=kwargs,
-                    cast_to=ChatCompletion,
-                    options={**_RAW_OPTIONS, "timeout": remaining},
-                    stream=bool(kwargs.get("stream")),
-                    stream_cls=openai.AsyncStream[ChatCompletionChunk],
-                )
+                if open_stream is None:
+                    answer: Completion | CompletionStream = await state.transport.create(
+                        body, timeout=remaining, retries_taken=retries_taken
+                    )
+                else:
+                    answer = await open_stream.enter_async_context(
+                        state.transport.stream(body, timeout=remaining, retries_taken=retries_taken)
+                    )
             except openai.OpenAIError as exc:
                 error = self._map_error(state, exc)
                 if not _unhealthy(exc):
@@ -337,8 +343,8 @@ class LLMPool:
         finally:
             state.limiter.release()
         state.breaker.record_success()
-        self._note_rate_headers(state, raw.headers)
-        return raw
+        self._note_rate_headers(state, answer.headers)
+        return answer
 
     def _note_rate_headers(self, state: _Provider, headers: Mapping[str, str]) -> None:
         """Pause every bot on this provider when it says it is close to its rate limit."""

@@ -1,0 +1,140 @@
+"""The chat-completions request of one provider: plain answers on a pooled aiohttp session.
+
+The provider's ``AsyncOpenAI`` client stays the source of truth: its base URL, API key and default
+headers are copied from it, answers are the SDK's ``ChatCompletion`` / ``ChatCompletionChunk`` types,
+and failures are the SDK's exception classes (HTTP errors are made by the client's own
+``_make_status_error_from_response``). Only the HTTP path is ours: the SDK's request building,
+httpx2 layers and lenient model construction cost 1.0-1.5 ms of CPU per call, which was most of an
+answer's budget; this path costs about 0.25 ms (``scripts/bench_pool``). Streamed answers still go
+through the SDK (see :meth:`ChatTransport.stream`). The SDK's per-call parameter transform is skipped
+on both paths: it walks every message of the history and changes nothing in a body of plain strings.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import aiohttp
+import anyio
+import httpx2
+import openai
+import pydantic
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
+
+_Model = TypeVar("_Model", ChatCompletion, ChatCompletionChunk)
+
+
+@dataclass(frozen=True)
+class Completion:
+    completion: ChatCompletion
+    headers: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class CompletionStream:
+    chunks: AsyncIterator[ChatCompletionChunk]
+    headers: Mapping[str, str]
+
+
+def parse_model(model: type[_Model], data: bytes | str) -> _Model:
+    """Validate fast; fall back to the SDK's lenient construction for servers that bend the schema."""
+    try:
+        return model.model_validate_json(data)
+    except pydantic.ValidationError:
+        return model.construct(**json.loads(data))  # raises ValueError on broken JSON
+
+
+class ChatTransport:
+    """``POST {base_url}/chat/completions`` for one provider, plain or streamed."""
+
+    def __init__(self, client: openai.AsyncOpenAI) -> None:
+        self._client = client
+        self._url = str(client.base_url).rstrip("/") + "/chat/completions"
+        headers = {name: value for name, value in client.default_headers.items() if isinstance(value, str)}
+        headers.update(client.auth_headers)
+        headers["X-Stainless-Async"] = "async:asyncio"
+        self._headers = headers  # sent with every request (the SDK's own, with the API key)
+        self._session: aiohttp.ClientSession | None = None
+
+    def _open(self) -> aiohttp.ClientSession:
+        if self._session is None:  # created lazily: aiohttp wants a running event loop
+            # No connection limit here: the pool's fair limiter bounds concurrency per provider.
+            self._session = aiohttp.ClientSession(headers=self._headers, connector=aiohttp.TCPConnector(limit=0))
+        return self._session
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def create(self, body: Mapping[str, Any], *, timeout: float, retries_taken: int = 0) -> Completion:
+        """One plain (non-streamed) completion; ``retries_taken`` is reported as the SDK does."""
+        async with self._post(body, aiohttp.ClientTimeout(total=timeout), retries_taken) as response:
+            data = await self._read(response)
+        try:
+            return Completion(parse_model(ChatCompletion, data), response.headers)
+        except ValueError as exc:
+            raise openai.APIResponseValidationError(
+                response=self._httpx_response(response, data), body=data, message=f"unreadable answer: {exc}"
+            ) from exc
+
+    @asynccontextmanager
+    async def stream(
+        self, body: Mapping[str, Any], *, timeout: float, retries_taken: int = 0
+    ) -> AsyncIterator[CompletionStream]:
+        """A streamed completion, through the SDK itself: its SSE decoder hands over every byte that
+        arrived before a connection broke (aiohttp drops its buffered tail then), so a cut answer keeps
+        all its text. Streaming costs a Discord edit per second anyway; the SDK's overhead is minor here."""
+        options = {
+            "headers": {"X-Stainless-Raw-Response": "true", "X-Stainless-Retry-Count": str(retries_taken)},
+            "security": {"bearer_auth": True},
+            "timeout": timeout,
+        }
+        raw = await self._client.post(
+            "/chat/completions",
+            body={**body, "stream": True, "stream_options": {"include_usage": True}},
+            cast_to=ChatCompletion,
+            options=options,  # type: ignore[arg-type]
+            stream=True,
+            stream_cls=openai.AsyncStream[ChatCompletionChunk],
+        )
+        chunks = raw.parse()
+        try:
+            yield CompletionStream(chunks, raw.headers)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await chunks.close()
+
+    @asynccontextmanager
+    async def _post(
+        self, body: Mapping[str, Any], timeout: aiohttp.ClientTimeout, retries_taken: int
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        headers = {"X-Stainless-Retry-Count": str(retries_taken)}
+        try:
+            async with self._open().post(self._url, json=body, headers=headers, timeout=timeout) as response:
+                yield response
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise self._connection_error(exc) from exc
+
+    async def _read(self, response: aiohttp.ClientResponse) -> bytes:
+        data = await response.read()
+        if response.status >= 400:
+            raise self._client._make_status_error_from_response(self._httpx_response(response, data))
+        return data
+
+    def _connection_error(self, exc: BaseException) -> openai.APIConnectionError:
+        if isinstance(exc, TimeoutError):  # aiohttp's timeouts are TimeoutError subclasses
+            return openai.APITimeoutError(request=self._request())
+        return openai.APIConnectionError(message=f"Connection error: {exc}", request=self._request())
+
+    def _request(self) -> httpx2.Request:
+        return httpx2.Request("POST", self._url)
+
+    def _httpx_response(self, response: aiohttp.ClientResponse, data: bytes) -> httpx2.Response:
+        """The response as the SDK's error classes expect it (only built on the error path)."""
+        return httpx2.Response(
+            response.status, headers=list(response.headers.items()), content=data, request=self._request()
+        )

@@ -1,0 +1,116 @@
+"""The pool's chat transport against the sandbox: the SDK's types and exception classes, over aiohttp."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator
+
+import openai
+import pytest
+from aiohttp import web
+from openai.types.chat import ChatCompletion
+
+from orchestrator.llm.transport import ChatTransport
+from orchestrator.sandbox.openai_server import Fault, OpenAISandbox
+
+BODY = {"model": "gpt-4o-mini", "messages": [{"role": "system", "content": "You are Ada."}, {"role": "user", "content": "hi"}]}
+
+
+@pytest.fixture
+async def sandbox() -> AsyncIterator[OpenAISandbox]:
+    async with OpenAISandbox(api_keys=["sk-good"]) as sb:
+        yield sb
+
+
+@pytest.fixture
+async def transport(sandbox: OpenAISandbox) -> AsyncIterator[ChatTransport]:
+    async with openai.AsyncOpenAI(base_url=sandbox.base_url, api_key="sk-good", max_retries=0) as client:
+        chat = ChatTransport(client)
+        yield chat
+        await chat.aclose()
+
+
+async def test_answer_is_the_sdks_type_and_sent_like_the_sdk(sandbox: OpenAISandbox, transport: ChatTransport) -> None:
+    answer = await transport.create(BODY, timeout=5, retries_taken=2)
+    assert isinstance(answer.completion, ChatCompletion)
+    assert answer.completion.choices[0].message.content == "[gpt-4o-mini] You are Ada. | T=- | turns=1 | hi"
+    assert answer.completion.usage is not None and answer.completion.usage.total_tokens > 0
+    assert answer.headers["Content-Type"].startswith("application/json")  # headers read case-insensitively
+    [request] = sandbox.chat_requests
+    assert request.api_key == "sk-good" and request.body == BODY
+    assert request.headers["user-agent"].startswith("AsyncOpenAI/Python")
+    assert request.headers["x-stainless-retry-count"] == "2"
+
+
+@pytest.mark.parametrize(
+    ("fault", "error"),
+    [
+        (Fault.rate_limited(retry_after=1.5), openai.RateLimitError),
+        (Fault.server_error(503), openai.InternalServerError),
+        (Fault.server_error(500), openai.InternalServerError),
+    ],
+)
+async def test_http_errors_are_the_sdks_classes(
+    sandbox: OpenAISandbox, transport: ChatTransport, fault: Fault, error: type[openai.APIStatusError]
+) -> None:
+    sandbox.inject(fault)
+    with pytest.raises(error) as raised:
+        await transport.create(BODY, timeout=5)
+    assert raised.value.status_code == fault.status
+    if fault.retry_after:
+        assert raised.value.response.headers["retry-after-ms"] == "1500"
+    assert "Error code:" in str(raised.value)
+
+
+async def test_refused_key_is_authentication_error(sandbox: OpenAISandbox) -> None:
+    async with openai.AsyncOpenAI(base_url=sandbox.base_url, api_key="sk-bad", max_retries=0) as client:
+        chat = ChatTransport(client)
+        with pytest.raises(openai.AuthenticationError) as raised:
+            await chat.create(BODY, timeout=5)
+        await chat.aclose()
+    assert "sk-bad" not in str(raised.value)
+
+
+async def test_timeout_and_refused_connection(sandbox: OpenAISandbox, transport: ChatTransport) -> None:
+    sandbox.inject(Fault.timeout(2))
+    with pytest.raises(openai.APITimeoutError):
+        await transport.create(BODY, timeout=0.2)
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    async with openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="k", max_retries=0) as client:
+        chat = ChatTransport(client)
+        with pytest.raises(openai.APIConnectionError) as raised:
+            await chat.create(BODY, timeout=2)
+        await chat.aclose()
+    assert not isinstance(raised.value, openai.APITimeoutError)
+
+
+async def test_malformed_answer_is_a_validation_error(sandbox: OpenAISandbox, transport: ChatTransport) -> None:
+    sandbox.inject(Fault.malformed_json())
+    with pytest.raises(openai.APIResponseValidationError):
+        await transport.create(BODY, timeout=5)
+
+
+async def test_answer_bending_the_schema_is_still_read() -> None:
+    """Some OpenAI-compatible servers omit fields the SDK's types require; the SDK reads them leniently, so do we."""
+
+    async def chat(request: web.Request) -> web.Response:
+        return web.json_response({"choices": [{"message": {"role": "assistant", "content": "lenient"}}]})
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        async with openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="k", max_retries=0) as client:
+            chat_transport = ChatTransport(client)
+            answer = await chat_transport.create(BODY, timeout=5)
+            await chat_transport.aclose()
+    finally:
+        await runner.cleanup()
+    assert isinstance(answer.completion, ChatCompletion)
+    assert answer.completion.choices[0].message.content == "lenient"
