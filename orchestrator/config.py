@@ -12,6 +12,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
@@ -60,6 +61,11 @@ class SamplingParams(_Model):
     top_p: float | None = Field(None, ge=0, le=1)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
     presence_penalty: float | None = Field(None, ge=-2, le=2)
+
+    @cached_property
+    def body(self) -> dict[str, float | int]:
+        """The parameters that are set, as request body fields (computed once per configuration)."""
+        return self.model_dump(exclude_none=True)
 
 
 class QuotaSettings(_Model):

@@ -27,8 +27,8 @@ import anyio
 import discord
 import yarl
 from anyio.abc import TaskGroup, TaskStatus
-from discord.ext import commands
 
+from .commands import parse_command
 from .config import BotSpec, DiscordSettings
 from .discord_text import clean_user_text, neutralize_mentions, split_message
 from .errors import BotFatalError, ProviderBadResponse, ProviderError
@@ -76,9 +76,12 @@ class Services:
     metrics: Metrics | None = None
 
 
+JobKind = Literal["chat", "reset", "reset_channel", "usage"]
+
+
 @dataclass(frozen=True)
 class Job:
-    kind: Literal["chat", "reset", "reset_channel", "usage"]
+    kind: JobKind
     message: discord.Message
     text: str = ""
     received: float = 0.0
@@ -137,8 +140,8 @@ class Mailbox:
         self.receive.close()
 
 
-class _Client(commands.Bot):
-    """``commands.Bot`` with a configurable pause before re-identifying."""
+class _Client(discord.Client):
+    """``discord.Client`` with a configurable pause before re-identifying."""
 
     reidentify_delay = 5.0
 
@@ -188,7 +191,6 @@ class PersonaBot:
     def update(self, spec: BotSpec) -> None:
         """Apply settings that need no reconnect (persona, model, parameters, quotas, prefix, access)."""
         self.spec = spec
-        self.client.command_prefix = spec.prefix
 
     def stop(self) -> None:
         """Stop taking new messages; queued and in-flight answers finish, then the client closes."""
@@ -254,10 +256,7 @@ class PersonaBot:
         intents.dm_messages = True
         intents.message_content = True
         client = _Client(
-            command_prefix=self.spec.prefix,
             intents=intents,
-            help_command=None,
-            case_insensitive=True,
             max_messages=None,
             chunk_guilds_at_startup=False,
             member_cache_flags=discord.MemberCacheFlags.none(),
@@ -273,23 +272,8 @@ class PersonaBot:
 
         # discord.py would build a full Message for every message in every channel the bot sees.
         client._connection.parsers["MESSAGE_CREATE"] = parse_if_addressed
-        # discord.py's Command wants a plain function whose first parameter is the context.
-        async def chat(ctx: commands.Context[Any], *, text: str = "") -> None:
-            await self._enqueue(Job("chat", ctx.message, text, time.monotonic()))
-
-        async def reset(ctx: commands.Context[Any], scope: str = "") -> None:
-            kind: Literal["reset", "reset_channel"] = "reset_channel" if scope.lower() == "channel" else "reset"
-            await self._enqueue(Job(kind, ctx.message, received=time.monotonic()))
-
-        async def usage(ctx: commands.Context[Any]) -> None:
-            await self._enqueue(Job("usage", ctx.message, received=time.monotonic()))
-
-        client.add_command(commands.Command(chat, name="chat", aliases=["ask"]))
-        client.add_command(commands.Command(reset, name="reset"))
-        client.add_command(commands.Command(usage, name="usage"))
         client.on_message = self._on_message  # type: ignore[method-assign]
         client.on_ready = self._on_ready  # type: ignore[method-assign]
-        client.on_command_error = self._on_command_error  # type: ignore[method-assign]
         client.on_error = self._on_error  # type: ignore[method-assign]
         return client
 
@@ -305,14 +289,6 @@ class PersonaBot:
     async def _on_error(self, event: str, *args: Any, **kwargs: Any) -> None:
         log.exception("bot %s: unhandled error in discord.py event %s", self.spec.name, event)
         report_exception(bot=self.spec.name, provider=self.spec.provider, model=self.spec.model)
-
-    async def _on_command_error(self, ctx: commands.Context[Any], error: commands.CommandError) -> None:
-        if isinstance(error, commands.CommandNotFound):
-            return
-        if isinstance(error, commands.UserInputError):
-            await self._reply(ctx.message, f"I could not read that command: {error}")
-            return
-        log.error("bot %s: command %s failed", self.spec.name, ctx.command, exc_info=error)
 
     def _addressed(self, data: dict[str, Any]) -> bool:
         """Cheap test on the raw gateway payload: could this message be for this bot at all?"""
@@ -350,11 +326,14 @@ class PersonaBot:
     async def _on_message(self, message: discord.Message) -> None:
         if not self._allowed(message):
             return
-        ctx = await self.client.get_context(message)
-        if ctx.valid:
-            await self.client.invoke(ctx)
+        command = parse_command(message.content, self.spec.prefix)
+        if command is not None:
+            kind: JobKind = command.name
+            if command.name == "reset" and command.argument.lower() == "channel":
+                kind = "reset_channel"
+            await self._enqueue(Job(kind, message, command.argument, time.monotonic()))
             return
-        if ctx.prefix is not None:
+        if message.content.startswith(self.spec.prefix):
             return  # someone else's command, or a typo: stay quiet
         me = self.client.user
         if me is None:

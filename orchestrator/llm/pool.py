@@ -255,7 +255,7 @@ class LLMPool:
         settings = state.spec.settings
         deadline = anyio.current_time() + settings.timeout
         kwargs: dict[str, Any] = {"model": call.model, "messages": call.messages}
-        kwargs.update(call.params.model_dump(exclude_none=True))
+        kwargs.update(call.params.body)
         attempt = 0
         state.in_flight += 1
         try:

@@ -105,12 +105,19 @@ class QuotaBook:
         self._requests: dict[tuple[str, str], _Window] = {}
         self._tokens: dict[tuple[str, str], _Window] = {}
         self._day = ""
+        self._day_span = (0.0, 0.0)  # wall-clock seconds [start, end) of self._day
         self._daily: dict[tuple[str, str], int] = {}
         self.rejections: dict[tuple[str, str, str], int] = {}  # (bot, scope, limit) → refused requests
         self.tokens_used: dict[tuple[str, str], int] = {}  # (bot, provider) → tokens the providers counted
 
     def _roll_day(self) -> None:
-        day = utc_day(self._wall())
+        now = self._wall()
+        start, end = self._day_span
+        if start <= now < end:
+            return  # the common case: no date formatting per request
+        day = utc_day(now)
+        until_midnight = _seconds_to_midnight(now)
+        self._day_span = (now + until_midnight - 86400, now + until_midnight)
         if day != self._day:
             self._day = day
             self._daily = dict(self._sink.load_daily_usage(day)) if self._sink else {}
