@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import gc
 
+import anyio
+import pytest
+
+from orchestrator.app import App
 from orchestrator.persona_bot import BUSY, EMPTY_ANSWER
 from orchestrator.sandbox.openai_server import Fault, default_reply
+from orchestrator.supervisor import BotState
 
-from .conftest import World
+from .conftest import FAST, World
 
 
 async def test_two_bots_answer_with_their_own_persona_model_and_parameters(world: World) -> None:
@@ -212,3 +218,26 @@ async def test_messages_for_nobody_are_dropped_before_discord_py_parses_them(wor
         assert hafez._addressed({**guild, "author": {"id": "6", "bot": True}, "content": "?chat from a bot"})
         [reply] = await world.chat("?chat still parsed when addressed")
     assert reply.author_id == world.bot_ids["hafez"]
+
+
+async def test_start_up_objects_leave_the_cyclic_gc_once_every_bot_has_started(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full GC over start-up objects paused the loop ~30 ms; they are frozen once the bots run."""
+    frozen = anyio.Event()
+    states_when_frozen: list[list[BotState]] = []
+    world.write([{"name": "sage"}, {"name": "hafez", "prefix": "?"}])
+    app = App(world.load(), options=FAST, handle_signals=False, watch=False)
+
+    def freeze() -> None:
+        assert app.supervisor is not None
+        states_when_frozen.append([child.state for child in app.supervisor.children.values()])
+        frozen.set()
+
+    monkeypatch.setattr(gc, "freeze", freeze)  # also leaves the test process's own GC as it is
+    async with anyio.create_task_group() as tg:
+        await tg.start(app.run)
+        with anyio.fail_after(10):
+            await frozen.wait()
+        app.request_stop()
+    assert states_when_frozen == [[BotState.RUNNING, BotState.RUNNING]]

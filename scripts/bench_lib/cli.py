@@ -24,10 +24,10 @@ from .runner import GUILD_READY_TIMEOUT, PYCACHE, ROOT, Children, guild_ready_ti
 from .scenarios import SCENARIOS, Bench
 
 FULL = {"messages": 200, "latency": 1.0, "duration": 10.0, "warmup": 5.0, "users": 100, "fleet": "10,50,100", "rate": 200.0,
-        "overhead_bots": "1,{bots}", "low_rate": 50.0,
+        "overhead_bots": "1,{bots}", "low_rate": 50.0, "capacity_rate": 650.0,
         "fairness_duration": 20.0}  # fmt: skip
 QUICK = {"messages": 50, "latency": 0.25, "duration": 2.0, "warmup": 1.0, "users": 20, "fleet": "2,6", "rate": 100.0,
-         "overhead_bots": "{bots}", "low_rate": 0.0,
+         "overhead_bots": "{bots}", "low_rate": 0.0, "capacity_rate": 650.0,
          "fairness_duration": 2.0}  # fmt: skip
 
 
@@ -45,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--latency", type=float, help="provider latency in the concurrency scenario, s (1; quick 0.25)")
     parser.add_argument("--rate", type=float, help="messages per second in the overhead scenario (200; quick 100)")
     parser.add_argument("--low-rate", type=float, help="a second, sustainable rate for the overhead scenario (50; quick 0 = off)")
+    parser.add_argument("--capacity-rate", type=float,
+                        help="the capacity run: one bot, orchestrator only, at this rate; the CPU target is judged there "
+                        "(650, the target's answers per second on one core; 0 = off)")  # fmt: skip
     parser.add_argument("--duration", type=float, help="measured seconds in the overhead scenario (10; quick 2)")
     parser.add_argument("--warmup", type=float, help="warm-up seconds before it (5; quick 1)")
     parser.add_argument("--users", type=int, help="users (conversations per bot) in the overhead scenario (100; quick 20)")
@@ -78,8 +81,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"unknown scenario(s) {sorted(unknown)}; choose from {','.join(SCENARIOS)}")
     if args.bots < 1 or args.messages < 1 or min(args.fleet, default=0) < 1 or min(args.overhead_bots, default=0) < 1:
         parser.error("--bots, --messages, --fleet and --overhead-bots sizes must be at least 1")
-    if args.rate <= 0 or args.duration <= 0 or args.latency < 0 or args.low_rate < 0:
-        parser.error("--rate and --duration must be positive, --latency and --low-rate not negative")
+    if args.rate <= 0 or args.duration <= 0 or min(args.latency, args.low_rate, args.capacity_rate) < 0:
+        parser.error("--rate and --duration must be positive, --latency, --low-rate and --capacity-rate not negative")
     args.chart = args.chart or args.output.with_suffix(".png")
     for parent in (args.output.parent, *args.output.parent.parents):
         if parent.exists():

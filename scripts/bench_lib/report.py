@@ -39,13 +39,22 @@ def targets(results: dict[str, Any], args: Any) -> list[dict[str, Any]]:
     add("concurrency wall <= 1.25 x L", _get(s, "concurrency", "orchestrator", "wall_over_latency"), 1.25, "max", "x L",
         "" if (_get(s, "concurrency", "params", "messages"), L) == (200, 1.0) else "sizes differ from the target's (200 msgs, L=1 s)")
     rate = _get(s, "overhead", "params", "rate_per_s")
-    for run in _get(s, "overhead", "runs") or []:
-        if run.get("rate_per_s", rate) != rate:
-            continue  # the low-rate runs are for information; the targets are judged at --rate
+    runs = _get(s, "overhead", "runs") or []
+    capacity = [run for run in runs if run.get("capacity")]
+    for run in capacity:  # the CPU target names its rate: 650 answers per second on one core
+        offered = run["rate_per_s"]
+        add(f"CPU per answered !chat <= 1.5 ms (1 bot, {offered:g} msg/s)", _get(run, "orchestrator", "cpu_ms_per_answer"),
+            1.5, "max", "ms", "" if offered >= 650 else "offered below the target's 650 answers/s")
+        add(f"answers/s at {offered:g} msg/s offered >= 650", _get(run, "orchestrator", "throughput_per_s"), 650 * 0.98,
+            "min", "/s", "within 2% of 650: the open-loop sender's own jitter")
+    for run in runs:
+        if run.get("capacity") or run.get("rate_per_s", rate) != rate:
+            continue  # the low-rate runs are for information; the latency targets are judged at --rate
         n = run["bots"]
         where = "1 bot" if n == 1 else f"{n} bots sharing a channel"
-        add(f"CPU per answered !chat <= 1.5 ms ({where})", _get(run, "orchestrator", "cpu_ms_per_answer"), 1.5, "max", "ms",
-            "" if rate == 200 else f"measured at {rate:g} msg/s")
+        if not capacity:
+            add(f"CPU per answered !chat <= 1.5 ms ({where})", _get(run, "orchestrator", "cpu_ms_per_answer"), 1.5, "max",
+                "ms", f"measured at {rate:g} msg/s, not at the target's 650")
         add(f"orchestrator-added latency p99 <= 5 ms ({where})",
             _get(run, "orchestrator", "added_latency_ms", "total", "p99"), 5.0, "max", "ms",
             "" if rate == 200 else f"measured at {rate:g} msg/s, target is at 200 msg/s")
@@ -102,7 +111,8 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, Any, Any]]:
                 r.append(("overhead", metric, _get(run, "orchestrator", *path), _get(run, "baseline", *path)))
 
             run_rate = run.get("rate_per_s", p.get("rate_per_s"))
-            pair(f"[{run['bots']} bot(s), {run_rate:g} msg/s x {p.get('duration_s'):g} s] answered", "answered")
+            kind = "capacity run: " if run.get("capacity") else ""
+            pair(f"[{kind}{run['bots']} bot(s), {run_rate:g} msg/s x {p.get('duration_s'):g} s] answered", "answered")
             pair("  throughput answers/s", "throughput_per_s")
             pair("  CPU ms per answered !chat", "cpu_ms_per_answer")
             pair("    of which user / system (kernel)", "cpu_user_ms_per_answer")
