@@ -16,7 +16,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
     "--quick", "--bots", "2", "--messages", "10", "--fleet", "1,2", "--rate", "50", "--duration", "1",
-    "--warmup", "0.5", "--users", "5", "--fairness-duration", "1.5", "--no-chart",
+    "--warmup", "0.5", "--users", "5", "--fairness-duration", "1.5", "--capacity-rate", "60", "--no-chart",
 ]  # fmt: skip
 
 
@@ -50,8 +50,10 @@ def test_bench_quick_produces_every_scenario_with_sane_numbers(tmp_path: Path) -
         assert figures["replies"].get("answer") == 10, figures["replies"]
     assert positive(concurrency["baseline_over_orchestrator_wall"])
 
-    [run_2_bots] = scenarios["overhead"]["runs"]
-    assert run_2_bots["bots"] == 2
+    [run_2_bots, capacity] = scenarios["overhead"]["runs"]
+    assert run_2_bots["bots"] == 2 and not run_2_bots.get("capacity")
+    assert capacity["capacity"] and capacity["bots"] == 1 and capacity["rate_per_s"] == 60 and "baseline" not in capacity
+    assert positive(capacity["orchestrator"]["cpu_ms_per_answer"]) and positive(capacity["orchestrator"]["throughput_per_s"])
     for side in ("orchestrator", "baseline"):
         figures = run_2_bots[side]
         assert figures["answered"] > 0 and positive(figures["throughput_per_s"])
