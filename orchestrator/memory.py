@@ -2,8 +2,9 @@
 
 The bots only see :class:`ConversationStore`; another database can implement it later.
 :class:`SQLiteStore` keeps one connection in WAL mode. Recent histories are cached in a bounded
-LRU so a warm conversation costs no database read. It also persists daily token usage for
-:class:`~orchestrator.llm.quota.QuotaBook`.
+LRU so a warm conversation costs no database read, and a set of the conversations that have any
+turns (as hashes, one small int each) spares new conversations the read too. It also persists
+daily token usage for :class:`~orchestrator.llm.quota.QuotaBook`.
 
 Writes are behind and grouped: ``append_exchange`` (called *after* the answer was delivered) and
 ``add_daily_usage`` only update memory on the event loop; a writer thread commits everything
@@ -146,6 +147,11 @@ class SQLiteStore:
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA busy_timeout=2000")
             self._db.executescript(_SCHEMA)
+            # Which conversations have turns at all, as hashes: a new conversation (the first message of
+            # every user) then costs no thread hand-off and no query. A collision only costs a query.
+            self._known = {
+                hash(ConversationKey(*row)) for row in self._db.execute("SELECT DISTINCT bot, channel, user FROM turns")
+            }
         self._writer = threading.Thread(target=self._write_behind, name="sqlite-writer", daemon=True)
         self._writer.start()
 
@@ -252,7 +258,7 @@ class SQLiteStore:
     async def history(self, key: ConversationKey, limit: int) -> list[Turn]:
         cached = self._cache.get(key)
         if cached is None:
-            cached = await self._run(self._load, key, self._max_cached_turns)
+            cached = await self._run(self._load, key, self._max_cached_turns) if hash(key) in self._known else []
             self._remember(key, cached)
         else:
             self._cache.move_to_end(key)
@@ -284,6 +290,7 @@ class SQLiteStore:
         if cached is not None:
             cached.extend((Turn("user", question), Turn("assistant", answer)))
             del cached[: -self._max_cached_turns]
+        self._known.add(hash(key))
         self._enqueue(lambda: self._pending.append(_Exchange(key, question, answer, time.time())))
 
     def _enqueue(self, add: Callable[[], None]) -> None:

@@ -7,6 +7,7 @@ import logging
 import sqlite3
 import time
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -267,3 +268,29 @@ async def test_appends_never_hand_work_to_a_thread(tmp_path: Path, monkeypatch: 
         assert [t.content for t in await store.history(key, 10)] == ["q0", "a0", "q1", "a1", "q2", "a2"]
     store.close()
     assert turns_on_disk(db) == [*exchange(key, "q0", "a0"), *exchange(key, "q1", "a1"), *exchange(key, "q2", "a2")]
+
+
+async def test_a_new_conversation_costs_no_read_and_a_known_one_is_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = tmp_path / "m.sqlite3"
+    store = SQLiteStore(db)
+    old = ConversationKey("sage", 1, 2)
+    await store.append_exchange(old, "q", "a")
+    store.close()
+
+    store = SQLiteStore(db)  # a restart: nothing cached
+    reads: list[object] = []
+    real_run_sync = anyio.to_thread.run_sync
+
+    async def counting_run_sync(fn: Any, *args: Any, **kwargs: Any) -> Any:
+        reads.append(fn)
+        return await real_run_sync(fn, *args, **kwargs)
+
+    monkeypatch.setattr(anyio.to_thread, "run_sync", counting_run_sync)
+    assert await store.history(ConversationKey("sage", 1, 3), 10) == []  # a new user
+    assert await store.history(ConversationKey("hafez", 1, 2), 10) == []  # another bot, same user
+    assert reads == [], "new conversations were looked up in the database"
+    assert [t.content for t in await store.history(old, 10)] == ["q", "a"]
+    assert len(reads) == 1
+    store.close()
