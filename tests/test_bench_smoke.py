@@ -42,13 +42,22 @@ def test_bench_quick_produces_every_scenario_with_sane_numbers(tmp_path: Path) -
         assert name in scenarios and "error" not in scenarios[name], (name, scenarios.get(name))
 
     concurrency = scenarios["concurrency"]
-    for side in ("orchestrator", "baseline"):
-        figures = concurrency[side]
-        assert positive(figures["wall_s"]) and positive(figures["wall_over_latency"])
-        assert positive(figures["answer_latency_ms"]["p50"])
-        assert figures["answer_latency_ms"]["p99"] >= figures["answer_latency_ms"]["p50"]
-        assert figures["replies"].get("answer") == 10, figures["replies"]
-    assert positive(concurrency["baseline_over_orchestrator_wall"])
+    assert list(concurrency["params"]["topologies"]) == ["shared", "separate"]
+    # "shared" stays where it always was; "separate" (each bot in a guild of its own) is beside it.
+    for topology, where in (("shared", concurrency), ("separate", concurrency["separate"])):
+        for side in ("orchestrator", "baseline"):
+            figures = where[side]
+            assert figures["topology"] == topology
+            assert positive(figures["wall_s"]) and positive(figures["wall_over_latency"])
+            assert positive(figures["answer_latency_ms"]["p50"])
+            assert figures["answer_latency_ms"]["p99"] >= figures["answer_latency_ms"]["p50"]
+            assert figures["replies"].get("answer") == 10, (topology, side, figures["replies"])
+            assert positive(figures["cpu_ms_per_chat"])
+            assert finite(figures["inbound_ms"]["p99"]) and finite(figures["outbound_ms"]["p99"])
+        assert positive(where["baseline_over_orchestrator_wall"])
+    # The fan-out: with 2 bots in one channel each bot gets every message and reply; alone, only its own.
+    assert concurrency["orchestrator"]["message_events_per_chat"] > concurrency["separate"]["orchestrator"]["message_events_per_chat"]
+    assert "[shared channel:" in run.stdout and "[own guild each:" in run.stdout
 
     [run_2_bots, capacity] = scenarios["overhead"]["runs"]
     assert run_2_bots["bots"] == 2 and not run_2_bots.get("capacity")
@@ -85,4 +94,7 @@ def test_bench_quick_produces_every_scenario_with_sane_numbers(tmp_path: Path) -
 
     targets = results["targets"]
     assert len(targets) >= 7 and all("passed" in target and "limit" in target for target in targets)
+    names = [target["target"] for target in targets]
+    assert "concurrency wall <= 1.25 x L (2 bots sharing a channel)" in names
+    assert "concurrency wall <= 1.25 x L (2 bots, own guild each)" in names
     assert any(target["passed"] is not None for target in targets)

@@ -128,6 +128,48 @@ async def test_two_bots_reach_ready_and_see_the_guild_and_each_other(sandbox: Di
     assert sandbox.identify_count == {TOKEN_A: 1, TOKEN_B: 1}
 
 
+async def test_bot_restricted_to_one_guild_does_not_see_another(sandbox: DiscordSandbox) -> None:
+    alpha, beta = make_bot(), make_bot()
+    guild_a, channel_a = sandbox.guild_id, sandbox.channel_id
+    alpha_id = sandbox.add_bot(TOKEN_A, "alpha", guilds=[guild_a])
+    beta_id = sandbox.add_bot(TOKEN_B, "beta")  # unrestricted: also a member of guilds added later
+    guild_b = sandbox.add_guild("Other")
+    channel_b = sandbox.add_channel("elsewhere", guild_b)
+    alpha_inbox, beta_inbox = Inbox(alpha), Inbox(beta)
+    async with running(sandbox, (alpha, TOKEN_A), (beta, TOKEN_B)):
+        assert [guild.id for guild in alpha.guilds] == [guild_a]
+        assert alpha.get_guild(guild_b) is None and alpha.get_channel(channel_b) is None
+        assert sorted(guild.id for guild in beta.guilds) == sorted([guild_a, guild_b])
+        seen_by_beta = beta.get_guild(guild_b)
+        assert seen_by_beta is not None and seen_by_beta.member_count == 2  # alice and beta, not alpha
+        assert isinstance(beta.get_channel(channel_b), discord.TextChannel)
+
+        await sandbox.post("in guild B", channel_id=channel_b)
+        await sandbox.post("in guild A", channel_id=channel_a)
+        # Alpha's events arrive in order on one socket: once it has A's message, B's would have come.
+        await alpha_inbox.next(lambda m: m.content == "in guild A")
+        from_b = await beta_inbox.next(lambda m: m.content == "in guild B")
+        await beta_inbox.next(lambda m: m.content == "in guild A")
+        assert from_b.guild is not None and from_b.guild.id == guild_b
+        assert [m.content for m in alpha_inbox.messages] == ["in guild A"]
+
+        with pytest.raises(discord.Forbidden) as forbidden:
+            await alpha.get_partial_messageable(channel_b).send("not my guild")
+        sent_by_beta = await beta.get_partial_messageable(channel_b).send("my guild too")
+    assert (forbidden.value.status, forbidden.value.code) == (403, 50001)
+    assert forbidden.value.text == "Missing Access"
+    assert sandbox.sent_by(alpha_id) == []
+    assert [m.id for m in sandbox.sent_by(beta_id)] == [sent_by_beta.id]
+    assert statuses(sandbox, "POST", f"/channels/{channel_b}/messages") == [403, 200]
+
+
+def test_add_bot_rejects_unknown_guilds() -> None:
+    sandbox = DiscordSandbox()
+    with pytest.raises(KeyError):
+        sandbox.add_bot(TOKEN_A, "alpha", guilds=[12345])
+    assert sandbox.add_bot(TOKEN_A, "alpha", guilds=[]) > 0  # a member of no guild at all
+
+
 async def test_ping_command_is_answered_with_a_reply_while_typing(sandbox: DiscordSandbox) -> None:
     bot = make_bot()
     bot_id = sandbox.add_bot(TOKEN_A, "alpha")

@@ -6,9 +6,12 @@ One aiohttp application serves the REST API under ``/api/v10`` and the websocket
     discord.http.Route.BASE = sandbox.api_url
     discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(sandbox.gateway_url)
 
-The sandbox holds guilds, channels, roles and users (humans and bots); every user is a member of
-every guild. Humans speak through :meth:`DiscordSandbox.post`; what bots send through REST is
-recorded in :attr:`DiscordSandbox.sent`. Gateway frames are plain JSON text, whatever compression
+The sandbox holds guilds, channels, roles and users (humans and bots). Humans, and bots registered
+without ``guilds``, are members of every guild (also of guilds added later); a bot registered with
+``add_bot(..., guilds=[...])`` is a member of those guilds only: its READY and GUILD_CREATEs list only
+them, it receives no events from other guilds' channels, and its REST requests to those channels
+get 403 (code 50001, "Missing Access"), as on Discord. Humans speak through
+:meth:`DiscordSandbox.post`; what bots send through REST is recorded in :attr:`DiscordSandbox.sent`. Gateway frames are plain JSON text, whatever compression
 the client asked for. Message events reach a session only with the GUILD_MESSAGES (guild) or
 DIRECT_MESSAGES (DM) intent; without MESSAGE_CONTENT, guild messages arrive with empty content
 unless they mention the bot or are its own, as on Discord. Events dispatched while a session is
@@ -113,6 +116,10 @@ class _User:
     name: str
     bot: bool
     roles: set[int]
+    guilds: frozenset[int] | None = None  # the guilds it is a member of; None: every guild
+
+    def member_of(self, guild_id: int) -> bool:
+        return self.guilds is None or guild_id in self.guilds
 
     def payload(self) -> JSONDict:
         return {
@@ -302,11 +309,21 @@ class DiscordSandbox:
 
     # ----------------------------------------------------------------- world building
 
-    def add_bot(self, token: str, name: str) -> int:
-        """Register a bot user that logs in with ``token``; returns its user id."""
+    def add_bot(self, token: str, name: str, *, guilds: Sequence[int] | None = None) -> int:
+        """Register a bot user that logs in with ``token``; returns its user id.
+
+        With ``guilds=None`` the bot is a member of every guild, including guilds added later;
+        with a list of guild ids it is a member of those guilds only (one persona per community).
+        """
         if token in self._bot_tokens:
             raise ValueError("token already registered")
+        if guilds is not None:
+            unknown = set(guilds) - self._guilds.keys()
+            if unknown:
+                raise KeyError(f"unknown guild ids {sorted(unknown)}")
         user_id = self._add_user(name, bot=True, roles=())
+        if guilds is not None:
+            self._users[user_id].guilds = frozenset(guilds)
         self._bot_tokens[token] = user_id
         return user_id
 
@@ -322,7 +339,9 @@ class DiscordSandbox:
         return self._add_user(name, bot=bot, roles=roles)
 
     def add_guild(self, name: str) -> int:
-        """Add a guild with its @everyone role; sessions see it from their next IDENTIFY."""
+        """Add a guild with its @everyone role; returns its id.
+
+        Humans and unrestricted bots are members; sessions see it from their next IDENTIFY."""
         guild_id = self._next_id()
         self._guilds[guild_id] = _Guild(guild_id, name, owner_id=self.default_user_id)
         self._roles[guild_id] = _Role(guild_id, guild_id, "@everyone", 0, EVERYONE_PERMISSIONS)
@@ -503,7 +522,9 @@ class DiscordSandbox:
         }
 
     def _guild_create(self, guild: _Guild, viewer_id: int) -> JSONDict:
-        members = [self._member(user, guild.id, with_user=True) for user in self._users.values()]
+        members = [
+            self._member(user, guild.id, with_user=True) for user in self._users.values() if user.member_of(guild.id)
+        ]
         return {
             "id": str(guild.id),
             "name": guild.name,
@@ -691,10 +712,11 @@ class DiscordSandbox:
             return None
         session = GatewaySession(token, user_id, uuid.uuid4().hex, int(data.get("intents", 0)), ws=ws)
         self.sessions[token] = session
+        guilds = [guild for guild in self._guilds.values() if self._users[user_id].member_of(guild.id)]
         ready: JSONDict = {
             "v": 10,
             "user": {**self._users[user_id].payload(), "verified": True, "mfa_enabled": False, "flags": 0},
-            "guilds": [{"id": str(guild_id), "unavailable": True} for guild_id in self._guilds],
+            "guilds": [{"id": str(guild.id), "unavailable": True} for guild in guilds],
             "session_id": session.session_id,
             "session_type": "normal",
             "resume_gateway_url": self.gateway_url,
@@ -706,7 +728,7 @@ class DiscordSandbox:
             ready["shard"] = data["shard"]
         async with session.lock:
             await self._send_dispatch(session, "READY", ready)
-            for guild in self._guilds.values():
+            for guild in guilds:
                 await self._send_dispatch(session, "GUILD_CREATE", self._guild_create(guild, user_id))
             session.ready = True
         await self._notify()
@@ -737,12 +759,15 @@ class DiscordSandbox:
         await session.ws.send_str(json.dumps({"op": _DISPATCH, "t": event, "s": session.seq, "d": data}))
 
     async def _broadcast(self, event: str, channel: _Channel, build: Callable[[GatewaySession], JSONDict]) -> None:
-        """Dispatch ``event`` to every ready session that can see ``channel`` (and has the intent)."""
+        """Dispatch ``event`` to every ready session that can see ``channel`` (and has the intent):
+        for a DM its bot recipient, for a guild channel every bot that is a member of the guild."""
         needed = DIRECT_MESSAGES if channel.type == _DM else GUILD_MESSAGES
         for session in list(self.sessions.values()):
             if not session.ready or not session.intents & needed:
                 continue
             if channel.type == _DM and session.user_id not in channel.recipients:
+                continue
+            if channel.guild_id is not None and not self._users[session.user_id].member_of(channel.guild_id):
                 continue
             async with session.lock:
                 try:
@@ -843,11 +868,14 @@ class DiscordSandbox:
         return _json(body, 429, headers)
 
     def _channel(self, request: web.Request) -> _Channel:
-        """The route's channel, if the requesting bot can see it."""
+        """The route's channel, if the requesting bot can see it (a DM it is in, or its guild's channel)."""
         channel = self._channels.get(int(request.match_info["channel_id"]))
         if channel is None:
             raise _ApiError(404, 10003, "Unknown Channel")
-        if channel.type == _DM and request[_BOT_USER].id not in channel.recipients:
+        bot = request[_BOT_USER]
+        if channel.type == _DM and bot.id not in channel.recipients:
+            raise _ApiError(403, 50001, "Missing Access")
+        if channel.guild_id is not None and not bot.member_of(channel.guild_id):
             raise _ApiError(403, 50001, "Missing Access")
         return channel
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from . import procfs, report
 from .runner import GUILD_READY_TIMEOUT, PYCACHE, ROOT, Children, guild_ready_timeout_in_config, warm_bytecode_cache
-from .scenarios import SCENARIOS, Bench
+from .scenarios import SCENARIOS, TOPOLOGIES, Bench
 
 FULL = {"messages": 200, "latency": 1.0, "duration": 10.0, "warmup": 5.0, "users": 100, "fleet": "10,50,100", "rate": 200.0,
         "overhead_bots": "1,{bots}", "low_rate": 50.0, "capacity_rate": 650.0,
@@ -43,6 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--bots", type=int, default=10, help="bots in the concurrency/overhead scenarios (10)")
     parser.add_argument("--messages", type=int, help="simultaneous !chat in the concurrency scenario (200; quick 50)")
     parser.add_argument("--latency", type=float, help="provider latency in the concurrency scenario, s (1; quick 0.25)")
+    parser.add_argument("--topology", default=",".join(TOPOLOGIES),
+                        help="where the concurrency scenario's bots live, a comma-separated subset of: shared (all in one "
+                        "channel, every bot receives every message), separate (each bot in a guild of its own) "
+                        f"(default {','.join(TOPOLOGIES)}: both, side by side)")  # fmt: skip
     parser.add_argument("--rate", type=float, help="messages per second in the overhead scenario (200; quick 100)")
     parser.add_argument("--low-rate", type=float, help="a second, sustainable rate for the overhead scenario (50; quick 0 = off)")
     parser.add_argument("--capacity-rate", type=float,
@@ -79,6 +83,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     unknown = set(args.scenarios) - set(SCENARIOS)
     if unknown:
         parser.error(f"unknown scenario(s) {sorted(unknown)}; choose from {','.join(SCENARIOS)}")
+    chosen = {name.strip() for name in args.topology.split(",") if name.strip()}
+    if not chosen or chosen - set(TOPOLOGIES):
+        parser.error(f"--topology takes a comma-separated subset of {','.join(TOPOLOGIES)}, got {args.topology!r}")
+    args.topology = [name for name in TOPOLOGIES if name in chosen]  # always shared first, then separate
     if args.bots < 1 or args.messages < 1 or min(args.fleet, default=0) < 1 or min(args.overhead_bots, default=0) < 1:
         parser.error("--bots, --messages, --fleet and --overhead-bots sizes must be at least 1")
     if args.rate <= 0 or args.duration <= 0 or min(args.latency, args.low_rate, args.capacity_rate) < 0:

@@ -1,4 +1,9 @@
-"""The project's targets, the table printed on stdout, and the PNG chart."""
+"""The project's targets, the table printed on stdout, and the PNG chart.
+
+The concurrency scenario is reported once per topology it measured: "shared channel" (all bots in
+one channel; its figures are at ``scenarios.concurrency.{orchestrator,baseline}``) and "own guild
+each" (``scenarios.concurrency.separate.{orchestrator,baseline}``), each with its own target line.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +21,18 @@ def _get(data: dict[str, Any], *path: str | int) -> Any:
         except (KeyError, IndexError, TypeError):
             return None
     return data
+
+
+TOPOLOGY_LABELS = {"shared": "shared channel", "separate": "own guild each"}
+
+
+def concurrency_runs(s: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(topology, figures) for each topology the concurrency scenario measured, shared first."""
+    c = s.get("concurrency")
+    if not isinstance(c, dict):
+        return []
+    found = [("shared", c), ("separate", c.get("separate"))]
+    return [(name, figures) for name, figures in found if isinstance(figures, dict) and "orchestrator" in figures]
 
 
 def _ok(value: Any) -> bool:
@@ -36,8 +53,12 @@ def targets(results: dict[str, Any], args: Any) -> list[dict[str, Any]]:
                     "passed": passed, "note": note})  # fmt: skip
 
     L = _get(s, "concurrency", "params", "latency_s")
-    add("concurrency wall <= 1.25 x L", _get(s, "concurrency", "orchestrator", "wall_over_latency"), 1.25, "max", "x L",
-        "" if (_get(s, "concurrency", "params", "messages"), L) == (200, 1.0) else "sizes differ from the target's (200 msgs, L=1 s)")
+    sizes = "" if (_get(s, "concurrency", "params", "messages"), L) == (200, 1.0) else "sizes differ from the target's (200 msgs, L=1 s)"
+    B = _get(s, "concurrency", "params", "bots")
+    where = {"shared": f"{B} bots sharing a channel", "separate": f"{B} bots, own guild each"}
+    for topology, figures in concurrency_runs(s) or [("", {})]:
+        name = f"concurrency wall <= 1.25 x L ({where[topology]})" if topology else "concurrency wall <= 1.25 x L"
+        add(name, _get(figures, "orchestrator", "wall_over_latency"), 1.25, "max", "x L", sizes)
     rate = _get(s, "overhead", "params", "rate_per_s")
     runs = _get(s, "overhead", "runs") or []
     capacity = [run for run in runs if run.get("capacity")]
@@ -93,17 +114,23 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, Any, Any]]:
     def both(scenario: str, metric: str, *path: str) -> None:
         r.append((scenario, metric, _get(s, scenario, "orchestrator", *path), _get(s, scenario, "baseline", *path)))
 
-    if "concurrency" in s:
+    for topology, figures in concurrency_runs(s):
         p = s["concurrency"].get("params", {})
         label = f"{p.get('bots')} bots, {p.get('messages')} msgs, L={p.get('latency_s')} s"
-        both("concurrency", f"wall s ({label})", "wall_s")
-        both("concurrency", "wall / L", "wall_over_latency")
-        both("concurrency", "answer latency p50 ms", "answer_latency_ms", "p50")
-        both("concurrency", "answer latency p99 ms", "answer_latency_ms", "p99")
-        both("concurrency", "  inbound p99 ms (msg -> provider)", "inbound_ms", "p99")
-        both("concurrency", "  outbound p99 ms (provider -> send)", "outbound_ms", "p99")
-        both("concurrency", "sandbox time to post the burst s", "sandbox_posting_s")
-        both("concurrency", "other processes' cores used (noise)", "other_processes_cores_used")
+
+        def side(metric: str, *path: str) -> None:
+            r.append(("concurrency", metric, _get(figures, "orchestrator", *path), _get(figures, "baseline", *path)))
+
+        side(f"[{TOPOLOGY_LABELS[topology]}: {label}] wall s", "wall_s")
+        side("  wall / L", "wall_over_latency")
+        side("  answer latency p50 ms", "answer_latency_ms", "p50")
+        side("  answer latency p99 ms", "answer_latency_ms", "p99")
+        side("    inbound p99 ms (msg -> provider)", "inbound_ms", "p99")
+        side("    outbound p99 ms (provider -> send)", "outbound_ms", "p99")
+        side("  CPU ms per !chat (all bots' processes)", "cpu_ms_per_chat")
+        side("  gateway MESSAGE_CREATEs per !chat", "message_events_per_chat")
+        side("  sandbox time to post the burst s", "sandbox_posting_s")
+        side("  other processes' cores used (noise)", "other_processes_cores_used")
     if "overhead" in s:
         p = s["overhead"].get("params", {})
         for run in s["overhead"].get("runs") or []:

@@ -12,7 +12,14 @@ machine), taken at these points:
 * ``reply``: a bot's POST /channels/{id}/messages reached the REST handler;
 * ``ready``: READY and every GUILD_CREATE were written to a session (first IDENTIFY per token).
 
+``stats`` also counts the MESSAGE_CREATE frames written to bots (``message_events``): the gateway
+fan-out, which depends on how many bots share a channel.
+
 Commands: ``setup``, ``set``, ``wait_ready``, ``load``, ``stats``, ``quit`` (see ``Helper``).
+
+``setup`` takes a ``topology``: ``"shared"`` (every bot a member of the one default guild, users post
+to its channel, so every bot receives every message and reply) or ``"separate"`` (each bot alone in
+a guild of its own with its own channel, and users post each message to its target bot's channel).
 """
 
 from __future__ import annotations
@@ -44,6 +51,7 @@ class BenchDiscord(DiscordSandbox):
         self.replies: dict[int, list[tuple[float, str]]] = {}  # referenced message id -> (time, content)
         self.awaiting: set[int] = set()
         self.progress = asyncio.Event()
+        self.message_events = 0  # MESSAGE_CREATE frames written to any bot (humans' and bots' messages)
 
     async def _identify(self, ws: web.WebSocketResponse, data: dict[str, Any]) -> GatewaySession | None:
         session = await super()._identify(ws, data)
@@ -53,8 +61,10 @@ class BenchDiscord(DiscordSandbox):
 
     async def _send_dispatch(self, session: GatewaySession, event: str, data: dict[str, Any]) -> None:
         await super()._send_dispatch(session, event, data)
-        if event == "MESSAGE_CREATE" and not data.get("author", {}).get("bot"):
-            self.dispatched[(session.token, int(data["id"]))] = time.monotonic()
+        if event == "MESSAGE_CREATE":
+            self.message_events += 1
+            if not data.get("author", {}).get("bot"):
+                self.dispatched[(session.token, int(data["id"]))] = time.monotonic()
 
     async def _create_message(self, request: web.Request) -> web.Response:
         arrived = time.monotonic()
@@ -111,6 +121,7 @@ class Helper:
         self.openai: BenchOpenAI | None = None
         self.user_ids: list[int] = []
         self.bot_ids: dict[str, int] = {}
+        self.bot_channels: dict[str, int] = {}  # token -> the channel its messages are posted to (separate)
 
     async def setup(
         self,
@@ -119,13 +130,26 @@ class Helper:
         latency: float = 0.0,
         rate_limit_per_minute: int | None = None,
         api_key: str = "sk-bench",
+        topology: str = "shared",
     ) -> dict[str, Any]:
-        """Start both servers, register ``bots`` ([token, name]) and ``users`` humans."""
+        """Start both servers, register ``bots`` ([token, name]) and ``users`` humans.
+
+        ``topology="shared"``: every bot is in the default guild and channel. ``"separate"``: each
+        bot gets a guild of its own (``<name>-community``) with one channel, and is a member of it only.
+        """
+        if topology not in ("shared", "separate"):
+            raise ValueError(f"unknown topology {topology!r}")
         self.discord = BenchDiscord()
         await self.discord.start()
         self.openai = BenchOpenAI(api_keys=[api_key], latency=latency, rate_limit_per_minute=rate_limit_per_minute)
         await self.openai.start()
-        self.bot_ids = {token: self.discord.add_bot(token, name) for token, name in bots}
+        if topology == "shared":
+            self.bot_ids = {token: self.discord.add_bot(token, name) for token, name in bots}
+        else:
+            for token, name in bots:
+                guild_id = self.discord.add_guild(f"{name}-community")
+                self.bot_channels[token] = self.discord.add_channel("general", guild_id)
+                self.bot_ids[token] = self.discord.add_bot(token, name, guilds=[guild_id])
         self.user_ids = [self.discord.add_user(f"user{i}") for i in range(users)]
         return {
             "api_url": self.discord.api_url,
@@ -135,6 +159,8 @@ class Helper:
             "channel_id": self.discord.channel_id,
             "bot_ids": self.bot_ids,
             "user_ids": self.user_ids,
+            "topology": topology,
+            "bot_channels": self.bot_channels,
         }
 
     async def set(self, latency: float | None = None, rate_limit_per_minute: int | None = None) -> dict[str, Any]:
@@ -161,7 +187,8 @@ class Helper:
     ) -> dict[str, Any]:
         """Post ``messages`` ({content, user, target}) open-loop at ``rate`` per second (None: at once),
         then wait (at most ``timeout`` s in all) until each got a reply, plus ``linger`` s for late
-        follow-ups. ``target`` is the token of the bot the message is for (for its dispatch time)."""
+        follow-ups. ``target`` is the token of the bot the message is for (for its dispatch time, and in
+        the separate topology for the channel: its bot's own)."""
         discord, openai = self.discord, self.openai
         assert discord is not None and openai is not None
         first_log = len(openai.log)
@@ -175,7 +202,8 @@ class Helper:
                 if delay > 0:
                     await asyncio.sleep(delay)
             before = time.monotonic()
-            message = await discord.post(spec["content"], author_id=self.user_ids[spec["user"]])
+            channel_id = self.bot_channels.get(spec["target"])  # None: the default channel
+            message = await discord.post(spec["content"], author_id=self.user_ids[spec["user"]], channel_id=channel_id)
             after = time.monotonic()
             message_id = int(message["id"])
             posted.append((message_id, before, after))
@@ -228,6 +256,7 @@ class Helper:
             "typing": len(self.discord.typing),
             "sent": len(self.discord.sent),
             "identify": dict(self.discord.identify_count),
+            "message_events": self.discord.message_events,
         }
 
     async def close(self) -> None:

@@ -2,9 +2,12 @@
 fresh sandbox process, and returns plain JSON-able figures (times in seconds or milliseconds as named).
 
 Every message is ``<prefix>chat #m<tag> ...`` for one bot (each bot has its own prefix ``b<i>!``,
-so all bots share #general and each message is for exactly one of them); the tag links the
+so all bots can share #general and each message is for exactly one of them); the tag links the
 Discord message, the provider request and the reply. Message ``k`` goes to bot ``k % B`` from
 user ``(k // B) % U``, so consecutive messages belong to different conversations.
+
+All bots share one channel of one guild, except in the concurrency scenario's "separate" topology
+(``--topology``), where each bot is alone in a guild of its own and users post to its channel.
 """
 
 from __future__ import annotations
@@ -319,54 +322,92 @@ async def warm_up(world: World, bots: list[BotDef], users: int, first_tag: int) 
     await world.chat(messages, rate=None, timeout=30 + len(bots) * 0.5)
 
 
+TOPOLOGIES = {
+    "shared": "shared channel: all bots in one channel of one guild, so every bot receives every message and reply "
+              "(about 2 x B gateway events per answered !chat)",
+    "separate": "own guild each: every bot alone in a guild of its own with its own channel, users post to the "
+                "bot's channel (about 2 gateway events per answered !chat)",
+}  # fmt: skip
+
+
 async def concurrency(bench: Bench) -> dict[str, Any]:
+    """B bots, K simultaneous !chat, provider latency L; once per topology in --topology.
+
+    "shared" puts all bots in one channel (several bots in one community); "separate" gives each bot
+    a guild and channel of its own (one persona per community, the common case). The shared figures
+    stay at ``orchestrator`` / ``baseline`` (as before topologies existed), the separate ones are at
+    ``separate.orchestrator`` / ``separate.baseline``."""
     args = bench.args
     B, K, L = args.bots, args.messages, args.latency
     users = max(20, math.ceil(K / B))
     bots = make_bots(B)
+    topologies = list(getattr(args, "topology", None) or TOPOLOGIES)
     limits = {"max_concurrency": max(16, K), "concurrency": max(4, math.ceil(K / B)), "mailbox_size": max(32, 2 * math.ceil(K / B))}
     result: dict[str, Any] = {
-        "params": {"bots": B, "messages": K, "latency_s": L, "users": users, "orchestrator_limits": limits},
-    }
-    for side in SIDES:
-        bench.say(f"concurrency: {side}, {B} bots, {K} simultaneous !chat, provider latency {L} s")
-        async with World(bench, "concurrency", side, bots, users) as world:
-            await world.launch(
-                provider={"max_concurrency": limits["max_concurrency"], "timeout": 60 + K / B * L},
-                defaults={"concurrency": limits["concurrency"], "mailbox_size": limits["mailbox_size"],
-                          "user_quota": {"requests_per_minute": 1000}},
-            )  # fmt: skip
-            await world.ready(timeout=60 + 2 * B)
-            await warm_up(world, bots, users, first_tag=1_000_000)
-            await world.set_provider(latency=L)
-            messages = chat_messages(bots, K, users)
-            profiler = await start_profiler(bench, world, 2 * L + 2, "concurrency") if side == "orchestrator" else None
-            noise = NoiseMeter(world)
-            load = await world.chat(messages, rate=None, timeout=30 + 2 * K / B * L)
-            other_cores = noise.cores()
-            if profiler is not None:
-                await finish_profiler(bench, profiler)
-            items = exchanges(load, messages, bots)
-            replies = [x.reply for x in items if x.reply is not None]
-            wall = max(replies) - min(x.post for x in items) if replies else None
-            stats = await world.sandbox.call("stats")  # type: ignore[union-attr]
-            answered = [x for x in items if x.kind == "answer"]
-            provider_in = [x.provider_in for x in answered if x.provider_in is not None]
-            result[side] = {
-                "wall_s": wall,
-                "wall_over_latency": wall / L if wall is not None and L else None,
-                "answer_latency_ms": summary_ms([x.e2e for x in answered if x.e2e is not None]),
-                "inbound_ms": summary_ms([x.inbound for x in answered if x.inbound is not None]),
-                "outbound_ms": summary_ms([x.outbound for x in answered if x.outbound is not None]),
-                "sandbox_posting_s": load["posting_done"] - load["start"],
-                "provider_requests_spread_s": max(provider_in) - min(provider_in) if provider_in else None,
-                "other_processes_cores_used": other_cores,
-                "replies": kinds(items),
-                "provider_max_in_flight": stats["provider_max_in_flight"],
-            }
-    o, b = result["orchestrator"], result["baseline"]
-    result["baseline_over_orchestrator_wall"] = b["wall_s"] / o["wall_s"] if o["wall_s"] and b["wall_s"] else None
+        "params": {"bots": B, "messages": K, "latency_s": L, "users": users, "orchestrator_limits": limits,
+                   "topologies": {name: TOPOLOGIES[name] for name in topologies}},
+    }  # fmt: skip
+    for topology in topologies:
+        figures: dict[str, Any] = {}
+        for side in SIDES:
+            figures[side] = await _concurrency_side(bench, topology, side, bots, users, limits)
+        o, b = figures["orchestrator"], figures["baseline"]
+        figures["baseline_over_orchestrator_wall"] = b["wall_s"] / o["wall_s"] if o["wall_s"] and b["wall_s"] else None
+        if topology == "shared":
+            result.update(figures)
+        else:
+            result[topology] = figures
     return result
+
+
+async def _concurrency_side(
+    bench: Bench, topology: str, side: str, bots: list[BotDef], users: int, limits: dict[str, int]
+) -> dict[str, Any]:
+    args = bench.args
+    B, K, L = len(bots), args.messages, args.latency
+    where = "sharing one channel" if topology == "shared" else "each in its own guild"
+    bench.say(f"concurrency: {side}, {B} bots {where}, {K} simultaneous !chat, provider latency {L} s")
+    label = "concurrency" if topology == "shared" else f"concurrency-{topology}"
+    async with World(bench, label, side, bots, users, topology=topology) as world:
+        await world.launch(
+            provider={"max_concurrency": limits["max_concurrency"], "timeout": 60 + K / B * L},
+            defaults={"concurrency": limits["concurrency"], "mailbox_size": limits["mailbox_size"],
+                      "user_quota": {"requests_per_minute": 1000}},
+        )  # fmt: skip
+        await world.ready(timeout=60 + 2 * B)
+        await warm_up(world, bots, users, first_tag=1_000_000)
+        await world.set_provider(latency=L)
+        messages = chat_messages(bots, K, users)
+        profiler = await start_profiler(bench, world, 2 * L + 2, label) if side == "orchestrator" else None
+        before = await world.sandbox.call("stats")  # type: ignore[union-attr]
+        noise = NoiseMeter(world)
+        cpu0 = world.cpu()
+        load = await world.chat(messages, rate=None, timeout=30 + 2 * K / B * L)
+        cpu1 = world.cpu()
+        other_cores = noise.cores()
+        if profiler is not None:
+            await finish_profiler(bench, profiler)
+        stats = await world.sandbox.call("stats")  # type: ignore[union-attr]
+    items = exchanges(load, messages, bots)
+    replies = [x.reply for x in items if x.reply is not None]
+    wall = max(replies) - min(x.post for x in items) if replies else None
+    answered = [x for x in items if x.kind == "answer"]
+    provider_in = [x.provider_in for x in answered if x.provider_in is not None]
+    return {
+        "topology": topology,
+        "wall_s": wall,
+        "wall_over_latency": wall / L if wall is not None and L else None,
+        "answer_latency_ms": summary_ms([x.e2e for x in answered if x.e2e is not None]),
+        "inbound_ms": summary_ms([x.inbound for x in answered if x.inbound is not None]),
+        "outbound_ms": summary_ms([x.outbound for x in answered if x.outbound is not None]),
+        "cpu_ms_per_chat": (cpu1[0] + cpu1[1] - cpu0[0] - cpu0[1]) / K * 1000,
+        "message_events_per_chat": (stats["message_events"] - before["message_events"]) / K,
+        "sandbox_posting_s": load["posting_done"] - load["start"],
+        "provider_requests_spread_s": max(provider_in) - min(provider_in) if provider_in else None,
+        "other_processes_cores_used": other_cores,
+        "replies": kinds(items),
+        "provider_max_in_flight": stats["provider_max_in_flight"],
+    }
 
 
 async def overhead(bench: Bench) -> dict[str, Any]:
