@@ -55,6 +55,9 @@ def test_bench_quick_produces_every_scenario_with_sane_numbers(tmp_path: Path) -
             assert positive(figures["cpu_ms_per_chat"])
             assert finite(figures["inbound_ms"]["p99"]) and finite(figures["outbound_ms"]["p99"])
         assert positive(where["baseline_over_orchestrator_wall"])
+        repeat = where["orchestrator"]["repeat_burst"]
+        assert repeat["replies"].get("answer") == 10 and positive(repeat["wall_over_latency"])
+        assert where["baseline"]["repeat_burst"] is None
     # The fan-out: with 2 bots in one channel each bot gets every message and reply; alone, only its own.
     assert concurrency["orchestrator"]["message_events_per_chat"] > concurrency["separate"]["orchestrator"]["message_events_per_chat"]
     assert "[shared channel:" in run.stdout and "[own guild each:" in run.stdout

@@ -131,6 +131,8 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, Any, Any]]:
         side("  gateway MESSAGE_CREATEs per !chat", "message_events_per_chat")
         side("  sandbox time to post the burst s", "sandbox_posting_s")
         side("  other processes' cores used (noise)", "other_processes_cores_used")
+        side("  repeat burst, connections pooled: wall / L", "repeat_burst", "wall_over_latency")
+        side("    its CPU ms per !chat", "repeat_burst", "cpu_ms_per_chat")
     if "overhead" in s:
         p = s["overhead"].get("params", {})
         for run in s["overhead"].get("runs") or []:
