@@ -2,7 +2,8 @@
 
 For each call the pool: checks the bot's and user's quotas (no provider call when over), waits
 for a fair share of the provider's concurrency, respects a provider-wide pause when the
-provider said it is near its rate limit, sends the request, and retries 429/5xx/timeouts with
+provider said it is near its rate limit, sends the request (through the provider's
+:class:`~orchestrator.llm.transport.ChatTransport`), and retries 429/5xx/timeouts with
 backoff + jitter honouring ``retry-after`` within one total deadline. The pool is the only retry
 owner (the SDK's ``max_retries`` is 0). A circuit breaker per provider fails fast while the
 provider is down. Every openai exception is translated to a :mod:`orchestrator.errors` class.
@@ -263,7 +264,9 @@ class LLMPool:
                 while True:
                     self.stats.requests += 1
                     try:
-                        answer = await self._attempt(state, call, kwargs, deadline, attempt, open_stream if stream else None)
+                        answer = await self._attempt(
+                            state, call, kwargs, deadline, attempt, open_stream if stream else None
+                        )
                         break
                     except ProviderError as error:
                         by_provider = (call.provider, type(error).__name__)

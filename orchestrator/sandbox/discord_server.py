@@ -8,14 +8,14 @@ One aiohttp application serves the REST API under ``/api/v10`` and the websocket
 
 The sandbox holds guilds, channels, roles and users (humans and bots). Humans, and bots registered
 without ``guilds``, are members of every guild (also of guilds added later); a bot registered with
-``add_bot(..., guilds=[...])`` is a member of those guilds only: its READY and GUILD_CREATEs list only
-them, it receives no events from other guilds' channels, and its REST requests to those channels
-get 403 (code 50001, "Missing Access"), as on Discord. Humans speak through
-:meth:`DiscordSandbox.post`; what bots send through REST is recorded in :attr:`DiscordSandbox.sent`. Gateway frames are plain JSON text, whatever compression
-the client asked for. Message events reach a session only with the GUILD_MESSAGES (guild) or
-DIRECT_MESSAGES (DM) intent; without MESSAGE_CONTENT, guild messages arrive with empty content
-unless they mention the bot or are its own, as on Discord. Events dispatched while a session is
-disconnected are not replayed on RESUME.
+``add_bot(..., guilds=[...])`` is a member of those guilds only: its READY and GUILD_CREATEs list
+only them, it receives no events from other guilds' channels, and its REST requests to those
+channels get 403 (code 50001, "Missing Access"), as on Discord. Humans speak through
+:meth:`DiscordSandbox.post`; what bots send through REST is recorded in :attr:`DiscordSandbox.sent`.
+Gateway frames are plain JSON text, whatever compression the client asked for. Message events reach
+a session only with the GUILD_MESSAGES (guild) or DIRECT_MESSAGES (DM) intent; without
+MESSAGE_CONTENT, guild messages arrive with empty content unless they mention the bot or are its
+own, as on Discord. Events dispatched while a session is disconnected are not replayed on RESUME.
 
 A small control API (``POST /_sandbox/messages``, ``GET /_sandbox/sent``) lets another process
 drive a sandbox started with the command line: ``python -m orchestrator.sandbox.discord_server``.
