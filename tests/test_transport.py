@@ -42,6 +42,22 @@ async def test_answer_is_the_sdks_type_and_sent_like_the_sdk(sandbox: OpenAISand
     assert request.headers["x-stainless-retry-count"] == "2"
 
 
+async def test_proxy_settings_from_the_environment_are_honoured_like_the_sdk(
+    sandbox: OpenAISandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The SDK's httpx client follows HTTP(S)_PROXY; so must the transport that replaced its request path."""
+    for name in ("HTTP_PROXY", "http_proxy"):
+        monkeypatch.setenv(name, "http://127.0.0.1:9")  # nothing listens there
+    for name in ("NO_PROXY", "no_proxy"):  # the lower-case spelling wins where both are set
+        monkeypatch.setenv(name, "")
+    async with openai.AsyncOpenAI(base_url=sandbox.base_url, api_key="sk-good", max_retries=0) as client:
+        chat = ChatTransport(client)
+        with pytest.raises(openai.APIConnectionError):
+            await chat.create(BODY, timeout=5)  # went to the (dead) proxy, not straight to the sandbox
+        await chat.aclose()
+    assert sandbox.chat_requests == []
+
+
 @pytest.mark.parametrize(
     ("fault", "error"),
     [

@@ -63,7 +63,10 @@ class ChatTransport:
     def _open(self) -> aiohttp.ClientSession:
         if self._session is None:  # created lazily: aiohttp wants a running event loop
             # No connection limit here: the pool's fair limiter bounds concurrency per provider.
-            self._session = aiohttp.ClientSession(headers=self._headers, connector=aiohttp.TCPConnector(limit=0))
+            # trust_env: HTTPS_PROXY/NO_PROXY and .netrc are honoured, as the SDK's httpx client does.
+            self._session = aiohttp.ClientSession(
+                headers=self._headers, connector=aiohttp.TCPConnector(limit=0), trust_env=True
+            )
         return self._session
 
     async def aclose(self) -> None:
