@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import AsyncIterator
+from typing import Any
 
 import openai
 import pytest
@@ -108,25 +109,45 @@ async def test_malformed_answer_is_a_validation_error(sandbox: OpenAISandbox, tr
         await transport.create(BODY, timeout=5)
 
 
-async def test_answer_bending_the_schema_is_still_read() -> None:
-    """Some OpenAI-compatible servers omit fields the SDK's types require; the SDK reads them leniently, so do we."""
+async def serve_chat(answer: object) -> tuple[web.AppRunner, int]:
+    """A bare OpenAI-compatible server that answers every chat request with ``answer`` (JSON)."""
 
     async def chat(request: web.Request) -> web.Response:
-        return web.json_response({"choices": [{"message": {"role": "assistant", "content": "lenient"}}]})
+        return web.json_response(answer)
 
     app = web.Application()
     app.router.add_post("/v1/chat/completions", chat)
     runner = web.AppRunner(app)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
-        async with openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="k", max_retries=0) as client:
-            chat_transport = ChatTransport(client)
-            answer = await chat_transport.create(BODY, timeout=5)
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    return runner, runner.addresses[0][1]
+
+
+async def ask(port: int) -> Any:
+    async with openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="k", max_retries=0) as client:
+        chat_transport = ChatTransport(client)
+        try:
+            return await chat_transport.create(BODY, timeout=5)
+        finally:
             await chat_transport.aclose()
+
+
+async def test_answer_bending_the_schema_is_still_read() -> None:
+    """Some OpenAI-compatible servers omit fields the SDK's types require; the SDK reads them leniently, so do we."""
+    runner, port = await serve_chat({"choices": [{"message": {"role": "assistant", "content": "lenient"}}]})
+    try:
+        answer = await ask(port)
     finally:
         await runner.cleanup()
     assert isinstance(answer.completion, ChatCompletion)
     assert answer.completion.choices[0].message.content == "lenient"
+
+
+@pytest.mark.parametrize("answer", [[1, 2], "just a string", None])
+async def test_json_that_is_not_an_answer_is_a_validation_error(answer: object) -> None:
+    runner, port = await serve_chat(answer)
+    try:
+        with pytest.raises(openai.APIResponseValidationError):
+            await ask(port)
+    finally:
+        await runner.cleanup()

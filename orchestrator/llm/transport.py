@@ -45,7 +45,7 @@ def parse_model(model: type[_Model], data: bytes | str) -> _Model:
     try:
         return model.model_validate_json(data)
     except pydantic.ValidationError:
-        return model.construct(**json.loads(data))  # raises ValueError on broken JSON
+        return model.construct(**json.loads(data))  # ValueError: broken JSON; TypeError: not an object
 
 
 class ChatTransport:
@@ -79,7 +79,7 @@ class ChatTransport:
             data = await self._read(response)
         try:
             return Completion(parse_model(ChatCompletion, data), response.headers)
-        except ValueError as exc:
+        except (ValueError, TypeError) as exc:
             raise openai.APIResponseValidationError(
                 response=self._httpx_response(response, data), body=data, message=f"unreadable answer: {exc}"
             ) from exc
