@@ -23,6 +23,8 @@ import anyio
 import httpx2
 import openai
 import pydantic
+import yarl
+from aiohttp.helpers import get_env_proxy_for_url
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 _Model = TypeVar("_Model", ChatCompletion, ChatCompletionChunk)
@@ -62,10 +64,15 @@ class ChatTransport:
 
     def _open(self) -> aiohttp.ClientSession:
         if self._session is None:  # created lazily: aiohttp wants a running event loop
+            # HTTP(S)_PROXY / NO_PROXY are honoured as the SDK's httpx client does, read once here:
+            # aiohttp's trust_env reads them (and ~/.netrc) on every request, ~1 ms of CPU each.
+            try:
+                proxy, proxy_auth = get_env_proxy_for_url(yarl.URL(self._url))
+            except LookupError:
+                proxy, proxy_auth = None, None
             # No connection limit here: the pool's fair limiter bounds concurrency per provider.
-            # trust_env: HTTPS_PROXY/NO_PROXY and .netrc are honoured, as the SDK's httpx client does.
             self._session = aiohttp.ClientSession(
-                headers=self._headers, connector=aiohttp.TCPConnector(limit=0), trust_env=True
+                headers=self._headers, connector=aiohttp.TCPConnector(limit=0), proxy=proxy, proxy_auth=proxy_auth
             )
         return self._session
 
