@@ -60,10 +60,14 @@ class ProviderError(OrchestratorError):
 
     user_message = "Something went wrong while asking the model. Please try again."
 
-    def __init__(self, provider: str, detail: str, *, retry_after: float | None = None) -> None:
+    def __init__(
+        self, provider: str, detail: str, *, retry_after: float | None = None, retryable: bool | None = None
+    ) -> None:
+        """``retryable``: the provider's own verdict (``x-should-retry``); None leaves it to the error's kind."""
         self.provider = provider
         self.detail = detail
         self.retry_after = retry_after
+        self.retryable = retryable
         super().__init__(f"provider {provider!r}: {detail}")
 
 

@@ -270,3 +270,24 @@ async def test_a_probe_answered_with_429_closes_the_circuit(world: World) -> Non
         [after] = await world.chat("!chat after")
     assert "busy" in probe.content, "the probe reached the provider, which answered 429"
     assert after.content.endswith("| after"), "a provider that answers is up: the circuit closed"
+
+
+@pytest.mark.fault
+@pytest.mark.parametrize(
+    ("fault", "requests", "answered"),
+    [
+        (Fault(status=503, headers={"x-should-retry": "false"}), 1, False),  # retryable kind, provider says no
+        (Fault(status=400, headers={"x-should-retry": "true"}), 2, True),  # not retryable kind, provider says yes
+        (Fault(status=409), 2, True),  # a lock timeout: the SDK retries it, so do we
+    ],
+    ids=["5xx-should-retry-false", "400-should-retry-true", "409-retried"],
+)
+async def test_the_providers_x_should_retry_verdict_is_obeyed(
+    world: World, fault: Fault, requests: int, answered: bool
+) -> None:
+    world.write([{"name": "sage"}], providers=provider(world, max_retries=2))
+    world.openai.inject(fault)
+    async with world.running():
+        [reply] = await world.chat("!chat hi")
+    assert len(world.openai.chat_requests) == requests
+    assert reply.content.endswith("| hi") is answered

@@ -77,6 +77,7 @@ def estimate_tokens(text: str) -> int:
     return (len(text.encode("utf-8")) + 3) // 4 + 4
 
 
+_SHOULD_RETRY = {"true": True, "false": False}
 _DURATION = re.compile(r"(?P<value>\d+(?:\.\d+)?)(?P<unit>ms|s|m|h)")
 _UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
@@ -289,7 +290,10 @@ class LLMPool:
                 await state.close()
 
     def _retry_delay(self, error: ProviderError, attempt: int, max_retries: int, deadline: float) -> float | None:
-        if not isinstance(error, (ProviderBusy, ProviderTimeout)) or attempt >= max_retries:
+        retryable = error.retryable
+        if retryable is None:  # the provider gave no verdict: retry what is transient
+            retryable = isinstance(error, (ProviderBusy, ProviderTimeout))
+        if not retryable or attempt >= max_retries:
             return None
         backoff = min(8.0, 0.5 * 2**attempt) * self._random.uniform(0.5, 1.0)
         delay = error.retry_after if error.retry_after is not None else backoff
@@ -378,13 +382,17 @@ class LLMPool:
                 state.spec.settings.api_key_env or "its api_key_env",
             )
             return ProviderAuthError(name, f"API key refused (HTTP {exc.status_code})")
+        if not isinstance(exc, openai.APIStatusError):
+            return ProviderBadResponse(name, f"{type(exc).__name__}: {exc}")
+        headers = exc.response.headers
+        retry_after = retry_after_from(headers)
+        retryable = _SHOULD_RETRY.get(headers.get("x-should-retry", ""))  # the SDK obeys it too
         if isinstance(exc, openai.RateLimitError):
-            retry_after = retry_after_from(exc.response.headers)
             if retry_after:
                 state.paused_until = max(state.paused_until, time.monotonic() + retry_after)
-            return ProviderBusy(name, "rate limited (429)", retry_after=retry_after)
-        if isinstance(exc, openai.APIStatusError) and exc.status_code >= 500:
-            return ProviderBusy(name, f"server error 5xx ({exc.status_code})", retry_after=retry_after_from(exc.response.headers))
-        if isinstance(exc, openai.APIStatusError):
-            return ProviderBadResponse(name, f"HTTP {exc.status_code}: {exc.message}")
-        return ProviderBadResponse(name, f"{type(exc).__name__}: {exc}")
+            return ProviderBusy(name, "rate limited (429)", retry_after=retry_after, retryable=retryable)
+        if exc.status_code >= 500 or exc.status_code in (408, 409):  # server errors, request and lock timeouts
+            return ProviderBusy(
+                name, f"HTTP {exc.status_code} from the provider", retry_after=retry_after, retryable=retryable
+            )
+        return ProviderBadResponse(name, f"HTTP {exc.status_code}: {exc.message}", retryable=retryable)
