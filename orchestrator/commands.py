@@ -2,8 +2,8 @@
 [channel]`` and ``<prefix>usage``. Command names are case-insensitive; the prefix is each bot's own.
 
 A chat bot needs three fixed commands, so they are read here rather than by discord.py's
-``ext.commands``, whose context objects, converters and command events cost about a fifth of the
-CPU of a whole answer (``scripts/bench --profile``).
+``ext.commands``, whose context objects, converters (``isinstance`` against typing Protocols) and
+command events cost about 8% of the CPU of a whole answer (``scripts/bench --profile``).
 """
 
 from __future__ import annotations

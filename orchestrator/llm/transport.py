@@ -16,7 +16,7 @@ import json
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import aiohttp
 import anyio
@@ -26,9 +26,6 @@ import pydantic
 import yarl
 from aiohttp.helpers import get_env_proxy_for_url
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
-
-_Model = TypeVar("_Model", ChatCompletion, ChatCompletionChunk)
-
 
 @dataclass(frozen=True)
 class Completion:
@@ -42,12 +39,12 @@ class CompletionStream:
     headers: Mapping[str, str]
 
 
-def parse_model(model: type[_Model], data: bytes | str) -> _Model:
+def parse_completion(data: bytes) -> ChatCompletion:
     """Validate fast; fall back to the SDK's lenient construction for servers that bend the schema."""
     try:
-        return model.model_validate_json(data)
+        return ChatCompletion.model_validate_json(data)
     except pydantic.ValidationError:
-        return model.construct(**json.loads(data))  # ValueError: broken JSON; TypeError: not an object
+        return ChatCompletion.construct(**json.loads(data))  # ValueError: broken JSON; TypeError: not an object
 
 
 class ChatTransport:
@@ -85,7 +82,7 @@ class ChatTransport:
         async with self._post(body, aiohttp.ClientTimeout(total=timeout), retries_taken) as response:
             data = await self._read(response)
         try:
-            return Completion(parse_model(ChatCompletion, data), response.headers)
+            return Completion(parse_completion(data), response.headers)
         except (ValueError, TypeError) as exc:
             raise openai.APIResponseValidationError(
                 response=self._httpx_response(response, data), body=data, message=f"unreadable answer: {exc}"
