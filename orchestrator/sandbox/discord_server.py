@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import functools
 import json
 import math
 import re
@@ -203,6 +204,7 @@ def _now_iso() -> str:
     return datetime.now(timezone.utc).isoformat()
 
 
+@functools.lru_cache(maxsize=4096)
 def _snowflake_iso(snowflake: int) -> str:
     """The creation time encoded in a snowflake, as ISO 8601."""
     return datetime.fromtimestamp(((snowflake >> 22) + _DISCORD_EPOCH_MS) / 1000, timezone.utc).isoformat()
@@ -417,7 +419,7 @@ class DiscordSandbox:
             attachments=[self._attachment(channel.id, spec) for spec in attachments],
             sticker_items=[{"id": str(self._next_id()), "name": "sandbox", "format_type": 1}] if sticker else [],
         )
-        await self._broadcast("MESSAGE_CREATE", channel, lambda session: self._gateway_message(session, message))
+        await self._broadcast("MESSAGE_CREATE", channel, self._gateway_message(message))
         return message
 
     def sent_by(self, bot_user_id: int) -> list[SentMessage]:
@@ -627,8 +629,10 @@ class DiscordSandbox:
         self._messages[message_id] = message
         return message
 
-    def _gateway_message(self, session: GatewaySession, message: JSONDict) -> JSONDict:
-        """A message as this session's MESSAGE_CREATE/UPDATE carries it (members, content intent)."""
+    def _gateway_message(self, message: JSONDict) -> Callable[[GatewaySession], JSONDict]:
+        """A message as each session's MESSAGE_CREATE/UPDATE carries it (members, content intent).
+
+        The members are looked up once; sessions without the content intent share one hidden copy."""
         event = dict(message)
         if "guild_id" in message:
             guild_id = int(message["guild_id"])
@@ -638,15 +642,20 @@ class DiscordSandbox:
                 {**user, "member": self._member(self._users[int(user["id"])], guild_id, with_user=False)}
                 for user in message["mentions"]
             ]
-        content_visible = (
-            session.intents & MESSAGE_CONTENT
-            or "guild_id" not in message
-            or int(message["author"]["id"]) == session.user_id
-            or any(int(user["id"]) == session.user_id for user in message["mentions"])
-        )
-        if not content_visible:
-            event.update(content="", embeds=[], attachments=[], components=[])
-        return event
+        hidden = {**event, "content": "", "embeds": [], "attachments": [], "components": []}
+        author_id = int(message["author"]["id"])
+        mentioned = {int(user["id"]) for user in message["mentions"]}
+
+        def for_session(session: GatewaySession) -> JSONDict:
+            content_visible = (
+                session.intents & MESSAGE_CONTENT
+                or "guild_id" not in message
+                or session.user_id == author_id
+                or session.user_id in mentioned
+            )
+            return event if content_visible else hidden
+
+        return for_session
 
     def _bot_mentions(
         self, content: str, allowed: JSONDict | None, reference: JSONDict | None
@@ -751,17 +760,26 @@ class DiscordSandbox:
         await self._notify()
         return session
 
-    async def _send_dispatch(self, session: GatewaySession, event: str, data: JSONDict) -> None:
-        """Send one dispatch on the session's socket; the caller holds ``session.lock``."""
+    async def _send_dispatch(
+        self, session: GatewaySession, event: str, data: JSONDict, encoded: str | None = None
+    ) -> None:
+        """Send one dispatch on the session's socket; the caller holds ``session.lock``.
+
+        ``encoded`` is ``json.dumps(data)`` when the caller already has it (one encoding per broadcast)."""
         if session.ws is None:
             return
         session.seq += 1
-        await session.ws.send_str(json.dumps({"op": _DISPATCH, "t": event, "s": session.seq, "d": data}))
+        if encoded is None:
+            encoded = json.dumps(data)
+        await session.ws.send_str(f'{{"op":{_DISPATCH},"t":"{event}","s":{session.seq},"d":{encoded}}}')
 
     async def _broadcast(self, event: str, channel: _Channel, build: Callable[[GatewaySession], JSONDict]) -> None:
         """Dispatch ``event`` to every ready session that can see ``channel`` (and has the intent):
-        for a DM its bot recipient, for a guild channel every bot that is a member of the guild."""
+        for a DM its bot recipient, for a guild channel every bot that is a member of the guild.
+
+        Each distinct payload ``build`` returns is encoded once, as Discord fans one event out."""
         needed = DIRECT_MESSAGES if channel.type == _DM else GUILD_MESSAGES
+        encoded: dict[int, tuple[JSONDict, str]] = {}  # id(payload) -> (payload, its JSON)
         for session in list(self.sessions.values()):
             if not session.ready or not session.intents & needed:
                 continue
@@ -769,9 +787,12 @@ class DiscordSandbox:
                 continue
             if channel.guild_id is not None and not self._users[session.user_id].member_of(channel.guild_id):
                 continue
+            data = build(session)
+            if id(data) not in encoded:
+                encoded[id(data)] = (data, json.dumps(data))
             async with session.lock:
                 try:
-                    await self._send_dispatch(session, event, build(session))
+                    await self._send_dispatch(session, event, data, encoded[id(data)][1])
                 except ConnectionResetError:
                     pass  # disconnected meanwhile: the event is lost (no replay)
 
@@ -996,7 +1017,7 @@ class DiscordSandbox:
                 payload=payload,
             )
         )
-        await self._broadcast("MESSAGE_CREATE", channel, lambda session: self._gateway_message(session, message))
+        await self._broadcast("MESSAGE_CREATE", channel, self._gateway_message(message))
         await self._notify()
         return _json(message)
 
@@ -1020,7 +1041,7 @@ class DiscordSandbox:
         if sent is not None:
             sent.edits.append(content)
             sent.content = content
-        await self._broadcast("MESSAGE_UPDATE", channel, lambda session: self._gateway_message(session, message))
+        await self._broadcast("MESSAGE_UPDATE", channel, self._gateway_message(message))
         await self._notify()
         return _json(message)
 

@@ -62,8 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", type=Path, default=ROOT / "results" / "bench.json", help="JSON results file")
     parser.add_argument("--chart", type=Path, help="PNG chart (default: beside --output)")
     parser.add_argument("--no-chart", action="store_true")
-    parser.add_argument("--profile", action="store_true",
-                        help="py-spy the orchestrator during the overhead window (raw stacks into the results folder)")  # fmt: skip
+    parser.add_argument("--profile", nargs="?", const="orchestrator", choices=("orchestrator", "sandbox"),
+                        help="py-spy the orchestrator (or, with --profile sandbox, the sandbox process) during each "
+                             "measured window (raw stacks into the results folder)")  # fmt: skip
     return parser
 
 

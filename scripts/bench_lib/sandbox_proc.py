@@ -59,8 +59,10 @@ class BenchDiscord(DiscordSandbox):
             self.ready_at.setdefault(session.token, time.monotonic())
         return session
 
-    async def _send_dispatch(self, session: GatewaySession, event: str, data: dict[str, Any]) -> None:
-        await super()._send_dispatch(session, event, data)
+    async def _send_dispatch(
+        self, session: GatewaySession, event: str, data: dict[str, Any], encoded: str | None = None
+    ) -> None:
+        await super()._send_dispatch(session, event, data, encoded)
         if event == "MESSAGE_CREATE":
             self.message_events += 1
             if not data.get("author", {}).get("bot"):

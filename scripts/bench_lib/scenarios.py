@@ -426,6 +426,7 @@ def _burst_figures(
         "inbound_ms": summary_ms([x.inbound for x in answered if x.inbound is not None]),
         "outbound_ms": summary_ms([x.outbound for x in answered if x.outbound is not None]),
         "cpu_ms_per_chat": (sum(cpu_after) - sum(cpu_before)) / K * 1000,
+        "sandbox_cpu_ms_per_chat": load["sandbox_cpu"] / K * 1000,
         "provider_requests_spread_s": max(provider_in) - min(provider_in) if provider_in else None,
         "replies": kinds(items),
     }
@@ -562,7 +563,8 @@ def _cpu(pids: list[int]) -> float:
 async def start_profiler(
     bench: Bench, world: World, duration: float, label: str, settle: float = 0.3
 ) -> dict[str, Any] | None:
-    """With --profile: py-spy (raw collapsed stacks, active samples only) on the orchestrator for ``duration`` s."""
+    """With --profile: py-spy (raw collapsed stacks, active samples only) on the orchestrator, or the sandbox
+    process with ``--profile sandbox``, for ``duration`` s."""
     if not bench.args.profile:
         return None
     py_spy = str(Path(sys.executable).parent / "py-spy")
@@ -571,9 +573,11 @@ async def start_profiler(
     if not Path(py_spy).exists():
         bench.say("--profile: py-spy is not installed (pip install py-spy); not profiling")
         return None
-    output = bench.results_dir / f"profile-{label}.txt"
+    assert world.sandbox is not None
+    target = world.sandbox.proc.pid if bench.args.profile == "sandbox" else world.pids[0]
+    output = bench.results_dir / f"profile-{label}{'-sandbox' if bench.args.profile == 'sandbox' else ''}.txt"
     proc = await bench.children.spawn(
-        py_spy, "record", "--pid", str(world.pids[0]), "--duration", str(math.ceil(duration)), "--rate", "250",
+        py_spy, "record", "--pid", str(target), "--duration", str(math.ceil(duration)), "--rate", "250",
         "--format", "raw", "--nonblocking", "--output", str(output),
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
     )  # fmt: skip
