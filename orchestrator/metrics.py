@@ -14,6 +14,7 @@ Every :class:`Metrics` has its own registry: two apps in one process (tests) nev
     orchestrator_answers_total{bot}                     answers delivered
     orchestrator_busy_total{bot}                        messages refused because the mailbox was full
     orchestrator_handler_errors_total{bot}              unexpected errors while handling a message
+    orchestrator_gateway_events_dropped_total{bot}      messages for other bots dropped before decoding
     orchestrator_answer_latency_seconds{bot}            histogram: message received → answer delivered
     orchestrator_provider_requests_total                requests sent to providers (retries included)
     orchestrator_provider_retries_total                 retries after 429 / 5xx / timeouts
@@ -114,6 +115,10 @@ class _LiveCollector(Collector):
             ),
             "errors": CounterMetricFamily(
                 "orchestrator_handler_errors", "Unexpected errors while handling a message.", labels=["bot"]
+            ),
+            "dropped": CounterMetricFamily(
+                "orchestrator_gateway_events_dropped",
+                "Gateway messages that could not concern the bot, dropped before decoding.", labels=["bot"],
             ),
         }
         now = time.monotonic()

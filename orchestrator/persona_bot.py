@@ -28,6 +28,7 @@ import discord
 import yarl
 from anyio.abc import TaskGroup, TaskStatus
 
+from . import gateway_filter
 from .commands import parse_command
 from .config import BotSpec, DiscordSettings
 from .discord_text import clean_user_text, neutralize_mentions, split_message
@@ -93,6 +94,7 @@ class BotCounters:
     answered: int = 0
     busy: int = 0
     errors: int = 0
+    dropped: int = 0  # gateway MESSAGE_CREATEs for others, dropped undecoded (gateway_filter.py)
 
 
 class Mailbox:
@@ -272,6 +274,7 @@ class PersonaBot:
 
         # discord.py would build a full Message for every message in every channel the bot sees.
         client._connection.parsers["MESSAGE_CREATE"] = parse_if_addressed
+        gateway_filter.install(client, lambda: self.spec.prefix, self._count_dropped)  # ... and decode it
         client.on_message = self._on_message  # type: ignore[method-assign]
         client.on_ready = self._on_ready  # type: ignore[method-assign]
         client.on_error = self._on_error  # type: ignore[method-assign]
@@ -289,6 +292,9 @@ class PersonaBot:
     async def _on_error(self, event: str, *args: Any, **kwargs: Any) -> None:
         log.exception("bot %s: unhandled error in discord.py event %s", self.spec.name, event)
         report_exception(bot=self.spec.name, provider=self.spec.provider, model=self.spec.model)
+
+    def _count_dropped(self) -> None:
+        self.counters.dropped += 1
 
     def _addressed(self, data: dict[str, Any]) -> bool:
         """Cheap test on the raw gateway payload: could this message be for this bot at all?"""

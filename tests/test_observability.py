@@ -142,6 +142,8 @@ async def test_metrics_count_chats_latency_provider_errors_quota_and_tokens(worl
     assert value(parsed, "orchestrator_bot_state", bot="sage", state="failed") == 0
     assert value(parsed, "orchestrator_bot_restarts_total", bot="sage") == 0
     assert value(parsed, "orchestrator_config_reload_failed") == 0
+    # hafez ('?') dropped sage's two chats and replies undecoded
+    assert value(parsed, "orchestrator_gateway_events_dropped_total", bot="hafez") == 4
 
 
 def test_error_kinds_are_short_snake_case() -> None:

@@ -234,8 +234,15 @@ class DiscordSandbox:
     from the start.
     """
 
-    def __init__(self, *, host: str = "127.0.0.1", port: int = 0, heartbeat_interval_ms: int = 41250) -> None:
+    def __init__(
+        self, *, host: str = "127.0.0.1", port: int = 0, heartbeat_interval_ms: int = 41250, compress: bool = False
+    ) -> None:
         self._host, self._port = host, port
+        # With ``compress``, a client that asks for ``compress=zlib-stream`` gets it, as from Discord: one
+        # deflate stream per connection, each payload a binary frame ending in a sync flush. Otherwise
+        # frames are plain JSON text (which discord.py accepts whatever it asked for).
+        self.compress = compress
+        self._deflaters: dict[web.WebSocketResponse, Any] = {}
         self.reject_identify: dict[str, int] = {}  # token -> close code sent instead of READY (crash loops)
         self._heartbeat_interval_ms = heartbeat_interval_ms
         self._runner: web.AppRunner | None = None
@@ -471,7 +478,7 @@ class DiscordSandbox:
             await ws.close(code=4000, message=b"Unknown error")
             return
         del self.sessions[token]
-        await ws.send_str(json.dumps({"op": _INVALID_SESSION, "d": False}))
+        await self._send_frame(ws, json.dumps({"op": _INVALID_SESSION, "d": False}))
         await ws.close()
 
     async def _wait(self, check: Callable[[], _T | None], timeout: float, what: str) -> _T:
@@ -687,16 +694,18 @@ class DiscordSandbox:
         ws = web.WebSocketResponse(compress=False, max_msg_size=0, timeout=5.0)
         await ws.prepare(request)
         self._sockets.add(ws)
+        if self.compress and request.query.get("compress") == "zlib-stream":
+            self._deflaters[ws] = zlib.compressobj()
         session: GatewaySession | None = None
         try:
-            await ws.send_str(json.dumps({"op": _HELLO, "d": {"heartbeat_interval": self._heartbeat_interval_ms}}))
+            await self._send_frame(ws, json.dumps({"op": _HELLO, "d": {"heartbeat_interval": self._heartbeat_interval_ms}}))
             async for frame in ws:
                 if frame.type is not WSMsgType.TEXT:
                     continue
                 payload = json.loads(frame.data)
                 op, data = payload.get("op"), payload.get("d")
                 if op == _HEARTBEAT:
-                    await ws.send_str(json.dumps({"op": _HEARTBEAT_ACK}))
+                    await self._send_frame(ws, json.dumps({"op": _HEARTBEAT_ACK}))
                 elif op == _IDENTIFY:
                     session = await self._identify(ws, data)
                 elif op == _RESUME:
@@ -705,6 +714,7 @@ class DiscordSandbox:
             pass  # the client went away mid-send
         finally:
             self._sockets.discard(ws)
+            self._deflaters.pop(ws, None)
             if session is not None and session.ws is ws:
                 session.ws, session.ready = None, False
         return ws
@@ -751,7 +761,7 @@ class DiscordSandbox:
             return None
         session = self.sessions.get(token)
         if session is None or session.session_id != data.get("session_id"):
-            await ws.send_str(json.dumps({"op": _INVALID_SESSION, "d": False}))
+            await self._send_frame(ws, json.dumps({"op": _INVALID_SESSION, "d": False}))
             return None
         async with session.lock:
             session.ws = ws
@@ -771,7 +781,14 @@ class DiscordSandbox:
         session.seq += 1
         if encoded is None:
             encoded = json.dumps(data)
-        await session.ws.send_str(f'{{"op":{_DISPATCH},"t":"{event}","s":{session.seq},"d":{encoded}}}')
+        await self._send_frame(session.ws, f'{{"op":{_DISPATCH},"t":"{event}","s":{session.seq},"d":{encoded}}}')
+
+    async def _send_frame(self, ws: web.WebSocketResponse, text: str) -> None:
+        deflater = self._deflaters.get(ws)
+        if deflater is None:
+            await ws.send_str(text)
+        else:
+            await ws.send_bytes(deflater.compress(text.encode()) + deflater.flush(zlib.Z_SYNC_FLUSH))
 
     async def _broadcast(self, event: str, channel: _Channel, build: Callable[[GatewaySession], JSONDict]) -> None:
         """Dispatch ``event`` to every ready session that can see ``channel`` (and has the intent):

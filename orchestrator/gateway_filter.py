@@ -1,0 +1,89 @@
+"""Drop gateway MESSAGE_CREATEs that cannot concern a bot before discord.py decodes them.
+
+Bots that share a channel each receive every message and every reply posted there: with B bots a
+``!chat`` costs 2 x B gateway events, of which all but two concern nobody. discord.py decodes the
+JSON of each one (8-15 us for a message) and dispatches it before our MESSAGE_CREATE parser can
+ignore it. Here the raw text is tested first. An event is dropped only when it is certainly a guild
+MESSAGE_CREATE that carries neither the bot's user id (a mention, a reply to the bot, the bot's own
+message) nor its command prefix; anything else, including any envelope in an unexpected shape, goes
+to discord.py unchanged. A dropped event still advances the session's sequence number (used to
+resume) and the heartbeat's last-receive time, as discord.py's own handling would.
+
+Installed per client through ``ConnectionState._update_references``, which discord.py calls with
+every new gateway connection before reading from it.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import discord
+
+# The envelope's three scalar keys, in any order, before the payload: how Discord (t, s, op, d) and the
+# sandbox (op, t, s, d) both write a dispatch.
+_ENVELOPE = re.compile(
+    r'\{\s*(?:(?:"t"\s*:\s*"(?P<t>[A-Z_]+)"|"s"\s*:\s*(?P<s>\d+)|"op"\s*:\s*(?P<op>\d+))\s*,\s*){3}"d"\s*:'
+)
+
+
+@functools.lru_cache(maxsize=256)
+def json_forms(text: str) -> tuple[str, ...]:
+    """How ``text`` can appear inside a JSON string: raw UTF-8 and with non-ASCII escaped."""
+    return tuple(dict.fromkeys((json.dumps(text, ensure_ascii=False)[1:-1], json.dumps(text)[1:-1])))
+
+
+def may_concern(body: str, user_id: int | None, prefix: str) -> bool:
+    """False only if the raw payload of a MESSAGE_CREATE is certainly a guild message that neither
+    mentions, replies to nor comes from user ``user_id`` and does not contain ``prefix``."""
+    if user_id is None or '"guild_id"' not in body or "\\/" in body:
+        return True  # not ready yet, a DM, or an encoder that escapes more than JSON requires
+    if str(user_id) in body:
+        return True
+    return any(form in body for form in json_forms(prefix))
+
+
+def install(client: discord.Client, prefix: Callable[[], str], dropped: Callable[[], None]) -> None:
+    """Filter every gateway connection of ``client``. ``prefix`` gives the bot's current prefix;
+    ``dropped`` is called for each event dropped."""
+    state = client._connection
+    update_references = state._update_references
+
+    def _update_references(ws: Any) -> None:
+        update_references(ws)
+        ws.received_message = _filtered(ws, ws.received_message, state, prefix, dropped)
+
+    state._update_references = _update_references  # type: ignore[method-assign]
+
+
+def _filtered(
+    ws: Any,
+    received_message: Callable[[Any], Awaitable[None]],
+    state: Any,
+    prefix: Callable[[], str],
+    dropped: Callable[[], None],
+) -> Callable[[Any], Awaitable[None]]:
+    async def filtered(msg: Any, /) -> None:
+        if type(msg) is bytes:  # zlib-/zstd-stream: inflate here, in order, exactly once
+            msg = ws._decompressor.decompress(msg)
+            if msg is None:
+                return  # a partial payload
+        envelope = _ENVELOPE.match(msg)
+        if (
+            envelope is None
+            or envelope["t"] != "MESSAGE_CREATE"
+            or envelope["op"] != "0"
+            or envelope["s"] is None
+            or may_concern(msg[envelope.end() :], state.self_id, prefix())
+        ):
+            await received_message(msg)
+            return
+        ws.sequence = int(envelope["s"])
+        if ws._keep_alive:
+            ws._keep_alive.tick()
+        dropped()
+
+    return filtered
