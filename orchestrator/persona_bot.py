@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import random
 import re
 import time
 from collections.abc import Callable
@@ -26,6 +27,8 @@ import aiohttp
 import anyio
 import discord
 import yarl
+from discord.http import handle_message_parameters
+from discord.utils import MISSING
 from anyio.abc import TaskGroup, TaskStatus
 
 from . import gateway_filter
@@ -44,6 +47,9 @@ log = logging.getLogger(__name__)
 
 NO_MENTIONS = discord.AllowedMentions.none()
 MAX_INPUT_CHARS = 8000
+# Message nonces need only be unique per bot for a few minutes. A generator of our own: discord.py
+# reads the OS's entropy for each one, and tests that seed the global generator must not repeat them.
+_nonces = random.Random()
 
 BUSY = "I'm answering too many messages right now. Please try again in a moment."
 RESTARTING = "I'm restarting. Please try again in a few seconds."
@@ -532,9 +538,14 @@ class PersonaBot:
         """Show the answer while the model writes it; a cut stream keeps its partial text, marked."""
 
         async def send(text: str, first: bool) -> discord.Message:
-            if first:
-                return await self._reply(message, text, raise_errors=True)  # type: ignore[return-value]
-            return await self._follow_up(message, text)
+            """An editable message: the reply first, then follow-ups."""
+            reference = message.to_reference(fail_if_not_exists=False) if first else None
+            channel = self._channel(message)
+            sent = await _retry_5xx(partial(
+                channel.send, text, reference=reference, allowed_mentions=NO_MENTIONS, nonce=_nonces.getrandbits(64)
+            ))  # one nonce for every try: see _post
+            self._typing.sent(message.channel.id)
+            return sent
 
         reply = StreamingReply(send, self._edit_budgets.for_channel(message.channel.id))
         cut = False
@@ -553,35 +564,45 @@ class PersonaBot:
         await _retry_5xx(partial(reply.finish, cut=cut))  # finish only rewrites what Discord does not show yet
         return None if cut else reply.text.strip()
 
-    async def _follow_up(self, message: discord.Message, text: str) -> discord.Message:
+    async def _follow_up(self, message: discord.Message, text: str) -> None:
         """Send ``text`` after the reply to ``message``, in its channel, as a plain message."""
-        sent = await _retry_5xx(partial(self._channel(message).send, text, allowed_mentions=NO_MENTIONS))
-        self._typing.sent(message.channel.id)
-        return sent
+        await self._post(message, text, reply=False)
 
-    async def _reply(
-        self, message: discord.Message, text: str, *, raise_errors: bool = False
-    ) -> discord.Message | None:
-        try:
-            sent = await _retry_5xx(partial(
-                self._channel(message).send,
-                text,
-                reference=message.to_reference(fail_if_not_exists=False),
-                mention_author=False,
+    async def _post(self, message: discord.Message, text: str, *, reply: bool) -> None:
+        """Send ``text`` to the channel of ``message``, as a reply to it if ``reply``.
+
+        Unlike ``channel.send`` this builds no discord.Message from Discord's answer (nothing reads it:
+        ~5% of an answer), and every retry carries the same nonce, so Discord does not create the
+        message twice when a retry follows a response lost on the way back (``enforce_nonce``)."""
+        reference = message.to_reference(fail_if_not_exists=False).to_message_reference_dict() if reply else MISSING
+        nonce = _nonces.getrandbits(64)
+
+        async def send() -> None:
+            with handle_message_parameters(
+                content=text,
+                nonce=nonce,
                 allowed_mentions=NO_MENTIONS,
-            ))
+                previous_allowed_mentions=self.client.allowed_mentions,
+                message_reference=reference,
+                mention_author=False if reply else None,
+            ) as params:
+                await self.client.http.send_message(message.channel.id, params=params)
+
+        await _retry_5xx(send)
+        self._typing.sent(message.channel.id)
+
+    async def _reply(self, message: discord.Message, text: str, *, raise_errors: bool = False) -> None:
+        """Reply to ``message``; a failure is logged, or raised with ``raise_errors``."""
+        try:
+            await self._post(message, text, reply=True)
         except discord.HTTPException as exc:
             if raise_errors:
                 raise
             log.warning("bot %s: could not send a reply (HTTP %s)", self.spec.name, exc.status)
-            return None
         except Exception as exc:  # noqa: BLE001 - e.g. no connection, or the client is closing
             if raise_errors:
                 raise
             log.warning("bot %s: could not send a reply (%s: %s)", self.spec.name, type(exc).__name__, exc)
-            return None
-        self._typing.sent(message.channel.id)
-        return sent
 
 
 async def _retry_5xx(action: Callable[[], Any], pauses: tuple[float, ...] = (0.5, 1.0, 2.0)) -> Any:

@@ -95,6 +95,7 @@ class RestFault:
     path_contains: str | None = None
     retry_after: float = 0.05
     global_: bool = False
+    after_handling: bool = False  # carry the request out, then answer with the fault: a response lost on its way
 
 
 @dataclass
@@ -255,6 +256,7 @@ class DiscordSandbox:
         self._channels: dict[int, _Channel] = {}
         self._dm_channels: dict[tuple[int, int], int] = {}
         self._messages: dict[int, JSONDict] = {}
+        self._nonces: dict[tuple[int, str], int] = {}  # (author, nonce) -> message id, for enforce_nonce
         self._sockets: set[web.WebSocketResponse] = set()
         self._changed = asyncio.Condition()
 
@@ -849,9 +851,11 @@ class DiscordSandbox:
         bucket = f"{zlib.crc32(route_key.encode()):08x}"
         token = request.headers.get("Authorization", "").removeprefix("Bot ")
         response: web.StreamResponse
-        if request.path != API_PREFIX + "/gateway" and token not in self._bot_tokens:
+        authorized = request.path == API_PREFIX + "/gateway" or token in self._bot_tokens
+        fault = self._take_fault(request) if authorized else None
+        if not authorized:
             response = _ApiError(401, 0, "401: Unauthorized").response()
-        elif (fault := self._take_fault(request)) is not None:
+        elif fault is not None and not fault.after_handling:
             response = self._fault_response(fault, bucket)
         else:
             if token in self._bot_tokens:
@@ -862,6 +866,8 @@ class DiscordSandbox:
                 response = exc.response()
             except web.HTTPException as exc:
                 response = _ApiError(exc.status, 0, f"{exc.status}: {exc.reason}").response()
+            if fault is not None:
+                response = self._fault_response(fault, bucket)
         if response.status != 429:
             response.headers.update(
                 {
@@ -1006,6 +1012,10 @@ class DiscordSandbox:
             if reference is None and ref.get("fail_if_not_exists", True):
                 detail = {"code": "MESSAGE_REFERENCE_UNKNOWN_MESSAGE", "message": "Unknown message"}
                 raise _ApiError(400, 50035, "Invalid Form Body", {"message_reference": {"_errors": [detail]}})
+        nonce = payload.get("nonce")
+        once = (bot.id, str(nonce)) if nonce is not None and payload.get("enforce_nonce") else None
+        if once is not None and self._nonces.get(once) in self._messages:
+            return _json(self._messages[self._nonces[once]])  # the same message again: Discord returns the first
         allowed = payload.get("allowed_mentions")
         mentions, mention_roles, everyone = self._bot_mentions(content, allowed, reference)
         message = self._new_message(
@@ -1019,8 +1029,10 @@ class DiscordSandbox:
             attachments=[self._attachment(channel.id, spec) for spec in files],
             embeds=embeds,
             flags=int(payload.get("flags", 0)),
-            nonce=payload.get("nonce"),
+            nonce=nonce,
         )
+        if once is not None:
+            self._nonces[once] = int(message["id"])
         self.sent.append(
             SentMessage(
                 id=int(message["id"]),
