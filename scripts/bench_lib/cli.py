@@ -25,10 +25,10 @@ from .scenarios import SCENARIOS, TOPOLOGIES, Bench
 
 FULL = {"messages": 200, "latency": 1.0, "duration": 10.0, "warmup": 5.0, "users": 100, "fleet": "10,50,100", "rate": 200.0,
         "overhead_bots": "1,{bots}", "low_rate": 50.0, "capacity_rate": 650.0,
-        "fairness_duration": 20.0}  # fmt: skip
+        "fairness_duration": 20.0, "trials": 3}  # fmt: skip
 QUICK = {"messages": 50, "latency": 0.25, "duration": 2.0, "warmup": 1.0, "users": 20, "fleet": "2,6", "rate": 100.0,
          "overhead_bots": "{bots}", "low_rate": 0.0, "capacity_rate": 650.0,
-         "fairness_duration": 2.0}  # fmt: skip
+         "fairness_duration": 2.0, "trials": 1}  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,6 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--fleet", help="bot counts for memory and start-up (10,50,100; quick 2,6)")
     parser.add_argument("--fairness-bots", type=int, default=3, help="bots in the fairness scenario, weights 1,2,4 (3)")
     parser.add_argument("--fairness-duration", type=float, help="flood seconds in the fairness scenario (20; quick 2)")
+    parser.add_argument("--trials", type=int,
+                        help="how often the orchestrator's judged runs are repeated; the median trial is kept "
+                             "(concurrency bursts, the runs at --rate, the capacity run, start-up at the largest "
+                             "fleet) (3; quick 1)")  # fmt: skip
     parser.add_argument("--output", type=Path, default=ROOT / "results" / "bench.json", help="JSON results file")
     parser.add_argument("--chart", type=Path, help="PNG chart (default: beside --output)")
     parser.add_argument("--no-chart", action="store_true")

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import math
 import shutil
 import sqlite3
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -330,6 +332,22 @@ TOPOLOGIES = {
 }  # fmt: skip
 
 
+async def median_trial(bench: Bench, key: str, run: Callable[[], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
+    """Run ``run`` ``--trials`` times and keep the median trial by ``key`` (a dotted path into its
+    figures), with every trial's value under ``trials``. On a shared VM single runs of the same code
+    differ by up to ~45%; the targets are judged on the median of trials in one run."""
+
+    def value(figures: Any) -> Any:
+        for part in key.split("."):
+            figures = figures.get(part) if isinstance(figures, dict) else None
+        return figures
+
+    results = [await run() for _ in range(max(1, bench.args.trials))]
+    measured = sorted((r for r in results if value(r) is not None), key=value)
+    chosen = measured[len(measured) // 2] if measured else results[-1]  # for an even count the upper middle
+    return {**chosen, "trials": {"key": key, "values": [value(r) for r in results]}}
+
+
 async def concurrency(bench: Bench) -> dict[str, Any]:
     """B bots, K simultaneous !chat, provider latency L; once per topology in --topology.
 
@@ -355,7 +373,8 @@ async def concurrency(bench: Bench) -> dict[str, Any]:
     for topology in topologies:
         figures: dict[str, Any] = {}
         for side in SIDES:
-            figures[side] = await _concurrency_side(bench, topology, side, bots, users, limits)
+            run = functools.partial(_concurrency_side, bench, topology, side, bots, users, limits)
+            figures[side] = await (median_trial(bench, "wall_over_latency", run) if side == "orchestrator" else run())
         o, b = figures["orchestrator"], figures["baseline"]
         figures["baseline_over_orchestrator_wall"] = b["wall_s"] / o["wall_s"] if o["wall_s"] and b["wall_s"] else None
         if topology == "shared":
@@ -459,12 +478,16 @@ async def overhead(bench: Bench) -> dict[str, Any]:
         for rate in rates:
             run: dict[str, Any] = {"bots": n, "rate_per_s": rate, "conversations": n * args.users}
             for side in SIDES:
-                run[side] = await _overhead_side(bench, side, n, rate)
+                measure = functools.partial(_overhead_side, bench, side, n, rate)
+                judged = side == "orchestrator" and rate == args.rate  # the added-latency target's rate
+                run[side] = await (median_trial(bench, "added_latency_ms.total.p99", measure) if judged else measure())
             result["runs"].append(run)
     if args.capacity_rate:  # the baseline's capacity is clear from the runs above (it falls behind at --rate)
         rate = args.capacity_rate
         run = {"bots": 1, "rate_per_s": rate, "conversations": args.users, "capacity": True}
-        run["orchestrator"] = await _overhead_side(bench, "orchestrator", 1, rate)
+        run["orchestrator"] = await median_trial(
+            bench, "cpu_ms_per_answer", functools.partial(_overhead_side, bench, "orchestrator", 1, rate)
+        )
         result["runs"].append(run)
     return result
 
@@ -602,22 +625,12 @@ async def fleet(bench: Bench) -> dict[str, Any]:
         start: dict[str, Any] = {"bots": n}
         lat: dict[str, Any] = {"bots": n}
         for side in SIDES:
-            bench.say(f"memory/start-up: {side}, {n} bots")
-            async with World(bench, "fleet", side, bots, users) as world:
-                await world.launch()
-                profiler = None
-                if side == "orchestrator" and n == max(bench.args.fleet):
-                    profiler = await start_profiler(bench, world, 4.0, f"startup-{n}bots", settle=0.0)
-                start[side] = await world.ready(timeout=60 + (2.0 if side == "baseline" else 0.2) * n)
-                if profiler is not None:
-                    await finish_profiler(bench, profiler)
-                await warm_up(world, bots, users, first_tag=1_000_000)
-                probe = chat_messages(bots, n, users)
-                load = await world.chat(probe, rate=None, timeout=30 + n)
-                items = exchanges(load, probe, bots)
-                lat[side] = summary_ms([x.e2e for x in items if x.e2e is not None and x.kind == "answer"])
-                await asyncio.sleep(0.5)
-                mem[side] = procfs.memory(world.pids)
+            measure = functools.partial(_fleet_side, bench, side, bots, users)
+            judged = side == "orchestrator" and n == max(bench.args.fleet)  # the start-up target's N
+            figures = await (median_trial(bench, "startup.online_s", measure) if judged else measure())
+            start[side], lat[side], mem[side] = figures["startup"], figures["latency"], figures["memory"]
+            if "trials" in figures:
+                start[side] = {**start[side], "trials": figures["trials"]}
         memory_points.append(mem)
         startup_points.append(start)
         latency_points.append(lat)
@@ -640,6 +653,26 @@ async def fleet(bench: Bench) -> dict[str, Any]:
         memory[f"baseline_over_orchestrator_{kind}"] = b / o if o and b else None
     startup = {"points": startup_points, "at_bots": startup_points[-1]["bots"]}
     return {"memory": memory, "startup": startup, "latency_by_bots": {"provider_latency_s": 0.0, "points": latency_points}}
+
+
+async def _fleet_side(bench: Bench, side: str, bots: list[BotDef], users: int) -> dict[str, Any]:
+    n = len(bots)
+    bench.say(f"memory/start-up: {side}, {n} bots")
+    async with World(bench, "fleet", side, bots, users) as world:
+        await world.launch()
+        profiler = None
+        if side == "orchestrator" and n == max(bench.args.fleet):
+            profiler = await start_profiler(bench, world, 4.0, f"startup-{n}bots", settle=0.0)
+        startup = await world.ready(timeout=60 + (2.0 if side == "baseline" else 0.2) * n)
+        if profiler is not None:
+            await finish_profiler(bench, profiler)
+        await warm_up(world, bots, users, first_tag=1_000_000)
+        probe = chat_messages(bots, n, users)
+        load = await world.chat(probe, rate=None, timeout=30 + n)
+        items = exchanges(load, probe, bots)
+        latency = summary_ms([x.e2e for x in items if x.e2e is not None and x.kind == "answer"])
+        await asyncio.sleep(0.5)
+        return {"startup": startup, "latency": latency, "memory": procfs.memory(world.pids)}
 
 
 async def fairness(bench: Bench) -> dict[str, Any]:
