@@ -3,7 +3,8 @@
 Almost everything is read from the live state when Prometheus scrapes (a custom collector over
 the supervisor's children, each bot's counters, the pool's statistics and the quota book), so the
 core modules keep plain counters and know nothing about Prometheus. The one exception is the
-answer latency, a histogram the bots feed when an answer is delivered (:meth:`Metrics.observe_answer`).
+answer latency and the added latency, histograms the bots feed when an answer is delivered
+(:meth:`Metrics.observe_answer`, :meth:`Metrics.observe_added`).
 
 Every :class:`Metrics` has its own registry: two apps in one process (tests) never share series.
 
@@ -16,6 +17,9 @@ Every :class:`Metrics` has its own registry: two apps in one process (tests) nev
     orchestrator_handler_errors_total{bot}              unexpected errors while handling a message
     orchestrator_gateway_events_dropped_total{bot}      messages for other bots dropped before decoding
     orchestrator_answer_latency_seconds{bot}            histogram: message received → answer delivered
+    orchestrator_added_latency_seconds{bot,part}        histogram: the orchestrator's own share of a plain answer;
+                                                        inbound: message received → provider request sent,
+                                                        outbound: provider answer read → Discord send, total: both
     orchestrator_provider_requests_total                requests sent to providers (retries included)
     orchestrator_provider_retries_total                 retries after 429 / 5xx / timeouts
     orchestrator_provider_errors_total{provider,kind}   failed attempts: auth, busy, timeout, unavailable, bad_response
@@ -39,10 +43,14 @@ if TYPE_CHECKING:
     from .llm.pool import LLMPool
     from .supervisor import Supervisor
 
-__all__ = ["CONTENT_TYPE_LATEST", "LATENCY_BUCKETS", "Metrics", "error_kind"]
+__all__ = ["ADDED_LATENCY_BUCKETS", "CONTENT_TYPE_LATEST", "LATENCY_BUCKETS", "Metrics", "error_kind"]
 
 # LLM answers take from a fraction of a second (small local models) to minutes (long answers, retries).
 LATENCY_BUCKETS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0, 120.0, 300.0)
+# What the orchestrator adds is milliseconds (scripts/bench judges its p99 against 5 ms).
+ADDED_LATENCY_BUCKETS = tuple(ms / 1000 for ms in (
+    0.25, 0.5, 0.75, 1, 1.5, 2, 2.5, 3, 4, 5, 6, 8, 10, 15, 20, 30, 50, 100, 250, 500, 1000, 2500, 10000,
+))  # fmt: skip
 
 
 class MetricsSource(Protocol):
@@ -72,10 +80,24 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.added_latency = Histogram(
+            "orchestrator_added_latency_seconds",
+            "The orchestrator's own time in a plain answer: message received to provider request (inbound), "
+            "provider answer to Discord send (outbound), and both (total).",
+            ["bot", "part"],
+            buckets=ADDED_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
         self.registry.register(_LiveCollector(self))
 
     def observe_answer(self, bot: str, seconds: float) -> None:
         self.answer_latency.labels(bot).observe(max(0.0, seconds))
+
+    def observe_added(self, bot: str, inbound: float, outbound: float) -> None:
+        inbound, outbound = max(0.0, inbound), max(0.0, outbound)
+        self.added_latency.labels(bot, "inbound").observe(inbound)
+        self.added_latency.labels(bot, "outbound").observe(outbound)
+        self.added_latency.labels(bot, "total").observe(inbound + outbound)
 
     def exposition(self) -> bytes:
         """The registry in Prometheus' text format (call it on the event loop's thread)."""

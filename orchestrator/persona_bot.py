@@ -187,6 +187,7 @@ class PersonaBot:
         self._stop_requested = False
         self._scope: anyio.CancelScope | None = None
         self._edit_budgets = EditBudgets()
+        self._arrivals: dict[str, float] = {}  # message id -> time.monotonic() its event was decoded
         self.client = self._build_client()
         self._typing = TypingIndicator(
             self.client.http.send_typing,
@@ -276,6 +277,9 @@ class PersonaBot:
 
         def parse_if_addressed(data: dict[str, Any]) -> None:
             if self._addressed(data):
+                if len(self._arrivals) > 1000:  # entries are taken by _on_message; this only bounds a leak
+                    self._arrivals.clear()
+                self._arrivals[str(data.get("id"))] = time.monotonic()
                 parse_message(data)
 
         # discord.py would build a full Message for every message in every channel the bot sees.
@@ -336,6 +340,8 @@ class PersonaBot:
         return True
 
     async def _on_message(self, message: discord.Message) -> None:
+        # "received": when its gateway event was decoded, before discord.py queued this handler
+        received = self._arrivals.pop(str(message.id), None) or time.monotonic()
         if not self._allowed(message):
             return
         command = parse_command(message.content, self.spec.prefix)
@@ -343,7 +349,7 @@ class PersonaBot:
             kind: JobKind = command.name
             if command.name == "reset" and command.argument.lower() == "channel":
                 kind = "reset_channel"
-            await self._enqueue(Job(kind, message, command.argument, time.monotonic()))
+            await self._enqueue(Job(kind, message, command.argument, received))
             return
         if message.content.startswith(self.spec.prefix):
             return  # someone else's command, or a typo: stay quiet
@@ -355,7 +361,7 @@ class PersonaBot:
         replied = isinstance(resolved, discord.Message) and resolved.author.id == me.id
         if mentioned or replied:
             text = re.sub(rf"<@!?{me.id}>", "", message.content)
-            await self._enqueue(Job("chat", message, text, time.monotonic()))
+            await self._enqueue(Job("chat", message, text, received))
 
     async def _enqueue(self, job: Job) -> None:
         """Accept a job, or answer "busy" when the bot, or this user, already has too many waiting."""
@@ -504,7 +510,7 @@ class PersonaBot:
                 if spec.stream:
                     answer = await self._answer_streaming(job.message, call)
                 else:
-                    answer = await self._answer_plain(job.message, call)
+                    answer = await self._answer_plain(job, call)
             except ProviderError as exc:
                 log.warning("bot %s: %s", spec.name, exc)
                 await self._reply(job.message, exc.user_message)
@@ -521,11 +527,16 @@ class PersonaBot:
                 log.exception("bot %s: the answer was delivered but could not be saved to memory", spec.name)
             self.counters.answered += 1
 
-    async def _answer_plain(self, message: discord.Message, call: ChatCall) -> str | None:
+    async def _answer_plain(self, job: Job, call: ChatCall) -> str | None:
         """Ask, then send the whole answer; returns what was delivered (None: nothing to remember)."""
+        message = job.message
         result = await self.services.pool.complete(call)
         answer = result.text.strip()
         chunks = split_message(neutralize_mentions(answer))
+        if self.services.metrics is not None:
+            self.services.metrics.observe_added(
+                self.spec.name, result.requested_at - job.received, time.monotonic() - result.answered_at
+            )
         if not chunks:
             await self._reply(message, EMPTY_ANSWER)
             return None

@@ -72,6 +72,10 @@ def test_bench_quick_produces_every_scenario_with_sane_numbers(tmp_path: Path) -
         assert positive(figures["cpu_ms_per_answer"]) and positive(figures["capacity_per_core_per_s"])
         for part in ("total", "inbound", "outbound"):
             assert finite(figures["added_latency_ms"][part]["p50"]) and finite(figures["added_latency_ms"][part]["p99"])
+    inside = run_2_bots["orchestrator"]["added_latency_inside_ms"]  # from the orchestrator's own histogram
+    assert inside["total"]["n"] == run_2_bots["orchestrator"]["answered"]
+    assert positive(inside["total"]["p99"]) and inside["total"]["p99"] >= inside["total"]["p50"]
+    assert run_2_bots["baseline"]["added_latency_inside_ms"] is None
 
     memory = scenarios["memory"]
     assert [point["bots"] for point in memory["points"]] == [1, 2]

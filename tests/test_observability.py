@@ -111,6 +111,26 @@ def root_logs() -> Iterator[dict[str, io.StringIO]]:
 # ---------------------------------------------------------------- metrics
 
 
+async def test_added_latency_counts_the_orchestrators_time_and_not_the_providers(world: World) -> None:
+    world.write([{"name": "sage"}])
+    world.openai.latency = 0.3
+    async with world.running(health_port=0) as app:
+        await world.chat("!chat one")
+        await world.chat("!chat two")
+        _status, _type, text = await get(app, "/metrics")
+    parsed = samples(text)
+
+    def added(part: str, sample: str) -> float:
+        return value(parsed, f"orchestrator_added_latency_seconds_{sample}", bot="sage", part=part)
+
+    assert [added(part, "count") for part in ("inbound", "outbound", "total")] == [2, 2, 2]
+    assert added("inbound", "sum") > 0 and added("outbound", "sum") > 0
+    assert added("total", "sum") == pytest.approx(added("inbound", "sum") + added("outbound", "sum"))
+    # the two answers took at least 2 x 0.3 s; the provider's 0.3 s each is not the orchestrator's
+    assert value(parsed, "orchestrator_answer_latency_seconds_sum", bot="sage") >= 0.6
+    assert added("total", "sum") < 0.3
+
+
 async def test_metrics_count_chats_latency_provider_errors_quota_and_tokens(world: World) -> None:
     world.write(
         [{"name": "sage"}, {"name": "hafez", "prefix": "?", "quota": {"requests_per_minute": 1}}],

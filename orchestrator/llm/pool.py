@@ -63,6 +63,8 @@ class ChatResult:
     completion_tokens: int
     model: str
     attempts: int = 1
+    requested_at: float = 0.0  # time.monotonic() when the answered attempt was sent ...
+    answered_at: float = 0.0  # ... and when its answer had been read
 
 
 @dataclass
@@ -226,7 +228,10 @@ class LLMPool:
             prompt = usage.prompt_tokens if usage else 0
             completion_tokens = usage.completion_tokens if usage else estimate_tokens(text)
             self.quotas.settle(reservation, prompt + completion_tokens)
-            return ChatResult(text, prompt, completion_tokens, completion.model or call.model, attempts)
+            return ChatResult(
+                text, prompt, completion_tokens, completion.model or call.model, attempts, answer.requested_at,
+                answer.answered_at,
+            )
 
     async def stream(self, call: ChatCall) -> AsyncIterator[str]:
         """Yield the answer's text as it arrives. Use with ``contextlib.aclosing``."""

@@ -13,6 +13,7 @@ on both paths: it walks every message of the history and changes nothing in a bo
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -31,6 +32,8 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk
 class Completion:
     completion: ChatCompletion
     headers: Mapping[str, str]
+    requested_at: float = 0.0  # time.monotonic(): the request was handed to the connection ...
+    answered_at: float = 0.0  # ... and its answer was read
 
 
 @dataclass(frozen=True)
@@ -79,10 +82,12 @@ class ChatTransport:
 
     async def create(self, body: Mapping[str, Any], *, timeout: float, retries_taken: int = 0) -> Completion:
         """One plain (non-streamed) completion; ``retries_taken`` is reported as the SDK does."""
+        requested_at = time.monotonic()
         async with self._post(body, aiohttp.ClientTimeout(total=timeout), retries_taken) as response:
             data = await self._read(response)
+        answered_at = time.monotonic()
         try:
-            return Completion(parse_completion(data), response.headers)
+            return Completion(parse_completion(data), response.headers, requested_at, answered_at)
         except (ValueError, TypeError) as exc:
             raise openai.APIResponseValidationError(
                 response=self._httpx_response(response, data), body=data, message=f"unreadable answer: {exc}"

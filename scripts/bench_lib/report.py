@@ -82,9 +82,13 @@ def targets(results: dict[str, Any], args: Any) -> list[dict[str, Any]]:
         if not capacity:
             add(f"CPU per answered !chat <= 1.5 ms ({where})", _get(run, "orchestrator", "cpu_ms_per_answer"), 1.5, "max",
                 "ms", f"measured at {rate:g} msg/s, not at the target's 650")
+        at_rate = "" if rate == 200 else f"measured at {rate:g} msg/s, target is at 200 msg/s"
         add(f"orchestrator-added latency p99 <= 5 ms ({where})",
+            _get(run, "orchestrator", "added_latency_inside_ms", "total", "p99"), 5.0, "max", "ms",
+            f"timed inside the orchestrator{'; ' + at_rate if at_rate else ''}", _get(run, "orchestrator", "trials"))
+        add(f"  the same, as the sandbox sees it ({where})",
             _get(run, "orchestrator", "added_latency_ms", "total", "p99"), 5.0, "max", "ms",
-            "" if rate == 200 else f"measured at {rate:g} msg/s, target is at 200 msg/s", _get(run, "orchestrator", "trials"))
+            "adds 4 loopback transits and the sandbox's own scheduling")
     at = _get(s, "memory", "at_bots")
     add("RSS per additional bot <= 0.5 MiB", _get(s, "memory", "orchestrator_rss_per_bot_mib"), 0.5, "max", "MiB")
     add("total RSS >= 50x less than N baseline processes", _get(s, "memory", "baseline_over_orchestrator_rss"), 50.0,
@@ -95,6 +99,12 @@ def targets(results: dict[str, Any], args: Any) -> list[dict[str, Any]]:
         _get(points[-1], "orchestrator", "trials") if points else None)
     add("429s that reached a user = 0", _get(s, "fairness", "orchestrator", "user_visible_429"), 0, "max", "")
     return out
+
+
+def _inside_text(run: dict[str, Any]) -> str | None:
+    inbound = _get(run, "orchestrator", "added_latency_inside_ms", "inbound", "p99")
+    outbound = _get(run, "orchestrator", "added_latency_inside_ms", "outbound", "p99")
+    return None if inbound is None or outbound is None else f"{_fmt(inbound)} / {_fmt(outbound)}"
 
 
 def _fmt(value: Any, digits: int = 2) -> str:
@@ -154,10 +164,14 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, Any, Any]]:
             pair("    of which user / system (kernel)", "cpu_user_ms_per_answer")
             r[-1] = (r[-1][0], r[-1][1], _pair_text(run, "orchestrator"), _pair_text(run, "baseline"))
             pair("  => answers/s per core", "capacity_per_core_per_s")
-            pair("  added latency p50 ms", "added_latency_ms", "total", "p50")
-            pair("  added latency p99 ms", "added_latency_ms", "total", "p99")
+            pair("  added latency p50 ms (as the sandbox sees it)", "added_latency_ms", "total", "p50")
+            pair("  added latency p99 ms (as the sandbox sees it)", "added_latency_ms", "total", "p99")
             pair("    inbound p99 ms (msg -> provider)", "added_latency_ms", "inbound", "p99")
             pair("    outbound p99 ms (provider -> send)", "added_latency_ms", "outbound", "p99")
+            pair("  added latency p50 ms, timed inside", "added_latency_inside_ms", "total", "p50")
+            pair("  added latency p99 ms, timed inside", "added_latency_inside_ms", "total", "p99")
+            pair("    inbound / outbound p99 ms, inside", "added_latency_inside_ms", "inbound", "p99")
+            r[-1] = (r[-1][0], r[-1][1], _inside_text(run), None)
             pair("  sandbox cores used", "sandbox_cores_used")
             pair("  other processes' cores used (noise)", "other_processes_cores_used")
     for point in _get(s, "memory", "points") or []:

@@ -13,15 +13,18 @@ import json
 import os
 import re
 import signal
+import socket
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
@@ -158,12 +161,20 @@ _ONLINE = re.compile(r"bot (\S+) is online")
 _USER_FACING = re.compile(r"\bbot (\S+): provider '[^']*': (.+)$")
 
 
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (for the orchestrator's health server)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 @dataclass
 class OrchestratorProc:
     """``python -m orchestrator run bots.yaml --no-watch`` with its log read line by line."""
 
     proc: asyncio.subprocess.Process
     spawned: float
+    health_port: int
     online: dict[str, float] = field(default_factory=dict)
     provider_errors: dict[str, int] = field(default_factory=dict)  # user-facing ProviderError detail -> count
     errors: int = 0
@@ -177,12 +188,14 @@ class OrchestratorProc:
     @classmethod
     async def start(cls, children: Children, config: Path, env: dict[str, str], log: TextIO) -> OrchestratorProc:
         spawned = time.monotonic()
+        health_port = free_port()
         proc = await children.spawn(
             PYTHON, "-m", "orchestrator", "--log-level", "INFO", "run", config, "--no-watch",
+            "--health-port", str(health_port),
             cwd=config.parent, env=env, stdin=asyncio.subprocess.DEVNULL, stdout=log,
             stderr=asyncio.subprocess.PIPE, limit=1 << 20,
         )  # fmt: skip
-        self = cls(proc, spawned)
+        self = cls(proc, spawned, health_port)
         self._reader = asyncio.create_task(self._read(log))
         return self
 
@@ -200,6 +213,20 @@ class OrchestratorProc:
             if " ERROR " in line or "Traceback" in line:
                 self.errors += 1
         self._online_changed.set()
+
+    async def added_latency_buckets(self) -> dict[str, list[tuple[float, float]]]:
+        """The orchestrator's own ``orchestrator_added_latency_seconds`` histogram, all bots summed:
+        {part: [(upper bound s, cumulative count)]}, read from its /metrics."""
+        url = f"http://127.0.0.1:{self.health_port}/metrics"
+        text = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=10).read().decode())
+        buckets: dict[str, dict[float, float]] = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == "orchestrator_added_latency_seconds_bucket":
+                    part = buckets.setdefault(sample.labels["part"], {})
+                    bound = float(sample.labels["le"])
+                    part[bound] = part.get(bound, 0.0) + sample.value
+        return {part: sorted(counts.items()) for part, counts in buckets.items()}
 
     async def wait_ready(self, names: list[str], timeout: float) -> dict[str, float]:
         deadline = time.monotonic() + timeout
