@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import signal
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -42,11 +43,15 @@ class FastBot(commands.Bot):
         pass
 
 
-def make_bot(*, message_content: bool = True) -> commands.Bot:
+def make_bot(*, message_content: bool = True, members: bool = False, debug_events: bool = False) -> commands.Bot:
     """A bot with a few commands that exercise the REST routes."""
     intents = discord.Intents.default()
     intents.message_content = message_content
-    bot = FastBot(command_prefix="!", intents=intents, guild_ready_timeout=0.05)
+    intents.members = members
+    bot = FastBot(
+        command_prefix="!", intents=intents, guild_ready_timeout=0.05, chunk_guilds_at_startup=False,
+        enable_debug_events=debug_events,
+    )
 
     @bot.command()
     async def ping(ctx: commands.Context[commands.Bot]) -> None:
@@ -102,6 +107,27 @@ async def running(sandbox: DiscordSandbox, *bots: tuple[commands.Bot, str]) -> A
             with anyio.move_on_after(5, shield=True):
                 for bot, _ in bots:
                     await bot.close()
+
+
+async def test_guild_create_lists_every_member_only_with_the_members_intent(sandbox: DiscordSandbox) -> None:
+    bots = {"plain": make_bot(debug_events=True), "members": make_bot(members=True, debug_events=True)}
+    ids = {"plain": sandbox.add_bot(TOKEN_A, "plain"), "members": sandbox.add_bot(TOKEN_B, "members")}
+    listed: dict[str, list[int]] = {}
+    counts: dict[str, int] = {}
+    for name, bot in bots.items():
+
+        async def on_socket_raw_receive(raw: str, name: str = name) -> None:
+            payload = json.loads(raw)
+            if payload.get("t") == "GUILD_CREATE":
+                listed[name] = [int(member["user"]["id"]) for member in payload["d"]["members"]]
+                counts[name] = payload["d"]["member_count"]
+
+        bot.add_listener(on_socket_raw_receive, "on_socket_raw_receive")
+    async with running(sandbox, (bots["plain"], TOKEN_A), (bots["members"], TOKEN_B)):
+        pass
+    assert listed["plain"] == [ids["plain"]]  # as on Discord without the privileged intent: only itself
+    assert set(ids.values()) < set(listed["members"])
+    assert counts["plain"] == counts["members"] == len(listed["members"])  # the count is the guild's either way
 
 
 def statuses(sandbox: DiscordSandbox, method: str, suffix: str) -> list[int]:

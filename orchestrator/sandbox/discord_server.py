@@ -51,6 +51,7 @@ _DISCORD_EPOCH_MS = 1_420_070_400_000
 _RATE_LIMIT = 50
 
 # Gateway intents the sandbox honours.
+GUILD_MEMBERS = 1 << 1
 GUILD_MESSAGES = 1 << 9
 DIRECT_MESSAGES = 1 << 12
 MESSAGE_CONTENT = 1 << 15
@@ -532,10 +533,12 @@ class DiscordSandbox:
             "flags": 0,
         }
 
-    def _guild_create(self, guild: _Guild, viewer_id: int) -> JSONDict:
-        members = [
-            self._member(user, guild.id, with_user=True) for user in self._users.values() if user.member_of(guild.id)
-        ]
+    def _guild_create(self, guild: _Guild, viewer_id: int, intents: int) -> JSONDict:
+        """GUILD_CREATE as ``viewer_id`` receives it. As on Discord, the member list is only complete
+        with the privileged GUILD_MEMBERS intent; without it the bot gets its own member."""
+        in_guild = [user for user in self._users.values() if user.member_of(guild.id)]
+        listed = in_guild if intents & GUILD_MEMBERS else [user for user in in_guild if user.id == viewer_id]
+        members = [self._member(user, guild.id, with_user=True) for user in listed]
         return {
             "id": str(guild.id),
             "name": guild.name,
@@ -543,7 +546,7 @@ class DiscordSandbox:
             "owner_id": str(guild.owner_id),
             "unavailable": False,
             "large": False,
-            "member_count": len(members),
+            "member_count": len(in_guild),
             "joined_at": _snowflake_iso(guild.id),
             "roles": [role.payload() for role in self._roles.values() if role.guild_id == guild.id],
             "channels": [
@@ -750,7 +753,7 @@ class DiscordSandbox:
         async with session.lock:
             await self._send_dispatch(session, "READY", ready)
             for guild in guilds:
-                await self._send_dispatch(session, "GUILD_CREATE", self._guild_create(guild, user_id))
+                await self._send_dispatch(session, "GUILD_CREATE", self._guild_create(guild, user_id, session.intents))
             session.ready = True
         await self._notify()
         return session
