@@ -27,9 +27,9 @@ import aiohttp
 import anyio
 import discord
 import yarl
+from anyio.abc import TaskGroup, TaskStatus
 from discord.http import handle_message_parameters
 from discord.utils import MISSING
-from anyio.abc import TaskGroup, TaskStatus
 
 from . import gateway_filter
 from .commands import parse_command
