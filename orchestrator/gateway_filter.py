@@ -31,7 +31,7 @@ _ENVELOPE = re.compile(
 
 
 @functools.lru_cache(maxsize=256)
-def json_forms(text: str) -> tuple[str, ...]:
+def _json_forms(text: str) -> tuple[str, ...]:
     """How ``text`` can appear inside a JSON string: raw UTF-8 and with non-ASCII escaped."""
     return tuple(dict.fromkeys((json.dumps(text, ensure_ascii=False)[1:-1], json.dumps(text)[1:-1])))
 
@@ -43,7 +43,7 @@ def may_concern(body: str, user_id: int | None, prefix: str) -> bool:
         return True  # not ready yet, a DM, or an encoder that escapes more than JSON requires
     if str(user_id) in body:
         return True
-    return any(form in body for form in json_forms(prefix))
+    return any(form in body for form in _json_forms(prefix))
 
 
 def install(client: discord.Client, prefix: Callable[[], str], dropped: Callable[[], None]) -> None:

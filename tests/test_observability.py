@@ -14,6 +14,7 @@ from collections.abc import Iterator
 
 import aiohttp
 import anyio
+import discord
 import pytest
 import sentry_sdk
 from prometheus_client.parser import text_string_to_metric_families
@@ -24,7 +25,14 @@ from orchestrator import cli, observability
 from orchestrator.app import App
 from orchestrator.health import HealthPortError
 from orchestrator.metrics import error_kind
-from orchestrator.observability import build_handler, redactor, report_exception, scrub, setup_logging
+from orchestrator.observability import (
+    build_handler,
+    redactor,
+    report_exception,
+    scrub,
+    setup_logging,
+)
+from orchestrator.persona_bot import PersonaBot
 from orchestrator.sandbox.openai_server import Fault
 from orchestrator.supervisor import BotState
 
@@ -129,6 +137,25 @@ async def test_added_latency_counts_the_orchestrators_time_and_not_the_providers
     # the two answers took at least 2 x 0.3 s; the provider's 0.3 s each is not the orchestrator's
     assert value(parsed, "orchestrator_answer_latency_seconds_sum", bot="sage") >= 0.6
     assert added("total", "sum") < 0.3
+
+
+async def test_added_latency_starts_when_the_event_is_decoded_not_when_its_handler_runs(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Time a message waits for discord.py to run its handler is the orchestrator's too."""
+    handle = PersonaBot._on_message
+
+    async def late_handler(self: PersonaBot, message: discord.Message) -> None:
+        await anyio.sleep(0.3)  # as if the loop were busy with other bots' events
+        await handle(self, message)
+
+    monkeypatch.setattr(PersonaBot, "_on_message", late_handler)
+    world.write([{"name": "sage"}])
+    async with world.running(health_port=0) as app:
+        await world.chat("!chat one")
+        _status, _type, text = await get(app, "/metrics")
+    inbound = value(samples(text), "orchestrator_added_latency_seconds_sum", bot="sage", part="inbound")
+    assert inbound >= 0.3
 
 
 async def test_metrics_count_chats_latency_provider_errors_quota_and_tokens(world: World) -> None:

@@ -101,12 +101,6 @@ def targets(results: dict[str, Any], args: Any) -> list[dict[str, Any]]:
     return out
 
 
-def _inside_text(run: dict[str, Any]) -> str | None:
-    inbound = _get(run, "orchestrator", "added_latency_inside_ms", "inbound", "p99")
-    outbound = _get(run, "orchestrator", "added_latency_inside_ms", "outbound", "p99")
-    return None if inbound is None or outbound is None else f"{_fmt(inbound)} / {_fmt(outbound)}"
-
-
 def _fmt(value: Any, digits: int = 2) -> str:
     if value is None:
         return "-"
@@ -162,7 +156,8 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, Any, Any]]:
             pair("  throughput answers/s", "throughput_per_s")
             pair("  CPU ms per answered !chat", "cpu_ms_per_answer")
             pair("    of which user / system (kernel)", "cpu_user_ms_per_answer")
-            r[-1] = (r[-1][0], r[-1][1], _pair_text(run, "orchestrator"), _pair_text(run, "baseline"))
+            cpu = ("cpu_user_ms_per_answer",), ("cpu_system_ms_per_answer",)
+            r[-1] = (r[-1][0], r[-1][1], _two(run, "orchestrator", *cpu), _two(run, "baseline", *cpu))
             pair("  => answers/s per core", "capacity_per_core_per_s")
             pair("  added latency p50 ms (as the sandbox sees it)", "added_latency_ms", "total", "p50")
             pair("  added latency p99 ms (as the sandbox sees it)", "added_latency_ms", "total", "p99")
@@ -171,7 +166,8 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, Any, Any]]:
             pair("  added latency p50 ms, timed inside", "added_latency_inside_ms", "total", "p50")
             pair("  added latency p99 ms, timed inside", "added_latency_inside_ms", "total", "p99")
             pair("    inbound / outbound p99 ms, inside", "added_latency_inside_ms", "inbound", "p99")
-            r[-1] = (r[-1][0], r[-1][1], _inside_text(run), None)
+            inside = ("added_latency_inside_ms", "inbound", "p99"), ("added_latency_inside_ms", "outbound", "p99")
+            r[-1] = (r[-1][0], r[-1][1], _two(run, "orchestrator", *inside), None)
             pair("  sandbox cores used", "sandbox_cores_used")
             pair("  other processes' cores used (noise)", "other_processes_cores_used")
     for point in _get(s, "memory", "points") or []:
@@ -206,9 +202,10 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, Any, Any]]:
     return r
 
 
-def _pair_text(run: dict[str, Any], side: str) -> str | None:
-    user, system = _get(run, side, "cpu_user_ms_per_answer"), _get(run, side, "cpu_system_ms_per_answer")
-    return None if user is None or system is None else f"{user:.2f} / {system:.2f}"
+def _two(run: dict[str, Any], side: str, first: tuple[str, ...], second: tuple[str, ...]) -> str | None:
+    """Two figures of one side in one cell: "a / b"."""
+    a, b = _get(run, side, *first), _get(run, side, *second)
+    return None if a is None or b is None else f"{_fmt(a)} / {_fmt(b)}"
 
 
 def table(results: dict[str, Any], goal: list[dict[str, Any]]) -> str:

@@ -548,13 +548,14 @@ async def _overhead_side(bench: Bench, side: str, n: int, rate: float) -> dict[s
         messages = chat_messages(bots, total, users)
         label = f"overhead-{n}bots-{rate:g}per_s"
         profiler = await start_profiler(bench, world, duration, label) if side == "orchestrator" else None
-        histogram0 = await world.proc.added_latency_buckets() if isinstance(world.proc, OrchestratorProc) else {}
+        orchestrator = world.proc if isinstance(world.proc, OrchestratorProc) else None  # it has /metrics
+        histogram0 = await orchestrator.added_latency_buckets() if orchestrator else {}
         noise = NoiseMeter(world)
         cpu0 = world.cpu()
         load = await world.chat(messages, rate=rate, timeout=30 + 2 * duration)
         cpu1 = world.cpu()
         other_cores = noise.cores()
-        histogram1 = await world.proc.added_latency_buckets() if isinstance(world.proc, OrchestratorProc) else {}
+        histogram1 = await orchestrator.added_latency_buckets() if orchestrator else {}
         user, system = cpu1[0] - cpu0[0], cpu1[1] - cpu0[1]
         cpu = user + system
         window = load["end"] - load["start"]
