@@ -41,7 +41,7 @@ from .memory import SHARED, ConversationKey, ConversationStore, fit_context
 from .metrics import Metrics
 from .observability import report_exception
 from .streaming import EditBudgets, StreamingReply
-from .typing_indicator import TypingIndicator
+from .typing_indicator import TypingIndicator, Work
 
 log = logging.getLogger(__name__)
 
@@ -489,7 +489,7 @@ class PersonaBot:
             await self._reply(job.message, f"Write something after `{spec.prefix}chat`, for example `{spec.prefix}chat hello`.")
             return
         store = self.services.store
-        with self._typing.working(job.message.channel.id):
+        with self._typing.working(job.message.channel.id) as work:
             try:
                 history = await store.history(key, spec.memory.max_turns)
             except Exception:  # noqa: BLE001 - answer without memory rather than not at all
@@ -508,11 +508,12 @@ class PersonaBot:
             )
             try:
                 if spec.stream:
-                    answer = await self._answer_streaming(job.message, call)
+                    answer = await self._answer_streaming(job.message, call, work)
                 else:
-                    answer = await self._answer_plain(job, call)
+                    answer = await self._answer_plain(job, call, work)
             except ProviderError as exc:
                 log.warning("bot %s: %s", spec.name, exc)
+                work.finish()
                 await self._reply(job.message, exc.user_message)
                 return
             except discord.HTTPException as exc:
@@ -527,10 +528,11 @@ class PersonaBot:
                 log.exception("bot %s: the answer was delivered but could not be saved to memory", spec.name)
             self.counters.answered += 1
 
-    async def _answer_plain(self, job: Job, call: ChatCall) -> str | None:
+    async def _answer_plain(self, job: Job, call: ChatCall, work: Work) -> str | None:
         """Ask, then send the whole answer; returns what was delivered (None: nothing to remember)."""
         message = job.message
         result = await self.services.pool.complete(call)
+        work.finish()
         answer = result.text.strip()
         chunks = split_message(neutralize_mentions(answer))
         if self.services.metrics is not None:
@@ -545,13 +547,15 @@ class PersonaBot:
             await self._follow_up(message, chunk)
         return answer
 
-    async def _answer_streaming(self, message: discord.Message, call: ChatCall) -> str | None:
+    async def _answer_streaming(self, message: discord.Message, call: ChatCall, work: Work) -> str | None:
         """Show the answer while the model writes it; a cut stream keeps its partial text, marked."""
 
         async def send(text: str, first: bool) -> discord.Message:
             """An editable message: the reply first, then follow-ups."""
             reference = message.to_reference(fail_if_not_exists=False) if first else None
             channel = self._channel(message)
+            work.finish()  # the text itself shows progress from here on
+            await self._typing.settle(message.channel.id)
             sent = await _retry_5xx(partial(
                 channel.send, text, reference=reference, allowed_mentions=NO_MENTIONS, nonce=_nonces.getrandbits(64)
             ))  # one nonce for every try: see _post
@@ -599,6 +603,7 @@ class PersonaBot:
             ) as params:
                 await self.client.http.send_message(message.channel.id, params=params)
 
+        await self._typing.settle(message.channel.id)
         await _retry_5xx(send)
         self._typing.sent(message.channel.id)
 

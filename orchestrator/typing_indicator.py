@@ -14,6 +14,10 @@ counter, no task, no await) and the bot reports each message it posts with
 
 Each POST runs in a task of the keeper's own task group, at most one in flight per channel, so a
 slow channel does not hold up the others. A failed POST is logged and the indicator goes on.
+
+A POST that reached Discord after the bot's message would show "typing…" for 10 s under a finished
+answer. So an answer stops counting once it starts delivering (:meth:`Work.finish`), and the bot
+waits for a POST in flight in the channel before it posts there (:meth:`TypingIndicator.settle`).
 """
 
 from __future__ import annotations
@@ -38,6 +42,20 @@ class _Channel:
     last_post: float = -math.inf  # when the last POST was started
     stale: bool = True  # nothing shown yet, or the bot posted since the last POST
     sending: bool = False  # a POST is in flight
+    settled: anyio.Event | None = None  # set when the POST in flight ends, made only if someone waits
+
+
+class Work:
+    """One answer's share in keeping a channel's indicator up."""
+
+    def __init__(self, channel: _Channel) -> None:
+        self._channel: _Channel | None = channel
+
+    def finish(self) -> None:
+        """The answer is delivering (or done): it no longer keeps the indicator up. Idempotent."""
+        if self._channel is not None:
+            self._channel.active -= 1
+            self._channel = None
 
 
 class TypingIndicator:
@@ -52,16 +70,18 @@ class TypingIndicator:
         *,
         refresh: float = 8.0,
         min_interval: float = 1.0,
+        settle_timeout: float = 1.0,
     ) -> None:
         self._send_typing = send_typing
         self.refresh = refresh
         self.min_interval = min_interval
+        self.settle_timeout = settle_timeout
         self._channels: dict[int, _Channel] = {}
         self._wake = anyio.Event()
 
     @contextmanager
-    def working(self, channel_id: int) -> Iterator[None]:
-        """Mark one answer as working in ``channel_id`` while the block runs."""
+    def working(self, channel_id: int) -> Iterator[Work]:
+        """Mark one answer as working in ``channel_id`` until the block ends or it calls ``finish()``."""
         channel = self._channels.get(channel_id)
         if channel is None:
             channel = self._channels[channel_id] = _Channel()
@@ -69,10 +89,22 @@ class TypingIndicator:
         if channel.active == 1:
             channel.stale = True
             self._wake.set()
+        work = Work(channel)
         try:
-            yield
+            yield work
         finally:
-            channel.active -= 1
+            work.finish()
+
+    async def settle(self, channel_id: int) -> None:
+        """Wait until no POST is in flight in ``channel_id`` (at most ``settle_timeout`` s), so that
+        none reaches Discord after the message the bot is about to post there."""
+        channel = self._channels.get(channel_id)
+        if channel is None or not channel.sending:
+            return
+        if channel.settled is None:
+            channel.settled = anyio.Event()
+        with anyio.move_on_after(self.settle_timeout):
+            await channel.settled.wait()
 
     def sent(self, channel_id: int) -> None:
         """The bot posted a message in ``channel_id`` (Discord hides its indicator there)."""
@@ -121,4 +153,7 @@ class TypingIndicator:
             log.warning("typing indicator in channel %s failed", channel_id, exc_info=True)
         finally:
             channel.sending = False
+            if channel.settled is not None:
+                channel.settled.set()
+                channel.settled = None
             self._wake.set()

@@ -89,6 +89,37 @@ async def test_a_failing_typing_endpoint_does_not_stop_answers(world: World, sta
     assert typing_posts(world, other) >= 1, "the keeper went on after the failure"
 
 
+@pytest.mark.fault
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "streamed"])
+async def test_a_typing_post_in_flight_reaches_discord_before_the_reply(world: World, stream: bool) -> None:
+    world.write([{"name": "sage", "stream": stream}])
+    world.discord.inject_rest(RestFault(None, "POST", "/typing", delay=0.3))  # slower than the answer
+    async with world.running():
+        [reply] = await world.chat("!chat quick one")
+    requests = [(method, path) for method, path, _ in world.discord.rest_log]
+    general = world.discord.channel_id
+    assert reply.content.endswith("| quick one")
+    assert requests.index(("POST", f"/api/v10/channels/{general}/typing")) < requests.index(
+        ("POST", f"/api/v10/channels/{general}/messages")
+    ), "a typing POST handled after the reply would show typing under the finished answer"
+
+
+@pytest.mark.fault
+async def test_no_typing_post_while_a_long_answer_is_delivered(world: World) -> None:
+    world.write([{"name": "sage"}])
+    world.openai.queue_replies(" ".join(["word"] * 1000))  # three messages
+    world.openai.latency = 0.2  # shorter than the refresh period
+    world.discord.inject_rest(*(RestFault(None, "POST", "/messages", delay=0.15) for _ in range(3)))
+    async with world.running(options=QUICK_TYPING):
+        replies = await world.chat("!chat tell me everything")
+    requests = [(method, path) for method, path, _ in world.discord.rest_log]
+    general = world.discord.channel_id
+    first_message = requests.index(("POST", f"/api/v10/channels/{general}/messages"))
+    assert len(replies) == 3
+    assert ("POST", f"/api/v10/channels/{general}/typing") in requests[:first_message]
+    assert ("POST", f"/api/v10/channels/{general}/typing") not in requests[first_message:]
+
+
 # ---------------------------------------------------------------- the rules, with a fake sender
 
 
@@ -120,10 +151,10 @@ class FakeTyping:
 
 @contextlib.asynccontextmanager
 async def keeper(
-    *, refresh: float = 60.0, min_interval: float = 0.05
+    *, refresh: float = 60.0, min_interval: float = 0.05, settle_timeout: float = 5.0
 ) -> AsyncIterator[tuple[TypingIndicator, FakeTyping]]:
     fake = FakeTyping()
-    typing = TypingIndicator(fake.send_typing, refresh=refresh, min_interval=min_interval)
+    typing = TypingIndicator(fake.send_typing, refresh=refresh, min_interval=min_interval, settle_timeout=settle_timeout)
     async with anyio.create_task_group() as tg:
         tg.start_soon(typing.run)
         with anyio.fail_after(5):
@@ -195,3 +226,50 @@ async def test_a_slow_post_does_not_hold_up_other_channels_and_a_failed_one_is_s
             assert len(fake.times(1)) == 1, "at most one POST in flight per channel"
             fake.hold[1].set()
             await fake.wait_for(2, channel_id=1)
+
+
+async def test_settle_waits_for_the_post_in_flight_in_its_channel_only() -> None:
+    async with keeper() as (typing, fake):
+        await typing.settle(1)  # nothing known about the channel
+        fake.hold[1] = anyio.Event()
+        with typing.working(1), typing.working(2):
+            await fake.wait_for(1, channel_id=1)
+            await fake.wait_for(1, channel_id=2)
+            await typing.settle(2)  # its POST is done; channel 1's is held
+            settled: list[float] = []
+
+            async def settle() -> None:
+                await typing.settle(1)
+                settled.append(anyio.current_time())
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(settle)
+                await anyio.wait_all_tasks_blocked()
+                assert not settled
+                released = anyio.current_time()
+                fake.hold[1].set()
+            assert settled[0] >= released
+
+
+async def test_settle_gives_up_after_its_timeout() -> None:
+    async with keeper(settle_timeout=0.05) as (typing, fake):
+        fake.hold[1] = anyio.Event()
+        with typing.working(1):
+            await fake.wait_for(1, channel_id=1)
+            started = anyio.current_time()
+            await typing.settle(1)  # the POST never ends
+            assert anyio.current_time() - started >= 0.05 - 1e-3
+            fake.hold[1].set()
+
+
+async def test_a_finished_answer_no_longer_keeps_the_indicator_up() -> None:
+    async with keeper(refresh=0.01, min_interval=0.01) as (typing, fake):
+        with typing.working(1) as work, typing.working(2):
+            await fake.wait_for(1, channel_id=1)
+            work.finish()
+            work.finish()  # idempotent: the other answers' count is untouched
+            await fake.wait_for(5, channel_id=2)  # the keeper went through several refresh periods
+            posts_in_1 = len(fake.times(1))
+        with typing.working(1):  # and the channel counts answers correctly afterwards
+            await fake.wait_for(posts_in_1 + 1, channel_id=1)
+    assert posts_in_1 <= 2  # at most one that had started before finish()

@@ -89,14 +89,15 @@ class SentMessage:
 
 @dataclass
 class RestFault:
-    """One injected REST failure, consumed by the first channel request it matches."""
+    """One injected REST failure or slowness, consumed by the first channel request it matches."""
 
-    status: int
+    status: int | None  # None: no error, only the delay
     method: str | None = None
     path_contains: str | None = None
     retry_after: float = 0.05
     global_: bool = False
     after_handling: bool = False  # carry the request out, then answer with the fault: a response lost on its way
+    delay: float = 0.0  # seconds the request is held before anything else happens to it
 
 
 @dataclass
@@ -856,6 +857,10 @@ class DiscordSandbox:
         response: web.StreamResponse
         authorized = request.path == API_PREFIX + "/gateway" or token in self._bot_tokens
         fault = self._take_fault(request) if authorized else None
+        if fault is not None and fault.delay:
+            await asyncio.sleep(fault.delay)
+        if fault is not None and fault.status is None:
+            fault = None
         if not authorized:
             response = _ApiError(401, 0, "401: Unauthorized").response()
         elif fault is not None and not fault.after_handling:
@@ -897,6 +902,7 @@ class DiscordSandbox:
 
     @staticmethod
     def _fault_response(fault: RestFault, bucket: str) -> web.Response:
+        assert fault.status is not None
         if fault.status != 429:
             return _ApiError(fault.status, 0, f"{fault.status}: Injected fault").response()
         headers = {
