@@ -389,6 +389,27 @@ async def test_rest_responses_carry_discord_headers(sandbox: DiscordSandbox) -> 
             assert body == {"message": "You are being rate limited.", "retry_after": 0.25, "global": True}
 
 
+async def test_enforce_nonce_returns_the_first_message_within_the_window_only(sandbox: DiscordSandbox) -> None:
+    sandbox.add_bot(TOKEN_A, "alpha")
+    auth = {"Authorization": f"Bot {TOKEN_A}"}
+    messages_url = f"{sandbox.api_url}/channels/{sandbox.channel_id}/messages"
+
+    async def post(content: str, nonce: str, **extra: object) -> int:
+        async with aiohttp.ClientSession() as http:
+            payload = {"content": content, "nonce": nonce, **extra}
+            async with http.post(messages_url, json=payload, headers=auth) as response:
+                assert response.status == 200
+                return int((await response.json())["id"])
+
+    first = await post("one", "n1", enforce_nonce=True)
+    assert await post("one again", "n1", enforce_nonce=True) == first
+    assert await post("without enforce_nonce", "n1") != first
+    assert await post("another nonce", "n2", enforce_nonce=True) != first
+    sandbox.nonce_window = 0.0  # "the past few minutes" are over
+    assert await post("one, much later", "n1", enforce_nonce=True) != first
+    assert [m.content for m in sandbox.sent] == ["one", "without enforce_nonce", "another nonce", "one, much later"]
+
+
 async def test_control_api_posts_as_a_user_and_lists_sent_messages(sandbox: DiscordSandbox) -> None:
     bot = make_bot()
     sandbox.add_bot(TOKEN_A, "alpha")

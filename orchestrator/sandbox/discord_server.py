@@ -238,7 +238,13 @@ class DiscordSandbox:
     """
 
     def __init__(
-        self, *, host: str = "127.0.0.1", port: int = 0, heartbeat_interval_ms: int = 41250, compress: bool = False
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        heartbeat_interval_ms: int = 41250,
+        compress: bool = False,
+        nonce_window: float = 300.0,
     ) -> None:
         self._host, self._port = host, port
         # With ``compress``, a client that asks for ``compress=zlib-stream`` gets it, as from Discord: one
@@ -258,7 +264,9 @@ class DiscordSandbox:
         self._channels: dict[int, _Channel] = {}
         self._dm_channels: dict[tuple[int, int], int] = {}
         self._messages: dict[int, JSONDict] = {}
-        self._nonces: dict[tuple[int, str], int] = {}  # (author, nonce) -> message id, for enforce_nonce
+        # enforce_nonce: (author, nonce) -> (message id, when), oldest first. Discord checks "the past few minutes".
+        self._nonces: dict[tuple[int, str], tuple[int, float]] = {}
+        self.nonce_window = nonce_window
         self._sockets: set[web.WebSocketResponse] = set()
         self._changed = asyncio.Condition()
 
@@ -670,6 +678,17 @@ class DiscordSandbox:
 
         return for_session
 
+    def _message_with_nonce(self, once: tuple[int, str]) -> JSONDict | None:
+        """The message created with this (author, nonce) within ``nonce_window`` s, forgetting older ones."""
+        expired = time.monotonic() - self.nonce_window
+        while self._nonces:
+            oldest = next(iter(self._nonces))
+            if self._nonces[oldest][1] > expired:
+                break
+            del self._nonces[oldest]
+        entry = self._nonces.get(once)
+        return self._messages.get(entry[0]) if entry is not None else None
+
     def _bot_mentions(
         self, content: str, allowed: JSONDict | None, reference: JSONDict | None
     ) -> tuple[list[_User], list[int], bool]:
@@ -1023,8 +1042,8 @@ class DiscordSandbox:
                 raise _ApiError(400, 50035, "Invalid Form Body", {"message_reference": {"_errors": [detail]}})
         nonce = payload.get("nonce")
         once = (bot.id, str(nonce)) if nonce is not None and payload.get("enforce_nonce") else None
-        if once is not None and self._nonces.get(once) in self._messages:
-            return _json(self._messages[self._nonces[once]])  # the same message again: Discord returns the first
+        if once is not None and (first := self._message_with_nonce(once)) is not None:
+            return _json(first)  # the same message again: Discord returns the first
         allowed = payload.get("allowed_mentions")
         mentions, mention_roles, everyone = self._bot_mentions(content, allowed, reference)
         message = self._new_message(
@@ -1041,7 +1060,7 @@ class DiscordSandbox:
             nonce=nonce,
         )
         if once is not None:
-            self._nonces[once] = int(message["id"])
+            self._nonces[once] = (int(message["id"]), time.monotonic())
         self.sent.append(
             SentMessage(
                 id=int(message["id"]),
