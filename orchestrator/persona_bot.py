@@ -149,9 +149,18 @@ class Mailbox:
 
 
 class _Client(discord.Client):
-    """``discord.Client`` with a configurable pause before re-identifying."""
+    """``discord.Client`` with a configurable pause before re-identifying, and messages handed to
+    ``take_message`` as soon as they are built (discord.py would start a task per message for
+    ``on_message``)."""
 
     reidentify_delay = 5.0
+    take_message: Callable[[discord.Message], None] | None = None
+
+    def dispatch(self, event: str, /, *args: Any, **kwargs: Any) -> None:
+        if event == "message" and self.take_message is not None:
+            self.take_message(*args)
+            return
+        super().dispatch(event, *args, **kwargs)
 
     async def before_identify_hook(self, shard_id: int | None, *, initial: bool = False) -> None:
         if not initial:
@@ -186,8 +195,9 @@ class PersonaBot:
         self._tails: dict[ConversationKey, anyio.Event] = {}
         self._stop_requested = False
         self._scope: anyio.CancelScope | None = None
+        self._notices: TaskGroup | None = None  # "busy" / "restarting" replies, sent while the bot runs
+        self._decoded_at = 0.0  # when the message being handed to _take_message was decoded
         self._edit_budgets = EditBudgets()
-        self._arrivals: dict[str, float] = {}  # message id -> time.monotonic() its event was decoded
         self.client = self._build_client()
         self._typing = TypingIndicator(
             self.client.http.send_typing,
@@ -215,7 +225,7 @@ class PersonaBot:
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Connect, serve until :meth:`stop`, then drain. Raises on crash or fatal configuration errors."""
         async with anyio.create_task_group() as tg:
-            self._scope = tg.cancel_scope
+            self._scope, self._notices = tg.cancel_scope, tg
             connect_scope = anyio.CancelScope(shield=True)
             tg.start_soon(self._connect, tg, connect_scope)
             tg.start_soon(self._typing.run)
@@ -277,20 +287,18 @@ class PersonaBot:
 
         def parse_if_addressed(data: dict[str, Any]) -> None:
             if self._addressed(data):
-                if len(self._arrivals) > 1000:  # entries are taken by _on_message; this only bounds a leak
-                    self._arrivals.clear()
-                self._arrivals[str(data.get("id"))] = time.monotonic()
-                parse_message(data)
+                self._decoded_at = time.monotonic()  # "received", for the added-latency metric
+                parse_message(data)  # builds the Message and hands it to _take_message, in this call
 
         # discord.py would build a full Message for every message in every channel the bot sees.
         client._connection.parsers["MESSAGE_CREATE"] = parse_if_addressed
         gateway_filter.install(client, lambda: self.spec.prefix, self._count_dropped)  # ... and decode it
-        client.on_message = self._on_message  # type: ignore[method-assign]
+        client.take_message = self._take_message
         client.on_ready = self._on_ready  # type: ignore[method-assign]
         client.on_error = self._on_error  # type: ignore[method-assign]
         return client
 
-    # ------------------------------------------------------------------ discord.py handlers (bare tasks)
+    # ------------------------------------------------------------------ discord.py handlers
 
     async def _on_ready(self) -> None:
         if not self._ready.is_set():
@@ -339,41 +347,54 @@ class PersonaBot:
                 return False
         return True
 
-    async def _on_message(self, message: discord.Message) -> None:
-        # "received": when its gateway event was decoded, before discord.py queued this handler
-        received = self._arrivals.pop(str(message.id), None) or time.monotonic()
+    def _take_message(self, message: discord.Message) -> None:
+        """Called by discord.py, inside its gateway parser, as soon as a message addressed to this bot is
+        built: queue its job without waiting. An error here is logged, never raised into the gateway loop."""
+        try:
+            job = self._job_for(message, received=self._decoded_at)
+            if job is not None:
+                self._enqueue(job)
+        except Exception:  # noqa: BLE001 - one message must not take the bot's connection down
+            log.exception("bot %s: could not take message %s", self.spec.name, message.id)
+            report_exception(bot=self.spec.name, provider=self.spec.provider, model=self.spec.model)
+
+    def _job_for(self, message: discord.Message, *, received: float) -> Job | None:
+        """What ``message`` asks of this bot, if anything: a command, a mention or a reply to the bot."""
         if not self._allowed(message):
-            return
+            return None
         command = parse_command(message.content, self.spec.prefix)
         if command is not None:
             kind: JobKind = command.name
             if command.name == "reset" and command.argument.lower() == "channel":
                 kind = "reset_channel"
-            await self._enqueue(Job(kind, message, command.argument, received))
-            return
+            return Job(kind, message, command.argument, received)
         if message.content.startswith(self.spec.prefix):
-            return  # someone else's command, or a typo: stay quiet
+            return None  # someone else's command, or a typo: stay quiet
         me = self.client.user
         if me is None:
-            return
+            return None
         mentioned = any(user.id == me.id for user in message.mentions)
         resolved = message.reference.resolved if message.reference else None
         replied = isinstance(resolved, discord.Message) and resolved.author.id == me.id
         if mentioned or replied:
-            text = re.sub(rf"<@!?{me.id}>", "", message.content)
-            await self._enqueue(Job("chat", message, text, received))
+            return Job("chat", message, re.sub(rf"<@!?{me.id}>", "", message.content), received)
+        return None
 
-    async def _enqueue(self, job: Job) -> None:
+    def _enqueue(self, job: Job) -> None:
         """Accept a job, or answer "busy" when the bot, or this user, already has too many waiting."""
         if not self.mailbox.accepts(job.message.author.id):
             self.counters.busy += 1
             log.warning("bot %s: too many messages waiting (%d), answering busy", self.spec.name, self.mailbox.in_flight)
-            await self._reply(job.message, BUSY)
+            self._notify(job.message, BUSY)
             return
         try:
             self.mailbox.put(job)
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-            await self._reply(job.message, RESTARTING)
+            self._notify(job.message, RESTARTING)
+
+    def _notify(self, message: discord.Message, text: str) -> None:
+        if self._notices is not None:  # None only before run(), when no message can arrive
+            self._notices.start_soon(self._reply, message, text)
 
     # ------------------------------------------------------------------ the actor's own tasks
 

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import re
 
+import discord
 import pytest
 
-from orchestrator.persona_bot import APOLOGY, EMPTY_ANSWER
+from orchestrator.persona_bot import APOLOGY, EMPTY_ANSWER, Job, PersonaBot
 from orchestrator.sandbox.discord_server import SentMessage
 
 from .conftest import World
@@ -216,3 +217,25 @@ async def test_model_output_with_a_lone_surrogate_is_shown_and_remembered(world:
     assert "broken" in shown.content and "😀" in shown.content
     remembered = [m["content"] for m in world.openai.chat_requests[1].body["messages"][1:]]
     assert remembered == ["go", "broken \ufffd emoji and a fine 😀 one", "and then?"]
+
+
+async def test_an_error_while_taking_a_message_is_logged_and_the_connection_stays(
+    world: World, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Messages are taken inside discord.py's gateway parser: an error there must not reach its loop."""
+    job_for = PersonaBot._job_for
+
+    def fragile(self: PersonaBot, message: discord.Message, *, received: float) -> Job | None:
+        if "boom" in message.content:
+            raise RuntimeError("a bug in taking messages")
+        return job_for(self, message, received=received)
+
+    monkeypatch.setattr(PersonaBot, "_job_for", fragile)
+    world.write([{"name": "sage"}])
+    async with world.running() as app:
+        await world.discord.post("!chat boom")
+        [reply] = await world.chat("!chat still there?")
+        restarts = app.supervisor.children["sage"].restarts
+    assert reply.content.endswith("| still there?")
+    assert restarts == 0
+    assert any("bot sage: could not take message" in r.getMessage() and r.exc_info for r in caplog.records)

@@ -10,7 +10,9 @@ import io
 import json
 import logging
 import socket
+import time
 from collections.abc import Iterator
+from typing import Any
 
 import aiohttp
 import anyio
@@ -32,7 +34,6 @@ from orchestrator.observability import (
     scrub,
     setup_logging,
 )
-from orchestrator.persona_bot import PersonaBot
 from orchestrator.sandbox.openai_server import Fault
 from orchestrator.supervisor import BotState
 
@@ -139,17 +140,17 @@ async def test_added_latency_counts_the_orchestrators_time_and_not_the_providers
     assert added("total", "sum") < 0.3
 
 
-async def test_added_latency_starts_when_the_event_is_decoded_not_when_its_handler_runs(
+async def test_added_latency_starts_when_the_event_is_decoded_not_when_its_message_is_built(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Time a message waits for discord.py to run its handler is the orchestrator's too."""
-    handle = PersonaBot._on_message
+    """The time discord.py takes to build a Message from the event is the orchestrator's too."""
+    build = discord.Message.__init__
 
-    async def late_handler(self: PersonaBot, message: discord.Message) -> None:
-        await anyio.sleep(0.3)  # as if the loop were busy with other bots' events
-        await handle(self, message)
+    def slow_build(self: discord.Message, *args: Any, **kwargs: Any) -> None:
+        time.sleep(0.3)  # as if the loop were slow to build it
+        build(self, *args, **kwargs)
 
-    monkeypatch.setattr(PersonaBot, "_on_message", late_handler)
+    monkeypatch.setattr(discord.Message, "__init__", slow_build)
     world.write([{"name": "sage"}])
     async with world.running(health_port=0) as app:
         await world.chat("!chat one")
