@@ -17,9 +17,11 @@ import logging
 import random
 import re
 import time
+from collections import deque
 from collections.abc import Callable
 from contextlib import aclosing
 from dataclasses import dataclass
+from datetime import timedelta
 from functools import partial
 from typing import Any, Literal
 
@@ -71,6 +73,7 @@ class RuntimeOptions:
     close_timeout: float = 5.0
     typing_refresh: float = 8.0  # Discord shows "typing…" for about 10 s after each POST
     typing_min_interval: float = 1.0  # at most one typing POST per channel this often
+    catch_up_window: float = 300.0  # after a restart, answer what was missed if at most this old (s)
 
 
 @dataclass
@@ -114,6 +117,27 @@ class Mailbox:
         self.in_flight = 0
         self.per_user: dict[int, int] = {}
         self._idle = anyio.Event()
+        # The newest message taken per channel, most recent channel last: where a new incarnation
+        # catches up on what arrived while none was connected. And recently taken ids, so that a
+        # message both caught up and delivered by the gateway is taken once.
+        self.last_taken: dict[int, int] = {}
+        self._taken_ids: set[int] = set()
+        self._taken_order: deque[int] = deque()
+
+    def take_once(self, channel_id: int, message_id: int) -> bool:
+        """Record ``message_id`` as taken; False if it was taken before."""
+        if message_id in self._taken_ids:
+            return False
+        self._taken_ids.add(message_id)
+        self._taken_order.append(message_id)
+        if len(self._taken_order) > _REMEMBERED_IDS:
+            self._taken_ids.discard(self._taken_order.popleft())
+        if message_id > self.last_taken.get(channel_id, 0):
+            self.last_taken.pop(channel_id, None)
+            self.last_taken[channel_id] = message_id
+            if len(self.last_taken) > _CATCH_UP_CHANNELS:
+                del self.last_taken[next(iter(self.last_taken))]
+        return True
 
     def accepts(self, user: int) -> bool:
         return self.in_flight < self.capacity and self.per_user.get(user, 0) < self.per_user_limit
@@ -146,6 +170,11 @@ class Mailbox:
     def close(self) -> None:
         self.send.close()
         self.receive.close()
+
+
+_REMEMBERED_IDS = 2000
+_CATCH_UP_CHANNELS = 20  # channels read after a restart, the most recently active ones
+_CATCH_UP_LIMIT = 50  # messages read per channel
 
 
 class _Client(discord.Client):
@@ -197,6 +226,7 @@ class PersonaBot:
         self._scope: anyio.CancelScope | None = None
         self._notices: TaskGroup | None = None  # "busy" / "restarting" replies, sent while the bot runs
         self._decoded_at = 0.0  # when the message being handed to _take_message was decoded
+        self._catch_up_from = dict(mailbox.last_taken)  # where earlier incarnations stopped, if any
         self._edit_budgets = EditBudgets()
         self.client = self._build_client()
         self._typing = TypingIndicator(
@@ -291,7 +321,7 @@ class PersonaBot:
                 parse_message(data)  # builds the Message and hands it to _take_message, in this call
 
         # discord.py would build a full Message for every message in every channel the bot sees.
-        client._connection.parsers["MESSAGE_CREATE"] = parse_if_addressed
+        client._connection.parsers["MESSAGE_CREATE"] = self._parse_message = parse_if_addressed
         gateway_filter.install(client, lambda: self.spec.prefix, self._count_dropped)  # ... and decode it
         client.take_message = self._take_message
         client.on_ready = self._on_ready  # type: ignore[method-assign]
@@ -304,6 +334,8 @@ class PersonaBot:
         if not self._ready.is_set():
             log.info("bot %s is online as %s", self.spec.name, self.client.user)
             self._ready.set()
+            if self._catch_up_from and self._notices is not None:
+                self._notices.start_soon(self._catch_up, self._catch_up_from)
             if self._on_ready_callback:
                 self._on_ready_callback()
 
@@ -351,6 +383,8 @@ class PersonaBot:
         """Called by discord.py, inside its gateway parser, as soon as a message addressed to this bot is
         built: queue its job without waiting. An error here is logged, never raised into the gateway loop."""
         try:
+            if not self.mailbox.take_once(message.channel.id, message.id):
+                return
             job = self._job_for(message, received=self._decoded_at)
             if job is not None:
                 self._enqueue(job)
@@ -395,6 +429,31 @@ class PersonaBot:
     def _notify(self, message: discord.Message, text: str) -> None:
         if self._notices is not None:  # None only before run(), when no message can arrive
             self._notices.start_soon(self._reply, message, text)
+
+    async def _catch_up(self, taken: dict[int, int]) -> None:
+        """Take what arrived while no incarnation of this bot was connected: Discord does not replay
+        it to a new session. Reads each channel where an earlier incarnation took a message, after the
+        newest one it took, and skips messages older than ``catch_up_window``. REST messages carry no
+        member data, so a bot restricted to roles cannot check them and leaves them."""
+        window = self.services.options.catch_up_window
+        oldest = discord.utils.time_snowflake(discord.utils.utcnow() - timedelta(seconds=window))
+        caught = 0
+        for channel_id, after in taken.items():
+            try:
+                found = await self.client.http.logs_from(channel_id, _CATCH_UP_LIMIT, after=max(after, oldest))
+            except (discord.HTTPException, aiohttp.ClientError) as exc:
+                log.warning("bot %s: could not read channel %s for messages missed while restarting (%s)",
+                            self.spec.name, channel_id, exc)  # fmt: skip
+                continue
+            guild = getattr(self.client.get_channel(channel_id), "guild", None)
+            for data in sorted(found, key=lambda message: int(message["id"])):
+                if guild is not None:
+                    data["guild_id"] = str(guild.id)  # REST messages lack it; the gateway's carry it
+                before = self.mailbox.in_flight
+                self._parse_message(data)
+                caught += self.mailbox.in_flight - before
+        if caught:
+            log.info("bot %s: answering %d message(s) sent while it was restarting", self.spec.name, caught)
 
     # ------------------------------------------------------------------ the actor's own tasks
 

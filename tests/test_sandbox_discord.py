@@ -410,6 +410,27 @@ async def test_enforce_nonce_returns_the_first_message_within_the_window_only(sa
     assert [m.content for m in sandbox.sent] == ["one", "without enforce_nonce", "another nonce", "one, much later"]
 
 
+async def test_channel_history_is_listed_newest_first_without_gateway_only_fields(sandbox: DiscordSandbox) -> None:
+    sandbox.add_bot(TOKEN_A, "alpha")
+    ids = [int((await sandbox.post(f"m{i}"))["id"]) for i in range(5)]
+    other = sandbox.add_channel("other")
+    await sandbox.post("elsewhere", channel_id=other)
+    url = f"{sandbox.api_url}/channels/{sandbox.channel_id}/messages"
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bot {TOKEN_A}"}) as http:
+
+        async def listed(**query: int) -> list[dict[str, object]]:
+            async with http.get(url, params=query) as response:
+                assert response.status == 200
+                return await response.json()
+
+        assert [m["content"] for m in await listed()] == ["m4", "m3", "m2", "m1", "m0"]
+        assert [m["content"] for m in await listed(after=ids[2])] == ["m4", "m3"]
+        assert [m["content"] for m in await listed(before=ids[2], limit=1)] == ["m1"]
+        assert not any("guild_id" in m or "member" in m for m in await listed())
+        async with http.get(url, params={"limit": 101}) as refused:
+            assert refused.status == 400
+
+
 async def test_control_api_posts_as_a_user_and_lists_sent_messages(sandbox: DiscordSandbox) -> None:
     bot = make_bot()
     sandbox.add_bot(TOKEN_A, "alpha")

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
+from typing import Any
 
 import anyio
 
+from orchestrator.app import App
+from orchestrator.persona_bot import Mailbox
+from orchestrator.sandbox.discord_server import RestFault, SentMessage
 from orchestrator.supervisor import BotState, RestartPolicy
 
-from .conftest import World, token_for
+from .conftest import FAST, World, token_for
 
 
 async def test_bad_token_fails_that_bot_at_once_and_others_run(world: World) -> None:
@@ -107,3 +112,79 @@ async def test_messages_waiting_when_a_client_crashes_are_answered_after_the_res
         replies = await world.discord.wait_for_sent(3, predicate=lambda m: m.reference_id in ids, timeout=20)
     assert {m.reference_id for m in replies} == ids
     assert all(m.author_id == world.bot_ids["flaky"] and "question" in m.content for m in replies)
+
+
+# ---------------------------------------------------------------- catching up after a restart
+
+
+def flaky_and_steady(world: World) -> None:
+    world.write([{"name": "flaky"}, {"name": "steady", "prefix": "?"}])
+
+
+async def crash_and_post(world: World, app: App, text: str) -> dict[str, Any]:
+    """Let flaky take one message, crash it with a fatal close (its next incarnation gets a new
+    session, to which Discord replays nothing), post ``text`` while it is down; returns that message
+    once flaky runs again."""
+    supervisor = app.supervisor
+    assert supervisor is not None
+    await world.chat("!chat before")
+    await world.discord.drop_gateway(token_for("flaky"), code=4012)
+    missed = await world.discord.post(text)
+    await supervisor.wait_until(lambda s: s.children["flaky"].restarts == 1)
+    await supervisor.wait_for_state("flaky", BotState.RUNNING)
+    return missed
+
+
+def replies_to(world: World, message: dict[str, Any]) -> list[SentMessage]:
+    return [m for m in world.discord.sent if m.reference_id == int(message["id"])]
+
+
+async def test_a_message_sent_while_a_crashed_bot_was_down_is_answered_once_it_is_back(world: World) -> None:
+    flaky_and_steady(world)
+    async with world.running() as app:
+        missed = await crash_and_post(world, app, "!chat while you were away")
+        [reply] = await world.discord.wait_for_sent(predicate=lambda m: m.reference_id == int(missed["id"]))
+        [later] = await world.chat("!chat and now?")
+    assert reply.author_id == world.bot_ids["flaky"] and reply.content.endswith("| while you were away")
+    assert later.author_id == world.bot_ids["flaky"]
+    assert [m.content.split("| ")[-1] for m in world.discord.sent] == ["before", "while you were away", "and now?"]
+    assert world.discord.identify_count[token_for("flaky")] == 2
+
+
+async def test_a_message_both_caught_up_and_delivered_by_the_gateway_is_answered_once(world: World) -> None:
+    general = world.discord.channel_id
+    world.discord.inject_rest(RestFault(None, "GET", f"/channels/{general}/messages", delay=0.5))
+    flaky_and_steady(world)
+    async with world.running() as app:
+        missed = await crash_and_post(world, app, "!chat while you were away")
+        both = await world.discord.post("!chat just after the restart")  # before the delayed GET is answered
+        await world.discord.wait_for_sent(predicate=lambda m: m.reference_id == int(missed["id"]))
+        await world.discord.wait_for_sent(predicate=lambda m: m.reference_id == int(both["id"]))
+        await world.chat("!chat one more")
+    assert not world.discord.faults, "the catch-up read the channel"
+    assert len(replies_to(world, missed)) == 1
+    assert len(replies_to(world, both)) == 1, "taken once, although it came both ways"
+
+
+async def test_messages_older_than_the_catch_up_window_are_left_alone(world: World) -> None:
+    listed = ("GET", f"/api/v10/channels/{world.discord.channel_id}/messages")
+    flaky_and_steady(world)
+    async with world.running(options=replace(FAST, catch_up_window=0.0)) as app:
+        missed = await crash_and_post(world, app, "!chat long ago")
+        with anyio.fail_after(5):
+            while listed not in [(method, path) for method, path, _ in world.discord.rest_log]:
+                await anyio.sleep(0.01)
+        await world.chat("!chat and now?")
+    assert replies_to(world, missed) == []
+
+
+def test_the_mailbox_takes_each_message_once_and_remembers_the_newest_per_channel() -> None:
+    mailbox = Mailbox(size=4, concurrency=1)
+    mailbox.close()  # only its bookkeeping is used here
+    assert mailbox.take_once(1, 10) and mailbox.take_once(1, 12) and mailbox.take_once(2, 11)
+    assert not mailbox.take_once(1, 12)
+    assert mailbox.take_once(1, 9)  # an older one, not taken before: still taken once
+    assert mailbox.last_taken == {1: 12, 2: 11}
+    for channel in range(3, 3 + 30):
+        mailbox.take_once(channel, 100 + channel)
+    assert len(mailbox.last_taken) == 20 and 2 not in mailbox.last_taken, "the most recently active channels"

@@ -852,6 +852,7 @@ class DiscordSandbox:
                 web.post(API_PREFIX + "/users/@me/channels", self._create_dm),
                 web.get(API_PREFIX + "/oauth2/applications/@me", self._get_application),
                 web.get(channel, self._get_channel),
+                web.get(channel + "/messages", self._list_messages),
                 web.post(channel + "/messages", self._create_message),
                 web.post(channel + "/typing", self._trigger_typing),
                 web.get(message, self._get_message),
@@ -1077,6 +1078,27 @@ class DiscordSandbox:
         await self._broadcast("MESSAGE_CREATE", channel, self._gateway_message(message))
         await self._notify()
         return _json(message)
+
+    async def _list_messages(self, request: web.Request) -> web.Response:
+        """The channel's messages, newest first, as Discord's ``GET /channels/{id}/messages``: the
+        newest ``limit`` (1-100, default 50) after ``after`` or before ``before``. REST message
+        objects carry no ``guild_id`` and no ``member``, unlike gateway MESSAGE_CREATEs."""
+        channel = self._channel(request)
+        try:
+            limit = int(request.query.get("limit", "50"))
+            after = int(request.query.get("after", "0"))
+            before = int(request.query.get("before", str(1 << 63)))
+        except ValueError:
+            raise _ApiError(400, 50035, "Invalid Form Body") from None
+        if not 1 <= limit <= 100:
+            raise _ApiError(400, 50035, "Invalid Form Body")
+        found = [
+            {k: v for k, v in message.items() if k not in ("guild_id", "member")}
+            for message_id, message in self._messages.items()
+            if message["channel_id"] == str(channel.id) and after < message_id < before
+        ]
+        found.sort(key=lambda m: int(m["id"]), reverse=True)
+        return _json(found[:limit])
 
     async def _get_message(self, request: web.Request) -> web.Response:
         return _json(self._message_in(self._channel(request), request))
