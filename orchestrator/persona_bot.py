@@ -226,7 +226,7 @@ class PersonaBot:
         self._scope: anyio.CancelScope | None = None
         self._notices: TaskGroup | None = None  # "busy" / "restarting" replies, sent while the bot runs
         self._decoded_at = 0.0  # when the message being handed to _take_message was decoded
-        self._catch_up_from = dict(mailbox.last_taken)  # where earlier incarnations stopped, if any
+        self._catch_up_from = dict(mailbox.last_taken)  # where the last session stopped taking messages, if any
         self._edit_budgets = EditBudgets()
         self.client = self._build_client()
         self._typing = TypingIndicator(
@@ -325,6 +325,8 @@ class PersonaBot:
         gateway_filter.install(client, lambda: self.spec.prefix, self._count_dropped)  # ... and decode it
         client.take_message = self._take_message
         client.on_ready = self._on_ready  # type: ignore[method-assign]
+        client.on_disconnect = self._on_disconnect  # type: ignore[attr-defined]
+        client.on_resumed = self._on_resumed  # type: ignore[attr-defined]
         client.on_error = self._on_error  # type: ignore[method-assign]
         return client
 
@@ -334,10 +336,20 @@ class PersonaBot:
         if not self._ready.is_set():
             log.info("bot %s is online as %s", self.spec.name, self.client.user)
             self._ready.set()
-            if self._catch_up_from and self._notices is not None:
-                self._notices.start_soon(self._catch_up, self._catch_up_from)
             if self._on_ready_callback:
                 self._on_ready_callback()
+        if self._catch_up_from and self._notices is not None:  # a new session, to which Discord replays nothing
+            self._notices.start_soon(self._catch_up, self._catch_up_from)
+        self._catch_up_from = {}
+
+    async def _on_disconnect(self) -> None:
+        """Remember where to catch up from, should the next session be a new one (``on_ready``); a
+        resumed session gets Discord's own replay (``on_resumed``)."""
+        if self._ready.is_set() and not self._catch_up_from:
+            self._catch_up_from = dict(self.mailbox.last_taken)
+
+    async def _on_resumed(self) -> None:
+        self._catch_up_from = {}
 
     async def _on_error(self, event: str, *args: Any, **kwargs: Any) -> None:
         log.exception("bot %s: unhandled error in discord.py event %s", self.spec.name, event)
@@ -431,9 +443,9 @@ class PersonaBot:
             self._notices.start_soon(self._reply, message, text)
 
     async def _catch_up(self, taken: dict[int, int]) -> None:
-        """Take what arrived while no incarnation of this bot was connected: Discord does not replay
-        it to a new session. Reads each channel where an earlier incarnation took a message, after the
-        newest one it took, and skips messages older than ``catch_up_window``. REST messages carry no
+        """Take what arrived while the bot had no session (a restart, or a session Discord invalidated):
+        Discord replays nothing to a new session. Reads each channel where the bot took a message
+        before, after the newest one it took, and skips messages older than ``catch_up_window``. REST messages carry no
         member data, so a bot restricted to roles cannot check them and leaves them."""
         window = self.services.options.catch_up_window
         oldest = discord.utils.time_snowflake(discord.utils.utcnow() - timedelta(seconds=window))

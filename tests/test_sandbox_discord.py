@@ -313,6 +313,22 @@ async def test_resumable_drop_resumes_the_session(sandbox: DiscordSandbox) -> No
     assert (sandbox.identify_count[TOKEN_A], sandbox.resume_count[TOKEN_A]) == (1, 1)
 
 
+async def test_events_missed_while_disconnected_are_replayed_on_resume_only(sandbox: DiscordSandbox) -> None:
+    bot = make_bot()
+    sandbox.add_bot(TOKEN_A, "alpha")
+    async with running(sandbox, (bot, TOKEN_A)):
+        await sandbox.drop_gateway(TOKEN_A, resumable=True)
+        await sandbox.post("!ping")  # while alpha is away
+        await sandbox.wait_for_sent()  # replayed on RESUME, answered
+        await sandbox.drop_gateway(TOKEN_A, resumable=False)
+        await sandbox.post("!ping")  # a new session gets no replay
+        await sandbox.wait_for_ready(TOKEN_A)
+        await sandbox.post("!ping")
+        await sandbox.wait_for_sent(2)
+    assert (sandbox.identify_count[TOKEN_A], sandbox.resume_count[TOKEN_A]) == (2, 1)
+    assert len(sandbox.sent) == 2
+
+
 async def test_invalid_session_makes_the_client_identify_again(sandbox: DiscordSandbox) -> None:
     bot = make_bot()
     sandbox.add_bot(TOKEN_A, "alpha")

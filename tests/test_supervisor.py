@@ -178,6 +178,31 @@ async def test_messages_older_than_the_catch_up_window_are_left_alone(world: Wor
     assert replies_to(world, missed) == []
 
 
+async def test_a_message_sent_while_discord_invalidated_the_session_is_answered(world: World) -> None:
+    world.write([{"name": "sage"}])
+    async with world.running() as app:
+        await world.chat("!chat before")
+        await world.discord.drop_gateway(token_for("sage"), resumable=False)  # discord.py identifies again
+        missed = await world.discord.post("!chat while the session was gone")
+        [reply] = await world.discord.wait_for_sent(predicate=lambda m: m.reference_id == int(missed["id"]))
+        restarts = app.supervisor.children["sage"].restarts if app.supervisor else None
+    assert reply.content.endswith("| while the session was gone")
+    assert world.discord.identify_count[token_for("sage")] == 2 and restarts == 0
+
+
+async def test_a_resumed_session_is_not_read_again(world: World) -> None:
+    listed = ("GET", f"/api/v10/channels/{world.discord.channel_id}/messages")
+    world.write([{"name": "sage"}])
+    async with world.running():
+        await world.chat("!chat before")
+        await world.discord.drop_gateway(token_for("sage"))  # resumable: Discord replays what was missed
+        missed = await world.discord.post("!chat while resuming")
+        [reply] = await world.discord.wait_for_sent(predicate=lambda m: m.reference_id == int(missed["id"]))
+    assert world.discord.resume_count[token_for("sage")] == 1
+    assert reply.content.endswith("| while resuming")
+    assert listed not in [(method, path) for method, path, _ in world.discord.rest_log]
+
+
 def test_the_mailbox_takes_each_message_once_and_remembers_the_newest_per_channel() -> None:
     mailbox = Mailbox(size=4, concurrency=1)
     mailbox.close()  # only its bookkeeping is used here

@@ -15,7 +15,9 @@ channels get 403 (code 50001, "Missing Access"), as on Discord. Humans speak thr
 Gateway frames are plain JSON text, whatever compression the client asked for. Message events reach
 a session only with the GUILD_MESSAGES (guild) or DIRECT_MESSAGES (DM) intent; without
 MESSAGE_CONTENT, guild messages arrive with empty content unless they mention the bot or are its
-own, as on Discord. Events dispatched while a session is disconnected are not replayed on RESUME.
+own, as on Discord. Events dispatched while a session is disconnected (but resumable) are kept,
+up to 1000, and replayed in order on RESUME before RESUMED, as Discord does; a new session (IDENTIFY)
+gets none of them.
 
 A small control API (``POST /_sandbox/messages``, ``GET /_sandbox/sent``) lets another process
 drive a sandbox started with the command line: ``python -m orchestrator.sandbox.discord_server``.
@@ -55,6 +57,8 @@ GUILD_MEMBERS = 1 << 1
 GUILD_MESSAGES = 1 << 9
 DIRECT_MESSAGES = 1 << 12
 MESSAGE_CONTENT = 1 << 15
+
+_MAX_MISSED = 1000  # events kept for a disconnected session, replayed on RESUME
 
 # Gateway opcodes.
 _DISPATCH, _HEARTBEAT, _IDENTIFY, _RESUME, _INVALID_SESSION, _HELLO, _HEARTBEAT_ACK = 0, 1, 2, 6, 9, 10, 11
@@ -111,6 +115,7 @@ class GatewaySession:
     ws: web.WebSocketResponse | None = None
     seq: int = 0
     ready: bool = False  # READY or RESUMED was sent on the current socket
+    missed: list[tuple[str, str]] = field(default_factory=list)  # (event, JSON) while disconnected, for RESUME
     lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
 
 
@@ -790,6 +795,9 @@ class DiscordSandbox:
             return None
         async with session.lock:
             session.ws = ws
+            missed, session.missed = session.missed, []
+            for event, encoded in missed:
+                await self._send_dispatch(session, event, {}, encoded)
             await self._send_dispatch(session, "RESUMED", {})
             session.ready = True
         await self._notify()
@@ -823,8 +831,8 @@ class DiscordSandbox:
         needed = DIRECT_MESSAGES if channel.type == _DM else GUILD_MESSAGES
         encoded: dict[int, tuple[JSONDict, str]] = {}  # id(payload) -> (payload, its JSON)
         for session in list(self.sessions.values()):
-            if not session.ready or not session.intents & needed:
-                continue
+            if not (session.ready or session.ws is None) or not session.intents & needed:
+                continue  # still identifying
             if channel.type == _DM and session.user_id not in channel.recipients:
                 continue
             if channel.guild_id is not None and not self._users[session.user_id].member_of(channel.guild_id):
@@ -832,6 +840,10 @@ class DiscordSandbox:
             data = build(session)
             if id(data) not in encoded:
                 encoded[id(data)] = (data, json.dumps(data))
+            if session.ws is None:  # disconnected, resumable: Discord replays it on RESUME
+                if len(session.missed) < _MAX_MISSED:
+                    session.missed.append((event, encoded[id(data)][1]))
+                continue
             async with session.lock:
                 try:
                     await self._send_dispatch(session, event, data, encoded[id(data)][1])
