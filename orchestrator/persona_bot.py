@@ -73,7 +73,7 @@ class RuntimeOptions:
     close_timeout: float = 5.0
     typing_refresh: float = 8.0  # Discord shows "typing…" for about 10 s after each POST
     typing_min_interval: float = 1.0  # at most one typing POST per channel this often
-    catch_up_window: float = 300.0  # after a restart, answer what was missed if at most this old (s)
+    catch_up_window: float = 300.0  # on a new session, answer what was missed if at most this old (s)
 
 
 @dataclass
@@ -106,6 +106,11 @@ class BotCounters:
     dropped: int = 0  # gateway MESSAGE_CREATEs for others, dropped undecoded (gateway_filter.py)
 
 
+_REMEMBERED_IDS = 2000  # message ids a mailbox remembers as taken
+_CATCH_UP_CHANNELS = 20  # channels read on a new session, the most recently active ones
+_CATCH_UP_LIMIT = 50  # messages read per channel
+
+
 class Mailbox:
     """A bot's bounded mailbox. It belongs to the supervised child, not to one actor, so the jobs
     waiting when a client crashes are answered by the next incarnation."""
@@ -117,8 +122,8 @@ class Mailbox:
         self.in_flight = 0
         self.per_user: dict[int, int] = {}
         self._idle = anyio.Event()
-        # The newest message taken per channel, most recent channel last: where a new incarnation
-        # catches up on what arrived while none was connected. And recently taken ids, so that a
+        # The newest message taken per channel, most recent channel last: where the bot catches up,
+        # on a new session, on what arrived while it had none. And recently taken ids, so that a
         # message both caught up and delivered by the gateway is taken once.
         self.last_taken: dict[int, int] = {}
         self._taken_ids: set[int] = set()
@@ -170,11 +175,6 @@ class Mailbox:
     def close(self) -> None:
         self.send.close()
         self.receive.close()
-
-
-_REMEMBERED_IDS = 2000
-_CATCH_UP_CHANNELS = 20  # channels read after a restart, the most recently active ones
-_CATCH_UP_LIMIT = 50  # messages read per channel
 
 
 class _Client(discord.Client):
@@ -443,10 +443,11 @@ class PersonaBot:
             self._notices.start_soon(self._reply, message, text)
 
     async def _catch_up(self, taken: dict[int, int]) -> None:
-        """Take what arrived while the bot had no session (a restart, or a session Discord invalidated):
-        Discord replays nothing to a new session. Reads each channel where the bot took a message
-        before, after the newest one it took, and skips messages older than ``catch_up_window``. REST messages carry no
-        member data, so a bot restricted to roles cannot check them and leaves them."""
+        """Take what arrived while the bot had no session (a restart, or a session Discord
+        invalidated): Discord replays nothing to a new session. Reads each channel where the bot took
+        a message before, after the newest one it took, and skips messages older than
+        ``catch_up_window``. REST messages carry no member data, so a bot restricted to roles cannot
+        check them and leaves them."""
         window = self.services.options.catch_up_window
         oldest = discord.utils.time_snowflake(discord.utils.utcnow() - timedelta(seconds=window))
         caught = 0
@@ -454,7 +455,7 @@ class PersonaBot:
             try:
                 found = await self.client.http.logs_from(channel_id, _CATCH_UP_LIMIT, after=max(after, oldest))
             except (discord.HTTPException, aiohttp.ClientError) as exc:
-                log.warning("bot %s: could not read channel %s for messages missed while restarting (%s)",
+                log.warning("bot %s: could not read channel %s for messages missed without a session (%s)",
                             self.spec.name, channel_id, exc)  # fmt: skip
                 continue
             guild = getattr(self.client.get_channel(channel_id), "guild", None)
@@ -465,7 +466,7 @@ class PersonaBot:
                 self._parse_message(data)
                 caught += self.mailbox.in_flight - before
         if caught:
-            log.info("bot %s: answering %d message(s) sent while it was restarting", self.spec.name, caught)
+            log.info("bot %s: answering %d message(s) sent while it had no session", self.spec.name, caught)
 
     # ------------------------------------------------------------------ the actor's own tasks
 
