@@ -17,7 +17,6 @@ import logging
 import random
 import re
 import time
-from collections import deque
 from collections.abc import Callable
 from contextlib import aclosing
 from dataclasses import dataclass
@@ -126,17 +125,15 @@ class Mailbox:
         # on a new session, on what arrived while it had none. And recently taken ids, so that a
         # message both caught up and delivered by the gateway is taken once.
         self.last_taken: dict[int, int] = {}
-        self._taken_ids: set[int] = set()
-        self._taken_order: deque[int] = deque()
+        self._taken: dict[int, None] = {}  # an ordered set, oldest first
 
     def take_once(self, channel_id: int, message_id: int) -> bool:
         """Record ``message_id`` as taken; False if it was taken before."""
-        if message_id in self._taken_ids:
+        if message_id in self._taken:
             return False
-        self._taken_ids.add(message_id)
-        self._taken_order.append(message_id)
-        if len(self._taken_order) > _REMEMBERED_IDS:
-            self._taken_ids.discard(self._taken_order.popleft())
+        self._taken[message_id] = None
+        if len(self._taken) > _REMEMBERED_IDS:
+            del self._taken[next(iter(self._taken))]
         if message_id > self.last_taken.get(channel_id, 0):
             self.last_taken.pop(channel_id, None)
             self.last_taken[channel_id] = message_id
