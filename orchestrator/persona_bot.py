@@ -17,12 +17,12 @@ import logging
 import random
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import partial
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import aiohttp
 import anyio
@@ -45,6 +45,7 @@ from .streaming import EditBudgets, StreamingReply
 from .typing_indicator import TypingIndicator, Work
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 NO_MENTIONS = discord.AllowedMentions.none()
 MAX_INPUT_CHARS = 8000
@@ -645,12 +646,9 @@ class PersonaBot:
             reference = message.to_reference(fail_if_not_exists=False) if first else None
             channel = self._channel(message)
             work.finish()  # the text itself shows progress from here on
-            await self._typing.settle(message.channel.id)
-            sent = await _retry_5xx(partial(
+            return await self._deliver(message.channel.id, partial(
                 channel.send, text, reference=reference, allowed_mentions=NO_MENTIONS, nonce=_nonces.getrandbits(64)
             ))  # one nonce for every try: see _post
-            self._typing.sent(message.channel.id)
-            return sent
 
         reply = StreamingReply(send, self._edit_budgets.for_channel(message.channel.id))
         cut = False
@@ -693,9 +691,15 @@ class PersonaBot:
             ) as params:
                 await self.client.http.send_message(message.channel.id, params=params)
 
-        await self._typing.settle(message.channel.id)
-        await _retry_5xx(send)
-        self._typing.sent(message.channel.id)
+        await self._deliver(message.channel.id, send)
+
+    async def _deliver(self, channel_id: int, send: Callable[[], Awaitable[_T]]) -> _T:
+        """Post one message with ``send()``: after any typing POST in flight there (so none lands after
+        it), retried after a server error, and reported to the typing keeper."""
+        await self._typing.settle(channel_id)
+        sent = await _retry_5xx(send)
+        self._typing.sent(channel_id)
+        return sent
 
     async def _reply(self, message: discord.Message, text: str, *, raise_errors: bool = False) -> None:
         """Reply to ``message``; a failure is logged, or raised with ``raise_errors``."""
@@ -711,7 +715,7 @@ class PersonaBot:
             log.warning("bot %s: could not send a reply (%s: %s)", self.spec.name, type(exc).__name__, exc)
 
 
-async def _retry_5xx(action: Callable[[], Any], pauses: tuple[float, ...] = (0.5, 1.0, 2.0)) -> Any:
+async def _retry_5xx(action: Callable[[], Awaitable[_T]], pauses: tuple[float, ...] = (0.5, 1.0, 2.0)) -> _T:
     """Await ``action()``; after a Discord server error (a 5xx discord.py does not retry, e.g. 503) or a
     dropped connection, try again."""
     for pause in pauses:

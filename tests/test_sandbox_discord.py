@@ -441,6 +441,7 @@ async def test_channel_history_is_listed_newest_first_without_gateway_only_field
 
         assert [m["content"] for m in await listed()] == ["m4", "m3", "m2", "m1", "m0"]
         assert [m["content"] for m in await listed(after=ids[2])] == ["m4", "m3"]
+        assert [m["content"] for m in await listed(after=ids[0], limit=2)] == ["m2", "m1"], "the oldest after"
         assert [m["content"] for m in await listed(before=ids[2], limit=1)] == ["m1"]
         assert not any("guild_id" in m or "member" in m for m in await listed())
         async with http.get(url, params={"limit": 101}) as refused:

@@ -1092,9 +1092,10 @@ class DiscordSandbox:
         return _json(message)
 
     async def _list_messages(self, request: web.Request) -> web.Response:
-        """The channel's messages, newest first, as Discord's ``GET /channels/{id}/messages``: the
-        newest ``limit`` (1-100, default 50) after ``after`` or before ``before``. REST message
-        objects carry no ``guild_id`` and no ``member``, unlike gateway MESSAGE_CREATEs."""
+        """The channel's messages, newest first, as Discord's ``GET /channels/{id}/messages``:
+        ``limit`` (1-100, default 50) of them, the newest before ``before`` or, with ``after``, the
+        oldest after it. REST message objects carry no ``guild_id`` and no ``member``, unlike gateway
+        MESSAGE_CREATEs."""
         channel = self._channel(request)
         try:
             limit = int(request.query.get("limit", "50"))
@@ -1109,8 +1110,9 @@ class DiscordSandbox:
             for message_id, message in self._messages.items()
             if message["channel_id"] == str(channel.id) and after < message_id < before
         ]
-        found.sort(key=lambda m: int(m["id"]), reverse=True)
-        return _json(found[:limit])
+        found.sort(key=lambda m: int(m["id"]))
+        page = found[:limit] if "after" in request.query else found[-limit:]
+        return _json(page[::-1])
 
     async def _get_message(self, request: web.Request) -> web.Response:
         return _json(self._message_in(self._channel(request), request))
