@@ -27,14 +27,16 @@ from anyio.abc import TaskStatus
 
 from .config import Config, load_config, read_environment
 from .errors import ConfigError
-from .health import DEFAULT_HOST, HealthServer
+from .ops.health import DEFAULT_HOST, HealthServer
 from .llm.pool import LLMPool
 from .llm.quota import QuotaBook
 from .memory import SQLiteStore
-from .metrics import Metrics
-from .observability import flush_sentry, init_sentry, install_log_redaction, redactor, set_bot_tag_source
-from .persona_bot import RuntimeOptions, Services, configure_discord
-from .supervisor import BotState, Supervisor
+from .ops.metrics import Metrics
+from .ops.logs import install_log_redaction, redactor
+from .ops.sentry import flush_sentry, init_sentry, set_bot_tag_source
+from .discord_io.client import configure_discord
+from .runtime.services import RuntimeOptions, Services
+from .runtime.supervisor import BotState, Supervisor
 
 log = logging.getLogger(__name__)
 

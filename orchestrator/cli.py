@@ -15,7 +15,7 @@ import anyio
 from .config import Config, load_config
 from .errors import ConfigError, ProviderError, format_duration
 from .llm.pool import LLMPool
-from .observability import redactor, setup_logging
+from .ops.logs import redactor, setup_logging
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ def _load(path: str) -> Config:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .app import App, config_secrets
-    from .health import HealthPortError
+    from .ops.health import HealthPortError
 
     config = _load(args.config)
     redactor.update(config_secrets(config))

@@ -14,10 +14,10 @@ import yaml
 
 from orchestrator.app import App
 from orchestrator.config import Config, load_config
-from orchestrator.persona_bot import RuntimeOptions
+from orchestrator.runtime.services import RuntimeOptions
 from orchestrator.sandbox.discord_server import DiscordSandbox
 from orchestrator.sandbox.openai_server import OpenAISandbox
-from orchestrator.supervisor import BotState, Supervisor
+from orchestrator.runtime.supervisor import BotState, Supervisor
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from orchestrator.persona_bot import APOLOGY
+from orchestrator.persona.replies import APOLOGY
 
 from .conftest import API_KEY, World, token_for
 
@@ -110,6 +110,14 @@ async def test_dms_are_answered_when_enabled_in_the_dm_channel(world: World) -> 
     assert [m["content"] for m in world.openai.chat_requests[1].body["messages"][1:]] == ["in public"], (
         "the DM is its own conversation"
     )
+
+
+async def test_a_dm_needs_no_prefix(world: World) -> None:
+    world.write([{"name": "sage", "access": {"dms": True}}])
+    async with world.running():
+        [reply] = await world.chat("just talking", guild=False, dm_to=token_for("sage"))
+    assert reply.content.endswith("| just talking")
+    assert asked(world) == ["just talking"]
 
 
 async def test_defaults_access_is_inherited_key_by_key(world: World) -> None:

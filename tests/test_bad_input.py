@@ -15,7 +15,9 @@ import re
 import discord
 import pytest
 
-from orchestrator.persona_bot import APOLOGY, EMPTY_ANSWER, Job, PersonaBot
+from orchestrator.persona.bot import PersonaBot
+from orchestrator.persona.replies import APOLOGY, EMPTY_ANSWER
+from orchestrator.runtime.mailbox import Job
 from orchestrator.sandbox.discord_server import SentMessage
 
 from .conftest import World

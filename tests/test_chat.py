@@ -8,9 +8,9 @@ import anyio
 import pytest
 
 from orchestrator.app import App
-from orchestrator.persona_bot import BUSY, EMPTY_ANSWER
+from orchestrator.persona.replies import BUSY, EMPTY_ANSWER
 from orchestrator.sandbox.openai_server import Fault, default_reply
-from orchestrator.supervisor import BotState
+from orchestrator.runtime.supervisor import BotState
 
 from .conftest import FAST, World
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.commands import Command, parse_command
+from orchestrator.persona.commands import Command, parse_command
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""Tests for orchestrator.discord_text: message splitting, mention defusing, input cleaning."""
+"""Tests for orchestrator.discord_io.text: message splitting, mention defusing, input cleaning."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from orchestrator.discord_text import (
+from orchestrator.discord_io.text import (
     MIN_LIMIT,
     clean_user_text,
     neutralize_mentions,

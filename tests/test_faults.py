@@ -18,14 +18,14 @@ import aiohttp
 import anyio
 import pytest
 
-from orchestrator import persona_bot
+from orchestrator.persona import bot as persona_bot
 from orchestrator.app import App
 from orchestrator.memory import SQLiteStore
-from orchestrator.persona_bot import APOLOGY
+from orchestrator.persona.replies import APOLOGY
 from orchestrator.sandbox.discord_server import RestFault
 from orchestrator.sandbox.openai_server import Fault, default_reply
-from orchestrator.streaming import CUT_NOTE
-from orchestrator.supervisor import BotState
+from orchestrator.discord_io.streaming import CUT_NOTE
+from orchestrator.runtime.supervisor import BotState
 
 from .conftest import World, token_for
 
@@ -371,7 +371,7 @@ async def test_read_only_database_file_at_startup_still_answers(world: World, mo
     def read_only_connect(path: str, **kwargs: object) -> sqlite3.Connection:
         return connect(f"file:{path}?mode=ro", uri=True, **kwargs)  # what a file without write permission gives
 
-    monkeypatch.setattr("orchestrator.memory.sqlite3.connect", read_only_connect)
+    monkeypatch.setattr("orchestrator.memory.sqlite.sqlite3.connect", read_only_connect)
     async with world.running():
         [reply] = await world.chat("!chat still there?")
         await sibling_answers(world)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from orchestrator.gateway_filter import may_concern
-from orchestrator.persona_bot import PersonaBot
+from orchestrator.discord_io.gateway_filter import may_concern
+from orchestrator.persona.bot import PersonaBot
 
 from .conftest import World, token_for
 

@@ -224,7 +224,7 @@ async def test_close_writes_everything_pending_and_a_reopened_store_sees_it(tmp_
 async def test_a_locked_database_keeps_exchanges_in_memory_and_writes_them_once_released(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="orchestrator.memory")
+    caplog.set_level(logging.INFO, logger="orchestrator.memory.sqlite")
     db = tmp_path / "m.sqlite3"
     store = SQLiteStore(db)
     with store._lock:
@@ -239,7 +239,7 @@ async def test_a_locked_database_keeps_exchanges_in_memory_and_writes_them_once_
         await store.flush()  # fails: the exchanges stay in memory
     assert blocker.execute("SELECT count(*) FROM turns").fetchone() == (0,)
     assert [t.content for t in await store.history(key, 10)] == ["q0", "a0", "q1", "a1", "q2", "a2"]
-    warnings = [r.getMessage() for r in caplog.records if r.name == "orchestrator.memory" and r.levelno >= logging.WARNING]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "orchestrator.memory.sqlite" and r.levelno >= logging.WARNING]
     assert len(warnings) == 1 and str(db) in warnings[0] and "in memory and retrying" in warnings[0], warnings
     blocker.rollback()
     blocker.close()
@@ -249,7 +249,7 @@ async def test_a_locked_database_keeps_exchanges_in_memory_and_writes_them_once_
     await store.flush()  # the writer has finished its attempt, log line included
     assert any(r.levelno == logging.INFO and "works again" in r.getMessage() for r in caplog.records)
     store.close()
-    errors = [r.getMessage() for r in caplog.records if r.name == "orchestrator.memory" and r.levelno >= logging.ERROR]
+    errors = [r.getMessage() for r in caplog.records if r.name == "orchestrator.memory.sqlite" and r.levelno >= logging.ERROR]
     assert not errors
 
 

@@ -23,19 +23,15 @@ from prometheus_client.parser import text_string_to_metric_families
 from sentry_sdk.envelope import Envelope
 from sentry_sdk.transport import Transport
 
-from orchestrator import cli, observability
+from orchestrator import cli
+from orchestrator.ops import logs, sentry
 from orchestrator.app import App
-from orchestrator.health import HealthPortError
-from orchestrator.metrics import error_kind
-from orchestrator.observability import (
-    build_handler,
-    redactor,
-    report_exception,
-    scrub,
-    setup_logging,
-)
+from orchestrator.ops.health import HealthPortError
+from orchestrator.ops.metrics import error_kind
+from orchestrator.ops.logs import build_handler, redactor, setup_logging
+from orchestrator.ops.sentry import report_exception, scrub
 from orchestrator.sandbox.openai_server import Fault
-from orchestrator.supervisor import BotState
+from orchestrator.runtime.supervisor import BotState
 
 from .conftest import API_KEY, World, token_for
 
@@ -92,7 +88,7 @@ def sentry_transport() -> Iterator[CapturingTransport]:
     yield transport
     sentry_sdk.get_client().close()
     sentry_sdk.get_global_scope().set_client(None)
-    observability.set_bot_tag_source(None)
+    sentry.set_bot_tag_source(None)
 
 
 @pytest.fixture
@@ -350,7 +346,7 @@ async def test_no_secret_in_any_log_record_even_through_foreign_handlers(
 
 def test_records_without_secrets_keep_their_template_and_arguments() -> None:
     record = logging.getLogger("x").makeRecord("x", logging.INFO, __file__, 1, "hello %s", ("world",), None)
-    observability.redact_record(record)
+    logs.redact_record(record)
     assert (record.msg, record.args) == ("hello %s", ("world",))
 
 
@@ -370,16 +366,16 @@ async def test_bot_crash_and_failure_reach_sentry_tagged_and_scrubbed(
         try:
             raise ValueError(f"an error message quoting {API_KEY} and {token_for('flaky')}")
         except ValueError:
-            token = observability.current_bot.set("flaky")
-            report_exception()  # as persona_bot's handlers do: the exception being handled, bot from context
-            observability.current_bot.reset(token)
+            token = logs.current_bot.set("flaky")
+            report_exception()  # as the persona's handlers do: the exception being handled, bot from context
+            logs.current_bot.reset(token)
 
         async def stray() -> None:
             raise LookupError("a bug in a bare asyncio task")
 
-        token = observability.current_bot.set("flaky")
+        token = logs.current_bot.set("flaky")
         task = asyncio.get_running_loop().create_task(stray())  # inherits the bot's context
-        observability.current_bot.reset(token)
+        logs.current_bot.reset(token)
         with pytest.raises(LookupError):
             await task
 
@@ -417,16 +413,18 @@ def test_scrub_walks_every_string() -> None:
 async def test_unexpected_handler_error_is_reported_and_apologised_for(
     world: World, sentry_transport: CapturingTransport, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from orchestrator import persona_bot
+    from orchestrator.persona.bot import PersonaBot
+    from orchestrator.persona.replies import APOLOGY
+    from orchestrator.runtime.mailbox import Job
 
-    async def broken(self: persona_bot.PersonaBot, job: persona_bot.Job, key: object) -> None:
+    async def broken(self: PersonaBot, job: Job, key: object) -> None:
         raise KeyError(f"bug near {API_KEY}")
 
-    monkeypatch.setattr(persona_bot.PersonaBot, "_chat", broken)
+    monkeypatch.setattr(PersonaBot, "_chat", broken)
     world.write([{"name": "sage"}])
     async with world.running(sentry_dsn=DSN, sentry_transport=sentry_transport):
         [reply] = await world.chat("!chat hi")
-    assert reply.content == persona_bot.APOLOGY
+    assert reply.content == APOLOGY
     [event] = [e for e in sentry_transport.events if e["exception"]["values"][-1]["type"] == "KeyError"]
     assert event["tags"] == {"bot": "sage", "provider": "openai", "model": "gpt-4o-mini"}
     assert API_KEY not in sentry_transport.serialized()

@@ -10,7 +10,7 @@ import sys
 import anyio
 import pytest
 
-from orchestrator.supervisor import BotState
+from orchestrator.runtime.supervisor import BotState
 
 from .conftest import ROOT, World, token_for
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from orchestrator.sandbox.openai_server import Fault
-from orchestrator.streaming import CUT_NOTE, EditBudget
+from orchestrator.discord_io.streaming import CUT_NOTE, EditBudget
 
 from .conftest import World
 

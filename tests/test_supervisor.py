@@ -9,9 +9,9 @@ from typing import Any
 import anyio
 
 from orchestrator.app import App
-from orchestrator.persona_bot import Mailbox
+from orchestrator.runtime.mailbox import Mailbox
 from orchestrator.sandbox.discord_server import RestFault, SentMessage
-from orchestrator.supervisor import BotState, RestartPolicy
+from orchestrator.runtime.supervisor import BotState, RestartPolicy
 
 from .conftest import FAST, World, token_for
 

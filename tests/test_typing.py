@@ -16,7 +16,7 @@ import anyio
 import pytest
 
 from orchestrator.sandbox.discord_server import RestFault
-from orchestrator.typing_indicator import TypingIndicator
+from orchestrator.discord_io.typing_indicator import TypingIndicator
 
 from .conftest import FAST, World
 

@@ -33,13 +33,13 @@ from ..errors import (
     ProviderUnavailable,
 )
 from .breaker import CircuitBreaker
+from .messages import Message, estimate_tokens
 from .limiter import FairLimiter, QueueFull, QueueTimeout
 from .quota import QuotaBook, Reservation
 from .transport import ChatTransport, Completion, CompletionStream
 
 log = logging.getLogger(__name__)
 
-Message = dict[str, str]
 
 @dataclass(frozen=True)
 class ChatCall:
@@ -72,11 +72,6 @@ class PoolStats:
     requests: int = 0
     retries: int = 0
     provider_errors: dict[tuple[str, str], int] = field(default_factory=dict)  # (provider, error class)
-
-
-def estimate_tokens(text: str) -> int:
-    """A cheap, network-free token estimate (about 4 bytes of UTF-8 per token, plus framing)."""
-    return (len(text.encode("utf-8")) + 3) // 4 + 4
 
 
 _SHOULD_RETRY = {"true": True, "false": False}

@@ -20,8 +20,8 @@ import yaml
 
 from ..app import App
 from ..config import Config, parse_config
-from ..persona_bot import RuntimeOptions
-from ..supervisor import BotState
+from ..runtime.services import RuntimeOptions
+from ..runtime.supervisor import BotState
 from .discord_server import DiscordSandbox
 from .openai_server import OpenAISandbox
 

@@ -61,7 +61,7 @@ class Work:
 class TypingIndicator:
     """Shows "typing…" in every channel where at least one answer is working.
 
-    ``send_typing(channel_id)`` sends one POST (e.g. ``client.http.send_typing``).
+    ``send_typing(channel_id)`` sends one POST (see ``discord_io.client.typing_sender``).
     """
 
     def __init__(

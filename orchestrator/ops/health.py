@@ -23,10 +23,10 @@ from aiohttp import web
 from anyio.abc import TaskStatus
 
 from .metrics import CONTENT_TYPE_LATEST
-from .observability import redactor
+from .logs import redactor
 
 if TYPE_CHECKING:
-    from .app import App
+    from ..app import App
 
 log = logging.getLogger(__name__)
 

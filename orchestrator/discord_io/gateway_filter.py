@@ -9,8 +9,7 @@ message) nor its command prefix; anything else, including any envelope in an une
 to discord.py unchanged. A dropped event still advances the session's sequence number (used to
 resume) and the heartbeat's last-receive time, as discord.py's own handling would.
 
-Installed per client through ``ConnectionState._update_references``, which discord.py calls with
-every new gateway connection before reading from it.
+The hooks into discord.py it needs are in :mod:`orchestrator.discord_io.internals`.
 """
 
 from __future__ import annotations
@@ -22,6 +21,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import discord
+
+from . import internals
 
 # The envelope's three scalar keys, in any order, before the payload: how Discord (t, s, op, d) and the
 # sandbox (op, t, s, d) both write a dispatch.
@@ -46,44 +47,31 @@ def may_concern(body: str, user_id: int | None, prefix: str) -> bool:
     return any(form in body for form in _json_forms(prefix))
 
 
-def install(client: discord.Client, prefix: Callable[[], str], dropped: Callable[[], None]) -> None:
+def install(
+    client: discord.Client, prefix: Callable[[], str], dropped: Callable[[], None], received: Callable[[], None]
+) -> None:
     """Filter every gateway connection of ``client``. ``prefix`` gives the bot's current prefix;
-    ``dropped`` is called for each event dropped."""
-    state = client._connection
-    update_references = state._update_references
+    ``dropped`` is called for each event dropped, ``received`` for each MESSAGE_CREATE let through
+    (before discord.py decodes it: where the added-latency metric starts)."""
 
-    def _update_references(ws: Any) -> None:
-        update_references(ws)
-        ws.received_message = _filtered(ws, ws.received_message, state, prefix, dropped)
+    def wrap(ws: Any, received_message: Callable[[Any], Awaitable[None]]) -> Callable[[Any], Awaitable[None]]:
+        async def filtered(msg: Any, /) -> None:
+            if type(msg) is bytes:  # zlib-/zstd-stream: inflate here, in order, exactly once
+                msg = internals.inflate(ws, msg)
+                if msg is None:
+                    return  # a partial payload
+            envelope = _ENVELOPE.match(msg)
+            if envelope is None or envelope["t"] != "MESSAGE_CREATE" or envelope["op"] != "0" or envelope["s"] is None:
+                await received_message(msg)
+                return
+            user = client.user
+            if may_concern(msg[envelope.end() :], user.id if user is not None else None, prefix()):
+                received()
+                await received_message(msg)
+                return
+            internals.skip_dispatch(ws, int(envelope["s"]))
+            dropped()
 
-    state._update_references = _update_references  # type: ignore[method-assign]
+        return filtered
 
-
-def _filtered(
-    ws: Any,
-    received_message: Callable[[Any], Awaitable[None]],
-    state: Any,
-    prefix: Callable[[], str],
-    dropped: Callable[[], None],
-) -> Callable[[Any], Awaitable[None]]:
-    async def filtered(msg: Any, /) -> None:
-        if type(msg) is bytes:  # zlib-/zstd-stream: inflate here, in order, exactly once
-            msg = ws._decompressor.decompress(msg)
-            if msg is None:
-                return  # a partial payload
-        envelope = _ENVELOPE.match(msg)
-        if (
-            envelope is None
-            or envelope["t"] != "MESSAGE_CREATE"
-            or envelope["op"] != "0"
-            or envelope["s"] is None
-            or may_concern(msg[envelope.end() :], state.self_id, prefix())
-        ):
-            await received_message(msg)
-            return
-        ws.sequence = int(envelope["s"])
-        if ws._keep_alive:
-            ws._keep_alive.tick()
-        dropped()
-
-    return filtered
+    internals.wrap_gateway_frames(client, wrap)

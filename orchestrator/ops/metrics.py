@@ -40,8 +40,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
-    from .llm.pool import LLMPool
-    from .supervisor import Supervisor
+    from ..llm.pool import LLMPool
+    from ..runtime.supervisor import Supervisor
 
 __all__ = ["ADDED_LATENCY_BUCKETS", "CONTENT_TYPE_LATEST", "LATENCY_BUCKETS", "Metrics", "error_kind"]
 

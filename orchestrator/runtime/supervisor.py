@@ -20,10 +20,13 @@ from dataclasses import dataclass, field
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
-from .config import BotSpec, Config, RestartSettings
-from .errors import BotFatalError
-from .observability import current_bot, report_exception
-from .persona_bot import BotCounters, Mailbox, PersonaBot, Services
+from ..config import BotSpec, Config, RestartSettings
+from ..errors import BotFatalError
+from ..ops.logs import current_bot
+from ..ops.sentry import report_exception
+from ..persona.bot import PersonaBot
+from .mailbox import Mailbox
+from .services import BotCounters, Services
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import anyio
 
-from .discord_text import neutralize_mentions, split_message
+from .text import neutralize_mentions, split_message
 
 CUT_NOTE = "\n\n*(The answer was cut off: the model provider stopped in the middle. Please ask again.)*"
 

@@ -1,6 +1,5 @@
-"""Conversation memory: the store interface, its SQLite implementation, and context fitting.
+"""The SQLite implementation of :class:`~orchestrator.memory.store.ConversationStore`.
 
-The bots only see :class:`ConversationStore`; another database can implement it later.
 :class:`SQLiteStore` keeps one connection in WAL mode. Recent histories are cached in a bounded
 LRU so a warm conversation costs no database read, and a set of the conversations that have any
 turns (as hashes, one small int each) spares new conversations the read too. It also persists
@@ -24,66 +23,15 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple, Protocol, TypeVar
+from typing import NamedTuple, TypeVar
 
 import anyio
 
-from .discord_text import replace_lone_surrogates
-from .llm.pool import Message, estimate_tokens
-
-SHARED = 0  # the "user" of a channel-wide conversation
+from ..discord_io.text import replace_lone_surrogates
+from .store import ConversationKey, Turn
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ConversationKey:
-    bot: str
-    channel: int
-    user: int = SHARED
-
-
-@dataclass(frozen=True)
-class Turn:
-    role: str  # "user" | "assistant"
-    content: str
-
-
-class ConversationStore(Protocol):
-    async def history(self, key: ConversationKey, limit: int) -> list[Turn]: ...
-
-    async def append_exchange(self, key: ConversationKey, question: str, answer: str) -> None: ...
-
-    async def reset(self, key: ConversationKey) -> int: ...
-
-    async def reset_channel(self, bot: str, channel: int) -> int: ...
-
-    async def prune(self, bot: str, max_age_seconds: float | None, max_turns: int) -> int: ...
-
-
-def fit_context(persona: str, history: list[Turn], question: str, budget: int) -> list[Message]:
-    """System prompt first, the question last, and as many of the newest exchanges as fit ``budget``.
-
-    Whole exchanges are dropped oldest first; the system prompt and the question are always kept.
-    """
-    used = estimate_tokens(persona) + estimate_tokens(question)
-    kept: list[Turn] = []
-    index = len(history)
-    while index >= 2:
-        pair = history[index - 2 : index]
-        cost = sum(estimate_tokens(turn.content) for turn in pair)
-        if used + cost > budget:
-            break
-        used += cost
-        kept[:0] = pair
-        index -= 2
-    return [
-        {"role": "system", "content": persona},
-        *({"role": turn.role, "content": turn.content} for turn in kept),
-        {"role": "user", "content": question},
-    ]
 
 
 _SCHEMA = """

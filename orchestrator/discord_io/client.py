@@ -1,0 +1,73 @@
+"""The discord.py client each persona runs: only the intents and caches a chat bot needs, and
+messages handed straight to the bot instead of through a task per ``on_message``."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+import discord
+import yarl
+
+from ..config import DiscordSettings
+
+NO_MENTIONS = discord.AllowedMentions.none()
+
+
+def configure_discord(settings: DiscordSettings) -> None:
+    """Point discord.py at a Discord-compatible server. Process-wide: every client shares it, and a
+    change applies to clients that connect afterwards."""
+    discord.http.Route.BASE = settings.api_url.rstrip("/")
+    discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(settings.gateway_url)
+
+
+class PersonaClient(discord.Client):
+    """``discord.Client`` with a configurable pause before re-identifying, and messages handed to
+    ``take_message`` as soon as they are built. ``dispatch`` is the extension point discord.py's own
+    ``ext.commands.Bot`` overrides; without it discord.py starts a task per message for ``on_message``."""
+
+    def __init__(self, *, take_message: Callable[[discord.Message], None], reidentify_delay: float, **options: Any) -> None:
+        super().__init__(**options)
+        self._take_message = take_message
+        self._reidentify_delay = reidentify_delay
+
+    def dispatch(self, event: str, /, *args: Any, **kwargs: Any) -> None:
+        if event == "message":
+            self._take_message(*args)
+            return
+        super().dispatch(event, *args, **kwargs)
+
+    async def before_identify_hook(self, shard_id: int | None, *, initial: bool = False) -> None:
+        if not initial:
+            await anyio.sleep(self._reidentify_delay)
+
+
+def build_client(
+    take_message: Callable[[discord.Message], None], *, guild_ready_timeout: float, reidentify_delay: float
+) -> PersonaClient:
+    """A client with no member or message cache and no chunking, that pings nobody by default."""
+    intents = discord.Intents.none()
+    intents.guilds = True
+    intents.guild_messages = True
+    intents.dm_messages = True
+    intents.message_content = True
+    return PersonaClient(
+        take_message=take_message,
+        reidentify_delay=reidentify_delay,
+        intents=intents,
+        max_messages=None,
+        chunk_guilds_at_startup=False,
+        member_cache_flags=discord.MemberCacheFlags.none(),
+        allowed_mentions=NO_MENTIONS,
+        guild_ready_timeout=guild_ready_timeout,
+    )
+
+
+def typing_sender(client: discord.Client) -> Callable[[int], Awaitable[None]]:
+    """``send(channel_id)``: one "typing…" POST to that channel (``await channel.typing()``)."""
+
+    async def send(channel_id: int) -> None:
+        await client.get_partial_messageable(channel_id).typing()
+
+    return send

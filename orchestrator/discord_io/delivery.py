@@ -1,0 +1,113 @@
+"""Posting a bot's messages: after any typing POST in flight in that channel, retried once more
+than discord.py would after a server error, and with one nonce per message so a retry never posts
+it twice."""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import TypeVar
+
+import aiohttp
+import anyio
+import discord
+
+from . import internals
+from .client import NO_MENTIONS
+from .typing_indicator import TypingIndicator
+
+log = logging.getLogger(__name__)
+_T = TypeVar("_T")
+
+# Message nonces need only be unique per bot for a few minutes. A generator of our own: discord.py
+# reads the OS's entropy for each one, and tests that seed the global generator must not repeat them.
+_nonces = random.Random()
+
+# discord.py itself retries 500, 502, 504 and 524 (five tries, growing sleeps); these are the rest.
+_RETRY_PAUSES = (0.5, 1.0, 2.0)
+RETRY_BUDGET = 10.0  # seconds: no retry starts later than this after the first try
+
+
+def new_nonce() -> int:
+    return _nonces.getrandbits(64)
+
+
+def _retryable(exc: Exception) -> bool:
+    if isinstance(exc, discord.DiscordServerError):
+        return exc.status not in (500, 502, 504, 524)
+    return isinstance(exc, aiohttp.ClientConnectionError)
+
+
+async def retry_server_errors(
+    action: Callable[[], Awaitable[_T]],
+    pauses: tuple[float, ...] = _RETRY_PAUSES,
+    budget: float = RETRY_BUDGET,
+    clock: Callable[[], float] = time.monotonic,
+) -> _T:
+    """Await ``action()``; after a server error discord.py does not retry (e.g. 503) or a dropped
+    connection, try again after each of ``pauses``, while within ``budget`` seconds of the first try."""
+    deadline = clock() + budget
+    for pause in pauses:
+        try:
+            return await action()
+        except (discord.DiscordServerError, aiohttp.ClientConnectionError) as exc:
+            if not _retryable(exc) or clock() + pause > deadline:
+                raise
+            log.warning("Discord send failed (%s); sending again in %.1fs", getattr(exc, "status", None) or exc, pause)
+            await anyio.sleep(pause)
+    return await action()
+
+
+class Delivery:
+    """How one incarnation of a bot posts: through its own client, in step with its typing keeper."""
+
+    def __init__(self, client: discord.Client, typing: TypingIndicator, bot: str) -> None:
+        self._client = client
+        self._typing = typing
+        self._bot = bot
+
+    def channel(self, message: discord.Message) -> discord.PartialMessageable:
+        """Where to answer ``message`` through this client (a job handed over after a crash carries a
+        message whose own channel object belongs to the closed client)."""
+        guild_id = message.guild.id if message.guild is not None else None
+        return self._client.get_partial_messageable(message.channel.id, guild_id=guild_id)
+
+    async def deliver(self, channel_id: int, send: Callable[[], Awaitable[_T]]) -> _T:
+        """Post one message with ``send()``: after any typing POST in flight there (so none lands after
+        it), retried after a server error, and reported to the typing keeper."""
+        await self._typing.settle(channel_id)
+        sent = await retry_server_errors(send)
+        self._typing.sent(channel_id)
+        return sent
+
+    async def post(self, message: discord.Message, text: str, *, reply: bool) -> None:
+        """Send ``text`` to the channel of ``message``, as a reply to it if ``reply``. Every retry carries
+        the same nonce, so Discord does not create the message twice when a retry follows a response
+        lost on the way back (``enforce_nonce``)."""
+        reference = message.to_reference(fail_if_not_exists=False) if reply else None
+        send = partial(internals.post_message, self._client, message.channel.id, text, nonce=new_nonce(), reply_to=reference)
+        await self.deliver(message.channel.id, send)
+
+    async def send_editable(self, message: discord.Message, text: str, *, first: bool) -> discord.Message:
+        """Post a message that can be edited later (a streamed answer): the reply first, then follow-ups."""
+        reference = message.to_reference(fail_if_not_exists=False) if first else None
+        channel = self.channel(message)
+        return await self.deliver(message.channel.id, partial(
+            channel.send, text, reference=reference, allowed_mentions=NO_MENTIONS, nonce=new_nonce()
+        ))  # fmt: skip
+
+    async def reply(self, message: discord.Message, text: str, *, raise_errors: bool = False) -> None:
+        """Reply to ``message``; a failure is logged, or raised with ``raise_errors``."""
+        try:
+            await self.post(message, text, reply=True)
+        except discord.HTTPException as exc:
+            if raise_errors:
+                raise
+            log.warning("bot %s: could not send a reply (HTTP %s)", self._bot, exc.status)
+        except Exception as exc:  # noqa: BLE001 - e.g. no connection, or the client is closing
+            if raise_errors:
+                raise
+            log.warning("bot %s: could not send a reply (%s: %s)", self._bot, type(exc).__name__, exc)

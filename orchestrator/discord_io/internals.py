@@ -1,0 +1,92 @@
+"""Every use of discord.py's undocumented internals, in one place.
+
+Each one is kept for a measured gain that discord.py's public API cannot give (docs/benchmarks.md);
+each was checked against discord.py 2.7.0 and 2.7.1, the ends of the pinned range, which the
+compatibility job (scripts/compat) runs the end-to-end tests against:
+
+- the gateway filter (``gateway_filter.py``) reads each raw gateway frame before discord.py decodes
+  it: ``ConnectionState._update_references`` (called with every new gateway connection),
+  ``DiscordWebSocket.received_message``, ``_decompressor``, ``_keep_alive`` and ``sequence``;
+  it saved ~15% CPU per ``!chat`` in a channel shared by several bots;
+- ``ConnectionState.parsers["MESSAGE_CREATE"]``: a message not addressed to the bot is dropped
+  before discord.py builds a ``discord.Message`` for it;
+- ``HTTPClient.send_message`` with ``handle_message_parameters``: a reply is posted without
+  building a ``discord.Message`` from Discord's answer, which nothing reads (~5% of an answer);
+- ``ConnectionState._ready_task``: discord.py leaves it running after ``close()``; it would
+  dispatch ``ready`` on a closed client.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import discord
+from discord.http import handle_message_parameters
+from discord.utils import MISSING
+
+
+
+def wrap_gateway_frames(client: discord.Client, wrap: Callable[[Any, Callable[[Any], Awaitable[None]]], Callable[[Any], Awaitable[None]]]) -> None:
+    """On every gateway connection of ``client``, replace the websocket's frame handler with
+    ``wrap(ws, original)``."""
+    state = client._connection
+    update_references = state._update_references
+
+    def _update_references(ws: Any) -> None:
+        update_references(ws)
+        ws.received_message = wrap(ws, ws.received_message)
+
+    state._update_references = _update_references  # type: ignore[method-assign]
+
+
+def inflate(ws: Any, frame: bytes) -> str | None:
+    """The text of a compressed frame (None while a payload is partial); call once per frame, in order."""
+    text: str | None = ws._decompressor.decompress(frame)
+    return text
+
+
+def skip_dispatch(ws: Any, sequence: int) -> None:
+    """Account for a dispatch that is dropped undecoded, as discord.py's own handling would: the
+    sequence number (used to resume) and the heartbeat's last-receive time advance."""
+    ws.sequence = sequence
+    if ws._keep_alive:
+        ws._keep_alive.tick()
+
+
+def filter_message_creates(client: discord.Client, keep: Callable[[dict[str, Any]], bool]) -> Callable[[dict[str, Any]], None]:
+    """Build a ``discord.Message`` only for MESSAGE_CREATE payloads that ``keep`` accepts; returns
+    discord.py's own parser (it dispatches the message within the call)."""
+    parsers = client._connection.parsers
+    parse_message: Callable[[dict[str, Any]], None] = parsers["MESSAGE_CREATE"]
+
+    def parse_if_kept(data: dict[str, Any]) -> None:
+        if keep(data):
+            parse_message(data)
+
+    parsers["MESSAGE_CREATE"] = parse_if_kept
+    return parse_message
+
+
+async def post_message(
+    client: discord.Client, channel_id: int, content: str, *, nonce: int, reply_to: discord.MessageReference | None
+) -> None:
+    """Post ``content`` through discord.py's HTTP client (its rate limiter applies) without building
+    a ``discord.Message`` from Discord's answer."""
+    reference = reply_to.to_message_reference_dict() if reply_to is not None else MISSING
+    with handle_message_parameters(
+        content=content,
+        nonce=nonce,
+        allowed_mentions=discord.AllowedMentions.none(),
+        previous_allowed_mentions=client.allowed_mentions,
+        message_reference=reference,
+        mention_author=False if reply_to is not None else None,
+    ) as params:
+        await client.http.send_message(channel_id, params=params)
+
+
+def cancel_ready_task(client: discord.Client) -> None:
+    """Cancel the task discord.py leaves waiting for guilds after ``close()``."""
+    ready_task = getattr(client._connection, "_ready_task", None)
+    if ready_task is not None:
+        ready_task.cancel()

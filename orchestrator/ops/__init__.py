@@ -1,0 +1,1 @@
+"""Operations: logging and secret redaction, Sentry, Prometheus metrics, the health endpoint."""

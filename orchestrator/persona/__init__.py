@@ -1,0 +1,1 @@
+"""One persona: the actor answering its messages, who may address it, and the commands users type."""

@@ -1,0 +1,423 @@
+"""One persona bot as an actor: a discord.py client, a bounded mailbox and the workers behind it.
+
+discord.py runs event handlers as bare asyncio tasks, so the handlers here do one thing: turn a
+Discord event into a :class:`Job` on the bot's mailbox (or answer "busy" when it is full). The
+bot's own task group owns the dispatcher and every job, so stopping or restarting the bot reaches
+answers in flight. Jobs of one conversation run in arrival order; different conversations run
+concurrently up to ``concurrency``.
+
+How a user addresses a persona: ``<prefix>chat <text>`` (each bot has its own prefix), an
+@mention of the bot, or a reply to one of the bot's messages.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import time
+from contextlib import aclosing
+from functools import partial
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+import discord
+from anyio.abc import TaskGroup, TaskStatus
+
+from ..config import BotSpec
+from ..discord_io import gateway_filter, internals
+from ..discord_io.client import build_client, typing_sender
+from ..discord_io.delivery import Delivery, retry_server_errors
+from ..discord_io.streaming import EditBudgets, StreamingReply
+from ..discord_io.text import clean_user_text, neutralize_mentions, split_message
+from ..discord_io.typing_indicator import TypingIndicator, Work
+from ..errors import BotFatalError, ProviderBadResponse, ProviderError
+from ..llm.pool import ChatCall
+from ..memory import SHARED, ConversationKey, fit_context
+from ..ops.sentry import report_exception
+from ..runtime.mailbox import Job, JobKind, Mailbox
+from ..runtime.services import BotCounters, Services
+from . import access
+from .catch_up import catch_up
+from .commands import parse_command
+from .replies import APOLOGY, BUSY, EMPTY_ANSWER, RESTARTING, empty_chat, usage_text
+
+log = logging.getLogger(__name__)
+
+MAX_INPUT_CHARS = 8000
+
+
+class ConnectionLost(Exception):
+    """The Discord client stopped although nobody asked it to."""
+
+
+class PersonaBot:
+    """Runs one persona until stopped; raises when its client crashes (the supervisor restarts it)."""
+
+    def __init__(
+        self,
+        spec: BotSpec,
+        services: Services,
+        mailbox: Mailbox,
+        counters: BotCounters,
+        *,
+        on_ready: Callable[[], None] | None = None,
+    ) -> None:
+        """``mailbox`` and ``counters`` belong to the supervised child and outlive this incarnation."""
+        self.spec = spec
+        self.services = services
+        self.mailbox = mailbox
+        self.counters = counters
+        self._on_ready_callback = on_ready
+        self._ready = anyio.Event()
+        self._failure: BaseException | None = None
+        self._stopping = False
+        self._tails: dict[ConversationKey, anyio.Event] = {}
+        self._stop_requested = False
+        self._scope: anyio.CancelScope | None = None
+        self._notices: TaskGroup | None = None  # "busy" / "restarting" replies, sent while the bot runs
+        self._decoded_at = 0.0  # when the message being handed to _take_message was decoded
+        self._catch_up_from = dict(mailbox.last_taken)  # where the last session stopped taking messages, if any
+        self._edit_budgets = EditBudgets()
+        self.client = self._build_client()
+        self._typing = TypingIndicator(
+            typing_sender(self.client),
+            refresh=services.options.typing_refresh,
+            min_interval=services.options.typing_min_interval,
+        )
+        self._delivery = Delivery(self.client, self._typing, spec.name)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def update(self, spec: BotSpec) -> None:
+        """Apply settings that need no reconnect (persona, model, parameters, quotas, prefix, access)."""
+        self.spec = spec
+
+    def stop(self) -> None:
+        """Stop taking new messages; queued and in-flight answers finish, then the client closes."""
+        self._stopping = self._stop_requested = True
+        self.mailbox.send.close()
+        if not self._ready.is_set() and self._scope is not None:
+            self._scope.cancel()  # still connecting: nothing to drain
+
+    async def wait_idle(self) -> None:
+        """Wait until the mailbox is empty and no job is running."""
+        await self.mailbox.wait_idle()
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Connect, serve until :meth:`stop`, then drain. Raises on crash or fatal configuration errors."""
+        async with anyio.create_task_group() as tg:
+            self._scope, self._notices = tg.cancel_scope, tg
+            connect_scope = anyio.CancelScope(shield=True)
+            tg.start_soon(self._connect, tg, connect_scope)
+            tg.start_soon(self._typing.run)
+            try:
+                await self._ready.wait()
+                task_status.started()
+                async with anyio.create_task_group() as jobs:
+                    await self._dispatch(jobs)
+                    jobs.cancel_scope.deadline = anyio.current_time() + self.services.options.drain_timeout
+            finally:
+                self._stopping = True
+                with anyio.move_on_after(self.services.options.close_timeout, shield=True):
+                    await self.client.close()
+                internals.cancel_ready_task(self.client)
+                connect_scope.shield = False
+                connect_scope.cancel()
+        if self._failure is not None:
+            raise self._failure
+
+    async def _connect(self, tg: TaskGroup, scope: anyio.CancelScope) -> None:
+        # client.start() must end through client.close(), never by cancellation (which can hang it).
+        with scope:
+            try:
+                await self.client.start(self.spec.token.get_secret_value())
+                if not self._stopping:
+                    self._failure = ConnectionLost("the Discord connection closed unexpectedly")
+            except discord.LoginFailure:
+                self._failure = BotFatalError(
+                    self.spec.name, "Discord refused the token (401). Put a valid bot token in the environment "
+                    "variable named by token_env and save bots.yaml or restart."
+                )
+            except discord.PrivilegedIntentsRequired:
+                self._failure = BotFatalError(
+                    self.spec.name, "the Message Content intent is not enabled. Enable it in the Discord developer "
+                    "portal (Bot → Privileged Gateway Intents), then restart."
+                )
+            except Exception as exc:  # noqa: BLE001 - any crash is the supervisor's to handle
+                self._failure = exc
+        tg.cancel_scope.cancel()
+
+    def _build_client(self) -> discord.Client:
+        options = self.services.options
+        client = build_client(
+            self._take_message, guild_ready_timeout=options.guild_ready_timeout, reidentify_delay=options.reidentify_delay
+        )
+        # discord.py would build a full Message for every message in every channel the bot sees ...
+        internals.filter_message_creates(client, self._addressed)
+        gateway_filter.install(client, lambda: self.spec.prefix, self._count_dropped, self._stamp_received)  # ... and decode it
+        client.on_ready = self._on_ready  # type: ignore[method-assign]
+        client.on_disconnect = self._on_disconnect  # type: ignore[attr-defined]
+        client.on_resumed = self._on_resumed  # type: ignore[attr-defined]
+        client.on_error = self._on_error  # type: ignore[method-assign]
+        return client
+
+    # ------------------------------------------------------------------ discord.py handlers
+
+    async def _on_ready(self) -> None:
+        if not self._ready.is_set():
+            log.info("bot %s is online as %s", self.spec.name, self.client.user)
+            self._ready.set()
+            if self._on_ready_callback:
+                self._on_ready_callback()
+        if self._catch_up_from and self._notices is not None:  # a new session, to which Discord replays nothing
+            self._notices.start_soon(self._catch_up, self._catch_up_from)
+        self._catch_up_from = {}
+
+    async def _on_disconnect(self) -> None:
+        """Remember where to catch up from, should the next session be a new one (``on_ready``); a
+        resumed session gets Discord's own replay (``on_resumed``)."""
+        if self._ready.is_set() and not self._catch_up_from:
+            self._catch_up_from = dict(self.mailbox.last_taken)
+
+    async def _on_resumed(self) -> None:
+        self._catch_up_from = {}
+
+    async def _on_error(self, event: str, *args: Any, **kwargs: Any) -> None:
+        log.exception("bot %s: unhandled error in discord.py event %s", self.spec.name, event)
+        report_exception(bot=self.spec.name, provider=self.spec.provider, model=self.spec.model)
+
+    def _count_dropped(self) -> None:
+        self.counters.dropped += 1
+
+    def _stamp_received(self) -> None:
+        self._decoded_at = time.monotonic()  # "received", for the added-latency metric
+
+    def _addressed(self, data: dict[str, Any]) -> bool:
+        """Cheap test on the raw gateway payload, before discord.py builds a Message."""
+        me = self.client.user
+        return me is not None and access.payload_addressed(data, me.id, self.spec.prefix, allow_bots=self.spec.access.allow_bots)
+
+    def _take_message(self, message: discord.Message) -> None:
+        """Called by discord.py, inside its gateway parser, as soon as a message addressed to this bot is
+        built: queue its job without waiting. An error here is logged, never raised into the gateway loop."""
+        try:
+            if not self.mailbox.take_once(message.channel.id, message.id):
+                return
+            job = self._job_for(message, received=self._decoded_at)
+            if job is not None:
+                self._enqueue(job)
+        except Exception:  # noqa: BLE001 - one message must not take the bot's connection down
+            log.exception("bot %s: could not take message %s", self.spec.name, message.id)
+            report_exception(bot=self.spec.name, provider=self.spec.provider, model=self.spec.model)
+
+    def _job_for(self, message: discord.Message, *, received: float) -> Job | None:
+        """What ``message`` asks of this bot, if anything: a command, or a chat when it is a DM, a
+        mention of the bot or a reply to it."""
+        me = self.client.user
+        if me is None or not access.allowed(self.spec.access, message, me.id):
+            return None
+        command = parse_command(message.content, self.spec.prefix)
+        if command is not None:
+            kind: JobKind = command.name
+            if command.name == "reset" and command.argument.lower() == "channel":
+                kind = "reset_channel"
+            return Job(kind, message, command.argument, received)
+        if message.content.startswith(self.spec.prefix):
+            return None  # someone else's command, or a typo: stay quiet
+        if access.message_addressed(message, me.id, self.spec.prefix):
+            return Job("chat", message, re.sub(rf"<@!?{me.id}>", "", message.content), received)
+        return None
+
+    def _enqueue(self, job: Job) -> None:
+        """Accept a job, or answer "busy" when the bot, or this user, already has too many waiting."""
+        if not self.mailbox.accepts(job.message.author.id):
+            self.counters.busy += 1
+            log.warning("bot %s: too many messages waiting (%d), answering busy", self.spec.name, self.mailbox.in_flight)
+            self._notify(job.message, BUSY)
+            return
+        try:
+            self.mailbox.put(job)
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            self._notify(job.message, RESTARTING)
+
+    def _notify(self, message: discord.Message, text: str) -> None:
+        if self._notices is not None:  # None only before run(), when no message can arrive
+            self._notices.start_soon(self._delivery.reply, message, text)
+
+    async def _catch_up(self, taken: dict[int, int]) -> None:
+        """Take what arrived while the bot had no session (a restart, or a session Discord invalidated)."""
+        before = self.mailbox.in_flight
+
+        def take(message: discord.Message) -> None:
+            self._decoded_at = time.monotonic()
+            self._take_message(message)
+
+        await catch_up(self.client, taken, self.services.options.catch_up_window, take, self.spec.name)
+        if caught := self.mailbox.in_flight - before:
+            log.info("bot %s: answering %d message(s) sent while it had no session", self.spec.name, caught)
+
+    # ------------------------------------------------------------------ the actor's own tasks
+
+    def conversation_key(self, message: discord.Message) -> ConversationKey:
+        user = SHARED if self.spec.memory.scope == "channel" else message.author.id
+        return ConversationKey(self.spec.name, message.channel.id, user)
+
+    async def _dispatch(self, jobs: TaskGroup) -> None:
+        """Read the mailbox until it is closed; each job runs after the previous one of its conversation."""
+        slots = anyio.Semaphore(self.spec.concurrency)
+        with contextlib.suppress(anyio.ClosedResourceError):  # closed: the child is gone
+            async for job in self.mailbox.receive:
+                key = self.conversation_key(job.message)
+                previous = self._tails.get(key)
+                done = anyio.Event()
+                self._tails[key] = done
+                jobs.start_soon(self._run_job, job, key, previous, done, slots)
+
+    async def _run_job(
+        self, job: Job, key: ConversationKey, previous: anyio.Event | None, done: anyio.Event, slots: anyio.Semaphore
+    ) -> None:
+        """Run after the previous job of the same conversation; a slot is held only while working.
+
+        A job that a crashing client could not finish goes back to the mailbox for the next
+        incarnation of this bot (a crash closes discord.py's HTTP session, so nothing can be sent).
+        """
+        handed_over = False
+        try:
+            if previous is not None:
+                await previous.wait()
+            async with slots:
+                await self._handle(job, key)
+        except anyio.get_cancelled_exc_class():
+            handed_over = self._hand_over(job)
+            raise
+        except Exception:  # noqa: BLE001 - one bad message must not stop the bot
+            handed_over = self._hand_over(job)
+            if not handed_over:
+                self.counters.errors += 1
+                log.exception("bot %s: unexpected error while handling %s", self.spec.name, job.kind)
+                report_exception(bot=self.spec.name, provider=self.spec.provider, model=self.spec.model)
+                await self._delivery.reply(job.message, APOLOGY)
+        finally:
+            done.set()
+            if self._tails.get(key) is done:
+                del self._tails[key]
+            if not handed_over:
+                self.mailbox.done(job)
+
+    def _hand_over(self, job: Job) -> bool:
+        """Requeue ``job`` if this incarnation is dying rather than stopping; True when requeued."""
+        if self._stop_requested or not (self._failure is not None or self.client.is_closed()):
+            return False
+        try:
+            self.mailbox.requeue(job)
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError, anyio.WouldBlock):
+            return False
+        log.info("bot %s: the client died mid-answer; the next start answers this message", self.spec.name)
+        return True
+
+    async def _handle(self, job: Job, key: ConversationKey) -> None:
+        if job.kind == "chat":
+            await self._chat(job, key)
+        elif job.kind == "reset":
+            removed = await self.services.store.reset(key)
+            await self._delivery.reply(job.message, f"Our conversation is cleared ({removed // 2} exchanges forgotten).")
+        elif job.kind == "reset_channel":
+            if not access.is_admin(self.spec.access, job.message):
+                await self._delivery.reply(job.message, "Only an admin of this bot can clear the whole channel's memory.")
+                return
+            removed = await self.services.store.reset_channel(self.spec.name, job.message.channel.id)
+            await self._delivery.reply(job.message, f"This channel's conversations with me are cleared ({removed} messages).")
+        elif job.kind == "usage":
+            await self._delivery.reply(job.message, usage_text(self.spec, self.services.pool.quotas, job.message.author.id))
+
+    async def _chat(self, job: Job, key: ConversationKey) -> None:
+        spec = self.spec  # a hot reload may replace self.spec; this answer keeps one consistent view
+        self.counters.chats += 1
+        text = clean_user_text(job.text)[:MAX_INPUT_CHARS]
+        if not text:
+            await self._delivery.reply(job.message, empty_chat(spec.prefix))
+            return
+        store = self.services.store
+        with self._typing.working(job.message.channel.id) as work:
+            try:
+                history = await store.history(key, spec.memory.max_turns)
+            except Exception:  # noqa: BLE001 - answer without memory rather than not at all
+                log.exception("bot %s: could not read conversation memory; answering without it", spec.name)
+                history = []
+            call = ChatCall(
+                bot=spec.name,
+                user=str(job.message.author.id),
+                provider=spec.provider,
+                model=spec.model,
+                messages=fit_context(spec.persona, history, text, spec.memory.context_tokens),
+                params=spec.params,
+                weight=spec.weight,
+                quota=spec.quota,
+                user_quota=spec.user_quota,
+            )
+            try:
+                if spec.stream:
+                    answer = await self._answer_streaming(job.message, call, work)
+                else:
+                    answer = await self._answer_plain(job, call, work)
+            except ProviderError as exc:
+                log.warning("bot %s: %s", spec.name, exc)
+                work.finish()
+                await self._delivery.reply(job.message, exc.user_message)
+                return
+            except discord.HTTPException as exc:
+                log.error("bot %s: Discord refused the answer (HTTP %s: %s)", spec.name, exc.status, exc.text)
+                return
+        if answer is not None:
+            if self.services.metrics is not None:
+                self.services.metrics.observe_answer(spec.name, time.monotonic() - job.received)
+            try:
+                await store.append_exchange(key, text, answer)
+            except Exception:  # noqa: BLE001 - the user has the answer; only the memory of it is lost
+                log.exception("bot %s: the answer was delivered but could not be saved to memory", spec.name)
+            self.counters.answered += 1
+
+    async def _answer_plain(self, job: Job, call: ChatCall, work: Work) -> str | None:
+        """Ask, then send the whole answer; returns what was delivered (None: nothing to remember)."""
+        message = job.message
+        result = await self.services.pool.complete(call)
+        work.finish()
+        answer = result.text.strip()
+        chunks = split_message(neutralize_mentions(answer))
+        if self.services.metrics is not None:
+            self.services.metrics.observe_added(
+                self.spec.name, result.requested_at - job.received, time.monotonic() - result.answered_at
+            )
+        if not chunks:
+            await self._delivery.reply(message, EMPTY_ANSWER)
+            return None
+        await self._delivery.reply(message, chunks[0], raise_errors=True)
+        for chunk in chunks[1:]:
+            await self._delivery.post(message, chunk, reply=False)
+        return answer
+
+    async def _answer_streaming(self, message: discord.Message, call: ChatCall, work: Work) -> str | None:
+        """Show the answer while the model writes it; a cut stream keeps its partial text, marked."""
+
+        async def send(text: str, first: bool) -> discord.Message:
+            work.finish()  # the text itself shows progress from here on
+            return await self._delivery.send_editable(message, text, first=first)
+
+        reply = StreamingReply(send, self._edit_budgets.for_channel(message.channel.id))
+        cut = False
+        try:
+            async with aclosing(self.services.pool.stream(call)) as pieces:
+                async for piece in pieces:
+                    await reply.feed(piece)
+        except ProviderBadResponse as exc:
+            if not reply.started:
+                raise
+            log.warning("bot %s: %s", self.spec.name, exc)
+            cut = True
+        if not reply.text.strip():
+            await self._delivery.reply(message, EMPTY_ANSWER)
+            return None
+        await retry_server_errors(partial(reply.finish, cut=cut))  # finish only rewrites what Discord does not show yet
+        return None if cut else reply.text.strip()

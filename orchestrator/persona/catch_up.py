@@ -1,0 +1,39 @@
+"""Catching up after a new session: Discord replays nothing to a new session (only to a resumed
+one), so a bot reads the channels where it took messages before, from the newest one it took."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from datetime import timedelta
+
+import aiohttp
+import discord
+
+log = logging.getLogger(__name__)
+
+CATCH_UP_LIMIT = 50  # messages read per channel
+
+
+async def catch_up(
+    client: discord.Client,
+    taken: Mapping[int, int],
+    window: float,
+    take: Callable[[discord.Message], None],
+    bot: str,
+) -> None:
+    """Hand ``take`` every message after the newest one taken in each channel of ``taken``, oldest
+    first, skipping those older than ``window`` seconds. A channel that cannot be read is logged and
+    left. REST messages carry no member data, so a bot restricted to roles cannot check them."""
+    oldest = discord.utils.time_snowflake(discord.utils.utcnow() - timedelta(seconds=window))
+    for channel_id, after in taken.items():
+        known = client.get_channel(channel_id)
+        guild = getattr(known, "guild", None)
+        channel = client.get_partial_messageable(channel_id, guild_id=guild.id if guild is not None else None)
+        try:
+            async for message in channel.history(
+                limit=CATCH_UP_LIMIT, after=discord.Object(max(after, oldest)), oldest_first=True
+            ):
+                take(message)
+        except (discord.HTTPException, aiohttp.ClientError) as exc:
+            log.warning("bot %s: could not read channel %s for messages missed without a session (%s)", bot, channel_id, exc)

@@ -1,0 +1,34 @@
+"""What a persona says on its own, rather than from the model."""
+
+from __future__ import annotations
+
+from ..config import BotSpec
+from ..llm.quota import QuotaBook
+
+BUSY = "I'm answering too many messages right now. Please try again in a moment."
+RESTARTING = "I'm restarting. Please try again in a few seconds."
+APOLOGY = "Sorry, something went wrong on my side while answering. The admins can find the details in the log."
+EMPTY_ANSWER = "(The model returned an empty answer. Try rephrasing your message.)"
+
+
+def empty_chat(prefix: str) -> str:
+    return f"Write something after `{prefix}chat`, for example `{prefix}chat hello`."
+
+
+def usage_text(spec: BotSpec, quotas: QuotaBook, user_id: int) -> str:
+    """A user's usage of a persona beside the whole persona's, against their limits."""
+    lines = [f"Usage of {spec.name} (yours / the whole persona):"]
+    mine = quotas.report(spec.name, str(user_id))
+    total = quotas.report(spec.name)
+    for label, field_name, used_mine, used_total in (
+        ("requests this minute", "requests_per_minute", mine.requests_last_minute, total.requests_last_minute),
+        ("tokens this minute", "tokens_per_minute", mine.tokens_last_minute, total.tokens_last_minute),
+        ("tokens today", "tokens_per_day", mine.tokens_today, total.tokens_today),
+    ):
+        user_limit = getattr(spec.user_quota, field_name)
+        bot_limit = getattr(spec.quota, field_name)
+        lines.append(
+            f"- {label}: {used_mine}/{user_limit if user_limit is not None else '∞'}"
+            f" · {used_total}/{bot_limit if bot_limit is not None else '∞'}"
+        )
+    return "\n".join(lines)

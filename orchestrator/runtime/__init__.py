@@ -1,0 +1,1 @@
+"""The supervision runtime: supervised children, their mailboxes and what bots share."""

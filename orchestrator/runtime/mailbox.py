@@ -1,0 +1,91 @@
+"""A bot's bounded mailbox of jobs, which outlives each incarnation of the bot.
+
+It also remembers which messages were taken (so one that arrives twice is answered once) and the
+newest taken per channel (where a new session catches up on what it missed).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import anyio
+import discord
+
+JobKind = Literal["chat", "reset", "reset_channel", "usage"]
+
+
+@dataclass(frozen=True)
+class Job:
+    kind: JobKind
+    message: discord.Message
+    text: str = ""
+    received: float = 0.0
+
+
+_REMEMBERED_IDS = 2000  # message ids a mailbox remembers as taken
+_CATCH_UP_CHANNELS = 20  # channels read on a new session, the most recently active ones
+
+
+class Mailbox:
+    """A bot's bounded mailbox. It belongs to the supervised child, not to one actor, so the jobs
+    waiting when a client crashes are answered by the next incarnation."""
+
+    def __init__(self, size: int, concurrency: int) -> None:
+        self.capacity = size + concurrency  # accepted jobs not finished yet: queued, waiting or running
+        self.per_user_limit = max(2, self.capacity // 4)  # one user cannot fill the whole mailbox
+        self.send, self.receive = anyio.create_memory_object_stream[Job](self.capacity)
+        self.in_flight = 0
+        self.per_user: dict[int, int] = {}
+        self._idle = anyio.Event()
+        # The newest message taken per channel, most recent channel last: where the bot catches up,
+        # on a new session, on what arrived while it had none. And recently taken ids, so that a
+        # message both caught up and delivered by the gateway is taken once.
+        self.last_taken: dict[int, int] = {}
+        self._taken: dict[int, None] = {}  # an ordered set, oldest first
+
+    def take_once(self, channel_id: int, message_id: int) -> bool:
+        """Record ``message_id`` as taken; False if it was taken before."""
+        if message_id in self._taken:
+            return False
+        self._taken[message_id] = None
+        if len(self._taken) > _REMEMBERED_IDS:
+            del self._taken[next(iter(self._taken))]
+        if message_id > self.last_taken.get(channel_id, 0):
+            self.last_taken.pop(channel_id, None)
+            self.last_taken[channel_id] = message_id
+            if len(self.last_taken) > _CATCH_UP_CHANNELS:
+                del self.last_taken[next(iter(self.last_taken))]
+        return True
+
+    def accepts(self, user: int) -> bool:
+        return self.in_flight < self.capacity and self.per_user.get(user, 0) < self.per_user_limit
+
+    def put(self, job: Job) -> None:
+        """Queue a new job; raises ``anyio.ClosedResourceError`` once the bot is stopping."""
+        self.send.send_nowait(job)
+        self.in_flight += 1
+        user = job.message.author.id
+        self.per_user[user] = self.per_user.get(user, 0) + 1
+
+    def requeue(self, job: Job) -> None:
+        """Give a job that a crashing client could not finish to the next incarnation (still counted)."""
+        self.send.send_nowait(job)
+
+    def done(self, job: Job) -> None:
+        user = job.message.author.id
+        self.per_user[user] -= 1
+        if not self.per_user[user]:
+            del self.per_user[user]
+        self.in_flight -= 1
+        if not self.in_flight:
+            self._idle.set()
+            self._idle = anyio.Event()
+
+    async def wait_idle(self) -> None:
+        while self.in_flight:
+            await self._idle.wait()
+
+    def close(self) -> None:
+        self.send.close()
+        self.receive.close()

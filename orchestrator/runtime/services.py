@@ -1,0 +1,41 @@
+"""What a bot gets from the process: the shared services, runtime options, and its counters."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..llm.pool import LLMPool
+from ..memory import ConversationStore
+from ..ops.metrics import Metrics
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    guild_ready_timeout: float = 0.5
+    reidentify_delay: float = 5.0  # discord.py's pause before a fresh IDENTIFY (Discord's identify limit)
+    drain_timeout: float = 10.0
+    close_timeout: float = 5.0
+    typing_refresh: float = 8.0  # Discord shows "typing…" for about 10 s after each POST
+    typing_min_interval: float = 1.0  # at most one typing POST per channel this often
+    catch_up_window: float = 300.0  # on a new session, answer what was missed if at most this old (s)
+
+
+@dataclass
+class Services:
+    """What every bot shares: the provider pool, the memory store and runtime options."""
+
+    pool: LLMPool
+    store: ConversationStore
+    options: RuntimeOptions = RuntimeOptions()
+    metrics: Metrics | None = None
+
+
+@dataclass
+class BotCounters:
+    """A bot's counters; they belong to its supervised child and outlive each incarnation."""
+
+    chats: int = 0
+    answered: int = 0
+    busy: int = 0
+    errors: int = 0
+    dropped: int = 0  # gateway MESSAGE_CREATEs for others, dropped undecoded (discord_io/gateway_filter.py)
