@@ -1,4 +1,4 @@
-"""Command line: ``orchestrator run | check | models | usage | status | demo``."""
+"""Command line: ``orchestrator run | check | models | usage | status | demo | invite``."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import anyio
 
-from .config import Config, load_config
+from .config import Config, RequiredSecrets, load_config
 from .errors import ConfigError, ProviderError, format_duration
 from .llm.pool import LLMPool
 from .ops.logs import redactor, setup_logging
@@ -22,9 +22,9 @@ log = logging.getLogger(__name__)
 DEFAULT_CONFIG = "bots.yaml"
 
 
-def _load(path: str) -> Config:
+def _load(path: str, *, required: RequiredSecrets = "all") -> Config:
     try:
-        return load_config(path)
+        return load_config(path, required=required)
     except ConfigError as exc:
         print(redactor.redact(str(exc)), file=sys.stderr)
         raise SystemExit(2) from None
@@ -172,6 +172,63 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0 if code == 200 and not failed else 1
 
 
+def cmd_invite(args: argparse.Namespace) -> int:
+    """Each bot's invite URL. The application id is read from its token, or with ``--online`` asked
+    of Discord (which also tries the token). Needs only the Discord tokens."""
+    import discord
+
+    from .discord_io.client import configure_discord
+    from .discord_io.invite import PERMISSIONS, application_id_from_token, fetch_application_id, invite_url, required_permissions
+
+    config = _load(args.config, required="tokens")
+
+    async def ask_discord() -> dict[str, int | str]:
+        """Each bot's application id, or why Discord could not tell."""
+        configure_discord(config.discord)
+        answers: dict[str, int | str] = {}
+        for bot in config.bots.values():
+            try:
+                answers[bot.name] = await fetch_application_id(bot.token.get_secret_value())
+            except discord.LoginFailure:
+                answers[bot.name] = "Discord refused the token (401); put the bot's current token in its token_env"
+            except (discord.HTTPException, OSError) as exc:
+                answers[bot.name] = f"cannot ask {config.discord.api_url}: {exc}"
+        return answers
+
+    online = anyio.run(ask_discord, backend="asyncio") if args.online else {}
+    permissions = required_permissions()
+    print(f"permissions {permissions.value}: {', '.join(label for label, _ in PERMISSIONS.values())}")
+    status = 0
+    for bot in config.bots.values():
+        from_token = application_id_from_token(bot.token.get_secret_value())
+        answer = online.get(bot.name, from_token)
+        if isinstance(answer, str):
+            print(redactor.redact(f"bot {bot.name!r}: {answer}"), file=sys.stderr)
+            status = 1
+        elif answer is None:
+            print(
+                f"bot {bot.name!r}: its token does not have the shape of a Discord bot token, so it does not tell the "
+                "application id; check the token, or run `orchestrator invite --online` to ask Discord",
+                file=sys.stderr,
+            )
+            status = 1
+        else:
+            if from_token is not None and from_token != answer:
+                print(f"bot {bot.name!r}: Discord says its application is {answer}, not {from_token} as its token "
+                      "suggests; using Discord's", file=sys.stderr)
+            print(f"{bot.name}: {invite_url(answer, permissions)}")
+    return status
+
+
+def _add_invite(sub: argparse._SubParsersAction) -> None:
+    invite = sub.add_parser("invite", help="print each bot's invite URL with the permissions it needs")
+    invite.add_argument("config", nargs="?", default=DEFAULT_CONFIG)
+    invite.add_argument(
+        "--online", action="store_true", help="ask Discord for each application id (also checks the tokens)"
+    )
+    invite.set_defaults(func=cmd_invite)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="orchestrator", description="Run many LLM persona bots on Discord.")
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
@@ -213,6 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("-m", "--message", action="append", help="post this message (repeatable); default: stdin")
     demo.add_argument("--provider-url", help="use this OpenAI-compatible server for the model (key: DEMO_API_KEY)")
     demo.set_defaults(func=cmd_demo)
+
+    _add_invite(sub)
     return parser
 
 

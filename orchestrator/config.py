@@ -2,7 +2,8 @@
 
 ``load_config(path)`` returns a fully resolved :class:`Config` (defaults merged into every bot,
 secrets read from the environment or ``.env``) or raises :class:`ConfigError` listing every
-problem with its file and line. Secrets are never read from the YAML file itself.
+problem with its file and line. Secrets are never read from the YAML file itself. Commands that
+need fewer secrets than ``run`` say which (``required``: all, Discord tokens only, or none).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeAlias
 
 import yaml
 from dotenv import dotenv_values
@@ -30,6 +31,9 @@ _NOT_A_NAME = (
     "must be the *name* of an environment variable (letters, digits and _), not the secret itself; "
     "put the secret in the environment or in .env (e.g. DISCORD_TOKEN_SAGE=...) and write its name here"
 )
+
+
+RequiredSecrets: TypeAlias = Literal["all", "tokens", "none"]
 
 
 class _Model(BaseModel):
@@ -200,8 +204,11 @@ class Config:
 # ---------------------------------------------------------------- loading
 
 
-def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Config:
-    """Read, validate and resolve ``path``. ``env`` defaults to ``.env`` beside it plus ``os.environ``."""
+def load_config(
+    path: str | os.PathLike[str], env: Mapping[str, str] | None = None, *, required: RequiredSecrets = "all"
+) -> Config:
+    """Read, validate and resolve ``path``. ``env`` defaults to ``.env`` beside it plus ``os.environ``.
+    ``required``: which secrets must be set (a secret that is not required and not set is empty)."""
     path = Path(path)
     name = str(path)
     try:
@@ -210,7 +217,7 @@ def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = No
         raise ConfigError([ConfigIssue(name, None, "", f"cannot read the file: {exc.strerror or exc}")]) from exc
     if env is None:
         env = read_environment(path.parent)
-    return parse_config(raw, name, env, base_dir=path.parent)
+    return parse_config(raw, name, env, base_dir=path.parent, required=required)
 
 
 def read_environment(directory: Path) -> dict[str, str]:
@@ -223,14 +230,16 @@ def read_environment(directory: Path) -> dict[str, str]:
     return merged
 
 
-def parse_config(raw: bytes | str, name: str, env: Mapping[str, str], *, base_dir: Path | None = None) -> Config:
+def parse_config(
+    raw: bytes | str, name: str, env: Mapping[str, str], *, base_dir: Path | None = None, required: RequiredSecrets = "all"
+) -> Config:
     """Validate YAML text. Every problem found is reported at once in one :class:`ConfigError`."""
     data, lines = _read_yaml(raw, name)
     try:
         settings = FileSettings.model_validate(data)
     except ValidationError as exc:
         raise ConfigError([_issue_from_pydantic(err, data, lines, name) for err in exc.errors()]) from None
-    return _resolve(settings, lines, name, env, base_dir or Path("."))
+    return _resolve(settings, lines, name, env, base_dir or Path("."), required)
 
 
 def _read_yaml(raw: bytes | str, name: str) -> tuple[Any, dict[tuple[Any, ...], int]]:
@@ -387,7 +396,12 @@ def _merge(model: type[_Model], base: _Model, override: dict[str, Any]) -> Any:
 
 
 def _resolve(
-    settings: FileSettings, lines: dict[tuple[Any, ...], int], name: str, env: Mapping[str, str], base_dir: Path
+    settings: FileSettings,
+    lines: dict[tuple[Any, ...], int],
+    name: str,
+    env: Mapping[str, str],
+    base_dir: Path,
+    required: RequiredSecrets,
 ) -> Config:
     issues: list[ConfigIssue] = []
 
@@ -404,7 +418,7 @@ def _resolve(
             issue(("providers", pname, "api_key_env"), _NOT_A_NAME)
         elif provider.api_key_env:
             key = env.get(provider.api_key_env, "")
-            if not key:
+            if not key and required == "all":
                 issue(("providers", pname, "api_key_env"), f"environment variable {provider.api_key_env} is not set; "
                       f"put it in the environment or in .env")
         providers[pname] = ProviderSpec(pname, provider.base_url.rstrip("/"), SecretStr(key or "unused"), provider)
@@ -428,8 +442,9 @@ def _resolve(
         if not _ENV_NAME.fullmatch(bot.token_env):
             issue((*loc, "token_env"), _NOT_A_NAME)
         elif not token:
-            issue((*loc, "token_env"), f"environment variable {bot.token_env} is not set; "
-                  f"put bot {bot.name!r}'s Discord token in the environment or in .env")
+            if required != "none":
+                issue((*loc, "token_env"), f"environment variable {bot.token_env} is not set; "
+                      f"put bot {bot.name!r}'s Discord token in the environment or in .env")
         elif token in seen_tokens:
             issue((*loc, "token_env"), f"bot {bot.name!r} uses the same Discord token as bot {seen_tokens[token]!r}; "
                   "each bot needs its own application token")
