@@ -120,6 +120,7 @@ class BotSettings(_Model):
     name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,32}$")
     token_env: str
     persona: str
+    description: str | None = Field(None, max_length=300)  # what `<prefix>help` says the persona is
     provider: str | None = None
     model: str | None = None
     prefix: str | None = None
@@ -171,6 +172,7 @@ class BotSpec:
     name: str
     token: SecretStr
     persona: str
+    description: str  # one line for `<prefix>help`: bots.yaml's description, or the persona's first line
     provider: str
     model: str
     prefix: str
@@ -473,6 +475,7 @@ def _resolve(
             name=bot.name,
             token=SecretStr(token),
             persona=bot.persona.strip(),
+            description=_describe(bot),
             provider=provider,
             model=bot.model or defaults.model,
             prefix=bot.prefix or defaults.prefix,
@@ -504,6 +507,13 @@ def _resolve(
         restart=settings.restart,
         warnings=overlap_warnings(list(bots.values())),
     )
+
+
+def _describe(bot: BotSettings, limit: int = 200) -> str:
+    if bot.description and bot.description.strip():
+        return " ".join(bot.description.split())
+    first = bot.persona.strip().split("\n", 1)[0].strip()
+    return first if len(first) <= limit else first[: limit - 1].rstrip() + "…"
 
 
 def overlap_warnings(bots: list[BotSpec]) -> list[str]:

@@ -25,7 +25,7 @@ def test_commands_are_read(content: str, expected: Command) -> None:
     assert parse_command(content, "!") == expected
 
 
-@pytest.mark.parametrize("content", ["hello !chat hi", "! chat hi", "!", "!chatty hi", "!help", "?chat hi", ""])
+@pytest.mark.parametrize("content", ["hello !chat hi", "! chat hi", "!", "!chatty hi", "!helpme", "?chat hi", ""])
 def test_not_a_command(content: str) -> None:
     assert parse_command(content, "!") is None
 

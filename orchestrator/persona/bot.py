@@ -7,7 +7,7 @@ answers in flight. Jobs of one conversation run in arrival order; different conv
 concurrently up to ``concurrency``.
 
 How a user addresses a persona: ``<prefix>chat <text>`` (each bot has its own prefix), an
-@mention of the bot, or a reply to one of the bot's messages.
+@mention of the bot, a reply to one of the bot's messages, or a DM when ``access.dms`` allows.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from ..runtime.services import BotCounters, Services
 from . import access
 from .catch_up import catch_up
 from .commands import parse_command
-from .replies import APOLOGY, BUSY, EMPTY_ANSWER, RESTARTING, empty_chat, usage_text
+from .replies import APOLOGY, BUSY, EMPTY_ANSWER, RESTARTING, empty_chat, help_text, usage_text
 
 log = logging.getLogger(__name__)
 
@@ -331,6 +331,8 @@ class PersonaBot:
             await self._delivery.reply(job.message, f"This channel's conversations with me are cleared ({removed} messages).")
         elif job.kind == "usage":
             await self._delivery.reply(job.message, usage_text(self.spec, self.services.pool.quotas, job.message.author.id))
+        elif job.kind == "help":
+            await self._delivery.reply(job.message, help_text(self.spec))
 
     async def _chat(self, job: Job, key: ConversationKey) -> None:
         spec = self.spec  # a hot reload may replace self.spec; this answer keeps one consistent view

@@ -1,7 +1,8 @@
 """The commands users type to a persona: ``<prefix>chat <text>`` (alias ``ask``), ``<prefix>reset
-[channel]`` and ``<prefix>usage``. Command names are case-insensitive; the prefix is each bot's own.
+[channel]``, ``<prefix>usage`` and ``<prefix>help``. Command names are case-insensitive; the prefix
+is each bot's own.
 
-A chat bot needs three fixed commands, so they are read here rather than by discord.py's
+A chat bot needs a few fixed commands, so they are read here rather than by discord.py's
 ``ext.commands``, whose context objects, converters (``isinstance`` against typing Protocols) and
 command events cost about 8% of the CPU of a whole answer (``scripts/bench --profile``).
 """
@@ -10,9 +11,9 @@ from __future__ import annotations
 
 from typing import Literal, NamedTuple
 
-CommandName = Literal["chat", "reset", "usage"]
+CommandName = Literal["chat", "reset", "usage", "help"]
 
-_NAMES: dict[str, CommandName] = {"chat": "chat", "ask": "chat", "reset": "reset", "usage": "usage"}
+_NAMES: dict[str, CommandName] = {"chat": "chat", "ask": "chat", "reset": "reset", "usage": "usage", "help": "help"}
 
 
 class Command(NamedTuple):

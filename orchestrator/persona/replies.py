@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..config import BotSpec
+from ..config import BotSpec, QuotaSettings
 from ..llm.quota import QuotaBook
 
 BUSY = "I'm answering too many messages right now. Please try again in a moment."
@@ -32,3 +32,38 @@ def usage_text(spec: BotSpec, quotas: QuotaBook, user_id: int) -> str:
             f" · {used_total}/{bot_limit if bot_limit is not None else '∞'}"
         )
     return "\n".join(lines)
+
+
+def help_text(spec: BotSpec) -> str:
+    """What ``<prefix>help`` answers: who this persona is, how to address it, its commands and limits."""
+    p = spec.prefix
+    ways = [f"`{p}chat <your message>` (or `{p}ask`)", "@mention me", "reply to one of my messages"]
+    if spec.access.dms:
+        ways.append("send me a direct message")
+    ours = "this channel's conversation (shared by everyone here)" if spec.memory.scope == "channel" else "our conversation"
+    lines = [
+        f"**{spec.name}**: {spec.description}",
+        f"Talk to me: {', '.join(ways[:-1])} or {ways[-1]}.",
+        "Commands:",
+        f"- `{p}chat <text>`: talk to me; I remember {ours}",
+        f"- `{p}reset`: I forget {ours}",
+        f"- `{p}reset channel`: I forget every conversation in this channel (admins only)",
+        f"- `{p}usage`: what you have used and what is left",
+        f"- `{p}help`: this message",
+        limits_text(spec.user_quota),
+    ]
+    return "\n".join(lines)
+
+
+def limits_text(quota: QuotaSettings) -> str:
+    """A user's limits in words."""
+    limits = [
+        f"{value} {label}"
+        for value, label in (
+            (quota.requests_per_minute, "requests per minute"),
+            (quota.tokens_per_minute, "tokens per minute"),
+            (quota.tokens_per_day, "tokens per day"),
+        )
+        if value is not None
+    ]
+    return f"Your limits: {', '.join(limits)}." if limits else "You have no limits of your own here."

@@ -12,7 +12,7 @@ from typing import Literal
 import anyio
 import discord
 
-JobKind = Literal["chat", "reset", "reset_channel", "usage"]
+JobKind = Literal["chat", "reset", "reset_channel", "usage", "help"]
 
 
 @dataclass(frozen=True)
