@@ -30,6 +30,7 @@ from .errors import ConfigError
 from .ops.health import DEFAULT_HOST, HealthServer
 from .llm.pool import LLMPool
 from .llm.quota import QuotaBook
+from .llm.spend import SpendBook
 from .memory import SQLiteStore
 from .ops.metrics import Metrics
 from .ops.logs import install_log_redaction, redactor
@@ -109,7 +110,7 @@ class App:
         configure_discord(config.discord)
         store = SQLiteStore(config.database)
         try:
-            async with LLMPool(config.providers, QuotaBook(store)) as pool:
+            async with LLMPool(config.providers, QuotaBook(store), SpendBook(store)) as pool:
                 self.pool = pool
                 services = Services(pool, store, self.options, metrics=self.metrics)
                 self.supervisor = supervisor = Supervisor(config, services)

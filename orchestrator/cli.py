@@ -81,31 +81,43 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_usage(args: argparse.Namespace) -> int:
-    """Today's token usage per bot (and its top users) from the store, next to the daily budgets."""
+    """Tokens and spend per bot (and its top users) per UTC day, from the store, next to the daily budgets."""
+    import time
+
     from .llm.quota import QuotaBook, utc_day
+    from .llm.spend import format_usd
     from .memory import SQLiteStore
 
-    config = _load(args.config)
+    config = _load(args.config, required="none")
     if not config.database.exists():
         print(f"no usage recorded yet ({config.database} does not exist)")
         return 0
+    now = time.time()
+    days = [utc_day(now - 86400 * back) for back in range(args.days)]
     store = SQLiteStore(config.database)
     try:
-        usage = store.load_daily_usage(utc_day())
+        recorded = {day: (store.load_daily_usage(day), store.load_daily_spend(day)) for day in days}
     finally:
         store.close()
-    print(f"token usage on {utc_day()} (UTC):")
-    for bot in config.bots.values():
-        used = usage.get((bot.name, QuotaBook.ALL_USERS), 0)
-        budget = bot.quota.tokens_per_day
-        share = f" ({100 * used / budget:.1f}% of {budget})" if budget else ""
-        print(f"  {bot.name:16} {used:>10} tokens{share}")
-        users = sorted(
-            ((tokens, user) for (name, user), tokens in usage.items() if name == bot.name and user != QuotaBook.ALL_USERS),
-            reverse=True,
-        )
-        for tokens, user in users[: args.top]:
-            print(f"    user {user:>20} {tokens:>10}")
+    everyone = QuotaBook.ALL_USERS
+    for day in days:
+        usage, spend = recorded[day]
+        print(f"usage on {day} (UTC):")
+        for bot in config.bots.values():
+            used = usage.get((bot.name, everyone), 0)
+            budget = bot.quota.tokens_per_day
+            line = f"  {bot.name:16} {used:>10} tokens" + (f" ({100 * used / budget:.1f}% of {budget})" if budget else "")
+            if bot.price is not None or (bot.name, everyone) in spend:
+                usd, cap = spend.get((bot.name, everyone), 0.0), bot.quota.usd_per_day
+                line += f"  {format_usd(usd)}" + (f" ({100 * usd / cap:.1f}% of {format_usd(cap)})" if cap else "")
+            print(line)
+            users = sorted(
+                ((tokens, user) for (name, user), tokens in usage.items() if name == bot.name and user != everyone),
+                reverse=True,
+            )
+            for tokens, user in users[: args.top]:
+                usd_text = f"  {format_usd(spend[(bot.name, user)])}" if (bot.name, user) in spend else ""
+                print(f"    user {user:>20} {tokens:>10}{usd_text}")
     return 0
 
 
@@ -229,6 +241,16 @@ def _add_invite(sub: argparse._SubParsersAction) -> None:
     invite.set_defaults(func=cmd_invite)
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, not {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="orchestrator", description="Run many LLM persona bots on Discord.")
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
@@ -254,9 +276,12 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--provider", help="only this provider")
     models.set_defaults(func=cmd_models)
 
-    usage = sub.add_parser("usage", help="today's token usage per bot and its top users")
+    usage = sub.add_parser("usage", help="today's tokens and spend per bot and its top users")
     usage.add_argument("config", nargs="?", default=DEFAULT_CONFIG)
     usage.add_argument("--top", type=int, default=5, help="how many users to list per bot (default 5)")
+    usage.add_argument(
+        "--days", type=_positive_int, default=1, help="this many UTC days, today first (default 1: today)"
+    )
     usage.set_defaults(func=cmd_usage)
 
     status = sub.add_parser("status", help="each bot's state, uptime, restarts and usage, from a running orchestrator")

@@ -47,6 +47,17 @@ class DiscordSettings(_Model):
     guild_ready_timeout: float = Field(0.5, ge=0, le=60)
 
 
+class ModelPrice(_Model):
+    """What a model costs, in USD per million tokens (the way providers list their prices)."""
+
+    input: float = Field(ge=0, le=100_000)  # prompt tokens
+    output: float = Field(ge=0, le=100_000)  # completion tokens
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        """USD for one request's usage."""
+        return (prompt_tokens * self.input + completion_tokens * self.output) / 1_000_000
+
+
 class ProviderSettings(_Model):
     base_url: str
     api_key_env: str | None = None
@@ -57,6 +68,7 @@ class ProviderSettings(_Model):
     max_retries: int = Field(3, ge=0, le=10)
     breaker_threshold: int = Field(5, ge=1, le=1000)  # consecutive failures that open the circuit
     breaker_cooldown: float = Field(30.0, gt=0, le=3600)  # seconds before a probe request
+    prices: dict[str, ModelPrice] = Field(default_factory=dict)  # by model; over the top-level prices
 
 
 class SamplingParams(_Model):
@@ -76,6 +88,7 @@ class QuotaSettings(_Model):
     requests_per_minute: int | None = Field(None, ge=1)
     tokens_per_minute: int | None = Field(None, ge=1)
     tokens_per_day: int | None = Field(None, ge=1)
+    usd_per_day: float | None = Field(None, gt=0)  # needs a price for the bot's model
 
 
 class AccessSettings(_Model):
@@ -149,6 +162,7 @@ class FileSettings(_Model):
     providers: dict[str, ProviderSettings] = Field(default_factory=dict)
     defaults: Defaults = Defaults()
     bots: list[BotSettings] = Field(default_factory=list)
+    prices: dict[str, ModelPrice] = Field(default_factory=dict)  # by model, for every provider
     database: str = "orchestrator.sqlite3"
     health_port: int | None = Field(None, ge=0, le=65535)
     restart: RestartSettings = RestartSettings()
@@ -175,6 +189,7 @@ class BotSpec:
     description: str  # one line for `<prefix>help`: bots.yaml's description, or the persona's first line
     provider: str
     model: str
+    price: ModelPrice | None  # of ``model`` at ``provider``; None: spend is not counted
     prefix: str
     weight: float
     params: SamplingParams
@@ -469,7 +484,14 @@ def _resolve(
                 for err in exc.errors():
                     sub = {**err, "loc": (*loc, section, *err["loc"])}
                     issues.append(_issue_from_pydantic(sub, raw_view, lines, name))
-        if len(merged) != len(_KNOWN_KEYS) or provider is None:
+        if len(merged) != len(_KNOWN_KEYS) or provider is None or provider not in providers:
+            continue
+        model = bot.model or defaults.model
+        price = providers[provider].settings.prices.get(model) or settings.prices.get(model)
+        if price is None and (merged["quota"].usd_per_day or merged["user_quota"].usd_per_day):
+            issue(loc, f"bot {bot.name!r} has a daily spend limit (usd_per_day) but no price for its model {model!r}; "
+                  f"add one under 'prices:' (top level, or under provider {provider!r}), e.g. "
+                  f"prices: {{{model}: {{input: 0.15, output: 0.60}}}} (USD per million tokens)")
             continue
         bots[bot.name] = BotSpec(
             name=bot.name,
@@ -477,7 +499,8 @@ def _resolve(
             persona=bot.persona.strip(),
             description=_describe(bot),
             provider=provider,
-            model=bot.model or defaults.model,
+            model=model,
+            price=price,
             prefix=bot.prefix or defaults.prefix,
             weight=bot.weight,
             stream=defaults.stream if bot.stream is None else bot.stream,

@@ -1,6 +1,6 @@
 """The shared model-provider pool: one ``AsyncOpenAI`` per provider for every bot.
 
-For each call the pool: checks the bot's and user's quotas (no provider call when over), waits
+For each call the pool: checks the bot's and user's quotas and spend caps (no provider call when over), waits
 for a fair share of the provider's concurrency, respects a provider-wide pause when the
 provider said it is near its rate limit, sends the request (through the provider's
 :class:`~orchestrator.llm.transport.ChatTransport`), and retries 429/5xx/timeouts with
@@ -23,7 +23,7 @@ from typing import Any
 import anyio
 import openai
 
-from ..config import ProviderSpec, QuotaSettings, SamplingParams
+from ..config import ModelPrice, ProviderSpec, QuotaSettings, SamplingParams
 from ..errors import (
     ProviderAuthError,
     ProviderBadResponse,
@@ -36,6 +36,7 @@ from .breaker import CircuitBreaker
 from .messages import Message, estimate_tokens
 from .limiter import FairLimiter, QueueFull, QueueTimeout
 from .quota import QuotaBook, Reservation
+from .spend import SpendBook
 from .transport import ChatTransport, Completion, CompletionStream
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,7 @@ class ChatCall:
     weight: float = 1.0
     quota: QuotaSettings = QuotaSettings()
     user_quota: QuotaSettings = QuotaSettings()
+    price: ModelPrice | None = None  # what the answer costs; None: spend is not counted
 
 
 @dataclass(frozen=True)
@@ -157,10 +159,12 @@ class LLMPool:
         self,
         providers: Mapping[str, ProviderSpec],
         quotas: QuotaBook | None = None,
+        spend: SpendBook | None = None,
         *,
         near_limit_fraction: float = 0.02,
     ) -> None:
         self.quotas = quotas or QuotaBook()
+        self.spend = spend or SpendBook()
         self.stats = PoolStats()
         self._near_limit = near_limit_fraction
         self._providers: dict[str, _Provider] = {}
@@ -222,7 +226,7 @@ class LLMPool:
             usage = completion.usage
             prompt = usage.prompt_tokens if usage else 0
             completion_tokens = usage.completion_tokens if usage else estimate_tokens(text)
-            self.quotas.settle(reservation, prompt + completion_tokens)
+            self._settle(call, reservation, prompt, completion_tokens)
             return ChatResult(
                 text, prompt, completion_tokens, completion.model or call.model, attempts, answer.requested_at,
                 answer.answered_at,
@@ -232,20 +236,25 @@ class LLMPool:
         """Yield the answer's text as it arrives. Use with ``contextlib.aclosing``."""
         async with self._call(call, stream=True) as (answer, _attempts, reservation):
             assert isinstance(answer, CompletionStream)
-            used = 0
+            prompt = completion = 0
             text_len = 0
             try:
                 async for chunk in answer.chunks:
                     if chunk.usage is not None:
-                        used = chunk.usage.total_tokens
+                        prompt, completion = chunk.usage.prompt_tokens, chunk.usage.completion_tokens
                     for choice in chunk.choices:
                         if choice.delta and choice.delta.content:
                             text_len += len(choice.delta.content)
                             yield choice.delta.content
             except Exception as exc:  # the SDK's errors from the transport, or an unreadable chunk
                 raise ProviderBadResponse(call.provider, f"the stream was cut: {type(exc).__name__}: {exc}") from exc
-            finally:
-                self.quotas.settle(reservation, used or text_len // 4 + 1)
+            finally:  # without the provider's usage (a cut stream), the answer's length estimates it
+                self._settle(call, reservation, prompt, completion if prompt or completion else text_len // 4 + 1)
+
+    def _settle(self, call: ChatCall, reservation: Reservation, prompt_tokens: int, completion_tokens: int) -> None:
+        """Count the provider's reported usage against the quotas, and its cost."""
+        self.quotas.settle(reservation, prompt_tokens + completion_tokens)
+        self.spend.record(call.bot, call.user, call.price, prompt_tokens, completion_tokens)
 
     @asynccontextmanager
     async def _call(
@@ -253,6 +262,7 @@ class LLMPool:
     ) -> AsyncIterator[tuple[Completion | CompletionStream, int, Reservation]]:
         state = self._provider(call.provider)
         estimate = sum(estimate_tokens(m["content"]) for m in call.messages) + (call.params.max_tokens or 256)
+        self.spend.check(call.provider, call.bot, call.user, call.quota, call.user_quota)
         reservation = self.quotas.reserve(call.provider, call.bot, call.user, estimate, call.quota, call.user_quota)
         settings = state.spec.settings
         deadline = anyio.current_time() + settings.timeout

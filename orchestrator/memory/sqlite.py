@@ -3,10 +3,11 @@
 :class:`SQLiteStore` keeps one connection in WAL mode. Recent histories are cached in a bounded
 LRU so a warm conversation costs no database read, and a set of the conversations that have any
 turns (as hashes, one small int each) spares new conversations the read too. It also persists
-daily token usage for :class:`~orchestrator.llm.quota.QuotaBook`.
+daily token usage for :class:`~orchestrator.llm.quota.QuotaBook` and daily spend for
+:class:`~orchestrator.llm.spend.SpendBook`.
 
-Writes are behind and grouped: ``append_exchange`` (called *after* the answer was delivered) and
-``add_daily_usage`` only update memory on the event loop; a writer thread commits everything
+Writes are behind and grouped: ``append_exchange`` (called *after* the answer was delivered),
+``add_daily_usage`` and ``add_daily_spend`` only update memory on the event loop; a writer thread commits everything
 pending in one transaction, ``flush_interval`` (50 ms) after the first pending item, each exchange
 whole. Reads, resets and pruning run in a worker thread and write what is pending first, so they
 see it. Durability trade-off: an exchange is in memory at once and on disk within
@@ -50,9 +51,11 @@ CREATE TABLE IF NOT EXISTS daily_usage (
     bot TEXT NOT NULL,
     user TEXT NOT NULL,
     tokens INTEGER NOT NULL,
+    usd REAL NOT NULL DEFAULT 0,
     PRIMARY KEY (day, bot, user)
 );
 """
+_USD_COLUMN = "ALTER TABLE daily_usage ADD COLUMN usd REAL NOT NULL DEFAULT 0"  # databases from before spend
 
 
 class _Exchange(NamedTuple):
@@ -87,7 +90,8 @@ class SQLiteStore:
         self._flush_interval = flush_interval
         self._pending_cv = threading.Condition()  # guards the pending writes below; wakes the writer
         self._pending: list[_Exchange] = []  # appended, not yet written, in append order
-        self._pending_usage: dict[tuple[str, str, str], int] = {}  # (day, bot, user) -> tokens not yet written
+        # (day, bot, user) -> (tokens, usd) not yet written
+        self._pending_usage: dict[tuple[str, str, str], tuple[int, float]] = {}
         self._failing = False
         self._closing = False
         with self._lock:
@@ -95,6 +99,8 @@ class SQLiteStore:
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA busy_timeout=2000")
             self._db.executescript(_SCHEMA)
+            if "usd" not in {row[1] for row in self._db.execute("PRAGMA table_info(daily_usage)")}:
+                self._db.execute(_USD_COLUMN)
             # Which conversations have turns at all, as hashes: a new conversation (the first message of
             # every user) then costs no thread hand-off and no query. A collision only costs a query.
             self._known = {
@@ -170,15 +176,16 @@ class SQLiteStore:
                     self._insert(exchanges)
                 if usage:
                     self._db.executemany(
-                        "INSERT INTO daily_usage (day, bot, user, tokens) VALUES (?, ?, ?, ?) "
-                        "ON CONFLICT (day, bot, user) DO UPDATE SET tokens = tokens + excluded.tokens",
-                        [(day, bot, user, tokens) for (day, bot, user), tokens in usage.items()],
+                        "INSERT INTO daily_usage (day, bot, user, tokens, usd) VALUES (?, ?, ?, ?, ?) "
+                        "ON CONFLICT (day, bot, user) DO UPDATE SET tokens = tokens + excluded.tokens, "
+                        "usd = usd + excluded.usd",
+                        [(*key, tokens, usd) for key, (tokens, usd) in usage.items()],
                     )
         except sqlite3.Error as exc:
             with self._pending_cv:
                 self._pending[:0] = exchanges
-                for key, tokens in usage.items():
-                    self._pending_usage[key] = self._pending_usage.get(key, 0) + tokens
+                for key, (tokens, usd) in usage.items():
+                    self._add_pending_usage(key, tokens, usd)
             if not self._failing:
                 log.warning(
                     "could not write conversations and token usage to %s (%s); keeping them in memory and retrying",
@@ -297,24 +304,38 @@ class SQLiteStore:
             ).rowcount
         return removed
 
-    # ------------------------------------------------------------ quota usage (UsageSink)
+    # ------------------------------------------------------------ quota usage and spend (UsageSink, SpendSink)
+
+    def _load_daily(self, day: str) -> dict[tuple[str, str], tuple[int, float]]:
+        """(tokens, usd) of ``day`` per (bot, user): what is on disk plus what is still pending."""
+        with self._lock:  # held throughout: no flush moves usage from pending to disk between the reads
+            rows = self._db.execute("SELECT bot, user, tokens, usd FROM daily_usage WHERE day=?", (day,)).fetchall()
+            usage = {(bot, user): (tokens, usd) for bot, user, tokens, usd in rows}
+            with self._pending_cv:
+                for (pending_day, bot, user), (tokens, usd) in self._pending_usage.items():
+                    if pending_day == day:
+                        old_tokens, old_usd = usage.get((bot, user), (0, 0.0))
+                        usage[(bot, user)] = (old_tokens + tokens, old_usd + usd)
+        return usage
 
     def load_daily_usage(self, day: str) -> dict[tuple[str, str], int]:
-        """Usage of ``day`` per (bot, user): what is on disk plus what is still pending."""
-        with self._lock:  # held throughout: no flush moves usage from pending to disk between the reads
-            rows = self._db.execute("SELECT bot, user, tokens FROM daily_usage WHERE day=?", (day,)).fetchall()
-            usage = {(bot, user): tokens for bot, user, tokens in rows}
-            with self._pending_cv:
-                for (pending_day, bot, user), tokens in self._pending_usage.items():
-                    if pending_day == day:
-                        usage[(bot, user)] = usage.get((bot, user), 0) + tokens
-        return usage
+        """Tokens of ``day`` per (bot, user)."""
+        return {key: tokens for key, (tokens, _usd) in self._load_daily(day).items()}
+
+    def load_daily_spend(self, day: str) -> dict[tuple[str, str], float]:
+        """USD of ``day`` per (bot, user)."""
+        return {key: usd for key, (_tokens, usd) in self._load_daily(day).items() if usd}
 
     def add_daily_usage(self, day: str, bot: str, user: str, tokens: int) -> None:
         """Record usage. Called on the event loop, so it only remembers the tokens for the writer
         thread: a locked, read-only or full database only delays persistence, never the bots."""
+        self._enqueue(lambda: self._add_pending_usage((day, bot, user), tokens, 0.0))
 
-        def add() -> None:
-            self._pending_usage[(day, bot, user)] = self._pending_usage.get((day, bot, user), 0) + tokens
+    def add_daily_spend(self, day: str, bot: str, user: str, usd: float) -> None:
+        """Record spend, as :meth:`add_daily_usage` records tokens."""
+        self._enqueue(lambda: self._add_pending_usage((day, bot, user), 0, usd))
 
-        self._enqueue(add)
+    def _add_pending_usage(self, key: tuple[str, str, str], tokens: int, usd: float) -> None:
+        """Add to the unwritten usage of ``key`` (the caller holds ``_pending_cv``)."""
+        old_tokens, old_usd = self._pending_usage.get(key, (0, 0.0))
+        self._pending_usage[key] = (old_tokens + tokens, old_usd + usd)

@@ -23,8 +23,9 @@ Every :class:`Metrics` has its own registry: two apps in one process (tests) nev
     orchestrator_provider_requests_total                requests sent to providers (retries included)
     orchestrator_provider_retries_total                 retries after 429 / 5xx / timeouts
     orchestrator_provider_errors_total{provider,kind}   failed attempts: auth, busy, timeout, unavailable, bad_response
-    orchestrator_quota_rejections_total{bot,scope,limit} requests refused by a quota (scope: bot or user)
+    orchestrator_quota_rejections_total{bot,scope,limit} requests refused by a quota or spend cap (scope: bot or user)
     orchestrator_tokens_total{bot,provider}             tokens used, as counted by the providers
+    orchestrator_spend_usd_total{bot}                   USD spent (provider-reported usage × bots.yaml prices)
     orchestrator_config_reload_failed                   1 while the last edit of bots.yaml was rejected
 """
 
@@ -166,6 +167,10 @@ class _LiveCollector(Collector):
         )
         tokens = CounterMetricFamily("orchestrator_tokens", "Tokens used, as counted by the providers.",
                                      labels=["bot", "provider"])
+        spend = CounterMetricFamily(
+            "orchestrator_spend_usd", "USD spent: the providers' reported usage times the prices in bots.yaml.",
+            labels=["bot"],
+        )
         if pool is not None:
             requests.add_metric([], pool.stats.requests)
             retries.add_metric([], pool.stats.retries)
@@ -173,6 +178,10 @@ class _LiveCollector(Collector):
                 errors.add_metric([provider, error_kind(class_name)], count)
             for (bot, scope, limit), count in sorted(pool.quotas.rejections.items()):
                 rejections.add_metric([bot, scope, limit], count)
+            for (bot, scope), count in sorted(pool.spend.rejections.items()):
+                rejections.add_metric([bot, scope, "usd_per_day"], count)
             for (bot, provider), count in sorted(pool.quotas.tokens_used.items()):
                 tokens.add_metric([bot, provider], count)
-        yield from (requests, retries, errors, rejections, tokens)
+            for bot, usd in sorted(pool.spend.spent.items()):
+                spend.add_metric([bot], usd)
+        yield from (requests, retries, errors, rejections, tokens, spend)

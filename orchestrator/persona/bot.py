@@ -330,7 +330,8 @@ class PersonaBot:
             removed = await self.services.store.reset_channel(self.spec.name, job.message.channel.id)
             await self._delivery.reply(job.message, f"This channel's conversations with me are cleared ({removed} messages).")
         elif job.kind == "usage":
-            await self._delivery.reply(job.message, usage_text(self.spec, self.services.pool.quotas, job.message.author.id))
+            pool = self.services.pool
+            await self._delivery.reply(job.message, usage_text(self.spec, pool.quotas, pool.spend, job.message.author.id))
         elif job.kind == "help":
             await self._delivery.reply(job.message, help_text(self.spec))
 
@@ -358,6 +359,7 @@ class PersonaBot:
                 weight=spec.weight,
                 quota=spec.quota,
                 user_quota=spec.user_quota,
+                price=spec.price,
             )
             try:
                 if spec.stream:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..config import BotSpec, QuotaSettings
 from ..llm.quota import QuotaBook
+from ..llm.spend import SpendBook, format_usd
 
 BUSY = "I'm answering too many messages right now. Please try again in a moment."
 RESTARTING = "I'm restarting. Please try again in a few seconds."
@@ -15,8 +16,9 @@ def empty_chat(prefix: str) -> str:
     return f"Write something after `{prefix}chat`, for example `{prefix}chat hello`."
 
 
-def usage_text(spec: BotSpec, quotas: QuotaBook, user_id: int) -> str:
-    """A user's usage of a persona beside the whole persona's, against their limits."""
+def usage_text(spec: BotSpec, quotas: QuotaBook, spend: SpendBook, user_id: int) -> str:
+    """A user's usage of a persona beside the whole persona's, against their limits (and the spend,
+    when the persona's model has a price)."""
     lines = [f"Usage of {spec.name} (yours / the whole persona):"]
     mine = quotas.report(spec.name, str(user_id))
     total = quotas.report(spec.name)
@@ -31,6 +33,10 @@ def usage_text(spec: BotSpec, quotas: QuotaBook, user_id: int) -> str:
             f"- {label}: {used_mine}/{user_limit if user_limit is not None else '∞'}"
             f" · {used_total}/{bot_limit if bot_limit is not None else '∞'}"
         )
+    if spec.price is not None:
+        mine_usd, total_usd = (format_usd(spend.today(spec.name, who)) for who in (str(user_id), SpendBook.ALL_USERS))
+        user_cap, bot_cap = (format_usd(cap) if cap else "∞" for cap in (spec.user_quota.usd_per_day, spec.quota.usd_per_day))
+        lines.append(f"- spent today: {mine_usd}/{user_cap} · {total_usd}/{bot_cap}")
     return "\n".join(lines)
 
 
@@ -66,4 +72,6 @@ def limits_text(quota: QuotaSettings) -> str:
         )
         if value is not None
     ]
+    if quota.usd_per_day is not None:
+        limits.append(f"{format_usd(quota.usd_per_day)} per day")
     return f"Your limits: {', '.join(limits)}." if limits else "You have no limits of your own here."
