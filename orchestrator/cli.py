@@ -1,14 +1,17 @@
-"""Command line: ``orchestrator run | check | models | usage | status | demo | invite``."""
+"""Command line: ``orchestrator run | check | models | usage | status | demo | invite | memory``."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import sqlite3
 import sys
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
 
@@ -16,6 +19,9 @@ from .config import Config, RequiredSecrets, load_config
 from .errors import ConfigError, ProviderError, format_duration
 from .llm.pool import LLMPool
 from .ops.logs import redactor, setup_logging
+
+if TYPE_CHECKING:
+    from .memory import SQLiteStore
 
 log = logging.getLogger(__name__)
 
@@ -241,6 +247,112 @@ def _add_invite(sub: argparse._SubParsersAction) -> None:
     invite.set_defaults(func=cmd_invite)
 
 
+def _open_store(config: Config) -> SQLiteStore:
+    """The database of bots.yaml, which must exist (these commands never create one)."""
+    from .memory import SQLiteStore
+
+    if not config.database.is_file():
+        print(
+            f"no database at {config.database}: nothing was recorded yet, or 'database:' in {config.path} "
+            "points elsewhere",
+            file=sys.stderr,
+        )
+        raise SystemExit(1)
+    return SQLiteStore(config.database)
+
+
+def cmd_memory_backup(args: argparse.Namespace) -> int:
+    target = Path(args.file)
+    store = _open_store(_load(args.config, required="none"))
+    try:
+        if target.resolve() == Path(store.path).resolve():
+            print(f"{target} is the database itself; name another file", file=sys.stderr)
+            return 2
+        if target.exists() and not args.force:
+            print(f"{target} exists; name a new file, or add --force to replace it", file=sys.stderr)
+            return 1
+        try:
+            anyio.run(store.backup, target, backend="asyncio")
+        except (OSError, sqlite3.Error) as exc:
+            print(f"cannot write the backup to {target}: {exc}", file=sys.stderr)
+            return 1
+    finally:
+        store.close()
+    print(f"backed up {store.path} to {target} ({target.stat().st_size} bytes)")
+    return 0
+
+
+def cmd_memory_forget(args: argparse.Namespace) -> int:
+    config = _load(args.config, required="none")
+    store = _open_store(config)
+    try:
+        forgotten = anyio.run(store.forget_user, args.user, args.bot, backend="asyncio")
+    finally:
+        store.close()
+    scope = f"bot {args.bot!r}" if args.bot else "every bot"
+    print(f"forgot user {args.user} ({scope}): {forgotten.turns} turn(s), {forgotten.usage_days} daily usage record(s)")
+    if args.bot and args.bot not in config.bots and not (forgotten.turns or forgotten.usage_days):
+        print(f"note: there is no bot {args.bot!r} in {args.config}; check the name", file=sys.stderr)
+    print(
+        "note: a running `orchestrator run` still has the user's recent turns in memory until it restarts",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def cmd_memory_export(args: argparse.Namespace) -> int:
+    """Everything stored under one user id, as JSON on stdout (ids as strings: they exceed JSON's safe integers)."""
+    from datetime import datetime, timezone
+
+    store = _open_store(_load(args.config, required="none"))
+    try:
+        data = anyio.run(store.export_user, args.user, backend="asyncio")
+    finally:
+        store.close()
+    document = {
+        "user": str(args.user),
+        "turns": [
+            {
+                "bot": turn.bot,
+                "channel": str(turn.channel),
+                "role": turn.role,
+                "content": turn.content,
+                "time": datetime.fromtimestamp(turn.created, timezone.utc).isoformat(timespec="seconds"),
+            }
+            for turn in data.turns
+        ],
+        "usage": [{"day": u.day, "bot": u.bot, "tokens": u.tokens, "usd": u.usd} for u in data.usage],
+    }
+    json.dump(document, sys.stdout, ensure_ascii=False, indent=2)
+    print()
+    return 0
+
+
+def _discord_id(text: str) -> int:
+    if not text.isdigit() or int(text) == 0:
+        raise argparse.ArgumentTypeError(f"must be a Discord user id (digits, e.g. 80351110224678912), not {text!r}")
+    return int(text)
+
+
+def _add_memory(sub: argparse._SubParsersAction) -> None:
+    memory = sub.add_parser("memory", help="back up the database; export or forget one user's data")
+    commands = memory.add_subparsers(dest="memory_command", required=True)
+    backup = commands.add_parser("backup", help="a consistent copy of the database, safe while `run` runs")
+    backup.add_argument("file", help="where to write the copy")
+    backup.add_argument("config", nargs="?", default=DEFAULT_CONFIG)
+    backup.add_argument("--force", action="store_true", help="replace FILE if it exists")
+    backup.set_defaults(func=cmd_memory_backup)
+    forget = commands.add_parser("forget", help="delete one user's turns and usage; prints the counts")
+    forget.add_argument("--user", type=_discord_id, required=True, metavar="ID", help="the user's Discord id")
+    forget.add_argument("--bot", metavar="NAME", help="only their data with this bot")
+    forget.add_argument("config", nargs="?", default=DEFAULT_CONFIG)
+    forget.set_defaults(func=cmd_memory_forget)
+    export = commands.add_parser("export", help="one user's turns and usage as JSON on stdout")
+    export.add_argument("--user", type=_discord_id, required=True, metavar="ID", help="the user's Discord id")
+    export.add_argument("config", nargs="?", default=DEFAULT_CONFIG)
+    export.set_defaults(func=cmd_memory_export)
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -297,6 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
 
     _add_invite(sub)
+    _add_memory(sub)
     return parser
 
 

@@ -19,6 +19,7 @@ full) only delays them: they stay in memory and are retried, with backoff up to 
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -30,7 +31,7 @@ from typing import NamedTuple, TypeVar
 import anyio
 
 from ..discord_io.text import replace_lone_surrogates
-from .store import ConversationKey, Turn
+from .store import ConversationKey, DailyUsage, Forgotten, StoredTurn, Turn, UserData
 
 log = logging.getLogger(__name__)
 
@@ -303,6 +304,52 @@ class SQLiteStore:
                 (bot, max_turns),
             ).rowcount
         return removed
+
+    # ------------------------------------------------------------ backup and data requests
+
+    async def backup(self, target: Path) -> None:
+        """Copy the database to ``target`` with SQLite's online backup API: one read transaction, so
+        the copy is consistent while other connections (a running ``orchestrator run``) keep writing.
+        It is written beside ``target`` first and renamed, so ``target`` is never a partial copy."""
+        await self._run(self._backup, target)
+
+    def _backup(self, target: Path) -> None:
+        partial = target.with_name(target.name + ".partial")
+        partial.unlink(missing_ok=True)
+        copy = sqlite3.connect(partial)
+        try:
+            self._db.backup(copy)
+        finally:
+            copy.close()
+        os.replace(partial, target)
+
+    async def export_user(self, user: int) -> UserData:
+        return await self._run(self._export, user)
+
+    def _export(self, user: int) -> UserData:
+        turns = self._db.execute(
+            "SELECT bot, channel, user, role, content, created FROM turns WHERE user = ? ORDER BY id", (user,)
+        ).fetchall()
+        usage = self._db.execute(
+            "SELECT day, bot, tokens, usd FROM daily_usage WHERE user = ? ORDER BY day, bot", (str(user),)
+        ).fetchall()
+        return UserData([StoredTurn(*row) for row in turns], [DailyUsage(*row) for row in usage])
+
+    async def forget_user(self, user: int, bot: str | None = None) -> Forgotten:
+        """Delete ``user``'s turns and daily usage (a bot's totals keep their share, without the id)."""
+        for key in [k for k in self._cache if k.user == user and bot in (None, k.bot)]:
+            del self._cache[key]
+        return await self._run(self._forget, user, bot)
+
+    def _forget(self, user: int, bot: str | None) -> Forgotten:
+        match, extra = ("user = ?", ()) if bot is None else ("user = ? AND bot = ?", (bot,))
+        turns = self._delete(match, (user, *extra), lambda k: k.user == user and bot in (None, k.bot))
+        with self._db:
+            usage = self._db.execute(f"DELETE FROM daily_usage WHERE {match}", (str(user), *extra)).rowcount  # noqa: S608
+        with self._pending_cv:
+            for key in [k for k in self._pending_usage if k[2] == str(user) and bot in (None, k[1])]:
+                del self._pending_usage[key]
+        return Forgotten(turns, usage)
 
     # ------------------------------------------------------------ quota usage and spend (UsageSink, SpendSink)
 

@@ -1,8 +1,10 @@
-"""The conversation store interface: what a persona asks of memory, whatever the database."""
+"""The conversation store interface: what a persona asks of memory, and what a server owner asks
+of it (a backup; one user's data, exported or forgotten), whatever the database."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 SHARED = 0  # the "user" of a channel-wide conversation
@@ -21,6 +23,40 @@ class Turn:
     content: str
 
 
+@dataclass(frozen=True)
+class StoredTurn:
+    """A turn with where and when it was said, as a data export shows it."""
+
+    bot: str
+    channel: int
+    user: int
+    role: str
+    content: str
+    created: float  # Unix time
+
+
+@dataclass(frozen=True)
+class DailyUsage:
+    day: str  # UTC, YYYY-MM-DD
+    bot: str
+    tokens: int
+    usd: float
+
+
+@dataclass(frozen=True)
+class UserData:
+    """Everything stored under one Discord user id."""
+
+    turns: list[StoredTurn]
+    usage: list[DailyUsage]
+
+
+@dataclass(frozen=True)
+class Forgotten:
+    turns: int
+    usage_days: int  # (day, bot) usage records
+
+
 class ConversationStore(Protocol):
     async def history(self, key: ConversationKey, limit: int) -> list[Turn]: ...
 
@@ -31,3 +67,13 @@ class ConversationStore(Protocol):
     async def reset_channel(self, bot: str, channel: int) -> int: ...
 
     async def prune(self, bot: str, max_age_seconds: float | None, max_turns: int) -> int: ...
+
+    async def backup(self, target: Path) -> None:
+        """Write a consistent copy of everything stored to ``target``, while the bots keep writing."""
+        ...
+
+    async def export_user(self, user: int) -> UserData: ...
+
+    async def forget_user(self, user: int, bot: str | None = None) -> Forgotten:
+        """Delete ``user``'s turns and usage (of every bot, or of ``bot``)."""
+        ...
