@@ -112,7 +112,9 @@ def cmd_usage(args: argparse.Namespace) -> int:
         for bot in config.bots.values():
             used = usage.get((bot.name, everyone), 0)
             budget = bot.quota.tokens_per_day
-            line = f"  {bot.name:16} {used:>10} tokens" + (f" ({100 * used / budget:.1f}% of {budget})" if budget else "")
+            line = f"  {bot.name:16} {used:>10} tokens"
+            if budget:
+                line += f" ({100 * used / budget:.1f}% of {budget})"
             if bot.price is not None or (bot.name, everyone) in spend:
                 usd, cap = spend.get((bot.name, everyone), 0.0), bot.quota.usd_per_day
                 line += f"  {format_usd(usd)}" + (f" ({100 * usd / cap:.1f}% of {format_usd(cap)})" if cap else "")
@@ -196,9 +198,16 @@ def cmd_invite(args: argparse.Namespace) -> int:
     import discord
 
     from .discord_io.client import configure_discord
-    from .discord_io.invite import PERMISSIONS, application_id_from_token, fetch_application_id, invite_url, required_permissions
+    from .discord_io.invite import (
+        PERMISSIONS,
+        application_id_from_token,
+        fetch_application_id,
+        invite_url,
+        required_permissions,
+    )
 
     config = _load(args.config, required="tokens")
+    redactor.update([bot.token.get_secret_value() for bot in config.bots.values()])
 
     async def ask_discord() -> dict[str, int | str]:
         """Each bot's application id, or why Discord could not tell."""
