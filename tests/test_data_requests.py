@@ -11,18 +11,12 @@ from pathlib import Path
 import anyio
 import pytest
 
-from orchestrator.cli import main
 from orchestrator.memory import ConversationKey, Forgotten, SQLiteStore
 
 from .conftest import World
+from .inprocess import run_cli
 
 ALICE, BOB = 80351110224678912, 80351110224678913
-
-
-def run_cli(*args: str) -> int:
-    with pytest.raises(SystemExit) as exited:
-        main(list(args))
-    return int(exited.value.code or 0)
 
 
 async def seeded_store(path: Path) -> SQLiteStore:
@@ -199,7 +193,9 @@ async def test_backup_export_and_forget_while_run_is_running(
 @pytest.mark.bad_input
 @pytest.mark.parametrize("user", ["abc", "-5", "0", "12 34", ""])
 def test_a_user_id_must_be_a_discord_id(user: str, capsys: pytest.CaptureFixture[str]) -> None:
-    assert run_cli("memory", "forget", "--user", user) == 2
+    with pytest.raises(SystemExit) as exited:
+        run_cli("memory", "forget", "--user", user)
+    assert exited.value.code == 2
     assert "--user: must be a Discord user id" in capsys.readouterr().err
 
 

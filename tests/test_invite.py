@@ -10,10 +10,10 @@ import anyio
 import discord
 import pytest
 
-from orchestrator.cli import main
 from orchestrator.discord_io.invite import application_id_from_token, invite_url, required_permissions
 
 from .conftest import World, token_for
+from .inprocess import run_cli
 
 APP_ID = 1234567890123456789
 
@@ -21,12 +21,6 @@ APP_ID = 1234567890123456789
 def portal_token(user_id: int) -> str:
     """A token shaped like the developer portal's: base64 user id, timestamp, HMAC."""
     return base64.b64encode(str(user_id).encode()).decode().rstrip("=") + ".GabcDe.0123456789abcdefghijklmnopqrstuvwxyz_-AB"
-
-
-def run_cli(*args: str) -> int:
-    with pytest.raises(SystemExit) as exit_info:
-        main(list(args))
-    return int(exit_info.value.code or 0)
 
 
 def test_permissions_are_exactly_what_the_bot_uses() -> None:

@@ -8,7 +8,6 @@ from typing import Any
 import anyio
 import pytest
 
-from orchestrator.cli import main
 from orchestrator.config import ModelPrice, QuotaSettings, parse_config
 from orchestrator.errors import ConfigError
 from orchestrator.llm.quota import utc_day
@@ -17,6 +16,7 @@ from orchestrator.memory import SQLiteStore
 from orchestrator.sandbox.openai_server import RecordedRequest, default_reply
 
 from .conftest import World
+from .inprocess import run_cli
 from .test_observability import samples, value
 
 MINI = ModelPrice(input=0.15, output=0.60)
@@ -199,9 +199,7 @@ async def test_spend_is_the_reported_usage_times_the_prices(
 
     for name, variable in world.env().items():
         monkeypatch.setenv(name, variable)
-    with pytest.raises(SystemExit) as exited:
-        await anyio.to_thread.run_sync(lambda: main(["usage", str(world.path), "--days", "2"]))
-    assert exited.value.code == 0
+    assert await anyio.to_thread.run_sync(lambda: run_cli("usage", str(world.path), "--days", "2")) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == f"usage on {utc_day()} (UTC):"
     [sage_line] = [line for line in lines[:4] if line.strip().startswith("sage")]
@@ -237,7 +235,7 @@ async def test_the_daily_cap_refuses_with_a_clear_message_and_survives_a_restart
 @pytest.mark.bad_input
 def test_usage_days_must_be_positive(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exited:
-        main(["usage", "--days", "0"])
+        run_cli("usage", "--days", "0")
     assert exited.value.code == 2 and "--days: must be 1 or more, not 0" in capsys.readouterr().err
 
 
