@@ -59,6 +59,8 @@ def test_the_compose_file_runs_the_real_command_with_writable_data() -> None:
     args = build_parser().parse_args(argv)
     assert executable == "orchestrator" and args.command == "run" and args.config == "/config/bots.yaml"
     assert "../config:/config:ro" in service["volumes"]
+    # the config folder (readable by the image's user only) is not sent to the build
+    assert "config" in (ROOT / ".dockerignore").read_text(encoding="utf-8").split()
     [data] = [v for v in service["volumes"] if v.endswith(":/data")]
     assert data.split(":")[0] in compose["volumes"]  # a named volume: Docker copies the image's /data ownership
     assert service["restart"] == "unless-stopped"
