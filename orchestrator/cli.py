@@ -9,10 +9,11 @@ import sys
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
+from pathlib import Path
 
 import anyio
 
-from .config import Config, load_config
+from .config import Config, dotenv_in, load_config
 from .errors import ConfigError, ProviderError, format_duration
 from .llm.pool import LLMPool
 from .ops.logs import redactor, setup_logging
@@ -22,9 +23,10 @@ log = logging.getLogger(__name__)
 DEFAULT_CONFIG = "bots.yaml"
 
 
-def _load(path: str) -> Config:
+def _load(path: str, *, require_tokens: bool = True, require_api_keys: bool = True) -> Config:
+    """Load ``path`` checking the secrets the command needs; on error print every problem and exit 2."""
     try:
-        return load_config(path)
+        return load_config(path, require_tokens=require_tokens, require_api_keys=require_api_keys)
     except ConfigError as exc:
         print(redactor.redact(str(exc)), file=sys.stderr)
         raise SystemExit(2) from None
@@ -49,6 +51,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    directory = Path(args.config).absolute().parent  # as load_config: a symlink's own directory
+    dotenv = dotenv_in(directory)
+    if dotenv is not None:
+        print(f"read {dotenv} (the environment wins over it)")
+    else:
+        print(f"no .env in {directory}: secrets come from the environment only")
     config = _load(args.config)
     for warning in config.warnings:
         print(f"warning: {warning}")
@@ -58,7 +66,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    config = _load(args.config)
+    config = _load(args.config, require_tokens=False)  # only the providers are asked
 
     async def main() -> int:
         status = 0
@@ -85,7 +93,7 @@ def cmd_usage(args: argparse.Namespace) -> int:
     from .llm.quota import QuotaBook, utc_day
     from .memory import SQLiteStore
 
-    config = _load(args.config)
+    config = _load(args.config, require_tokens=False, require_api_keys=False)  # reads the database only
     if not config.database.exists():
         print(f"no usage recorded yet ({config.database} does not exist)")
         return 0
