@@ -283,7 +283,7 @@ class _SecretSource:
 
     def not_set(self, variable: str, what: str) -> str:
         if self.dotenv is not None:
-            return (f"environment variable {variable} is set neither in the environment nor in {self.dotenv}; "
+            return (f"environment variable {variable} is not set (neither in the environment nor in {self.dotenv}); "
                     f"put {what} in one of them")
         return f"environment variable {variable} is not set; put {what} in the environment or in {self.dotenv_expected}"
 

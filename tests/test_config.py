@@ -88,7 +88,7 @@ def test_missing_variable_names_the_dotenv_that_was_read_or_where_it_belongs(
     with pytest.raises(ConfigError) as info:
         load_config(tmp_path / "bots.yaml")
     [problem] = [str(issue) for issue in info.value.issues]
-    assert f"TOKEN_B is set neither in the environment nor in {tmp_path / '.env'}" in problem
+    assert f"TOKEN_B is not set (neither in the environment nor in {tmp_path / '.env'})" in problem
     (tmp_path / ".env").unlink()
     with pytest.raises(ConfigError) as info:
         load_config(tmp_path / "bots.yaml")
