@@ -76,7 +76,8 @@ def test_check_warns_when_two_bots_answer_the_same_command(tmp_path: Path) -> No
     env = base_env() | {"OPENAI_API_KEY": "sk-check-000000", "DISCORD_TOKEN_SAGE": "t-sage-00000", "DISCORD_TOKEN_HAFEZ": "t-hafez-0000"}
     result = orchestrator("check", str(tmp_path / "bots.yaml"), env=env)
     assert result.returncode == 0
-    assert f"warning: {tmp_path / 'bots.yaml'}:35: bots[1] (bot 'hafez'): bots 'sage' and 'hafez' both answer '!chat'" in result.stdout
+    line = text.splitlines().index("  - name: hafez") + 1
+    assert f"warning: {tmp_path / 'bots.yaml'}:{line}: bots[1] (bot 'hafez'): bots 'sage' and 'hafez' both answer '!chat'" in result.stdout
 
 
 def test_demo_runs_without_accounts_and_personas_answer() -> None:
