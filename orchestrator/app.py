@@ -119,6 +119,7 @@ class App:
                     if port is not None:
                         self.health = HealthServer(self, port, self.health_host)
                         await tg.start(self.health.serve)
+                    log.info("%s", self._start_up_line())
                     await tg.start(self._supervise, supervisor, tg.cancel_scope)
                     if self.handle_signals:
                         tg.start_soon(self._handle_signals)
@@ -132,6 +133,12 @@ class App:
             store.close()
             await flush_sentry()
         log.info("all bots stopped; bye")
+
+    def _start_up_line(self) -> str:
+        """``starting 2 bots: sage, hafez; health on 127.0.0.1:8080``: what this process will run."""
+        count = len(self.config.bots)
+        health = f"health on {self.health.host}:{self.health.port}" if self.health is not None else "no health port"
+        return f"starting {count} bot{'s' if count != 1 else ''}: {', '.join(self.config.bots)}; {health}"
 
     @staticmethod
     async def _supervise(
@@ -189,16 +196,27 @@ class App:
                     self.request_stop()
 
     async def _watch_config(self) -> None:
+        """Reload when bots.yaml or the .env beside it is saved. The directory is watched, not the two
+        files: editors save by replacing the file, which ends a watch on the file itself, and .env may
+        not exist yet. Other files there (the database, logs) change often: the filter drops them, and
+        watchfiles, which logs each batch of changes (kept or dropped) at INFO/DEBUG, logs warnings only."""
+        logging.getLogger("watchfiles").setLevel(logging.WARNING)
         path = self.config.path.resolve()
         names = {path.name, ".env"}
-        async for _changes in watchfiles.awatch(
-            path.parent,
-            watch_filter=lambda _change, changed: Path(changed).name in names,
-            debounce=self.watch_debounce_ms,
-            recursive=False,
-        ):
-            log.info("%s changed on disk: reloading", path.name)
-            await self.reload()
+        # Cancelling awatch waits for its watcher thread, which looks at stop_event between steps but
+        # otherwise returns only after its 5 s timeout: set the event as soon as we are cancelled.
+        stop = anyio.Event()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_set_when_cancelled, stop)
+            async for _changes in watchfiles.awatch(
+                path.parent,
+                watch_filter=lambda _change, changed: Path(changed).name in names,
+                debounce=self.watch_debounce_ms,
+                recursive=False,
+                stop_event=stop,
+            ):
+                log.info("%s changed on disk: reloading", path.name)
+                await self.reload()
 
     def log_usage(self, pool: LLMPool) -> None:
         """One log line per bot: requests and tokens in the last minute, tokens today, against limits."""
@@ -228,3 +246,10 @@ class App:
                 if removed:
                     log.info("retention: pruned %d old turns of bot %s", removed, bot.name)
             await anyio.sleep(PRUNE_INTERVAL)
+
+
+async def _set_when_cancelled(event: anyio.Event) -> None:
+    try:
+        await anyio.sleep_forever()
+    finally:
+        event.set()

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from .config import Config, RequiredSecrets, load_config
+from .config import Config, dotenv_in, load_config
 from .errors import ConfigError, ProviderError, format_duration
 from .llm.pool import LLMPool
 from .ops.logs import redactor, setup_logging
@@ -28,9 +28,10 @@ log = logging.getLogger(__name__)
 DEFAULT_CONFIG = "bots.yaml"
 
 
-def _load(path: str, *, required: RequiredSecrets = "all") -> Config:
+def _load(path: str, *, require_tokens: bool = True, require_api_keys: bool = True) -> Config:
+    """Load ``path`` checking the secrets the command needs; on error print every problem and exit 2."""
     try:
-        return load_config(path, required=required)
+        return load_config(path, require_tokens=require_tokens, require_api_keys=require_api_keys)
     except ConfigError as exc:
         print(redactor.redact(str(exc)), file=sys.stderr)
         raise SystemExit(2) from None
@@ -55,6 +56,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    directory = Path(args.config).absolute().parent  # as load_config: a symlink's own directory
+    dotenv = dotenv_in(directory)
+    if dotenv is not None:
+        print(f"read {dotenv} (the environment wins over it)")
+    else:
+        print(f"no .env in {directory}: secrets come from the environment only")
     config = _load(args.config)
     for warning in config.warnings:
         print(f"warning: {warning}")
@@ -64,7 +71,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    config = _load(args.config)
+    config = _load(args.config, require_tokens=False)  # only the providers are asked
 
     async def main() -> int:
         status = 0
@@ -94,7 +101,7 @@ def cmd_usage(args: argparse.Namespace) -> int:
     from .llm.spend import format_usd
     from .memory import SQLiteStore
 
-    config = _load(args.config, required="none")
+    config = _load(args.config, require_tokens=False, require_api_keys=False)  # reads the database only
     if not config.database.exists():
         print(f"no usage recorded yet ({config.database} does not exist)")
         return 0
@@ -206,7 +213,7 @@ def cmd_invite(args: argparse.Namespace) -> int:
         required_permissions,
     )
 
-    config = _load(args.config, required="tokens")
+    config = _load(args.config, require_api_keys=False)
     redactor.update([bot.token.get_secret_value() for bot in config.bots.values()])
 
     async def ask_discord() -> dict[str, int | str]:
@@ -272,7 +279,7 @@ def _open_store(config: Config) -> SQLiteStore:
 
 def cmd_memory_backup(args: argparse.Namespace) -> int:
     target = Path(args.file)
-    store = _open_store(_load(args.config, required="none"))
+    store = _open_store(_load(args.config, require_tokens=False, require_api_keys=False))
     try:
         if target.resolve() == Path(store.path).resolve():
             print(f"{target} is the database itself; name another file", file=sys.stderr)
@@ -292,7 +299,7 @@ def cmd_memory_backup(args: argparse.Namespace) -> int:
 
 
 def cmd_memory_forget(args: argparse.Namespace) -> int:
-    config = _load(args.config, required="none")
+    config = _load(args.config, require_tokens=False, require_api_keys=False)
     store = _open_store(config)
     try:
         forgotten = anyio.run(store.forget_user, args.user, args.bot, backend="asyncio")
@@ -313,7 +320,7 @@ def cmd_memory_export(args: argparse.Namespace) -> int:
     """Everything stored under one user id, as JSON on stdout (ids as strings: they exceed JSON's safe integers)."""
     from datetime import datetime, timezone
 
-    store = _open_store(_load(args.config, required="none"))
+    store = _open_store(_load(args.config, require_tokens=False, require_api_keys=False))
     try:
         data = anyio.run(store.export_user, args.user, backend="asyncio")
     finally:

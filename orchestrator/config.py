@@ -1,9 +1,10 @@
 """bots.yaml: the schema (pydantic), loading with file/line errors, secrets from the environment.
 
 ``load_config(path)`` returns a fully resolved :class:`Config` (defaults merged into every bot,
-secrets read from the environment or ``.env``) or raises :class:`ConfigError` listing every
-problem with its file and line. Secrets are never read from the YAML file itself. Commands that
-need fewer secrets than ``run`` say which (``required``: all, Discord tokens only, or none).
+secrets read from the environment or the ``.env`` beside bots.yaml) or raises :class:`ConfigError`
+listing every problem with its file and line. Secrets are never read from the YAML file itself.
+Commands that do not connect to Discord (or to a provider) ask for fewer secrets:
+``require_tokens`` / ``require_api_keys``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal, TypeAlias
+from typing import Any, Literal
 
 import yaml
 from dotenv import dotenv_values
@@ -33,7 +34,6 @@ _NOT_A_NAME = (
 )
 
 
-RequiredSecrets: TypeAlias = Literal["all", "tokens", "none"]
 
 
 class _Model(BaseModel):
@@ -222,41 +222,89 @@ class Config:
 
 
 def load_config(
-    path: str | os.PathLike[str], env: Mapping[str, str] | None = None, *, required: RequiredSecrets = "all"
+    path: str | os.PathLike[str],
+    env: Mapping[str, str] | None = None,
+    *,
+    require_tokens: bool = True,
+    require_api_keys: bool = True,
 ) -> Config:
-    """Read, validate and resolve ``path``. ``env`` defaults to ``.env`` beside it plus ``os.environ``.
-    ``required``: which secrets must be set (a secret that is not required and not set is empty)."""
+    """Read, validate and resolve ``path``. ``env`` defaults to the process environment over the
+    ``.env`` beside ``path`` (only that one, wherever the command is run from)."""
     path = Path(path)
     name = str(path)
     try:
         raw = path.read_bytes()
     except OSError as exc:
         raise ConfigError([ConfigIssue(name, None, "", f"cannot read the file: {exc.strerror or exc}")]) from exc
+    dotenv = None
     if env is None:
-        env = read_environment(path.parent)
-    return parse_config(raw, name, env, base_dir=path.parent, required=required)
+        dotenv = dotenv_in(path.parent)
+        env = _environment_over(dotenv)
+    return parse_config(
+        raw, name, env, base_dir=path.parent, dotenv=dotenv,
+        require_tokens=require_tokens, require_api_keys=require_api_keys,
+    )
+
+
+def dotenv_in(directory: Path) -> Path | None:
+    """The ``.env`` file in ``directory`` (the one beside bots.yaml), if there is one."""
+    candidate = directory / ".env"
+    return candidate if candidate.is_file() else None
 
 
 def read_environment(directory: Path) -> dict[str, str]:
-    """Process environment, with ``.env`` from ``directory`` (or the working directory) underneath it."""
-    merged: dict[str, str] = {}
-    for candidate in (Path.cwd() / ".env", directory / ".env"):
-        if candidate.is_file():
-            merged.update({k: v for k, v in dotenv_values(candidate).items() if v is not None})
+    """The process environment over ``directory/.env`` (the environment wins). The working
+    directory's ``.env`` is never read: the same command gives the same result from anywhere."""
+    return _environment_over(dotenv_in(directory))
+
+
+def _environment_over(dotenv: Path | None) -> dict[str, str]:
+    merged = {k: v for k, v in dotenv_values(dotenv).items() if v is not None} if dotenv else {}
     merged.update(os.environ)
     return merged
 
 
 def parse_config(
-    raw: bytes | str, name: str, env: Mapping[str, str], *, base_dir: Path | None = None, required: RequiredSecrets = "all"
+    raw: bytes | str,
+    name: str,
+    env: Mapping[str, str],
+    *,
+    base_dir: Path | None = None,
+    dotenv: Path | None = None,
+    require_tokens: bool = True,
+    require_api_keys: bool = True,
 ) -> Config:
-    """Validate YAML text. Every problem found is reported at once in one :class:`ConfigError`."""
+    """Validate YAML text. Every problem found is reported at once in one :class:`ConfigError`.
+
+    ``dotenv`` is the ``.env`` file whose values ``env`` includes (named in messages). Without
+    ``require_tokens`` a bot's unset Discord token is no error (its token is then empty: such a
+    config cannot run bots); likewise ``require_api_keys`` for the providers' keys.
+    """
     data, lines = _read_yaml(raw, name)
     try:
         settings = FileSettings.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError([_issue_from_pydantic(err, data, lines, name) for err in exc.errors()]) from None
-    return _resolve(settings, lines, name, env, base_dir or Path("."), required)
+        raise ConfigError(_issues_from_pydantic(exc.errors(), data, lines, name)) from None
+    secrets = _SecretSource(env, dotenv, (base_dir or Path(".")) / ".env", require_tokens, require_api_keys)
+    return _resolve(settings, lines, name, secrets, base_dir or Path("."))
+
+
+@dataclass(frozen=True)
+class _SecretSource:
+    """Where the *_env names are looked up, which of them must be set, and what to tell a user when
+    one is not."""
+
+    env: Mapping[str, str]
+    dotenv: Path | None  # the .env that was read
+    dotenv_expected: Path  # where one is read from
+    require_tokens: bool
+    require_api_keys: bool
+
+    def not_set(self, variable: str, what: str) -> str:
+        if self.dotenv is not None:
+            return (f"environment variable {variable} is not set (neither in the environment nor in {self.dotenv}); "
+                    f"put {what} in one of them")
+        return f"environment variable {variable} is not set; put {what} in the environment or in {self.dotenv_expected}"
 
 
 def _read_yaml(raw: bytes | str, name: str) -> tuple[Any, dict[tuple[Any, ...], int]]:
@@ -277,9 +325,8 @@ def _read_yaml(raw: bytes | str, name: str) -> tuple[Any, dict[tuple[Any, ...], 
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise fail(f"not valid YAML: {problem}", mark.line + 1 if mark else None) from None
+        message, line = _describe_yaml_error(exc, text)
+        raise fail(message, line) from None
     except RecursionError:  # PyYAML's composer recurses once per nesting level
         raise fail(too_deep) from None
     if node is None:
@@ -303,6 +350,20 @@ def _read_yaml(raw: bytes | str, name: str) -> tuple[Any, dict[tuple[Any, ...], 
     if not isinstance(data, dict):
         raise fail("the top level must be a mapping with keys such as 'providers', 'defaults' and 'bots'", 1)
     return data, lines
+
+
+def _describe_yaml_error(exc: yaml.YAMLError, text: str) -> tuple[str, int | None]:
+    """A message and line for a syntax error. An unclosed ``{``, ``[`` or quote is noticed lines
+    later (``problem_mark``); the line to fix is where it was opened (``context_mark``)."""
+    problem = getattr(exc, "problem", None) or str(exc)
+    mark = getattr(exc, "problem_mark", None)
+    opened = getattr(exc, "context_mark", None)
+    context = getattr(exc, "context", None) or ""
+    if opened is not None and mark is not None and context.startswith(("while parsing a flow", "while scanning a quoted")):
+        opener = repr(text[opened.index]) if opened.index < len(text) else "bracket"
+        where = f"line {mark.line + 1}: " if mark.line != opened.line else ""
+        return f"not valid YAML: the {opener} opened here is not closed properly ({where}{problem})", opened.line + 1
+    return f"not valid YAML: {problem}", mark.line + 1 if mark else None
 
 
 def _index_lines(node: yaml.Node, path: tuple[Any, ...], lines: dict[tuple[Any, ...], int], count: list[int]) -> None:
@@ -340,15 +401,14 @@ _KNOWN_KEYS: dict[str, type[BaseModel]] = {
 
 def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
     """The pydantic model whose fields are valid at ``loc`` (for typo suggestions)."""
+    if loc[:1] == ("providers",):  # providers.<any name>.<ProviderSettings key>
+        return ProviderSettings if len(loc) == 2 else None
     model: type[BaseModel] | None = FileSettings
     for part in loc:
         if model is None or isinstance(part, int):
             continue
         if model is FileSettings and part == "bots":
             model = BotSettings
-            continue
-        if model is FileSettings and part == "providers":
-            model = None
             continue
         if part in _KNOWN_KEYS and model in (BotSettings, Defaults):
             model = _KNOWN_KEYS[part]
@@ -382,14 +442,30 @@ def _has(node: dict[Any, Any] | list[Any], part: Any) -> bool:
     return isinstance(part, int) and 0 <= part < len(node)
 
 
+def _issues_from_pydantic(
+    errors: list[Any], data: Any, lines: dict[tuple[Any, ...], int], name: str
+) -> list[ConfigIssue]:
+    """One issue per pydantic error, except a missing ``x_env`` whose value was pasted under ``x``:
+    the unknown ``x`` already explains it."""
+    pasted = {(*err["loc"][:-1], f"{err['loc'][-1]}_env") for err in errors if err["type"] == "extra_forbidden"}
+    return [
+        _issue_from_pydantic(err, data, lines, name)
+        for err in errors
+        if not (err["type"] == "missing" and tuple(err["loc"]) in pasted)
+    ]
+
+
 def _issue_from_pydantic(err: Any, data: Any, lines: dict[tuple[Any, ...], int], name: str) -> ConfigIssue:
     loc = tuple(err["loc"])
     kind = err["type"]
-    if kind == "extra_forbidden":
+    if kind == "extra_forbidden":  # never echo the value: it may be a pasted secret
         parent = _model_at(loc[:-1])
         key = str(loc[-1])
         message = f"unknown key {key!r}"
-        if parent is not None:
+        if parent is not None and f"{key}_env" in parent.model_fields:
+            message += (f"; did you mean {key + '_env'!r}? Do not paste secrets into bots.yaml: put the value in the "
+                        f"environment or in the .env beside bots.yaml and write the variable's name under {key + '_env'!r}")
+        elif parent is not None:
             close = difflib.get_close_matches(key, list(parent.model_fields), n=1)
             if close:
                 message += f"; did you mean {close[0]!r}?"
@@ -413,17 +489,16 @@ def _merge(model: type[_Model], base: _Model, override: dict[str, Any]) -> Any:
 
 
 def _resolve(
-    settings: FileSettings,
-    lines: dict[tuple[Any, ...], int],
-    name: str,
-    env: Mapping[str, str],
-    base_dir: Path,
-    required: RequiredSecrets,
+    settings: FileSettings, lines: dict[tuple[Any, ...], int], name: str, secrets: _SecretSource, base_dir: Path
 ) -> Config:
     issues: list[ConfigIssue] = []
+    env = secrets.env
+
+    def located(loc: tuple[Any, ...], message: str) -> ConfigIssue:
+        return ConfigIssue(name, _line_for(lines, loc), _where(loc, raw_view), message)
 
     def issue(loc: tuple[Any, ...], message: str) -> None:
-        issues.append(ConfigIssue(name, _line_for(lines, loc), _where(loc, raw_view), message))
+        issues.append(located(loc, message))
 
     raw_view = settings.model_dump()
     raw_view["bots"] = [bot.model_dump() for bot in settings.bots]
@@ -435,33 +510,33 @@ def _resolve(
             issue(("providers", pname, "api_key_env"), _NOT_A_NAME)
         elif provider.api_key_env:
             key = env.get(provider.api_key_env, "")
-            if not key and required == "all":
-                issue(("providers", pname, "api_key_env"), f"environment variable {provider.api_key_env} is not set; "
-                      f"put it in the environment or in .env")
+            if not key and secrets.require_api_keys:
+                issue(("providers", pname, "api_key_env"),
+                      secrets.not_set(provider.api_key_env, f"the API key of provider {pname!r}"))
         providers[pname] = ProviderSpec(pname, provider.base_url.rstrip("/"), SecretStr(key or "unused"), provider)
 
     defaults = settings.defaults
     if not settings.bots:
         issue(("bots",), "no bots are configured; add at least one under 'bots:'")
     if defaults.provider is not None and defaults.provider not in providers:
-        issue(("defaults", "provider"), f"provider {defaults.provider!r} is not defined under 'providers:'")
+        issue(("defaults", "provider"), _unknown_provider(defaults.provider, providers))
 
     bots: dict[str, BotSpec] = {}
+    bot_locs: dict[str, tuple[Any, ...]] = {}
     seen_tokens: dict[str, str] = {}
-    seen_names: set[str] = set()
     for index, bot in enumerate(settings.bots):
         loc = ("bots", index)
-        if bot.name in seen_names:
+        if bot.name in bot_locs:
             issue((*loc, "name"), f"duplicate bot name {bot.name!r}; every bot needs its own name")
             continue
-        seen_names.add(bot.name)
+        bot_locs[bot.name] = loc
         token = env.get(bot.token_env, "") if _ENV_NAME.fullmatch(bot.token_env) else ""
         if not _ENV_NAME.fullmatch(bot.token_env):
             issue((*loc, "token_env"), _NOT_A_NAME)
+        elif not secrets.require_tokens:
+            pass  # this command does not connect to Discord
         elif not token:
-            if required != "none":
-                issue((*loc, "token_env"), f"environment variable {bot.token_env} is not set; "
-                      f"put bot {bot.name!r}'s Discord token in the environment or in .env")
+            issue((*loc, "token_env"), secrets.not_set(bot.token_env, f"the Discord token of bot {bot.name!r}"))
         elif token in seen_tokens:
             issue((*loc, "token_env"), f"bot {bot.name!r} uses the same Discord token as bot {seen_tokens[token]!r}; "
                   "each bot needs its own application token")
@@ -470,10 +545,8 @@ def _resolve(
         provider = bot.provider or defaults.provider or (next(iter(providers)) if len(providers) == 1 else None)
         if provider is None:
             issue((*loc, "provider"), "no provider: set 'provider' on the bot or 'defaults.provider'")
-        elif provider not in providers:
-            close = difflib.get_close_matches(provider, list(providers), n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            issue((*loc, "provider"), f"provider {provider!r} is not defined under 'providers:'{hint}")
+        elif provider not in providers and bot.provider is not None:  # a wrong default is reported once, above
+            issue((*loc, "provider"), _unknown_provider(provider, providers))
         if not bot.persona.strip():
             issue((*loc, "persona"), "persona is empty; write the system prompt for this bot")
         merged: dict[str, Any] = {}
@@ -528,7 +601,7 @@ def _resolve(
         database=database,
         health_port=settings.health_port,
         restart=settings.restart,
-        warnings=overlap_warnings(list(bots.values())),
+        warnings=[str(located(bot_locs[second], message)) for second, message in _overlaps(list(bots.values()))],
     )
 
 
@@ -539,9 +612,16 @@ def _describe(bot: BotSettings, limit: int = 200) -> str:
     return first if len(first) <= limit else first[: limit - 1].rstrip() + "…"
 
 
-def overlap_warnings(bots: list[BotSpec]) -> list[str]:
-    """Warn about pairs of bots that would both answer the same command in the same place."""
-    warnings = []
+def _unknown_provider(provider: str, providers: Mapping[str, ProviderSpec]) -> str:
+    close = difflib.get_close_matches(provider, list(providers), n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"provider {provider!r} is not defined under 'providers:'{hint}"
+
+
+def _overlaps(bots: list[BotSpec]) -> list[tuple[str, str]]:
+    """Pairs of bots that would both answer the same command in the same place, as (the second
+    bot's name, a warning)."""
+    found = []
     for i, first in enumerate(bots):
         for second in bots[i + 1 :]:
             if first.prefix != second.prefix:
@@ -550,11 +630,12 @@ def overlap_warnings(bots: list[BotSpec]) -> list[str]:
                 first.access.guilds, second.access.guilds
             ):
                 continue
-            warnings.append(
+            found.append((
+                second.name,
                 f"bots {first.name!r} and {second.name!r} both answer '{first.prefix}chat' where their channels "
-                f"overlap; give one of them another 'prefix' or disjoint 'access.channels'"
-            )
-    return warnings
+                f"overlap; give one of them another 'prefix' or disjoint 'access.channels'",
+            ))
+    return found
 
 
 def _disjoint(a: tuple[int, ...], b: tuple[int, ...]) -> bool:

@@ -17,9 +17,11 @@ from .conftest import API_KEY, World, token_for
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def orchestrator(*args: str, env: dict[str, str] | None = None, input: str | None = None) -> subprocess.CompletedProcess[str]:
+def orchestrator(
+    *args: str, env: dict[str, str] | None = None, input: str | None = None, cwd: Path = ROOT
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "orchestrator", *args], cwd=ROOT, env=env, input=input, capture_output=True,
+        [sys.executable, "-m", "orchestrator", *args], cwd=cwd, env=env, input=input, capture_output=True,
         text=True, timeout=120,
     )
 
@@ -49,13 +51,33 @@ def test_check_fails_with_file_and_line_and_never_prints_secrets(tmp_path: Path)
     assert "secret-sage-token" not in result.stderr + result.stdout
 
 
+def test_check_reads_the_dotenv_beside_bots_yaml_from_any_directory_and_says_which(tmp_path: Path) -> None:
+    config_dir, elsewhere = tmp_path / "config", tmp_path / "elsewhere"
+    config_dir.mkdir()
+    elsewhere.mkdir()
+    (config_dir / "bots.yaml").write_text((ROOT / "bots.yaml").read_text(encoding="utf-8"), encoding="utf-8")
+    (config_dir / ".env").write_text("OPENAI_API_KEY=sk-beside-0000\nDISCORD_TOKEN_SAGE=t-sage-beside\nDISCORD_TOKEN_HAFEZ=t-hafez-beside\n")
+    # a different .env in the working directory: same token for both bots, which check would refuse
+    (elsewhere / ".env").write_text("OPENAI_API_KEY=sk-cwd-0000\nDISCORD_TOKEN_SAGE=t-same\nDISCORD_TOKEN_HAFEZ=t-same\n")
+    result = orchestrator("check", str(config_dir / "bots.yaml"), env=base_env(), cwd=elsewhere)
+    assert result.returncode == 0, result.stderr
+    assert f"read {config_dir / '.env'} (the environment wins over it)" in result.stdout
+    (config_dir / ".env").unlink()
+    result = orchestrator("check", str(config_dir / "bots.yaml"), env=base_env(), cwd=elsewhere)
+    assert result.returncode == 2
+    assert f"no .env in {config_dir}: secrets come from the environment only" in result.stdout
+    assert f"DISCORD_TOKEN_SAGE is not set; put the Discord token of bot 'sage' in the environment or in {config_dir / '.env'}" in result.stderr
+    assert "t-same" not in result.stdout + result.stderr
+
+
 def test_check_warns_when_two_bots_answer_the_same_command(tmp_path: Path) -> None:
     text = (ROOT / "bots.yaml").read_text(encoding="utf-8").replace('prefix: "?"', 'prefix: "!"')
     (tmp_path / "bots.yaml").write_text(text, encoding="utf-8")
     env = base_env() | {"OPENAI_API_KEY": "sk-check-000000", "DISCORD_TOKEN_SAGE": "t-sage-00000", "DISCORD_TOKEN_HAFEZ": "t-hafez-0000"}
     result = orchestrator("check", str(tmp_path / "bots.yaml"), env=env)
     assert result.returncode == 0
-    assert "warning: bots 'sage' and 'hafez' both answer '!chat'" in result.stdout
+    line = text.splitlines().index("  - name: hafez") + 1
+    assert f"warning: {tmp_path / 'bots.yaml'}:{line}: bots[1] (bot 'hafez'): bots 'sage' and 'hafez' both answer '!chat'" in result.stdout
 
 
 def test_demo_runs_without_accounts_and_personas_answer() -> None:
@@ -76,6 +98,18 @@ async def test_models_lists_the_providers_models(world: World) -> None:
     result = await anyio.to_thread.run_sync(lambda: orchestrator("models", str(world.path), env=base_env() | world.env()))
     assert result.returncode == 0, result.stderr
     assert "  gpt-4o-mini" in result.stdout and "  sandbox-small" in result.stdout
+
+
+async def test_models_and_usage_need_no_discord_tokens(world: World) -> None:
+    world.write([{"name": "sage"}, {"name": "hafez", "prefix": "?"}])
+    env = {k: v for k, v in (base_env() | world.env()).items() if not k.startswith("TOKEN_")}
+    result = await anyio.to_thread.run_sync(lambda: orchestrator("models", str(world.path), env=env))
+    assert result.returncode == 0, result.stderr
+    assert "  gpt-4o-mini" in result.stdout
+    del env["OPENAI_API_KEY"]  # usage reads the database only
+    result = await anyio.to_thread.run_sync(lambda: orchestrator("usage", str(world.path), env=env))
+    assert result.returncode == 0, result.stderr
+    assert "no usage recorded yet" in result.stdout
 
 
 async def test_sigterm_mid_answer_delivers_the_answer_and_exits_zero(world: World) -> None:

@@ -74,7 +74,25 @@ def test_missing_environment_variable_names_the_variable_and_bot() -> None:
     env = {k: v for k, v in ENV.items() if k != "TOKEN_B"}
     [problem] = issues(GOOD, env)
     assert problem.startswith("bots.yaml:18: bots[1] (bot 'hafez').token_env:")
-    assert "TOKEN_B is not set" in problem
+    assert "TOKEN_B is not set" in problem and "the Discord token of bot 'hafez'" in problem
+    assert "''" not in problem
+
+
+def test_missing_variable_names_the_dotenv_that_was_read_or_where_it_belongs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for variable in ENV:
+        monkeypatch.delenv(variable, raising=False)
+    (tmp_path / "bots.yaml").write_text(GOOD, encoding="utf-8")
+    (tmp_path / ".env").write_text("OPENAI_API_KEY=sk-from-dotenv\nTOKEN_A=token-dotenv-a\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path / "bots.yaml")
+    [problem] = [str(issue) for issue in info.value.issues]
+    assert f"TOKEN_B is not set (neither in the environment nor in {tmp_path / '.env'})" in problem
+    (tmp_path / ".env").unlink()
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path / "bots.yaml")
+    assert all(f"in the environment or in {tmp_path / '.env'}" in str(issue) for issue in info.value.issues)
 
 
 def test_missing_api_key_variable() -> None:
@@ -102,6 +120,13 @@ def test_every_problem_is_reported_at_once() -> None:
     assert len(issues(text)) == 2
 
 
+def test_unknown_default_provider_is_reported_once_with_a_suggestion() -> None:
+    [problem] = issues(GOOD.replace("  provider: openai", "  provider: opena1"))
+    assert problem == (
+        "bots.yaml:6: defaults.provider: provider 'opena1' is not defined under 'providers:'; did you mean 'openai'?"
+    )
+
+
 def test_unknown_provider_is_an_error_with_suggestion() -> None:
     text = GOOD.replace("model: other-model", "model: other-model\n    provider: opanai")
     [problem] = issues(text)
@@ -110,7 +135,30 @@ def test_unknown_provider_is_an_error_with_suggestion() -> None:
 
 def test_yaml_syntax_error_has_a_line() -> None:
     [problem] = issues(GOOD.replace("  - name: hafez", "  - name: [hafez"))
-    assert problem.startswith("bots.yaml:") and "not valid YAML" in problem
+    assert problem.startswith("bots.yaml:17: not valid YAML: the '[' opened here is not closed")
+
+
+@pytest.mark.bad_input
+def test_unclosed_brace_is_reported_on_the_line_of_the_brace() -> None:
+    [problem] = issues(GOOD.replace("params: {temperature: 0.3}", "params: {temperature: 0.3"))
+    assert problem.startswith("bots.yaml:15: not valid YAML: the '{' opened here is not closed properly (line 16: ")
+
+
+@pytest.mark.bad_input
+@pytest.mark.parametrize(
+    ("old", "new", "line", "where", "key"),
+    [
+        ("api_key_env: OPENAI_API_KEY", "api_key: sk-pasted-secret-42", 4, "providers.openai.api_key", "api_key_env"),
+        ("token_env: TOKEN_A", "token: pasted.discord.secret42", 12, "bots[0] (bot 'sage').token", "token_env"),
+    ],
+)
+def test_a_secret_pasted_without_env_suggests_the_env_key_and_is_never_echoed(
+    old: str, new: str, line: int, where: str, key: str
+) -> None:
+    [problem] = issues(GOOD.replace(old, new))  # the missing token_env is not reported a second time
+    assert problem.startswith(f"bots.yaml:{line}: {where}: unknown key '{where.rsplit('.', 1)[1]}'; did you mean '{key}'?")
+    assert "Do not paste secrets into bots.yaml" in problem and "environment" in problem
+    assert "secret42" not in problem and "sk-pasted" not in problem
 
 
 def test_not_utf8_and_empty_files() -> None:
@@ -136,6 +184,41 @@ def test_environment_overrides_discord_urls() -> None:
     assert config.discord.gateway_url == "ws://127.0.0.1:9/gw"
 
 
+def test_only_the_dotenv_beside_the_file_is_read_and_the_environment_wins(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config_dir, elsewhere = tmp_path / "config", tmp_path / "elsewhere"
+    config_dir.mkdir()
+    elsewhere.mkdir()
+    (config_dir / "bots.yaml").write_text(GOOD, encoding="utf-8")
+    (config_dir / ".env").write_text("OPENAI_API_KEY=sk-beside\nTOKEN_A=token-beside-a\nTOKEN_B=token-beside-b\n")
+    (elsewhere / ".env").write_text("OPENAI_API_KEY=sk-cwd\nTOKEN_A=token-cwd-a\nTOKEN_B=token-cwd-b\n")
+    for variable in ENV:
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("TOKEN_B", "token-from-environment")
+    monkeypatch.chdir(elsewhere)
+    config = load_config(config_dir / "bots.yaml")
+    assert config.bots["sage"].token.get_secret_value() == "token-beside-a"
+    assert config.bots["hafez"].token.get_secret_value() == "token-from-environment"
+    assert config.providers["openai"].api_key.get_secret_value() == "sk-beside"
+    (config_dir / ".env").unlink()
+    with pytest.raises(ConfigError, match="TOKEN_A is not set"):  # the working directory's .env is not a fallback
+        load_config(config_dir / "bots.yaml")
+
+
+def test_commands_that_do_not_connect_need_fewer_secrets() -> None:
+    no_tokens = {"OPENAI_API_KEY": ENV["OPENAI_API_KEY"]}
+    assert len(issues(GOOD, no_tokens)) == 2
+    config = parse_config(GOOD, "bots.yaml", no_tokens, require_tokens=False)
+    assert list(config.bots) == ["sage", "hafez"] and config.providers["openai"].api_key.get_secret_value() == "sk-abcdef123456"
+    with pytest.raises(ConfigError, match="OPENAI_API_KEY is not set"):
+        parse_config(GOOD, "bots.yaml", {}, require_tokens=False)
+    assert list(parse_config(GOOD, "bots.yaml", {}, require_tokens=False, require_api_keys=False).bots) == ["sage", "hafez"]
+    # the file itself is still checked
+    with pytest.raises(ConfigError, match="did you mean 'temperature'"):
+        parse_config(GOOD.replace("temperature: 0.3", "temprature: 0.3"), "bots.yaml", {}, require_tokens=False)
+
+
 def test_dotenv_beside_the_file_is_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "bots.yaml").write_text(GOOD, encoding="utf-8")
     (tmp_path / ".env").write_text("OPENAI_API_KEY=sk-from-dotenv\nTOKEN_A=token-dotenv-a\nTOKEN_B=token-dotenv-b\n")
@@ -148,7 +231,7 @@ def test_dotenv_beside_the_file_is_read(tmp_path: Path, monkeypatch: pytest.Monk
 def test_overlapping_prefixes_warn() -> None:
     config = parse_config(GOOD.replace('prefix: "?"', 'prefix: "!"'), "bots.yaml", ENV)
     [warning] = config.warnings
-    assert "'sage' and 'hafez'" in warning and "!chat" in warning
+    assert warning.startswith("bots.yaml:17: bots[1] (bot 'hafez'): bots 'sage' and 'hafez' both answer '!chat'")
     disjoint = GOOD.replace('prefix: "?"', 'prefix: "!"\n    access: {channels: [2]}').replace(
         "quota: {tokens_per_day: 200}", "quota: {tokens_per_day: 200}\n    access: {channels: [1]}"
     )

@@ -234,3 +234,28 @@ def test_generated_yaml_of_random_structure_never_crashes(document: Any) -> None
 def test_generated_random_bytes_never_crash(raw: bytes) -> None:
     count_generated(1)
     loads_or_explains(raw)
+
+
+SECRETS = st.from_regex(r"(sk-|MT)[A-Za-z0-9]{8,30}\.[A-Za-z0-9_-]{4,20}", fullmatch=True)
+PASTE_SITES = [
+    ("providers", "openai", "api_key"),
+    ("providers", "openai", "api_key_env"),
+    ("bots", 0, "token"),
+    ("bots", 0, "token_env"),
+    ("bots", 1, "api_key"),
+    ("defaults", "token"),
+]
+
+
+@settings(max_examples=40, deadline=None)
+@given(SECRETS, st.sampled_from(PASTE_SITES))
+def test_a_secret_pasted_anywhere_is_never_echoed(secret: str, site: tuple[Any, ...]) -> None:
+    count_generated(1)
+    document = copy.deepcopy(VALID)
+    parent: Any = document
+    for part in site[:-1]:
+        parent = parent[part]
+    parent[site[-1]] = secret
+    result = loads_or_explains(dump(document))
+    assert isinstance(result, ConfigError)
+    assert secret not in str(result) and secret[:12] not in str(result)
