@@ -156,7 +156,7 @@ class FileSettings(_Model):
 class ProviderSpec:
     name: str
     base_url: str
-    api_key: SecretStr
+    api_key: SecretStr  # empty: the provider takes no key, and requests carry no Authorization header
     settings: ProviderSettings
 
 
@@ -407,7 +407,7 @@ def _resolve(
             if not key:
                 issue(("providers", pname, "api_key_env"), f"environment variable {provider.api_key_env} is not set; "
                       f"put it in the environment or in .env")
-        providers[pname] = ProviderSpec(pname, provider.base_url.rstrip("/"), SecretStr(key or "unused"), provider)
+        providers[pname] = ProviderSpec(pname, provider.base_url.rstrip("/"), SecretStr(key), provider)
 
     defaults = settings.defaults
     if not settings.bots:

@@ -36,7 +36,7 @@ from .breaker import CircuitBreaker
 from .messages import Message, estimate_tokens
 from .limiter import FairLimiter, QueueFull, QueueTimeout
 from .quota import QuotaBook, Reservation
-from .transport import ChatTransport, Completion, CompletionStream
+from .transport import ChatTransport, Completion, CompletionStream, omitted_headers
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +74,7 @@ class PoolStats:
     provider_errors: dict[tuple[str, str], int] = field(default_factory=dict)  # (provider, error class)
 
 
+KEYLESS = "no-key"  # the SDK insists on an api_key; a keyless provider's client never sends it
 _SHOULD_RETRY = {"true": True, "false": False}
 _DURATION = re.compile(r"(?P<value>\d+(?:\.\d+)?)(?P<unit>ms|s|m|h)")
 _UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -128,9 +129,13 @@ class _Provider:
         self.retired = False
 
     def _build(self) -> openai.AsyncOpenAI:
+        key = self.spec.api_key.get_secret_value()
         return openai.AsyncOpenAI(
             base_url=self.spec.base_url,
-            api_key=self.spec.api_key.get_secret_value(),
+            api_key=key or KEYLESS,
+            # A keyless provider gets no Authorization header at all: the SDK drops a default header
+            # set to ``omit`` (its own rule for caller-removed headers); ChatTransport does too.
+            default_headers=None if key else {"Authorization": openai.omit},  # type: ignore[dict-item]
             max_retries=0,  # the pool owns retries
             timeout=self.spec.settings.timeout,
         )
@@ -205,7 +210,7 @@ class LLMPool:
     async def list_models(self, provider: str) -> list[str]:
         state = self._provider(provider)
         try:
-            page = await state.client.models.list()
+            page = await state.client.models.list(extra_headers=omitted_headers(state.client))
         except openai.OpenAIError as exc:
             raise self._map_error(state, exc) from exc
         return sorted(model.id for model in page.data)

@@ -118,12 +118,13 @@ class OpenAISandbox:
     answer then carries ``x-ratelimit-limit|remaining|reset-requests`` (reset: until the window is
     empty, e.g. ``59.98s``). Chat requests are checked in this order:
     API key (401), body (400), model (404), rate limit (429), then the next injected fault.
+    ``api_keys=None`` serves without keys, as local model servers do (any ``Authorization`` or none).
     """
 
     def __init__(
         self,
         *,
-        api_keys: Iterable[str] = ("sk-sandbox",),
+        api_keys: Iterable[str] | None = ("sk-sandbox",),
         models: Iterable[str] = ("gpt-4o-mini", "sandbox-small"),
         latency: float = 0.0,
         first_token_delay: float = 0.0,
@@ -132,7 +133,7 @@ class OpenAISandbox:
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
-        self.api_keys = set(api_keys)
+        self.api_keys = None if api_keys is None else set(api_keys)
         self.models = list(models)
         self.latency = latency
         self.first_token_delay = first_token_delay
@@ -216,9 +217,12 @@ class OpenAISandbox:
         async with self._arrived:
             self._arrived.notify_all()
 
+    def _key_accepted(self, request: web.Request) -> bool:
+        return self.api_keys is None or _bearer(request) in self.api_keys
+
     async def _models(self, request: web.Request) -> web.Response:
         model_id = request.match_info.get("id")
-        if _bearer(request) not in self.api_keys:
+        if not self._key_accepted(request):
             response = _error(401)
         elif model_id is None:
             response = _json({"object": "list", "data": [_model(m) for m in self.models]})
@@ -245,7 +249,7 @@ class OpenAISandbox:
         fault = Fault()
         headers: dict[str, str] = {}
         status = 200
-        if _bearer(request) not in self.api_keys:
+        if not self._key_accepted(request):
             status = 401
         elif not isinstance(body, dict) or not isinstance(body.get("messages"), list):
             status = 400
