@@ -11,7 +11,7 @@ import pytest
 from orchestrator.config import QuotaSettings
 from orchestrator.errors import QuotaExceeded
 from orchestrator.llm.limiter import FairLimiter, QueueFull, QueueTimeout
-from orchestrator.llm.pool import parse_duration, retry_after_from
+from orchestrator.llm.retry_hints import parse_duration, retry_after_from
 from orchestrator.llm.quota import QuotaBook, utc_day
 from orchestrator.memory import SQLiteStore
 from orchestrator.sandbox.openai_server import Fault

@@ -6,14 +6,14 @@ provider said it is near its rate limit, sends the request (through the provider
 :class:`~orchestrator.llm.transport.ChatTransport`), and retries 429/5xx/timeouts with
 backoff + jitter honouring ``retry-after`` within one total deadline. The pool is the only retry
 owner (the SDK's ``max_retries`` is 0). A circuit breaker per provider fails fast while the
-provider is down. Every openai exception is translated to a :mod:`orchestrator.errors` class.
+provider is down. Every openai exception is translated to a :mod:`orchestrator.errors` class
+(:mod:`~orchestrator.llm.failures`).
 """
 
 from __future__ import annotations
 
 import logging
 import random
-import re
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -24,18 +24,13 @@ import anyio
 import openai
 
 from ..config import ProviderSpec, QuotaSettings, SamplingParams
-from ..errors import (
-    ProviderAuthError,
-    ProviderBadResponse,
-    ProviderBusy,
-    ProviderError,
-    ProviderTimeout,
-    ProviderUnavailable,
-)
+from ..errors import ProviderBadResponse, ProviderBusy, ProviderError, ProviderTimeout, ProviderUnavailable
 from .breaker import CircuitBreaker
+from .failures import map_error
 from .messages import Message, estimate_tokens
 from .limiter import FairLimiter, QueueFull, QueueTimeout
 from .quota import QuotaBook, Reservation
+from .retry_hints import parse_duration
 from .transport import ChatTransport, Completion, CompletionStream, omitted_headers
 
 log = logging.getLogger(__name__)
@@ -73,39 +68,13 @@ class PoolStats:
     retries: int = 0
     provider_errors: dict[tuple[str, str], int] = field(default_factory=dict)  # (provider, error class)
 
+    def count(self, error: ProviderError) -> ProviderError:
+        key = (error.provider, type(error).__name__)
+        self.provider_errors[key] = self.provider_errors.get(key, 0) + 1
+        return error
+
 
 KEYLESS = "no-key"  # the SDK insists on an api_key; a keyless provider's client never sends it
-_SHOULD_RETRY = {"true": True, "false": False}
-_DURATION = re.compile(r"(?P<value>\d+(?:\.\d+)?)(?P<unit>ms|s|m|h)")
-_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-def parse_duration(value: str | None) -> float | None:
-    """Parse OpenAI's reset durations (``1s``, ``6m0s``, ``12ms``) or plain seconds."""
-    if not value:
-        return None
-    try:
-        return float(value)
-    except ValueError:
-        pass
-    parts = _DURATION.findall(value)
-    if not parts:
-        return None
-    return sum(float(number) * _UNIT[unit] for number, unit in parts)
-
-
-def retry_after_from(headers: Mapping[str, str]) -> float | None:
-    """The wait a provider asked for: ``retry-after-ms``, ``retry-after``, then ``x-ratelimit-reset-*``."""
-    if (ms := headers.get("retry-after-ms")) is not None:
-        try:
-            return float(ms) / 1000
-        except ValueError:
-            pass
-    for name in ("retry-after", "x-ratelimit-reset-requests", "x-ratelimit-reset-tokens"):
-        seconds = parse_duration(headers.get(name))
-        if seconds is not None:
-            return seconds
-    return None
 
 
 def _unhealthy(exc: openai.OpenAIError) -> bool:
@@ -212,7 +181,7 @@ class LLMPool:
         try:
             page = await state.client.models.list(extra_headers=omitted_headers(state.client))
         except openai.OpenAIError as exc:
-            raise self._map_error(state, exc) from exc
+            raise map_error(state.spec, exc) from exc
         return sorted(model.id for model in page.data)
 
     async def complete(self, call: ChatCall) -> ChatResult:
@@ -223,7 +192,7 @@ class LLMPool:
             try:
                 text = completion.choices[0].message.content or ""
             except (IndexError, AttributeError, TypeError) as exc:
-                raise ProviderBadResponse(call.provider, f"unreadable answer: {exc}") from exc
+                raise self.stats.count(ProviderBadResponse(call.provider, f"unreadable answer: {exc}")) from exc
             usage = completion.usage
             prompt = usage.prompt_tokens if usage else 0
             completion_tokens = usage.completion_tokens if usage else estimate_tokens(text)
@@ -248,7 +217,8 @@ class LLMPool:
                             text_len += len(choice.delta.content)
                             yield choice.delta.content
             except Exception as exc:  # the SDK's errors from the transport, or an unreadable chunk
-                raise ProviderBadResponse(call.provider, f"the stream was cut: {type(exc).__name__}: {exc}") from exc
+                cut = ProviderBadResponse(call.provider, f"the stream was cut: {type(exc).__name__}: {exc}")
+                raise self.stats.count(cut) from exc
             finally:
                 self.quotas.settle(reservation, used or text_len // 4 + 1)
 
@@ -275,8 +245,7 @@ class LLMPool:
                         )
                         break
                     except ProviderError as error:
-                        by_provider = (call.provider, type(error).__name__)
-                        self.stats.provider_errors[by_provider] = self.stats.provider_errors.get(by_provider, 0) + 1
+                        self.stats.count(error)
                         delay = self._retry_delay(error, attempt, settings.max_retries, deadline)
                         if delay is None:
                             raise
@@ -345,7 +314,9 @@ class LLMPool:
                         state.transport.stream(body, timeout=remaining, retries_taken=retries_taken)
                     )
             except openai.OpenAIError as exc:
-                error = self._map_error(state, exc)
+                error = map_error(state.spec, exc, call.model)
+                if isinstance(exc, openai.RateLimitError) and error.retry_after:
+                    state.paused_until = max(state.paused_until, time.monotonic() + error.retry_after)
                 if not _unhealthy(exc):
                     state.breaker.record_success()  # a 429 or 4xx: the provider is up and answering
                 elif state.breaker.record_failure():
@@ -374,30 +345,3 @@ class LLMPool:
             if reset:
                 state.paused_until = max(state.paused_until, time.monotonic() + reset)
                 log.info("provider %s: near its %s limit, pausing new requests for %.2fs", state.spec.name, kind, reset)
-
-    def _map_error(self, state: _Provider, exc: openai.OpenAIError) -> ProviderError:
-        name = state.spec.name
-        if isinstance(exc, openai.APITimeoutError):
-            return ProviderTimeout(name, "request timed out")
-        if isinstance(exc, openai.APIConnectionError):
-            return ProviderUnavailable(name, f"cannot connect to {state.spec.base_url}")
-        if isinstance(exc, (openai.AuthenticationError, openai.PermissionDeniedError)):
-            log.error(
-                "provider %s refused the API key (HTTP %s); check %s", name, exc.status_code,
-                state.spec.settings.api_key_env or "its api_key_env",
-            )
-            return ProviderAuthError(name, f"API key refused (HTTP {exc.status_code})")
-        if not isinstance(exc, openai.APIStatusError):
-            return ProviderBadResponse(name, f"{type(exc).__name__}: {exc}")
-        headers = exc.response.headers
-        retry_after = retry_after_from(headers)
-        retryable = _SHOULD_RETRY.get(headers.get("x-should-retry", ""))  # the SDK obeys it too
-        if isinstance(exc, openai.RateLimitError):
-            if retry_after:
-                state.paused_until = max(state.paused_until, time.monotonic() + retry_after)
-            return ProviderBusy(name, "rate limited (429)", retry_after=retry_after, retryable=retryable)
-        if exc.status_code >= 500 or exc.status_code in (408, 409):  # server errors, request and lock timeouts
-            return ProviderBusy(
-                name, f"HTTP {exc.status_code} from the provider", retry_after=retry_after, retryable=retryable
-            )
-        return ProviderBadResponse(name, f"HTTP {exc.status_code}: {exc.message}", retryable=retryable)

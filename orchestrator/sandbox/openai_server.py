@@ -61,6 +61,8 @@ class Fault:
     ``delay`` sleeps before answering; ``cut_stream_after`` sends that many content chunks of a
     stream and then closes the connection without ``[DONE]`` (a non-stream request gets its
     connection closed before any answer); ``malformed`` answers 200 with a body that is not JSON.
+    ``message`` replaces the message of OpenAI's error JSON (with ``status``); ``text`` replaces the
+    whole answer's body (sent as ``text/html``, as a proxy's error page is).
     """
 
     status: int | None = None
@@ -69,6 +71,8 @@ class Fault:
     delay: float = 0.0
     cut_stream_after: int | None = None
     malformed: bool = False
+    message: str | None = None
+    text: str | None = None
 
     @classmethod
     def rate_limited(cls, retry_after: float | None = 0.05) -> Fault:
@@ -89,6 +93,21 @@ class Fault:
     def cut(cls, after: int = 1) -> Fault:
         """A stream dropped after ``after`` content chunks."""
         return cls(cut_stream_after=after)
+
+    @classmethod
+    def model_not_found(cls) -> Fault:
+        """A 404 ``model_not_found`` naming the requested model, as OpenAI sends it."""
+        return cls(status=404)
+
+    @classmethod
+    def bad_request(cls, message: str, status: int = 400) -> Fault:
+        """An error in OpenAI's JSON shape with the provider's own ``message``."""
+        return cls(status=status, message=message)
+
+    @classmethod
+    def error_page(cls, text: str, status: int = 400) -> Fault:
+        """An error whose body is not JSON (a proxy's HTML page, a plain-text message)."""
+        return cls(status=status, text=text)
 
     @classmethod
     def malformed_json(cls) -> Fault:
@@ -269,8 +288,10 @@ class OpenAISandbox:
         if status == 0:
             _drop(request)
             return web.Response()
+        if fault.text is not None:
+            return web.Response(status=status, text=fault.text, content_type="text/html", headers=headers)
         if status != 200:
-            return _error(status, headers, model=body.get("model"))
+            return _error(status, headers, model=body.get("model"), message=fault.message)
         if body.get("stream"):
             return await self._stream(request, body, text, fault, headers)
         if fault.malformed:
@@ -401,11 +422,14 @@ def _json(payload: object, headers: Mapping[str, str] | None = None, status: int
     return web.Response(status=status, body=json.dumps(payload).encode(), headers=headers)
 
 
-def _error(status: int, headers: Mapping[str, str] | None = None, *, model: object = None) -> web.Response:
-    """OpenAI's error JSON shape for ``status``."""
+def _error(
+    status: int, headers: Mapping[str, str] | None = None, *, model: object = None, message: str | None = None
+) -> web.Response:
+    """OpenAI's error JSON shape for ``status`` (``message`` replaces the usual one)."""
     kind = "server_error" if status >= 500 else "invalid_request_error"
-    message, kind, code = _ERRORS.get(status, (f"Sandbox error {status}.", kind, None))
-    error = {"message": message.format(model=model), "type": kind, "param": None, "code": code}
+    usual, kind, code = _ERRORS.get(status, (f"Sandbox error {status}.", kind, None))
+    text = usual.format(model=model) if message is None else message
+    error = {"message": text, "type": kind, "param": None, "code": code}
     return _json({"error": error}, headers, status)
 
 
