@@ -7,7 +7,7 @@
         ├── ProviderAuthError      401/403: the key was refused (never retried)
         ├── ProviderModelNotFound  the provider does not serve the bot's model
         ├── ProviderRefused        any other 4xx: the request was refused, for the reason the provider gives
-        ├── ProviderBusy           429 / 5xx / pool queue full, after retries
+        ├── ProviderBusy           429 / 5xx / pool queue full, after retries, or a wait beyond the deadline
         ├── ProviderTimeout        no answer within the deadline
         ├── ProviderUnavailable    circuit breaker open, connection refused
         ├── ProviderBadResponse    an answer that cannot be parsed, a cut stream
@@ -106,7 +106,26 @@ class ProviderRefused(ProviderError):
 
 
 class ProviderBusy(ProviderError):
-    user_message = "The model provider is busy right now. Please try again in a moment."
+    """``asked``: ``retry_after`` is the provider's own request to wait, which users are told."""
+
+    def __init__(
+        self,
+        provider: str,
+        detail: str,
+        *,
+        retry_after: float | None = None,
+        retryable: bool | None = None,
+        asked: bool = False,
+    ) -> None:
+        self.asked = asked and retry_after is not None
+        super().__init__(provider, detail, retry_after=retry_after, retryable=retryable)
+
+    @property
+    def user_message(self) -> str:  # type: ignore[override]
+        if self.asked and self.retry_after is not None and self.retry_after >= 1:
+            wait = format_duration(self.retry_after)
+            return f"The model provider is busy right now; it asks to wait {wait}. Please try again then."
+        return "The model provider is busy right now. Please try again in a moment."
 
 
 class ProviderTimeout(ProviderError):

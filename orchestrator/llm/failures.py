@@ -86,8 +86,11 @@ def map_error(spec: ProviderSpec, exc: openai.OpenAIError, model: str | None = N
     headers = exc.response.headers
     retryable = _SHOULD_RETRY.get(headers.get("x-should-retry", ""))  # the SDK obeys it too
     if status == 429 or status >= 500 or status in (408, 409):  # rate limits, server errors, request and lock timeouts
+        wait = retry_after_from(headers)
         detail = "rate limited (429)" if status == 429 else f"HTTP {status} from the provider"
-        return ProviderBusy(name, detail, retry_after=retry_after_from(headers), retryable=retryable)
+        if wait is not None:
+            detail += f"; it asks to wait {wait:.3g}s"
+        return ProviderBusy(name, detail, retry_after=wait, retryable=retryable, asked=wait is not None)
     reason = provider_reason(exc)
     if model is not None and _model_missing(exc, model, reason):
         return ProviderModelNotFound(name, model, f"unknown model {model!r} (HTTP {status}: {reason})")

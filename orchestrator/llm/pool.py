@@ -4,9 +4,10 @@ For each call the pool: checks the bot's and user's quotas (no provider call whe
 for a fair share of the provider's concurrency, respects a provider-wide pause when the
 provider said it is near its rate limit, sends the request (through the provider's
 :class:`~orchestrator.llm.transport.ChatTransport`), and retries 429/5xx/timeouts with
-backoff + jitter honouring ``retry-after`` within one total deadline. The pool is the only retry
-owner (the SDK's ``max_retries`` is 0). A circuit breaker per provider fails fast while the
-provider is down. Every openai exception is translated to a :mod:`orchestrator.errors` class
+backoff + jitter honouring the provider's retry hints (:mod:`~orchestrator.llm.retry_hints`) within
+one total deadline: a hinted wait beyond the deadline fails at once, naming the wait. The pool is the
+only retry owner (the SDK's ``max_retries`` is 0). A circuit breaker per provider fails fast while
+the provider is down. Every openai exception is translated to a :mod:`orchestrator.errors` class
 (:mod:`~orchestrator.llm.failures`).
 """
 
@@ -30,7 +31,7 @@ from .failures import map_error
 from .messages import Message, estimate_tokens
 from .limiter import FairLimiter, QueueFull, QueueTimeout
 from .quota import QuotaBook, Reservation
-from .retry_hints import parse_duration
+from .retry_hints import KINDS, parse_duration, rate_count, retry_after_from, used_up
 from .transport import ChatTransport, Completion, CompletionStream, omitted_headers
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,7 @@ class PoolStats:
 
 
 KEYLESS = "no-key"  # the SDK insists on an api_key; a keyless provider's client never sends it
+SPENT_PAUSE = (2.0, 60.0)  # a limit used up with no reset time: pause 2 s, doubling while it stays so, up to 60 s
 
 
 def _unhealthy(exc: openai.OpenAIError) -> bool:
@@ -93,7 +95,9 @@ class _Provider:
         self.transport = ChatTransport(self.client)
         self.limiter = FairLimiter(spec.settings.max_concurrency, spec.settings.max_queue)
         self.breaker = breaker
-        self.paused_until = 0.0
+        self.paused_until = 0.0  # time.monotonic() until which no request is sent ...
+        self.pause_asked = False  # ... because the provider said so (else our own guess)
+        self.spent_pauses = 0  # answers in a row that said a limit is used up, without a reset time
         self.in_flight = 0
         self.retired = False
 
@@ -108,6 +112,12 @@ class _Provider:
             max_retries=0,  # the pool owns retries
             timeout=self.spec.settings.timeout,
         )
+
+    def pause(self, seconds: float, *, asked: bool) -> None:
+        """Hold every request to this provider for ``seconds`` (a longer pause already set stays)."""
+        until = time.monotonic() + seconds
+        if until > self.paused_until:
+            self.paused_until, self.pause_asked = until, asked
 
     async def rebuild(self) -> None:
         """Replace a client that keeps failing (its connections may be broken)."""
@@ -246,8 +256,16 @@ class LLMPool:
                         break
                     except ProviderError as error:
                         self.stats.count(error)
-                        delay = self._retry_delay(error, attempt, settings.max_retries, deadline)
+                        delay = self._retry_delay(error, attempt, settings.max_retries)
                         if delay is None:
+                            raise
+                        delay = max(delay, state.paused_until - time.monotonic())  # a provider-wide pause holds it too
+                        if anyio.current_time() + delay >= deadline:
+                            if isinstance(error, ProviderBusy) and error.asked:
+                                log.info(
+                                    "provider %s asks to wait %.3gs, beyond the %.3gs left: not retrying",
+                                    call.provider, delay, deadline - anyio.current_time(),
+                                )
                             raise
                         log.info(
                             "provider %s: %s; retry %d/%d in %.2fs", call.provider, error.detail, attempt + 1,
@@ -263,17 +281,16 @@ class LLMPool:
             if state.retired and not state.in_flight:
                 await state.close()
 
-    def _retry_delay(self, error: ProviderError, attempt: int, max_retries: int, deadline: float) -> float | None:
+    def _retry_delay(self, error: ProviderError, attempt: int, max_retries: int) -> float | None:
+        """The wait before retrying after ``error``: the provider's hint, else backoff; None: do not retry."""
         retryable = error.retryable
         if retryable is None:  # the provider gave no verdict: retry what is transient
             retryable = isinstance(error, (ProviderBusy, ProviderTimeout))
         if not retryable or attempt >= max_retries:
             return None
-        backoff = min(8.0, 0.5 * 2**attempt) * self._random.uniform(0.5, 1.0)
-        delay = error.retry_after if error.retry_after is not None else backoff
-        if anyio.current_time() + delay >= deadline:
-            return None
-        return delay
+        if error.retry_after is not None:
+            return error.retry_after
+        return min(8.0, 0.5 * 2**attempt) * self._random.uniform(0.5, 1.0)
 
     async def _attempt(
         self,
@@ -292,7 +309,9 @@ class LLMPool:
             pause = state.paused_until - time.monotonic()
             if pause > 0:
                 if anyio.current_time() + pause >= deadline:
-                    raise ProviderBusy(call.provider, "provider is rate limited", retry_after=pause)
+                    raise ProviderBusy(
+                        call.provider, "provider is rate limited", retry_after=pause, asked=state.pause_asked
+                    )
                 await anyio.sleep(pause)
             remaining = deadline - anyio.current_time()
             try:
@@ -315,8 +334,10 @@ class LLMPool:
                     )
             except openai.OpenAIError as exc:
                 error = map_error(state.spec, exc, call.model)
-                if isinstance(exc, openai.RateLimitError) and error.retry_after:
-                    state.paused_until = max(state.paused_until, time.monotonic() + error.retry_after)
+                if isinstance(exc, openai.APIStatusError):
+                    self._note_rate_headers(state, exc.response.headers)
+                    if exc.status_code == 429 and error.retry_after:
+                        state.pause(error.retry_after, asked=True)
                 if not _unhealthy(exc):
                     state.breaker.record_success()  # a 429 or 4xx: the provider is up and answering
                 elif state.breaker.record_failure():
@@ -330,18 +351,31 @@ class LLMPool:
         return answer
 
     def _note_rate_headers(self, state: _Provider, headers: Mapping[str, str]) -> None:
-        """Pause every bot on this provider when it says it is close to its rate limit."""
-        for kind in ("requests", "tokens"):
-            remaining = headers.get(f"x-ratelimit-remaining-{kind}")
-            limit = headers.get(f"x-ratelimit-limit-{kind}")
-            if remaining is None or limit is None:
+        """Pause every bot on this provider while it says a limit is (nearly) used up: until the
+        limit's reset when it names one, else for a doubling guess (:data:`SPENT_PAUSE`)."""
+        reset_wait = 0.0
+        for kind in KINDS:
+            left = rate_count(headers, "remaining", kind)
+            if left is None:
                 continue
-            try:  # near: fewer requests left than we already have in flight, or a small fraction
-                if int(remaining) > max(1.0, int(limit) * self._near_limit, state.in_flight):
-                    continue
-            except ValueError:
-                continue
-            reset = parse_duration(headers.get(f"x-ratelimit-reset-{kind}"))
+            limit = rate_count(headers, "limit", kind)
+            # near: nothing left, fewer left than we already have in flight, or a small fraction
+            near = left <= 0 or (limit is not None and left <= max(1.0, limit * self._near_limit, state.in_flight))
+            reset = parse_duration(headers.get(f"x-ratelimit-reset-{kind}")) if near else None
             if reset:
-                state.paused_until = max(state.paused_until, time.monotonic() + reset)
+                reset_wait = max(reset_wait, reset)
                 log.info("provider %s: near its %s limit, pausing new requests for %.2fs", state.spec.name, kind, reset)
+        if reset_wait:
+            state.pause(reset_wait, asked=True)
+        spent = used_up(headers)
+        if reset_wait or not spent or retry_after_from(headers) is not None:
+            state.spent_pauses = 0
+            return
+        initial, longest = SPENT_PAUSE
+        wait = min(longest, initial * 2**state.spent_pauses)
+        state.spent_pauses += 1
+        state.pause(wait, asked=False)
+        log.info(
+            "provider %s: no %s left and no reset time given; pausing new requests for %.3gs", state.spec.name,
+            " or ".join(spent), wait,
+        )
