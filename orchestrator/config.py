@@ -175,7 +175,7 @@ class FileSettings(_Model):
 class ProviderSpec:
     name: str
     base_url: str
-    api_key: SecretStr
+    api_key: SecretStr  # empty: the provider takes no key, and requests carry no Authorization header
     settings: ProviderSettings
 
 
@@ -513,7 +513,7 @@ def _resolve(
             if not key and secrets.require_api_keys:
                 issue(("providers", pname, "api_key_env"),
                       secrets.not_set(provider.api_key_env, f"the API key of provider {pname!r}"))
-        providers[pname] = ProviderSpec(pname, provider.base_url.rstrip("/"), SecretStr(key or "unused"), provider)
+        providers[pname] = ProviderSpec(pname, provider.base_url.rstrip("/"), SecretStr(key), provider)
 
     defaults = settings.defaults
     if not settings.bots:

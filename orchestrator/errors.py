@@ -4,12 +4,14 @@
     ├── ConfigError              bots.yaml or the environment is wrong (carries every ConfigIssue)
     ├── BotFatalError            a bot cannot run until ops fix something (bad token, missing intent)
     └── ProviderError            a model provider call failed; ``user_message`` is safe to show in Discord
-        ├── ProviderAuthError    401/403: the key was refused (never retried)
-        ├── ProviderBusy         429 / 5xx / pool queue full, after retries
-        ├── ProviderTimeout      no answer within the deadline
-        ├── ProviderUnavailable  circuit breaker open, connection refused
-        ├── ProviderBadResponse  malformed answer, cut stream, unknown model
-        └── QuotaExceeded        a bot or user limit was hit before any provider call
+        ├── ProviderAuthError      401/403: the key was refused (never retried)
+        ├── ProviderModelNotFound  the provider does not serve the bot's model
+        ├── ProviderRefused        any other 4xx: the request was refused, for the reason the provider gives
+        ├── ProviderBusy           429 / 5xx / pool queue full, after retries, or a wait beyond the deadline
+        ├── ProviderTimeout        no answer within the deadline
+        ├── ProviderUnavailable    circuit breaker open, connection refused
+        ├── ProviderBadResponse    an answer that cannot be parsed, a cut stream
+        └── QuotaExceeded          a bot or user limit was hit before any provider call
 
 Foreign errors (openai, discord.py) are translated at the boundary with ``raise ... from exc``.
 """
@@ -75,8 +77,55 @@ class ProviderAuthError(ProviderError):
     user_message = "This persona's API key was refused by the model provider. Please tell the server admins."
 
 
+class ProviderModelNotFound(ProviderError):
+    """The provider does not know the model (a misspelt name, or one it does not serve)."""
+
+    def __init__(self, provider: str, model: str, detail: str) -> None:
+        self.model = model
+        super().__init__(provider, detail)
+
+    @property
+    def user_message(self) -> str:  # type: ignore[override]
+        return (
+            f"The model `{self.model}` is not available from the provider `{self.provider}`. "
+            "Please tell the server admins."
+        )
+
+
+class ProviderRefused(ProviderError):
+    """The provider refused the request; ``reason`` is its own message, secrets removed, shortened."""
+
+    def __init__(self, provider: str, reason: str, detail: str, *, retryable: bool | None = None) -> None:
+        self.reason = reason
+        super().__init__(provider, detail, retryable=retryable)
+
+    @property
+    def user_message(self) -> str:  # type: ignore[override]
+        end = "" if self.reason.endswith((".", "!", "?", "…")) else "."
+        return f"The model provider refused the request: {self.reason}{end} Please tell the server admins."
+
+
 class ProviderBusy(ProviderError):
-    user_message = "The model provider is busy right now. Please try again in a moment."
+    """``asked``: ``retry_after`` is the provider's own request to wait, which users are told."""
+
+    def __init__(
+        self,
+        provider: str,
+        detail: str,
+        *,
+        retry_after: float | None = None,
+        retryable: bool | None = None,
+        asked: bool = False,
+    ) -> None:
+        self.asked = asked and retry_after is not None
+        super().__init__(provider, detail, retry_after=retry_after, retryable=retryable)
+
+    @property
+    def user_message(self) -> str:  # type: ignore[override]
+        if self.asked and self.retry_after is not None and self.retry_after >= 1:
+            wait = format_duration(self.retry_after)
+            return f"The model provider is busy right now; it asks to wait {wait}. Please try again then."
+        return "The model provider is busy right now. Please try again in a moment."
 
 
 class ProviderTimeout(ProviderError):

@@ -191,9 +191,9 @@ async def test_metrics_count_chats_latency_provider_errors_quota_and_tokens(worl
 
 
 def test_error_kinds_are_short_snake_case() -> None:
-    assert [error_kind(n) for n in ("ProviderAuthError", "ProviderBusy", "ProviderBadResponse", "ProviderTimeout")] == [
-        "auth", "busy", "bad_response", "timeout"
-    ]
+    names = ("ProviderAuthError", "ProviderBusy", "ProviderBadResponse", "ProviderTimeout", "ProviderModelNotFound",
+             "ProviderRefused")
+    assert [error_kind(n) for n in names] == ["auth", "busy", "bad_response", "timeout", "model_not_found", "refused"]
 
 
 async def test_each_app_has_its_own_registry(world: World) -> None:

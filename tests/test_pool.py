@@ -11,7 +11,6 @@ import pytest
 from orchestrator.config import QuotaSettings
 from orchestrator.errors import QuotaExceeded
 from orchestrator.llm.limiter import FairLimiter, QueueFull, QueueTimeout
-from orchestrator.llm.pool import parse_duration, retry_after_from
 from orchestrator.llm.quota import QuotaBook, utc_day
 from orchestrator.memory import SQLiteStore
 from orchestrator.sandbox.openai_server import Fault
@@ -101,13 +100,6 @@ def test_daily_budget_survives_a_restart(tmp_path: Path) -> None:
         second.reserve("p", "sage", "u", 1, limit, NONE)
     assert 0 < info.value.retry_after <= 86400
     store.close()
-
-
-def test_duration_parsing() -> None:
-    assert parse_duration("6m0s") == 360 and parse_duration("12ms") == pytest.approx(0.012)
-    assert parse_duration("1.5s") == 1.5 and parse_duration("2") == 2 and parse_duration("soon") is None
-    assert retry_after_from({"retry-after-ms": "250", "retry-after": "9"}) == 0.25
-    assert retry_after_from({"x-ratelimit-reset-requests": "1s"}) == 1.0
 
 
 async def test_fair_limiter_serves_waiting_bots_by_weight() -> None:

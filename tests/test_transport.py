@@ -79,6 +79,31 @@ async def test_http_errors_are_the_sdks_classes(
     assert "Error code:" in str(raised.value)
 
 
+@pytest.mark.parametrize("status", [400, 403, 404, 409, 422, 429, 500, 503, 418])
+async def test_http_errors_are_made_as_the_sdk_makes_them(sandbox: OpenAISandbox, status: int) -> None:
+    """Same class, message and body as the SDK's own request path raises for the same answer."""
+    async with openai.AsyncOpenAI(base_url=sandbox.base_url, api_key="sk-good", max_retries=0) as client:
+        chat = ChatTransport(client)
+        sandbox.inject(Fault(status=status), Fault(status=status))
+        with pytest.raises(openai.APIStatusError) as ours:
+            await chat.create(BODY, timeout=5)
+        with pytest.raises(openai.APIStatusError) as sdks:
+            await client.chat.completions.create(**BODY)  # type: ignore[call-overload]
+        await chat.aclose()
+    assert type(ours.value) is type(sdks.value)
+    assert (str(ours.value), ours.value.body, ours.value.code) == (str(sdks.value), sdks.value.body, sdks.value.code)
+
+
+async def test_a_streamed_request_is_sent_like_the_sdks_own(sandbox: OpenAISandbox, transport: ChatTransport) -> None:
+    async with transport.stream(BODY, timeout=5, retries_taken=1) as answer:
+        text = "".join([c.choices[0].delta.content or "" async for c in answer.chunks if c.choices])
+        assert answer.headers["content-type"].startswith("text/event-stream")
+    assert text == "[gpt-4o-mini] You are Ada. | T=- | turns=1 | hi"
+    [request] = sandbox.chat_requests
+    assert request.api_key == "sk-good" and request.body == {**BODY, "stream": True, "stream_options": {"include_usage": True}}
+    assert request.headers["x-stainless-retry-count"] == "1"
+
+
 async def test_refused_key_is_authentication_error(sandbox: OpenAISandbox) -> None:
     async with openai.AsyncOpenAI(base_url=sandbox.base_url, api_key="sk-bad", max_retries=0) as client:
         chat = ChatTransport(client)

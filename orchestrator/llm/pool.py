@@ -4,16 +4,17 @@ For each call the pool: checks the bot's and user's quotas and spend caps (no pr
 for a fair share of the provider's concurrency, respects a provider-wide pause when the
 provider said it is near its rate limit, sends the request (through the provider's
 :class:`~orchestrator.llm.transport.ChatTransport`), and retries 429/5xx/timeouts with
-backoff + jitter honouring ``retry-after`` within one total deadline. The pool is the only retry
-owner (the SDK's ``max_retries`` is 0). A circuit breaker per provider fails fast while the
-provider is down. Every openai exception is translated to a :mod:`orchestrator.errors` class.
+backoff + jitter honouring the provider's retry hints (:mod:`~orchestrator.llm.retry_hints`) within
+one total deadline: a hinted wait beyond the deadline fails at once, naming the wait. The pool is the
+only retry owner (the SDK's ``max_retries`` is 0). A circuit breaker per provider fails fast while
+the provider is down. Every openai exception is translated to a :mod:`orchestrator.errors` class
+(:mod:`~orchestrator.llm.failures`).
 """
 
 from __future__ import annotations
 
 import logging
 import random
-import re
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -24,20 +25,15 @@ import anyio
 import openai
 
 from ..config import ModelPrice, ProviderSpec, QuotaSettings, SamplingParams
-from ..errors import (
-    ProviderAuthError,
-    ProviderBadResponse,
-    ProviderBusy,
-    ProviderError,
-    ProviderTimeout,
-    ProviderUnavailable,
-)
+from ..errors import ProviderBadResponse, ProviderBusy, ProviderError, ProviderTimeout, ProviderUnavailable
 from .breaker import CircuitBreaker
+from .failures import map_error
 from .messages import Message, estimate_tokens
 from .limiter import FairLimiter, QueueFull, QueueTimeout
 from .quota import QuotaBook, Reservation
+from .retry_hints import KINDS, parse_duration, rate_count, retry_after_from, used_up
 from .spend import SpendBook
-from .transport import ChatTransport, Completion, CompletionStream
+from .transport import ChatTransport, Completion, CompletionStream, omitted_headers
 
 log = logging.getLogger(__name__)
 
@@ -75,38 +71,14 @@ class PoolStats:
     retries: int = 0
     provider_errors: dict[tuple[str, str], int] = field(default_factory=dict)  # (provider, error class)
 
-
-_SHOULD_RETRY = {"true": True, "false": False}
-_DURATION = re.compile(r"(?P<value>\d+(?:\.\d+)?)(?P<unit>ms|s|m|h)")
-_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-def parse_duration(value: str | None) -> float | None:
-    """Parse OpenAI's reset durations (``1s``, ``6m0s``, ``12ms``) or plain seconds."""
-    if not value:
-        return None
-    try:
-        return float(value)
-    except ValueError:
-        pass
-    parts = _DURATION.findall(value)
-    if not parts:
-        return None
-    return sum(float(number) * _UNIT[unit] for number, unit in parts)
+    def count(self, error: ProviderError) -> ProviderError:
+        key = (error.provider, type(error).__name__)
+        self.provider_errors[key] = self.provider_errors.get(key, 0) + 1
+        return error
 
 
-def retry_after_from(headers: Mapping[str, str]) -> float | None:
-    """The wait a provider asked for: ``retry-after-ms``, ``retry-after``, then ``x-ratelimit-reset-*``."""
-    if (ms := headers.get("retry-after-ms")) is not None:
-        try:
-            return float(ms) / 1000
-        except ValueError:
-            pass
-    for name in ("retry-after", "x-ratelimit-reset-requests", "x-ratelimit-reset-tokens"):
-        seconds = parse_duration(headers.get(name))
-        if seconds is not None:
-            return seconds
-    return None
+KEYLESS = "no-key"  # the SDK insists on an api_key; a keyless provider's client never sends it
+SPENT_PAUSE = (2.0, 60.0)  # a limit used up with no reset time: pause 2 s, doubling while it stays so, up to 60 s
 
 
 def _unhealthy(exc: openai.OpenAIError) -> bool:
@@ -125,17 +97,29 @@ class _Provider:
         self.transport = ChatTransport(self.client)
         self.limiter = FairLimiter(spec.settings.max_concurrency, spec.settings.max_queue)
         self.breaker = breaker
-        self.paused_until = 0.0
+        self.paused_until = 0.0  # time.monotonic() until which no request is sent ...
+        self.pause_asked = False  # ... because the provider said so (else our own guess)
+        self.spent_pauses = 0  # answers in a row that said a limit is used up, without a reset time
         self.in_flight = 0
         self.retired = False
 
     def _build(self) -> openai.AsyncOpenAI:
+        key = self.spec.api_key.get_secret_value()
         return openai.AsyncOpenAI(
             base_url=self.spec.base_url,
-            api_key=self.spec.api_key.get_secret_value(),
+            api_key=key or KEYLESS,
+            # A keyless provider gets no Authorization header at all: the SDK drops a default header
+            # set to ``omit`` (its own rule for caller-removed headers); ChatTransport does too.
+            default_headers=None if key else {"Authorization": openai.omit},  # type: ignore[dict-item]
             max_retries=0,  # the pool owns retries
             timeout=self.spec.settings.timeout,
         )
+
+    def pause(self, seconds: float, *, asked: bool) -> None:
+        """Hold every request to this provider for ``seconds`` (a longer pause already set stays)."""
+        until = time.monotonic() + seconds
+        if until > self.paused_until:
+            self.paused_until, self.pause_asked = until, asked
 
     async def rebuild(self) -> None:
         """Replace a client that keeps failing (its connections may be broken)."""
@@ -209,9 +193,9 @@ class LLMPool:
     async def list_models(self, provider: str) -> list[str]:
         state = self._provider(provider)
         try:
-            page = await state.client.models.list()
+            page = await state.client.models.list(extra_headers=omitted_headers(state.client))
         except openai.OpenAIError as exc:
-            raise self._map_error(state, exc) from exc
+            raise map_error(state.spec, exc) from exc
         return sorted(model.id for model in page.data)
 
     async def complete(self, call: ChatCall) -> ChatResult:
@@ -222,7 +206,7 @@ class LLMPool:
             try:
                 text = completion.choices[0].message.content or ""
             except (IndexError, AttributeError, TypeError) as exc:
-                raise ProviderBadResponse(call.provider, f"unreadable answer: {exc}") from exc
+                raise self.stats.count(ProviderBadResponse(call.provider, f"unreadable answer: {exc}")) from exc
             usage = completion.usage
             prompt = usage.prompt_tokens if usage else 0
             completion_tokens = usage.completion_tokens if usage else estimate_tokens(text)
@@ -247,7 +231,8 @@ class LLMPool:
                             text_len += len(choice.delta.content)
                             yield choice.delta.content
             except Exception as exc:  # the SDK's errors from the transport, or an unreadable chunk
-                raise ProviderBadResponse(call.provider, f"the stream was cut: {type(exc).__name__}: {exc}") from exc
+                cut = ProviderBadResponse(call.provider, f"the stream was cut: {type(exc).__name__}: {exc}")
+                raise self.stats.count(cut) from exc
             finally:  # without the provider's usage (a cut stream), the answer's length estimates it
                 self._settle(call, reservation, prompt, completion if prompt or completion else text_len // 4 + 1)
 
@@ -280,10 +265,17 @@ class LLMPool:
                         )
                         break
                     except ProviderError as error:
-                        by_provider = (call.provider, type(error).__name__)
-                        self.stats.provider_errors[by_provider] = self.stats.provider_errors.get(by_provider, 0) + 1
-                        delay = self._retry_delay(error, attempt, settings.max_retries, deadline)
+                        self.stats.count(error)
+                        delay = self._retry_delay(error, attempt, settings.max_retries)
                         if delay is None:
+                            raise
+                        delay = max(delay, state.paused_until - time.monotonic())  # a provider-wide pause holds it too
+                        if anyio.current_time() + delay >= deadline:
+                            if isinstance(error, ProviderBusy) and error.asked:
+                                log.info(
+                                    "provider %s asks to wait %.3gs, beyond the %.3gs left: not retrying",
+                                    call.provider, delay, deadline - anyio.current_time(),
+                                )
                             raise
                         log.info(
                             "provider %s: %s; retry %d/%d in %.2fs", call.provider, error.detail, attempt + 1,
@@ -299,17 +291,16 @@ class LLMPool:
             if state.retired and not state.in_flight:
                 await state.close()
 
-    def _retry_delay(self, error: ProviderError, attempt: int, max_retries: int, deadline: float) -> float | None:
+    def _retry_delay(self, error: ProviderError, attempt: int, max_retries: int) -> float | None:
+        """The wait before retrying after ``error``: the provider's hint, else backoff; None: do not retry."""
         retryable = error.retryable
         if retryable is None:  # the provider gave no verdict: retry what is transient
             retryable = isinstance(error, (ProviderBusy, ProviderTimeout))
         if not retryable or attempt >= max_retries:
             return None
-        backoff = min(8.0, 0.5 * 2**attempt) * self._random.uniform(0.5, 1.0)
-        delay = error.retry_after if error.retry_after is not None else backoff
-        if anyio.current_time() + delay >= deadline:
-            return None
-        return delay
+        if error.retry_after is not None:
+            return error.retry_after
+        return min(8.0, 0.5 * 2**attempt) * self._random.uniform(0.5, 1.0)
 
     async def _attempt(
         self,
@@ -328,7 +319,9 @@ class LLMPool:
             pause = state.paused_until - time.monotonic()
             if pause > 0:
                 if anyio.current_time() + pause >= deadline:
-                    raise ProviderBusy(call.provider, "provider is rate limited", retry_after=pause)
+                    raise ProviderBusy(
+                        call.provider, "provider is rate limited", retry_after=pause, asked=state.pause_asked
+                    )
                 await anyio.sleep(pause)
             remaining = deadline - anyio.current_time()
             try:
@@ -350,7 +343,11 @@ class LLMPool:
                         state.transport.stream(body, timeout=remaining, retries_taken=retries_taken)
                     )
             except openai.OpenAIError as exc:
-                error = self._map_error(state, exc)
+                error = map_error(state.spec, exc, call.model)
+                if isinstance(exc, openai.APIStatusError):
+                    self._note_rate_headers(state, exc.response.headers)
+                    if exc.status_code == 429 and error.retry_after:
+                        state.pause(error.retry_after, asked=True)
                 if not _unhealthy(exc):
                     state.breaker.record_success()  # a 429 or 4xx: the provider is up and answering
                 elif state.breaker.record_failure():
@@ -364,45 +361,31 @@ class LLMPool:
         return answer
 
     def _note_rate_headers(self, state: _Provider, headers: Mapping[str, str]) -> None:
-        """Pause every bot on this provider when it says it is close to its rate limit."""
-        for kind in ("requests", "tokens"):
-            remaining = headers.get(f"x-ratelimit-remaining-{kind}")
-            limit = headers.get(f"x-ratelimit-limit-{kind}")
-            if remaining is None or limit is None:
+        """Pause every bot on this provider while it says a limit is (nearly) used up: until the
+        limit's reset when it names one, else for a doubling guess (:data:`SPENT_PAUSE`)."""
+        reset_wait = 0.0
+        for kind in KINDS:
+            left = rate_count(headers, "remaining", kind)
+            if left is None:
                 continue
-            try:  # near: fewer requests left than we already have in flight, or a small fraction
-                if int(remaining) > max(1.0, int(limit) * self._near_limit, state.in_flight):
-                    continue
-            except ValueError:
-                continue
-            reset = parse_duration(headers.get(f"x-ratelimit-reset-{kind}"))
+            limit = rate_count(headers, "limit", kind)
+            # near: nothing left, fewer left than we already have in flight, or a small fraction
+            near = left <= 0 or (limit is not None and left <= max(1.0, limit * self._near_limit, state.in_flight))
+            reset = parse_duration(headers.get(f"x-ratelimit-reset-{kind}")) if near else None
             if reset:
-                state.paused_until = max(state.paused_until, time.monotonic() + reset)
+                reset_wait = max(reset_wait, reset)
                 log.info("provider %s: near its %s limit, pausing new requests for %.2fs", state.spec.name, kind, reset)
-
-    def _map_error(self, state: _Provider, exc: openai.OpenAIError) -> ProviderError:
-        name = state.spec.name
-        if isinstance(exc, openai.APITimeoutError):
-            return ProviderTimeout(name, "request timed out")
-        if isinstance(exc, openai.APIConnectionError):
-            return ProviderUnavailable(name, f"cannot connect to {state.spec.base_url}")
-        if isinstance(exc, (openai.AuthenticationError, openai.PermissionDeniedError)):
-            log.error(
-                "provider %s refused the API key (HTTP %s); check %s", name, exc.status_code,
-                state.spec.settings.api_key_env or "its api_key_env",
-            )
-            return ProviderAuthError(name, f"API key refused (HTTP {exc.status_code})")
-        if not isinstance(exc, openai.APIStatusError):
-            return ProviderBadResponse(name, f"{type(exc).__name__}: {exc}")
-        headers = exc.response.headers
-        retry_after = retry_after_from(headers)
-        retryable = _SHOULD_RETRY.get(headers.get("x-should-retry", ""))  # the SDK obeys it too
-        if isinstance(exc, openai.RateLimitError):
-            if retry_after:
-                state.paused_until = max(state.paused_until, time.monotonic() + retry_after)
-            return ProviderBusy(name, "rate limited (429)", retry_after=retry_after, retryable=retryable)
-        if exc.status_code >= 500 or exc.status_code in (408, 409):  # server errors, request and lock timeouts
-            return ProviderBusy(
-                name, f"HTTP {exc.status_code} from the provider", retry_after=retry_after, retryable=retryable
-            )
-        return ProviderBadResponse(name, f"HTTP {exc.status_code}: {exc.message}", retryable=retryable)
+        if reset_wait:
+            state.pause(reset_wait, asked=True)
+        spent = used_up(headers)
+        if reset_wait or not spent or retry_after_from(headers) is not None:
+            state.spent_pauses = 0
+            return
+        initial, longest = SPENT_PAUSE
+        wait = min(longest, initial * 2**state.spent_pauses)
+        state.spent_pauses += 1
+        state.pause(wait, asked=False)
+        log.info(
+            "provider %s: no %s left and no reset time given; pausing new requests for %.3gs", state.spec.name,
+            " or ".join(spent), wait,
+        )

@@ -1,13 +1,14 @@
 """The chat-completions request of one provider: plain answers on a pooled aiohttp session.
 
 The provider's ``AsyncOpenAI`` client stays the source of truth: its base URL, API key and default
-headers are copied from it, answers are the SDK's ``ChatCompletion`` / ``ChatCompletionChunk`` types,
-and failures are the SDK's exception classes (HTTP errors are made by the client's own
-``_make_status_error_from_response``). Only the HTTP path is ours: the SDK's request building,
-httpx2 layers and lenient model construction cost 1.0-1.5 ms of CPU per call, which was most of an
-answer's budget; this path costs about 0.25 ms (``scripts/bench_pool``). Streamed answers still go
-through the SDK (see :meth:`ChatTransport.stream`). The SDK's per-call parameter transform is skipped
-on both paths: it walks every message of the history and changes nothing in a body of plain strings.
+headers are copied from it (a header its defaults leave out with ``openai.omit``, such as a keyless
+provider's ``Authorization``, is left out here too), answers are the SDK's ``ChatCompletion`` /
+``ChatCompletionChunk`` types, and failures are the SDK's public exception classes. Only the HTTP
+path is ours: the SDK's request building, httpx2 layers and lenient model construction cost 1.0-1.5 ms
+of CPU per call, which was most of an answer's budget; this path costs about 0.25 ms
+(``scripts/bench_pool``). Streamed answers go through the SDK's public API (see
+:meth:`ChatTransport.stream`). The SDK's per-call parameter transform is skipped on the plain path:
+it walks every message of the history and changes nothing in a body of plain strings.
 """
 
 from __future__ import annotations
@@ -27,6 +28,18 @@ import pydantic
 import yarl
 from aiohttp.helpers import get_env_proxy_for_url
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
+
+# The SDK's own status → class rule (400-429 by status, 5xx server errors, any other an APIStatusError).
+_STATUS_ERRORS: dict[int, type[openai.APIStatusError]] = {
+    400: openai.BadRequestError,
+    401: openai.AuthenticationError,
+    403: openai.PermissionDeniedError,
+    404: openai.NotFoundError,
+    409: openai.ConflictError,
+    422: openai.UnprocessableEntityError,
+    429: openai.RateLimitError,
+}
+
 
 @dataclass(frozen=True)
 class Completion:
@@ -50,16 +63,41 @@ def parse_completion(data: bytes) -> ChatCompletion:
         return ChatCompletion.construct(**json.loads(data))  # ValueError: broken JSON; TypeError: not an object
 
 
+def omitted_headers(client: openai.AsyncOpenAI) -> dict[str, openai.Omit]:
+    """The headers ``client``'s defaults leave out. The SDK wants such an omission repeated on each
+    call (``extra_headers``), or it refuses to send a request without ``Authorization``."""
+    return {name: value for name, value in client.default_headers.items() if isinstance(value, openai.Omit)}
+
+
+def status_error(response: httpx2.Response) -> openai.APIStatusError:
+    """The SDK's exception for an HTTP error answer: its class, message and ``body`` as the SDK makes them."""
+    message = f"Error code: {response.status_code}"
+    text = response.text.strip()
+    body: object = text
+    try:
+        body = json.loads(text)
+    except ValueError:
+        pass
+    if isinstance(body, dict):
+        body = body.get("error", body)
+        if isinstance(body, dict) and isinstance(body.get("message"), str) and body["message"]:
+            message += f" - {body['message']}"
+    status = response.status_code
+    error = _STATUS_ERRORS.get(status, openai.InternalServerError if status >= 500 else openai.APIStatusError)
+    return error(message, response=response, body=body)
+
+
 class ChatTransport:
     """``POST {base_url}/chat/completions`` for one provider, plain or streamed."""
 
     def __init__(self, client: openai.AsyncOpenAI) -> None:
         self._client = client
         self._url = str(client.base_url).rstrip("/") + "/chat/completions"
-        headers = {name: value for name, value in client.default_headers.items() if isinstance(value, str)}
-        headers.update(client.auth_headers)
-        headers["X-Stainless-Async"] = "async:asyncio"
-        self._headers = headers  # sent with every request (the SDK's own, with the API key)
+        self._omitted = omitted_headers(client)
+        headers = {**client.auth_headers, **client.default_headers}  # the SDK's order: defaults win
+        # sent with every request: the SDK's own, with the API key unless the client omits it
+        self._headers = {name: value for name, value in headers.items() if isinstance(value, str)}
+        self._headers["X-Stainless-Async"] = "async:asyncio"  # the client may be built outside the event loop
         self._session: aiohttp.ClientSession | None = None
 
     def _open(self) -> aiohttp.ClientSession:
@@ -99,19 +137,14 @@ class ChatTransport:
     ) -> AsyncIterator[CompletionStream]:
         """A streamed completion, through the SDK itself: its SSE decoder hands over every byte that
         arrived before a connection broke (aiohttp drops its buffered tail then), so a cut answer keeps
-        all its text. Streaming costs a Discord edit per second anyway; the SDK's overhead is minor here."""
-        options = {
-            "headers": {"X-Stainless-Raw-Response": "true", "X-Stainless-Retry-Count": str(retries_taken)},
-            "security": {"bearer_auth": True},
-            "timeout": timeout,
-        }
-        raw = await self._client.post(
-            "/chat/completions",
-            body={**body, "stream": True, "stream_options": {"include_usage": True}},
-            cast_to=ChatCompletion,
-            options=options,  # type: ignore[arg-type]
+        all its text. Streaming costs a Discord edit per second anyway; the SDK's overhead is minor here.
+        ``with_raw_response`` keeps the answer's headers, which carry the provider's rate-limit hints."""
+        raw = await self._client.chat.completions.with_raw_response.create(
+            **body,
             stream=True,
-            stream_cls=openai.AsyncStream[ChatCompletionChunk],
+            stream_options={"include_usage": True},
+            timeout=timeout,
+            extra_headers={**self._omitted, "X-Stainless-Retry-Count": str(retries_taken)},
         )
         chunks = raw.parse()
         try:
@@ -134,7 +167,7 @@ class ChatTransport:
     async def _read(self, response: aiohttp.ClientResponse) -> bytes:
         data = await response.read()
         if response.status >= 400:
-            raise self._client._make_status_error_from_response(self._httpx_response(response, data))
+            raise status_error(self._httpx_response(response, data))
         return data
 
     def _connection_error(self, exc: BaseException) -> openai.APIConnectionError:

@@ -22,7 +22,8 @@ Every :class:`Metrics` has its own registry: two apps in one process (tests) nev
                                                         outbound: provider answer read → Discord send, total: both
     orchestrator_provider_requests_total                requests sent to providers (retries included)
     orchestrator_provider_retries_total                 retries after 429 / 5xx / timeouts
-    orchestrator_provider_errors_total{provider,kind}   failed attempts: auth, busy, timeout, unavailable, bad_response
+    orchestrator_provider_errors_total{provider,kind}   failed attempts: auth, model_not_found, refused, busy, timeout,
+                                                        unavailable, bad_response
     orchestrator_quota_rejections_total{bot,scope,limit} requests refused by a quota or spend cap (scope: bot or user)
     orchestrator_tokens_total{bot,provider}             tokens used, as counted by the providers
     orchestrator_spend_usd_total{bot}                   USD spent (provider-reported usage × bots.yaml prices)

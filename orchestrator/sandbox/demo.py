@@ -76,9 +76,7 @@ async def run_demo(config_path: str, messages: Sequence[str] | None, provider_ur
 def _point_providers(config: Config, sandbox_url: str, provider_url: str | None) -> Config:
     key = os.environ.get("DEMO_API_KEY", "") if provider_url else SANDBOX_KEY
     providers = {
-        name: dataclasses.replace(
-            spec, base_url=provider_url or sandbox_url, api_key=type(spec.api_key)(key or "unused")
-        )
+        name: dataclasses.replace(spec, base_url=provider_url or sandbox_url, api_key=type(spec.api_key)(key))
         for name, spec in config.providers.items()
     }
     return dataclasses.replace(config, providers=providers)

@@ -61,6 +61,8 @@ class Fault:
     ``delay`` sleeps before answering; ``cut_stream_after`` sends that many content chunks of a
     stream and then closes the connection without ``[DONE]`` (a non-stream request gets its
     connection closed before any answer); ``malformed`` answers 200 with a body that is not JSON.
+    ``message`` replaces the message of OpenAI's error JSON (with ``status``); ``text`` replaces the
+    whole answer's body (sent as ``text/html``, as a proxy's error page is).
     """
 
     status: int | None = None
@@ -69,6 +71,8 @@ class Fault:
     delay: float = 0.0
     cut_stream_after: int | None = None
     malformed: bool = False
+    message: str | None = None
+    text: str | None = None
 
     @classmethod
     def rate_limited(cls, retry_after: float | None = 0.05) -> Fault:
@@ -89,6 +93,21 @@ class Fault:
     def cut(cls, after: int = 1) -> Fault:
         """A stream dropped after ``after`` content chunks."""
         return cls(cut_stream_after=after)
+
+    @classmethod
+    def model_not_found(cls) -> Fault:
+        """A 404 ``model_not_found`` naming the requested model, as OpenAI sends it."""
+        return cls(status=404)
+
+    @classmethod
+    def bad_request(cls, message: str, status: int = 400) -> Fault:
+        """An error in OpenAI's JSON shape with the provider's own ``message``."""
+        return cls(status=status, message=message)
+
+    @classmethod
+    def error_page(cls, text: str, status: int = 400) -> Fault:
+        """An error whose body is not JSON (a proxy's HTML page, a plain-text message)."""
+        return cls(status=status, text=text)
 
     @classmethod
     def malformed_json(cls) -> Fault:
@@ -118,12 +137,13 @@ class OpenAISandbox:
     answer then carries ``x-ratelimit-limit|remaining|reset-requests`` (reset: until the window is
     empty, e.g. ``59.98s``). Chat requests are checked in this order:
     API key (401), body (400), model (404), rate limit (429), then the next injected fault.
+    ``api_keys=None`` serves without keys, as local model servers do (any ``Authorization`` or none).
     """
 
     def __init__(
         self,
         *,
-        api_keys: Iterable[str] = ("sk-sandbox",),
+        api_keys: Iterable[str] | None = ("sk-sandbox",),
         models: Iterable[str] = ("gpt-4o-mini", "sandbox-small"),
         latency: float = 0.0,
         first_token_delay: float = 0.0,
@@ -132,7 +152,7 @@ class OpenAISandbox:
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
-        self.api_keys = set(api_keys)
+        self.api_keys = None if api_keys is None else set(api_keys)
         self.models = list(models)
         self.latency = latency
         self.first_token_delay = first_token_delay
@@ -216,9 +236,12 @@ class OpenAISandbox:
         async with self._arrived:
             self._arrived.notify_all()
 
+    def _key_accepted(self, request: web.Request) -> bool:
+        return self.api_keys is None or _bearer(request) in self.api_keys
+
     async def _models(self, request: web.Request) -> web.Response:
         model_id = request.match_info.get("id")
-        if _bearer(request) not in self.api_keys:
+        if not self._key_accepted(request):
             response = _error(401)
         elif model_id is None:
             response = _json({"object": "list", "data": [_model(m) for m in self.models]})
@@ -245,7 +268,7 @@ class OpenAISandbox:
         fault = Fault()
         headers: dict[str, str] = {}
         status = 200
-        if _bearer(request) not in self.api_keys:
+        if not self._key_accepted(request):
             status = 401
         elif not isinstance(body, dict) or not isinstance(body.get("messages"), list):
             status = 400
@@ -265,8 +288,10 @@ class OpenAISandbox:
         if status == 0:
             _drop(request)
             return web.Response()
+        if fault.text is not None:
+            return web.Response(status=status, text=fault.text, content_type="text/html", headers=headers)
         if status != 200:
-            return _error(status, headers, model=body.get("model"))
+            return _error(status, headers, model=body.get("model"), message=fault.message)
         if body.get("stream"):
             return await self._stream(request, body, text, fault, headers)
         if fault.malformed:
@@ -397,11 +422,14 @@ def _json(payload: object, headers: Mapping[str, str] | None = None, status: int
     return web.Response(status=status, body=json.dumps(payload).encode(), headers=headers)
 
 
-def _error(status: int, headers: Mapping[str, str] | None = None, *, model: object = None) -> web.Response:
-    """OpenAI's error JSON shape for ``status``."""
+def _error(
+    status: int, headers: Mapping[str, str] | None = None, *, model: object = None, message: str | None = None
+) -> web.Response:
+    """OpenAI's error JSON shape for ``status`` (``message`` replaces the usual one)."""
     kind = "server_error" if status >= 500 else "invalid_request_error"
-    message, kind, code = _ERRORS.get(status, (f"Sandbox error {status}.", kind, None))
-    error = {"message": message.format(model=model), "type": kind, "param": None, "code": code}
+    usual, kind, code = _ERRORS.get(status, (f"Sandbox error {status}.", kind, None))
+    text = usual.format(model=model) if message is None else message
+    error = {"message": text, "type": kind, "param": None, "code": code}
     return _json({"error": error}, headers, status)
 
 
