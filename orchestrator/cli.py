@@ -172,13 +172,30 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0 if code == 200 and not failed else 1
 
 
+def _add_global_options(parser: argparse.ArgumentParser, **defaults: str) -> None:
+    """``--log-level`` and ``--log-format``: with ``defaults`` on the main parser; without (suppressed)
+    on each command's, so a value given before the command is not reset by the command's default."""
+    parser.add_argument(
+        "--log-level", default=defaults.get("log_level", argparse.SUPPRESS),
+        help="DEBUG, INFO, WARNING or ERROR (default INFO)",
+    )
+    parser.add_argument(
+        "--log-format", choices=("text", "json"), default=defaults.get("log_format", argparse.SUPPRESS),
+        help="text or json, one object per line (default text)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="orchestrator", description="Run many LLM persona bots on Discord.")
-    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
-    parser.add_argument("--log-format", choices=("text", "json"), default="text")
+    _add_global_options(parser, log_level="INFO", log_format="text")
+    global_options = argparse.ArgumentParser(add_help=False)
+    _add_global_options(global_options)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="run every bot of bots.yaml until SIGINT/SIGTERM")
+    def add_command(name: str, **kwargs: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[global_options], **kwargs)
+
+    run = add_command("run", help="run every bot of bots.yaml until SIGINT/SIGTERM")
     run.add_argument("config", nargs="?", default=DEFAULT_CONFIG)
     run.add_argument("--no-watch", action="store_true", help="do not reload bots.yaml when it changes")
     run.add_argument(
@@ -188,27 +205,27 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--health-host", default="127.0.0.1", help="address for --health-port (default 127.0.0.1)")
     run.set_defaults(func=cmd_run)
 
-    check = sub.add_parser("check", help="validate bots.yaml and the environment without connecting")
+    check = add_command("check", help="validate bots.yaml and the environment without connecting")
     check.add_argument("config", nargs="?", default=DEFAULT_CONFIG)
     check.set_defaults(func=cmd_check)
 
-    models = sub.add_parser("models", help="list each provider's models")
+    models = add_command("models", help="list each provider's models")
     models.add_argument("config", nargs="?", default=DEFAULT_CONFIG)
     models.add_argument("--provider", help="only this provider")
     models.set_defaults(func=cmd_models)
 
-    usage = sub.add_parser("usage", help="today's token usage per bot and its top users")
+    usage = add_command("usage", help="today's token usage per bot and its top users")
     usage.add_argument("config", nargs="?", default=DEFAULT_CONFIG)
     usage.add_argument("--top", type=int, default=5, help="how many users to list per bot (default 5)")
     usage.set_defaults(func=cmd_usage)
 
-    status = sub.add_parser("status", help="each bot's state, uptime, restarts and usage, from a running orchestrator")
+    status = add_command("status", help="each bot's state, uptime, restarts and usage, from a running orchestrator")
     where = status.add_mutually_exclusive_group(required=True)
     where.add_argument("--health-port", type=int, metavar="PORT", help="the --health-port of the running orchestrator")
     where.add_argument("--url", help="its /healthz URL, e.g. http://127.0.0.1:8080/healthz")
     status.set_defaults(func=cmd_status)
 
-    demo = sub.add_parser("demo", help="run the bots against the bundled loopback Discord and OpenAI servers")
+    demo = add_command("demo", help="run the bots against the bundled loopback Discord and OpenAI servers")
     demo.add_argument("config", nargs="?", default=DEFAULT_CONFIG)
     demo.add_argument("-m", "--message", action="append", help="post this message (repeatable); default: stdin")
     demo.add_argument("--provider-url", help="use this OpenAI-compatible server for the model (key: DEMO_API_KEY)")

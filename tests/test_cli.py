@@ -158,3 +158,21 @@ async def test_usage_command_shows_todays_tokens_per_bot_and_user(world: World) 
     assert used > 0 and "% of 100000" in sage_line
     assert any(line.split() == ["user", str(world.discord.default_user_id), str(used)] for line in result.stdout.splitlines())
     assert any(line.strip().startswith("hafez") and line.split()[1] == "0" for line in result.stdout.splitlines())
+
+
+def test_global_options_are_accepted_on_either_side_of_the_command() -> None:
+    from orchestrator.cli import build_parser
+
+    parser = build_parser()
+    after = parser.parse_args(["run", "bots.yaml", "--log-format", "json", "--log-level", "DEBUG"])
+    before = parser.parse_args(["--log-format", "json", "--log-level", "DEBUG", "run", "bots.yaml"])
+    neither = parser.parse_args(["check"])
+    assert (after.log_format, after.log_level, after.config) == ("json", "DEBUG", "bots.yaml")
+    assert (before.log_format, before.log_level) == ("json", "DEBUG"), "the command's defaults do not clobber them"
+    assert (neither.log_format, neither.log_level) == ("text", "INFO")
+
+
+def test_a_global_option_after_the_command_is_accepted_by_the_real_cli(tmp_path: Path) -> None:
+    result = orchestrator("check", str(tmp_path / "missing.yaml"), "--log-format", "json", env=base_env())
+    assert "unrecognized arguments" not in result.stderr
+    assert result.returncode == 2 and "missing.yaml" in result.stderr
