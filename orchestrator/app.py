@@ -34,7 +34,7 @@ from .memory import SQLiteStore
 from .ops.metrics import Metrics
 from .ops.logs import install_log_redaction, redactor
 from .ops.sentry import flush_sentry, init_sentry, set_bot_tag_source
-from .discord_io.client import configure_discord
+from .discord_io.client import configure_discord, install_reconnect_log_filter
 from .runtime.services import RuntimeOptions, Services
 from .runtime.supervisor import BotState, Supervisor
 
@@ -107,6 +107,7 @@ class App:
         if init_sentry(dsn, transport=self.sentry_transport):
             set_bot_tag_source(self._bot_tags)
         configure_discord(config.discord)
+        install_reconnect_log_filter()
         store = SQLiteStore(config.database)
         try:
             async with LLMPool(config.providers, QuotaBook(store)) as pool:

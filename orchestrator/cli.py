@@ -164,6 +164,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"cannot read {url}: {exc}", file=sys.stderr)
         return 2
     print(f"{url}: {report.get('status', code)}")
+    if report.get("reason"):
+        print(f"reason: {report['reason']}")
     for line in format_status(report):
         print(line)
     if report.get("last_reload_error"):

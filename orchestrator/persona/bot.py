@@ -27,7 +27,7 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from ..config import BotSpec
 from ..discord_io import gateway_filter, internals
-from ..discord_io.client import build_client, typing_sender
+from ..discord_io.client import DiscordUnreachable, build_client, network_failure, typing_sender
 from ..discord_io.delivery import Delivery, retry_server_errors
 from ..discord_io.streaming import EditBudgets, StreamingReply
 from ..discord_io.text import clean_user_text, neutralize_mentions, split_message
@@ -146,7 +146,8 @@ class PersonaBot:
                     "portal (Bot → Privileged Gateway Intents), then restart."
                 )
             except Exception as exc:  # noqa: BLE001 - any crash is the supervisor's to handle
-                self._failure = exc
+                cause = network_failure(exc)
+                self._failure = exc if cause is None else DiscordUnreachable(cause)
         tg.cancel_scope.cancel()
 
     def _build_client(self) -> discord.Client:
