@@ -6,7 +6,7 @@
     └── task group
         ├── HealthServer.serve     /healthz and /metrics on 127.0.0.1 (when a health port is set)
         ├── Supervisor.run         every bot (see supervisor.py)
-        ├── signal handler         SIGINT/SIGTERM → graceful stop, SIGHUP → reload
+        ├── signal handler         SIGINT/SIGTERM → graceful stop (a second one: stop now), SIGHUP → reload
         ├── config watcher         bots.yaml / .env saved → reload
         ├── start-up GC freeze     once every bot has started
         └── retention pruning      old conversation turns, in the background
@@ -88,7 +88,9 @@ class App:
         self.metrics = Metrics()
         self.metrics.source = self
         self.last_reload_error: str | None = None
+        self.exit_code = 0  # 128 + the signal's number when a second signal cut the graceful stop short
         self._reload_lock = anyio.Lock()
+        self._scope: anyio.CancelScope | None = None
 
     @property
     def health_port_bound(self) -> int | None:
@@ -115,6 +117,7 @@ class App:
                 services = Services(pool, store, self.options, metrics=self.metrics)
                 self.supervisor = supervisor = Supervisor(config, services)
                 async with anyio.create_task_group() as tg:
+                    self._scope = tg.cancel_scope
                     port = self.health_port if self.health_port is not None else config.health_port
                     if port is not None:
                         self.health = HealthServer(self, port, self.health_host)
@@ -182,8 +185,14 @@ class App:
                     log.info("SIGHUP: reloading %s", self.config.path)
                     await self.reload()
                 elif self.supervisor is not None and self.supervisor.stop_requested:
-                    log.warning("second stop signal: stopping now")
-                    raise SystemExit(1)
+                    log.warning(
+                        "second signal: stopping now (%s), without finishing the answers in flight",
+                        signal.Signals(signum).name,
+                    )
+                    self.exit_code = 128 + signum
+                    assert self._scope is not None
+                    self._scope.cancel()  # every task, bots included, ends through its own cleanup
+                    return
                 else:
                     log.info("%s: finishing answers in flight, then stopping", signal.Signals(signum).name)
                     self.request_stop()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 import urllib.error
 import urllib.request
@@ -45,7 +46,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     except* HealthPortError as group:
         log.error("%s", group.exceptions[0].strerror)
         status = 1
-    return status
+    except* KeyboardInterrupt:  # Ctrl-C before the signal handler is installed, or after it is gone
+        log.warning("interrupted: stopping now")
+        status = 128 + signal.SIGINT
+    return status or app.exit_code
 
 
 def cmd_check(args: argparse.Namespace) -> int:

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import anyio
+import pytest
 
 from orchestrator.memory import ConversationKey, SQLiteStore
 
@@ -176,3 +177,23 @@ def test_a_global_option_after_the_command_is_accepted_by_the_real_cli(tmp_path:
     result = orchestrator("check", str(tmp_path / "missing.yaml"), "--log-format", "json", env=base_env())
     assert "unrecognized arguments" not in result.stderr
     assert result.returncode == 2 and "missing.yaml" in result.stderr
+
+
+def test_ctrl_c_before_the_signal_handler_is_installed_exits_130_quietly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from orchestrator import cli
+
+    (tmp_path / "bots.yaml").write_text(
+        "providers: {local: {base_url: 'http://127.0.0.1:9/v1'}}\n"
+        "defaults: {provider: local, model: m}\n"
+        "bots: [{name: sage, token_env: TOKEN_SAGE, persona: You are Sage.}]\n"
+    )
+    monkeypatch.setenv("TOKEN_SAGE", token_for("sage"))
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt  # what Python raises for SIGINT while no handler of ours is installed
+
+    monkeypatch.setattr(cli.anyio, "run", interrupted)
+    args = cli.build_parser().parse_args(["run", str(tmp_path / "bots.yaml"), "--no-watch"])
+    assert cli.cmd_run(args) == 130

@@ -17,6 +17,7 @@ from pathlib import Path
 import aiohttp
 import anyio
 import pytest
+from anyio.abc import Process
 
 from orchestrator.persona import bot as persona_bot
 from orchestrator.app import App
@@ -508,3 +509,37 @@ async def test_unexpected_error_in_a_handler_apologises_once_and_keeps_serving(
     logged = [r for r in caplog.records if "unexpected error while handling" in r.getMessage()]
     assert len(logged) == 1 and "an unexpected bug" in (logged[0].exc_text or str(logged[0].exc_info))
     assert [r["bot"] for r in reports] == ["sage"]
+
+
+async def test_a_second_sigint_while_draining_stops_at_once_and_quietly(world: World) -> None:
+    world.write([{"name": "sage"}])
+    world.openai.latency = 8.0  # shorter than the drain timeout (10 s): a graceful stop would deliver it
+    stderr = ""
+
+    async def read_until(process: Process, marker: str) -> None:
+        nonlocal stderr
+        assert process.stderr is not None
+        with anyio.fail_after(30):
+            async for chunk in process.stderr:
+                stderr += chunk.decode(errors="replace")
+                if marker in stderr:
+                    return
+        assert marker == "", f"no {marker!r} in {stderr}"  # the end of the output was what we waited for
+
+    async with await anyio.open_process(
+        [sys.executable, "-m", "orchestrator", "run", str(world.path), "--no-watch"],
+        cwd=ROOT, env=base_env() | world.env(),
+    ) as process:
+        await read_until(process, "bot sage is online")
+        slow = await world.discord.post("!chat a slow question")
+        await world.openai.wait_for_requests(1)
+        process.send_signal(signal.SIGINT)
+        await read_until(process, "SIGINT: finishing answers in flight")
+        process.send_signal(signal.SIGINT)
+        await read_until(process, "")
+        with anyio.fail_after(30):
+            code = await process.wait()
+    assert code == 130, stderr
+    assert "second signal: stopping now" in stderr
+    assert "Traceback" not in stderr
+    assert not [m for m in world.discord.sent if m.reference_id == int(slow["id"])], "it did not wait for the answer"
