@@ -5,6 +5,7 @@
     ├── SQLiteStore        memory + usage
     └── task group
         ├── HealthServer.serve     /healthz and /metrics on 127.0.0.1 (when a health port is set)
+        ├── QuotaBook.follow_days  each UTC day's token usage, read in a worker thread
         ├── Supervisor.run         every bot (see supervisor.py)
         ├── signal handler         SIGINT/SIGTERM → graceful stop (a second one: stop now), SIGHUP → reload
         ├── config watcher         bots.yaml / .env saved → reload
@@ -122,6 +123,7 @@ class App:
                     if port is not None:
                         self.health = HealthServer(self, port, self.health_host)
                         await tg.start(self.health.serve)
+                    await tg.start(pool.quotas.follow_days)  # today's token usage, before any bot answers
                     await tg.start(self._supervise, supervisor, tg.cancel_scope)
                     if self.handle_signals:
                         tg.start_soon(self._handle_signals)
