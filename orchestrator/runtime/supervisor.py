@@ -247,12 +247,13 @@ class Supervisor:
         """Bring the running bots in line with ``config``; returns what changed, by kind.
 
         Bots that are down (failed, unreachable) start again even when their settings did not
-        change: a reload is how an operator says the cause is fixed. A changed ``discord:`` section
-        restarts every bot, because discord.py's URLs are process-wide."""
+        change: a reload is how an operator says the cause is fixed. Changed Discord URLs restart every
+        bot, because discord.py's URLs are process-wide."""
         old = self.config
         self.config = config
         await self.services.pool.update_providers(config.providers)
-        discord_changed = old.discord != config.discord
+        urls = (config.discord.api_url, config.discord.gateway_url)
+        discord_changed = urls != (old.discord.api_url, old.discord.gateway_url)
         added = [name for name in config.bots if name not in self.children]
         removed = [name for name in self.children if name not in config.bots]
         restarted, updated = [], []
@@ -277,7 +278,7 @@ class Supervisor:
             del self.children[name]
         if discord_changed:  # every old client is closed by now
             configure_discord(config.discord)
-            log.warning("the 'discord' section changed: every bot reconnects to %s", config.discord.api_url)
+            log.warning("the Discord URLs changed: every bot reconnects to %s", config.discord.api_url)
         for name in added + restarted:
             self._start_child(config.bots[name])
         self._notify()
