@@ -23,11 +23,11 @@ import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
 from ..config import BotSpec, Config, RestartSettings
+from ..discord_io.client import DiscordUnreachable, configure_discord
 from ..errors import BotFatalError
 from ..ops.logs import current_bot
-from ..discord_io.client import configure_discord
 from ..ops.sentry import report_exception
-from ..persona.bot import DiscordUnreachable, PersonaBot
+from ..persona.bot import PersonaBot
 from .mailbox import Mailbox
 from .services import BotCounters, Services
 
