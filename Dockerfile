@@ -25,7 +25,7 @@ RUN pip install . \
 USER orchestrator
 WORKDIR /data
 
-# /healthz answers 200 while the supervisor runs, 503 while it stops; no curl needed.
+# /healthz answers 200 while a bot is online, 503 while none is (failed, or Discord unreachable) or it stops; no curl needed.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=4)"]
 

@@ -5,8 +5,9 @@
     ├── SQLiteStore        memory + usage
     └── task group
         ├── HealthServer.serve     /healthz and /metrics on 127.0.0.1 (when a health port is set)
+        ├── QuotaBook.follow_days  each UTC day's token usage, read in a worker thread
         ├── Supervisor.run         every bot (see supervisor.py)
-        ├── signal handler         SIGINT/SIGTERM → graceful stop, SIGHUP → reload
+        ├── signal handler         SIGINT/SIGTERM → graceful stop (a second one: stop now), SIGHUP → reload
         ├── config watcher         bots.yaml / .env saved → reload
         ├── start-up GC freeze     once every bot has started
         └── retention pruning      old conversation turns, in the background
@@ -35,7 +36,7 @@ from .memory import SQLiteStore
 from .ops.metrics import Metrics
 from .ops.logs import install_log_redaction, redactor
 from .ops.sentry import flush_sentry, init_sentry, set_bot_tag_source
-from .discord_io.client import configure_discord
+from .discord_io.client import configure_discord, install_reconnect_log_filter
 from .runtime.services import RuntimeOptions, Services
 from .runtime.supervisor import BotState, Supervisor
 
@@ -89,7 +90,9 @@ class App:
         self.metrics = Metrics()
         self.metrics.source = self
         self.last_reload_error: str | None = None
+        self.exit_code = 0  # 128 + the signal's number when a second signal cut the graceful stop short
         self._reload_lock = anyio.Lock()
+        self._scope: anyio.CancelScope | None = None
 
     @property
     def health_port_bound(self) -> int | None:
@@ -108,6 +111,7 @@ class App:
         if init_sentry(dsn, transport=self.sentry_transport):
             set_bot_tag_source(self._bot_tags)
         configure_discord(config.discord)
+        install_reconnect_log_filter()
         store = SQLiteStore(config.database)
         try:
             async with LLMPool(config.providers, QuotaBook(store), SpendBook(store)) as pool:
@@ -115,11 +119,13 @@ class App:
                 services = Services(pool, store, self.options, metrics=self.metrics)
                 self.supervisor = supervisor = Supervisor(config, services)
                 async with anyio.create_task_group() as tg:
+                    self._scope = tg.cancel_scope
                     port = self.health_port if self.health_port is not None else config.health_port
                     if port is not None:
                         self.health = HealthServer(self, port, self.health_host)
                         await tg.start(self.health.serve)
                     log.info("%s", self._start_up_line())
+                    await tg.start(pool.quotas.follow_days)  # today's token usage, before any bot answers
                     await tg.start(self._supervise, supervisor, tg.cancel_scope)
                     if self.handle_signals:
                         tg.start_soon(self._handle_signals)
@@ -189,8 +195,14 @@ class App:
                     log.info("SIGHUP: reloading %s", self.config.path)
                     await self.reload()
                 elif self.supervisor is not None and self.supervisor.stop_requested:
-                    log.warning("second stop signal: stopping now")
-                    raise SystemExit(1)
+                    log.warning(
+                        "second signal: stopping now (%s), without finishing the answers in flight",
+                        signal.Signals(signum).name,
+                    )
+                    self.exit_code = 128 + signum
+                    assert self._scope is not None
+                    self._scope.cancel()  # every task, bots included, ends through its own cleanup
+                    return
                 else:
                     log.info("%s: finishing answers in flight, then stopping", signal.Signals(signum).name)
                     self.request_stop()

@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sqlite3
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -52,7 +53,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     except* HealthPortError as group:
         log.error("%s", group.exceptions[0].strerror)
         status = 1
-    return status
+    except* KeyboardInterrupt:  # Ctrl-C before the signal handler is installed, or after it is gone
+        log.warning("interrupted: stopping now")
+        status = 128 + signal.SIGINT
+    return status or app.exit_code
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -191,6 +195,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"cannot read {url}: {exc}", file=sys.stderr)
         return 2
     print(f"{url}: {report.get('status', code)}")
+    if report.get("reason"):
+        print(f"reason: {report['reason']}")
     for line in format_status(report):
         print(line)
     if report.get("last_reload_error"):
@@ -254,8 +260,8 @@ def cmd_invite(args: argparse.Namespace) -> int:
     return status
 
 
-def _add_invite(sub: argparse._SubParsersAction) -> None:
-    invite = sub.add_parser("invite", help="print each bot's invite URL with the permissions it needs")
+def _add_invite(add_command: Callable[..., argparse.ArgumentParser]) -> None:
+    invite = add_command("invite", help="print each bot's invite URL with the permissions it needs")
     invite.add_argument("config", nargs="?", default=DEFAULT_CONFIG)
     invite.add_argument(
         "--online", action="store_true", help="ask Discord for each application id (also checks the tokens)"
@@ -350,20 +356,20 @@ def _discord_id(text: str) -> int:
     return int(text)
 
 
-def _add_memory(sub: argparse._SubParsersAction) -> None:
-    memory = sub.add_parser("memory", help="back up the database; export or forget one user's data")
+def _add_memory(add_command: Callable[..., argparse.ArgumentParser], global_options: argparse.ArgumentParser) -> None:
+    memory = add_command("memory", help="back up the database; export or forget one user's data")
     commands = memory.add_subparsers(dest="memory_command", required=True)
-    backup = commands.add_parser("backup", help="a consistent copy of the database, safe while `run` runs")
+    backup = commands.add_parser("backup", parents=[global_options], help="a consistent copy of the database, safe while `run` runs")
     backup.add_argument("file", help="where to write the copy")
     backup.add_argument("config", nargs="?", default=DEFAULT_CONFIG)
     backup.add_argument("--force", action="store_true", help="replace FILE if it exists")
     backup.set_defaults(func=cmd_memory_backup)
-    forget = commands.add_parser("forget", help="delete one user's turns and usage; prints the counts")
+    forget = commands.add_parser("forget", parents=[global_options], help="delete one user's turns and usage; prints the counts")
     forget.add_argument("--user", type=_discord_id, required=True, metavar="ID", help="the user's Discord id")
     forget.add_argument("--bot", metavar="NAME", help="only their data with this bot")
     forget.add_argument("config", nargs="?", default=DEFAULT_CONFIG)
     forget.set_defaults(func=cmd_memory_forget)
-    export = commands.add_parser("export", help="one user's turns and usage as JSON on stdout")
+    export = commands.add_parser("export", parents=[global_options], help="one user's turns and usage as JSON on stdout")
     export.add_argument("--user", type=_discord_id, required=True, metavar="ID", help="the user's Discord id")
     export.add_argument("config", nargs="?", default=DEFAULT_CONFIG)
     export.set_defaults(func=cmd_memory_export)
@@ -379,13 +385,31 @@ def _positive_int(text: str) -> int:
     return value
 
 
+
+def _add_global_options(parser: argparse.ArgumentParser, **defaults: str) -> None:
+    """``--log-level`` and ``--log-format``: with ``defaults`` on the main parser; without (suppressed)
+    on each command's, so a value given before the command is not reset by the command's default."""
+    parser.add_argument(
+        "--log-level", default=defaults.get("log_level", argparse.SUPPRESS),
+        help="DEBUG, INFO, WARNING or ERROR (default INFO)",
+    )
+    parser.add_argument(
+        "--log-format", choices=("text", "json"), default=defaults.get("log_format", argparse.SUPPRESS),
+        help="text or json, one object per line (default text)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="orchestrator", description="Run many LLM persona bots on Discord.")
-    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
-    parser.add_argument("--log-format", choices=("text", "json"), default="text")
+    _add_global_options(parser, log_level="INFO", log_format="text")
+    global_options = argparse.ArgumentParser(add_help=False)
+    _add_global_options(global_options)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="run every bot of bots.yaml until SIGINT/SIGTERM")
+    def add_command(name: str, **kwargs: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[global_options], **kwargs)
+
+    run = add_command("run", help="run every bot of bots.yaml until SIGINT/SIGTERM")
     run.add_argument("config", nargs="?", default=DEFAULT_CONFIG)
     run.add_argument("--no-watch", action="store_true", help="do not reload bots.yaml when it changes")
     run.add_argument(
@@ -395,16 +419,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--health-host", default="127.0.0.1", help="address for --health-port (default 127.0.0.1)")
     run.set_defaults(func=cmd_run)
 
-    check = sub.add_parser("check", help="validate bots.yaml and the environment without connecting")
+    check = add_command("check", help="validate bots.yaml and the environment without connecting")
     check.add_argument("config", nargs="?", default=DEFAULT_CONFIG)
     check.set_defaults(func=cmd_check)
 
-    models = sub.add_parser("models", help="list each provider's models")
+    models = add_command("models", help="list each provider's models")
     models.add_argument("config", nargs="?", default=DEFAULT_CONFIG)
     models.add_argument("--provider", help="only this provider")
     models.set_defaults(func=cmd_models)
 
-    usage = sub.add_parser("usage", help="today's tokens and spend per bot and its top users")
+    usage = add_command("usage", help="tokens and spend per bot and its top users, per UTC day")
     usage.add_argument("config", nargs="?", default=DEFAULT_CONFIG)
     usage.add_argument("--top", type=int, default=5, help="how many users to list per bot (default 5)")
     usage.add_argument(
@@ -412,20 +436,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     usage.set_defaults(func=cmd_usage)
 
-    status = sub.add_parser("status", help="each bot's state, uptime, restarts and usage, from a running orchestrator")
+    status = add_command("status", help="each bot's state, uptime, restarts and usage, from a running orchestrator")
     where = status.add_mutually_exclusive_group(required=True)
     where.add_argument("--health-port", type=int, metavar="PORT", help="the --health-port of the running orchestrator")
     where.add_argument("--url", help="its /healthz URL, e.g. http://127.0.0.1:8080/healthz")
     status.set_defaults(func=cmd_status)
 
-    demo = sub.add_parser("demo", help="run the bots against the bundled loopback Discord and OpenAI servers")
+    demo = add_command("demo", help="run the bots against the bundled loopback Discord and OpenAI servers")
     demo.add_argument("config", nargs="?", default=DEFAULT_CONFIG)
     demo.add_argument("-m", "--message", action="append", help="post this message (repeatable); default: stdin")
     demo.add_argument("--provider-url", help="use this OpenAI-compatible server for the model (key: DEMO_API_KEY)")
     demo.set_defaults(func=cmd_demo)
 
-    _add_invite(sub)
-    _add_memory(sub)
+    _add_invite(add_command)
+    _add_memory(add_command, global_options)
     return parser
 
 

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import anyio
+import pytest
 
 from orchestrator.memory import ConversationKey, SQLiteStore
 
@@ -192,3 +193,41 @@ async def test_usage_command_shows_todays_tokens_per_bot_and_user(world: World) 
     assert used > 0 and "% of 100000" in sage_line
     assert any(line.split() == ["user", str(world.discord.default_user_id), str(used)] for line in result.stdout.splitlines())
     assert any(line.strip().startswith("hafez") and line.split()[1] == "0" for line in result.stdout.splitlines())
+
+
+def test_global_options_are_accepted_on_either_side_of_the_command() -> None:
+    from orchestrator.cli import build_parser
+
+    parser = build_parser()
+    after = parser.parse_args(["run", "bots.yaml", "--log-format", "json", "--log-level", "DEBUG"])
+    before = parser.parse_args(["--log-format", "json", "--log-level", "DEBUG", "run", "bots.yaml"])
+    neither = parser.parse_args(["check"])
+    assert (after.log_format, after.log_level, after.config) == ("json", "DEBUG", "bots.yaml")
+    assert (before.log_format, before.log_level) == ("json", "DEBUG"), "the command's defaults do not clobber them"
+    assert (neither.log_format, neither.log_level) == ("text", "INFO")
+
+
+def test_a_global_option_after_the_command_is_accepted_by_the_real_cli(tmp_path: Path) -> None:
+    result = orchestrator("check", str(tmp_path / "missing.yaml"), "--log-format", "json", env=base_env())
+    assert "unrecognized arguments" not in result.stderr
+    assert result.returncode == 2 and "missing.yaml" in result.stderr
+
+
+def test_ctrl_c_before_the_signal_handler_is_installed_exits_130_quietly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from orchestrator import cli
+
+    (tmp_path / "bots.yaml").write_text(
+        "providers: {local: {base_url: 'http://127.0.0.1:9/v1'}}\n"
+        "defaults: {provider: local, model: m}\n"
+        "bots: [{name: sage, token_env: TOKEN_SAGE, persona: You are Sage.}]\n"
+    )
+    monkeypatch.setenv("TOKEN_SAGE", token_for("sage"))
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt  # what Python raises for SIGINT while no handler of ours is installed
+
+    monkeypatch.setattr(cli.anyio, "run", interrupted)
+    args = cli.build_parser().parse_args(["run", str(tmp_path / "bots.yaml"), "--no-watch"])
+    assert cli.cmd_run(args) == 130

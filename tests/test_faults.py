@@ -7,6 +7,7 @@ Every test here is marked ``fault`` (counted in the reliability line of the test
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import sqlite3
@@ -17,6 +18,7 @@ from pathlib import Path
 import aiohttp
 import anyio
 import pytest
+from anyio.abc import Process
 
 from orchestrator.persona import bot as persona_bot
 from orchestrator.app import App
@@ -508,3 +510,78 @@ async def test_unexpected_error_in_a_handler_apologises_once_and_keeps_serving(
     logged = [r for r in caplog.records if "unexpected error while handling" in r.getMessage()]
     assert len(logged) == 1 and "an unexpected bug" in (logged[0].exc_text or str(logged[0].exc_info))
     assert [r["bot"] for r in reports] == ["sage"]
+
+
+async def test_a_second_sigint_while_draining_stops_at_once_and_quietly(world: World) -> None:
+    world.write([{"name": "sage"}])
+    world.openai.latency = 8.0  # shorter than the drain timeout (10 s): a graceful stop would deliver it
+    stderr = ""
+
+    async def read_until(process: Process, marker: str) -> None:
+        nonlocal stderr
+        assert process.stderr is not None
+        with anyio.fail_after(30):
+            async for chunk in process.stderr:
+                stderr += chunk.decode(errors="replace")
+                if marker in stderr:
+                    return
+        assert marker == "", f"no {marker!r} in {stderr}"  # the end of the output was what we waited for
+
+    async with await anyio.open_process(
+        [sys.executable, "-m", "orchestrator", "run", str(world.path), "--no-watch"],
+        cwd=ROOT, env=base_env() | world.env(),
+    ) as process:
+        await read_until(process, "bot sage is online")
+        slow = await world.discord.post("!chat a slow question")
+        await world.openai.wait_for_requests(1)
+        process.send_signal(signal.SIGINT)
+        await read_until(process, "SIGINT: finishing answers in flight")
+        process.send_signal(signal.SIGINT)
+        await read_until(process, "")
+        with anyio.fail_after(30):
+            code = await process.wait()
+    assert code == 130, stderr
+    assert "second signal: stopping now" in stderr
+    assert "Traceback" not in stderr
+    assert not [m for m in world.discord.sent if m.reference_id == int(slow["id"])], "it did not wait for the answer"
+
+
+# ---------------------------------------------------------------- Discord refusing what a bot sends
+
+
+async def test_discord_refusing_an_answer_is_logged_and_counted_as_an_error(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    two_bots(world)
+    async with world.running(health_port=0) as app:
+        world.discord.inject_rest(RestFault(403, "POST", "/messages"))
+        with caplog.at_level(logging.ERROR):
+            await world.discord.post("!chat are you allowed to answer?")
+            await world.openai.wait_for_requests(1)
+            await world.idle()
+        await sibling_answers(world)
+        assert app.supervisor is not None
+        sage = app.supervisor.children["sage"]
+        metrics = app.metrics.exposition().decode()
+    assert "bot sage: Discord refused the answer (HTTP 403" in caplog.text
+    assert (sage.counters.errors, sage.counters.answered) == (1, 0)
+    assert 'orchestrator_handler_errors_total{bot="sage"} 1.0' in metrics
+
+
+async def test_a_streamed_update_refused_by_discord_is_logged_counted_and_shown_by_the_next(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    two_bots(world, stream=True)
+    answer = " ".join(f"word{i}" for i in range(120))
+    world.openai.queue_replies(answer)
+    world.openai.tokens_per_second = 60  # ~2 s: the answer is edited while it grows
+    async with world.running() as app:
+        world.discord.inject_rest(RestFault(403, "PATCH", "/messages/"))  # the first edit, an intermediate one
+        with caplog.at_level(logging.WARNING):
+            [message] = await world.chat("!chat a long story")
+        assert app.supervisor is not None
+        errors = app.supervisor.children["sage"].counters.errors
+    assert message.content == answer, "the final text was shown all the same"
+    assert any(status == 403 for _method, _path, status in world.discord.rest_log)
+    assert "bot sage: could not update a streamed answer (Forbidden: 403" in caplog.text
+    assert errors == 1

@@ -1,11 +1,14 @@
 """The discord.py client each persona runs: only the intents and caches a chat bot needs, and
-messages handed straight to the bot instead of through a task per ``on_message``."""
+messages handed straight to the bot instead of through a task per ``on_message``; what counts as
+Discord being unreachable rather than the bot crashing."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import aiohttp
 import anyio
 import discord
 import yarl
@@ -20,6 +23,56 @@ def configure_discord(settings: DiscordSettings) -> None:
     change applies to clients that connect afterwards."""
     discord.http.Route.BASE = settings.api_url.rstrip("/")
     discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(settings.gateway_url)
+
+
+NETWORK_ERRORS = (OSError, aiohttp.ClientConnectionError, discord.DiscordServerError, discord.GatewayNotFound)
+
+
+def describe_error(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+class DiscordUnreachable(Exception):
+    """Discord could not be reached (no network, DNS, refused connection, a Discord outage): not a
+    crash of the bot, so the supervisor keeps trying without counting it against the restart limit."""
+
+    def __init__(self, cause: BaseException) -> None:
+        self.reason = describe_error(cause)
+        super().__init__(self.reason)
+
+
+def network_failure(exc: BaseException) -> BaseException | None:
+    """The network error behind ``exc``, if any. discord.py sometimes raises another error while
+    handling one (an AttributeError when its first gateway connection fails), hence the chain."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, NETWORK_ERRORS):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
+class OneLineReconnects(logging.Filter):
+    """discord.py logs every gateway reconnect attempt with the traceback of what is usually a mere
+    network error; this keeps it to one warning naming the error."""
+
+    MESSAGE = "Attempting a reconnect in %.2fs"  # discord.Client.connect's
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg == self.MESSAGE and record.exc_info and record.exc_info[1] is not None:
+            record.msg = "the gateway connection failed (%s); reconnecting in %.2fs"
+            record.args = (describe_error(record.exc_info[1]), *(record.args or ()))
+            record.exc_info = record.exc_text = None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+def install_reconnect_log_filter() -> None:
+    logger = logging.getLogger("discord.client")
+    if not any(isinstance(existing, OneLineReconnects) for existing in logger.filters):
+        logger.addFilter(OneLineReconnects())
 
 
 class PersonaClient(discord.Client):

@@ -3,7 +3,8 @@
 Discord allows about five message sends/edits per five seconds in a channel. Every stream of a
 bot in one channel draws from the same :class:`EditBudget`, so five answers streaming at once
 still stay within the limit: an update that finds the budget empty is skipped (the text is kept
-and shown by the next update), and the final text always waits for the budget. Text past 2000
+and shown by the next update), and the final text always waits for the budget. An update that
+fails is reported and skipped the same way; a failed final update raises. Text past 2000
 characters continues in a new message with the same splitting rules as a plain answer.
 """
 
@@ -79,11 +80,20 @@ Send = Callable[[str, bool], Awaitable[Any]]  # (text, is_first) -> a message wi
 
 
 class StreamingReply:
-    """Shows a growing answer as a reply plus follow-ups, within the channel's edit budget."""
+    """Shows a growing answer as a reply plus follow-ups, within the channel's edit budget.
+    ``on_failed_update`` hears of each intermediate update that failed (and was skipped)."""
 
-    def __init__(self, send: Send, budget: EditBudget, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        send: Send,
+        budget: EditBudget,
+        *,
+        on_failed_update: Callable[[Exception], None],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._send = send
         self._budget = budget
+        self._on_failed_update = on_failed_update
         self._clock = clock
         self._interval = budget.per / budget.rate  # one update per interval per stream at most
         self._last_write = float("-inf")
@@ -128,9 +138,10 @@ class StreamingReply:
                 else:
                     self._messages.append(await self._send(chunk, index == 0))
                     self._shown.append(chunk)
-            except Exception:
+            except Exception as exc:
                 if force:
                     raise
-                return  # a failed intermediate update is skipped; the next one (or finish) shows the text
+                self._on_failed_update(exc)
+                return  # skipped: the next update (or finish) shows the text
             finally:
                 self._budget.done(stamp)

@@ -4,10 +4,16 @@ A request first *reserves* its estimated cost (prompt estimate + max_tokens) aga
 that applies; the reservation is *settled* to the provider's real ``usage`` afterwards, or
 released when the call failed. Per-minute limits are sliding 60 s windows; the daily budget is a
 UTC calendar day whose totals are persisted through :class:`UsageSink` so a restart does not reset it.
+
+Reading a day's persisted totals is a database read, which may wait for the store's writer: with
+:meth:`QuotaBook.follow_days` running it happens in a worker thread, never on the event loop. While
+a new day's totals load, usage counts from zero and what is recorded meanwhile waits in memory,
+then both are added up: nothing is lost or counted twice.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import deque
 from collections.abc import Callable
@@ -15,8 +21,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Protocol
 
+import anyio
+from anyio.abc import TaskStatus
+
 from ..config import QuotaSettings
 from ..errors import QuotaExceeded
+
+log = logging.getLogger(__name__)
 
 WINDOW = 60.0
 
@@ -107,6 +118,8 @@ class QuotaBook:
         self._day = ""
         self._day_span = (0.0, 0.0)  # wall-clock seconds [start, end) of self._day
         self._daily: dict[tuple[str, str], int] = {}
+        self._day_begun: anyio.Event | None = None  # set when a new day's totals need loading; None: no follower
+        self._deferred: dict[tuple[str, str, str], int] | None = None  # (day, bot, user) → tokens, while loading
         self.rejections: dict[tuple[str, str, str], int] = {}  # (bot, scope, limit) → refused requests
         self.tokens_used: dict[tuple[str, str], int] = {}  # (bot, provider) → tokens the providers counted
 
@@ -120,7 +133,64 @@ class QuotaBook:
         self._day_span = (now + until_midnight - 86400, now + until_midnight)
         if day != self._day:
             self._day = day
-            self._daily = dict(self._sink.load_daily_usage(day)) if self._sink else {}
+            self._daily = {}
+            if self._sink is None:
+                return
+            if self._day_begun is None:  # nobody follows the days (tools, tests): read here
+                self._daily = dict(self._sink.load_daily_usage(day))
+            else:
+                if self._deferred is None:
+                    self._deferred = {}
+                self._day_begun.set()
+
+    async def follow_days(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Load today's persisted totals, then each new day's when it begins, in a worker thread.
+        Reports started once today's are counted; runs until cancelled."""
+        if self._sink is None:
+            task_status.started()
+            return
+        self._day_begun = anyio.Event()
+        started = False
+        try:
+            self._roll_day()  # today's totals need loading, unless they were read before
+            while True:
+                if self._day_begun.is_set():
+                    self._day_begun = anyio.Event()
+                    await self._load_day(self._day)
+                if not started:
+                    task_status.started()
+                    started = True
+                await self._day_begun.wait()
+        finally:
+            self._day_begun = None
+            self._record_deferred()
+
+    async def _load_day(self, day: str) -> None:
+        assert self._sink is not None
+        try:
+            persisted = await anyio.to_thread.run_sync(self._sink.load_daily_usage, day)
+        except Exception:  # noqa: BLE001 - the bots keep answering; today's budgets count from now
+            log.exception("could not read the token usage of %s; daily budgets count from zero until the next day", day)
+            persisted = {}
+        if day != self._day:
+            return  # another day began meanwhile; its own load follows
+        for key, tokens in persisted.items():
+            self._daily[key] = self._daily.get(key, 0) + tokens
+        self._record_deferred()
+
+    def _record_deferred(self) -> None:
+        deferred, self._deferred = self._deferred, None
+        if deferred and self._sink is not None:
+            for (day, bot, user), tokens in deferred.items():
+                self._sink.add_daily_usage(day, bot, user, tokens)
+
+    def _record(self, bot: str, user: str, tokens: int) -> None:
+        """Persist ``tokens`` used today; held back while today's totals load (they would count twice)."""
+        if self._deferred is not None:
+            key = (self._day, bot, user)
+            self._deferred[key] = self._deferred.get(key, 0) + tokens
+        elif self._sink is not None:
+            self._sink.add_daily_usage(self._day, bot, user, tokens)
 
     def reserve(
         self, provider: str, bot: str, user: str, estimate: int, bot_quota: QuotaSettings, user_quota: QuotaSettings
@@ -179,9 +249,9 @@ class QuotaBook:
         if actual_tokens:
             used = (reservation.bot, reservation.provider)
             self.tokens_used[used] = self.tokens_used.get(used, 0) + actual_tokens
-        if self._sink and actual_tokens:
+        if actual_tokens:
             for bot, user in ((reservation.bot, self.ALL_USERS), (reservation.bot, reservation.user)):
-                self._sink.add_daily_usage(self._day, bot, user, actual_tokens)
+                self._record(bot, user, actual_tokens)
 
     def report(self, bot: str, user: str = ALL_USERS, limits: QuotaSettings | None = None) -> UsageReport:
         now = self._clock()

@@ -2,12 +2,13 @@
 
 It listens on 127.0.0.1 by default (``orchestrator run --health-port PORT`` or ``health_port:`` in
 bots.yaml; off otherwise) and runs as one task of the app's task group, so it stops with the app.
-``/healthz`` answers 200 while the supervisor runs and 503 once it is stopping::
+``/healthz`` answers 200 while at least one bot is online, and 503 with a ``reason`` while none is
+(every bot failed, or none could reach Discord yet) and once the process is stopping::
 
-    {"status": "ok",
+    {"status": "ok", "reason": null,
      "bots": {"sage": {"state": "running", "uptime_s": 12.5, "state_s": 12.5, "restarts": 0,
-                       "last_error": "", "chats": 2, "answered": 2, "provider": "openai",
-                       "model": "gpt-4o-mini",
+                       "connect_failures": 0, "last_error": "", "chats": 2, "answered": 2,
+                       "provider": "openai", "model": "gpt-4o-mini",
                        "usage": {"requests_last_minute": 2, "tokens_last_minute": 80, "tokens_today": 80}}},
      "last_reload_error": null}
 """
@@ -27,6 +28,7 @@ from .logs import redactor
 
 if TYPE_CHECKING:
     from ..app import App
+    from ..runtime.supervisor import Child
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +39,25 @@ class HealthPortError(OSError):
     """The health server cannot listen (the port is taken, or the address is wrong)."""
 
 
+def unhealthy_reason(children: dict[str, Child]) -> str | None:
+    """Why no bot serves (each bot's state and last error), or None while one is online."""
+    if any(child.state.value == "running" for child in children.values()):
+        return None
+    if not children:
+        return "no bot is configured"
+    states = (
+        f"{name} {child.state.value}" + (f" ({child.last_error})" if child.last_error else "")
+        for name, child in sorted(children.items())
+    )
+    return "no bot is running: " + "; ".join(states)
+
+
 def health_report(app: App) -> tuple[int, dict[str, Any]]:
     """The HTTP status and JSON body of ``/healthz``."""
     supervisor = app.supervisor
     if supervisor is None:
-        return 503, {"status": "starting", "bots": {}, "last_reload_error": app.last_reload_error}
+        return 503, {"status": "starting", "reason": "the process is starting", "bots": {},
+                     "last_reload_error": app.last_reload_error}
     now = time.monotonic()
     bots: dict[str, Any] = {}
     for name, child in list(supervisor.children.items()):
@@ -51,6 +67,7 @@ def health_report(app: App) -> tuple[int, dict[str, Any]]:
             "uptime_s": in_state if child.state.value == "running" else 0.0,
             "state_s": in_state,
             "restarts": child.restarts,
+            "connect_failures": child.connect_failures,
             "last_error": redactor.redact(child.last_error),
             "chats": child.counters.chats,
             "answered": child.counters.answered,
@@ -67,13 +84,18 @@ def health_report(app: App) -> tuple[int, dict[str, Any]]:
                 "tokens_today": usage.tokens_today,
             }
         bots[name] = entry
-    stopping = supervisor.stop_requested
+    if supervisor.stop_requested:
+        status, reason = "stopping", "the process is stopping"
+    else:
+        reason = unhealthy_reason(supervisor.children)
+        status = "ok" if reason is None else "unhealthy"
     body = {
-        "status": "stopping" if stopping else "ok",
+        "status": status,
+        "reason": redactor.redact(reason) if reason else None,
         "bots": bots,
         "last_reload_error": redactor.redact(app.last_reload_error) if app.last_reload_error else None,
     }
-    return (503 if stopping else 200), body
+    return (200 if status == "ok" else 503), body
 
 
 class HealthServer:

@@ -14,7 +14,8 @@ Every :class:`Metrics` has its own registry: two apps in one process (tests) nev
     orchestrator_chats_total{bot}                       chat requests handled
     orchestrator_answers_total{bot}                     answers delivered
     orchestrator_busy_total{bot}                        messages refused because the mailbox was full
-    orchestrator_handler_errors_total{bot}              unexpected errors while handling a message
+    orchestrator_handler_errors_total{bot}              errors while handling a message: unexpected ones, and
+                                                        Discord refusing an answer or an update of a streamed one
     orchestrator_gateway_events_dropped_total{bot}      messages for other bots dropped before decoding
     orchestrator_answer_latency_seconds{bot}            histogram: message received → answer delivered
     orchestrator_added_latency_seconds{bot,part}        histogram: the orchestrator's own share of a plain answer;
@@ -138,7 +139,9 @@ class _LiveCollector(Collector):
                 "orchestrator_busy", "Messages refused because the bot's mailbox was full.", labels=["bot"]
             ),
             "errors": CounterMetricFamily(
-                "orchestrator_handler_errors", "Unexpected errors while handling a message.", labels=["bot"]
+                "orchestrator_handler_errors",
+                "Errors while handling a message: unexpected ones, Discord refusing an answer or a streamed update.",
+                labels=["bot"],
             ),
             "dropped": CounterMetricFamily(
                 "orchestrator_gateway_events_dropped",

@@ -27,7 +27,7 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from ..config import BotSpec
 from ..discord_io import gateway_filter, internals
-from ..discord_io.client import build_client, typing_sender
+from ..discord_io.client import DiscordUnreachable, build_client, describe_error, network_failure, typing_sender
 from ..discord_io.delivery import Delivery, retry_server_errors
 from ..discord_io.streaming import EditBudgets, StreamingReply
 from ..discord_io.text import clean_user_text, neutralize_mentions, split_message
@@ -146,7 +146,8 @@ class PersonaBot:
                     "portal (Bot → Privileged Gateway Intents), then restart."
                 )
             except Exception as exc:  # noqa: BLE001 - any crash is the supervisor's to handle
-                self._failure = exc
+                cause = network_failure(exc)
+                self._failure = exc if cause is None else DiscordUnreachable(cause)
         tg.cancel_scope.cancel()
 
     def _build_client(self) -> discord.Client:
@@ -372,6 +373,7 @@ class PersonaBot:
                 await self._delivery.reply(job.message, exc.user_message)
                 return
             except discord.HTTPException as exc:
+                self.counters.errors += 1
                 log.error("bot %s: Discord refused the answer (HTTP %s: %s)", spec.name, exc.status, exc.text)
                 return
         if answer is not None:
@@ -402,6 +404,13 @@ class PersonaBot:
             await self._delivery.post(message, chunk, reply=False)
         return answer
 
+    def _failed_update(self, exc: Exception) -> None:
+        self.counters.errors += 1
+        log.warning(
+            "bot %s: could not update a streamed answer (%s); the next update shows the text",
+            self.spec.name, describe_error(exc),
+        )
+
     async def _answer_streaming(self, message: discord.Message, call: ChatCall, work: Work) -> str | None:
         """Show the answer while the model writes it; a cut stream keeps its partial text, marked."""
 
@@ -409,7 +418,9 @@ class PersonaBot:
             work.finish()  # the text itself shows progress from here on
             return await self._delivery.send_editable(message, text, first=first)
 
-        reply = StreamingReply(send, self._edit_budgets.for_channel(message.channel.id))
+        reply = StreamingReply(
+            send, self._edit_budgets.for_channel(message.channel.id), on_failed_update=self._failed_update
+        )
         cut = False
         try:
             async with aclosing(self.services.pool.stream(call)) as pieces:

@@ -3,8 +3,10 @@
 Each child runs a restart loop around a fresh :class:`PersonaBot`. A crash is caught inside the
 child (so siblings are never cancelled), logged, and followed by a restart after exponential
 backoff with jitter, unless more than ``max_restarts`` happened within ``window`` seconds: then
-the child is marked FAILED and stays down. Fatal configuration errors (bad token, missing
-intent) fail the child at once. :meth:`Supervisor.reconcile` applies a new configuration.
+the child is marked FAILED and stays down until the next reload. Fatal configuration errors (bad
+token, missing intent) fail the child at once. Discord being unreachable is not a crash: the
+child stays UNREACHABLE and tries again after the same capped backoff, for as long as it takes.
+:meth:`Supervisor.reconcile` applies a new configuration and restarts the children that are down.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
 from ..config import BotSpec, Config, RestartSettings
+from ..discord_io.client import DiscordUnreachable, configure_discord
 from ..errors import BotFatalError
 from ..ops.logs import current_bot
 from ..ops.sentry import report_exception
@@ -34,10 +37,14 @@ log = logging.getLogger(__name__)
 class BotState(enum.Enum):
     STARTING = "starting"
     RUNNING = "running"
-    BACKOFF = "backoff"
+    BACKOFF = "backoff"  # crashed; restarting after a pause
+    UNREACHABLE = "unreachable"  # cannot reach Discord; trying again after a pause, without limit
     FAILED = "failed"
     STOPPING = "stopping"
     STOPPED = "stopped"
+
+
+DOWN = frozenset({BotState.FAILED, BotState.UNREACHABLE, BotState.STOPPED})  # what a reload starts again
 
 
 @dataclass(frozen=True)
@@ -62,6 +69,7 @@ class Child:
     spec: BotSpec
     state: BotState = BotState.STARTING
     restarts: int = 0
+    connect_failures: int = 0  # failed attempts to reach Discord since it was last online
     recent_crashes: deque[float] = field(default_factory=deque)
     actor: PersonaBot | None = None
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
@@ -147,11 +155,11 @@ class Supervisor:
     async def _restart_loop(self, child: Child) -> None:
         name = child.spec.name
         while not child.stopping:
-            self._set_state(child, BotState.STARTING)
+            if child.state is not BotState.UNREACHABLE:  # it stays so until it is online
+                self._set_state(child, BotState.STARTING)
             try:
                 child.actor = PersonaBot(
-                    child.spec, self.services, child.mailbox, child.counters,
-                    on_ready=lambda: self._set_state(child, BotState.RUNNING),
+                    child.spec, self.services, child.mailbox, child.counters, on_ready=lambda: self._online(child)
                 )
                 await child.actor.run()
                 return
@@ -159,8 +167,21 @@ class Supervisor:
                 child.last_error = exc.reason
                 log.error("bot %s failed and will not be restarted: %s", name, exc.reason)
                 report_exception(exc, bot=name, provider=child.spec.provider, model=child.spec.model)
-                self._set_state(child, BotState.FAILED)
+                self._fail(child)
                 return
+            except DiscordUnreachable as exc:
+                child.actor = None
+                child.last_error = f"cannot reach Discord: {exc.reason}"
+                if child.stopping:
+                    return
+                child.connect_failures += 1
+                delay = self.policy.backoff(child.connect_failures, self._rng)
+                log.warning(
+                    "bot %s cannot reach Discord (%s); trying again in %.1fs (attempt %d)",
+                    name, exc.reason, delay, child.connect_failures,
+                )
+                self._set_state(child, BotState.UNREACHABLE)
+                await anyio.sleep(delay)
             except Exception as exc:  # noqa: BLE001 - a crash stays inside this child
                 child.actor = None
                 child.last_error = f"{type(exc).__name__}: {exc}"
@@ -176,7 +197,7 @@ class Supervisor:
                         "bot %s crashed %d times within %.0fs; giving up on it (the other bots keep running). "
                         "Last error: %s", name, len(child.recent_crashes), self.policy.window, child.last_error,
                     )
-                    self._set_state(child, BotState.FAILED)
+                    self._fail(child)
                     return
                 delay = self.policy.backoff(len(child.recent_crashes), self._rng)
                 log.warning(
@@ -188,6 +209,18 @@ class Supervisor:
                 await anyio.sleep(delay)
 
     # ------------------------------------------------------------------ state and waiting
+
+    def _online(self, child: Child) -> None:
+        child.connect_failures = 0
+        self._set_state(child, BotState.RUNNING)
+
+    def _fail(self, child: Child) -> None:
+        self._set_state(child, BotState.FAILED)
+        if all(other.state is BotState.FAILED for other in self.children.values()):
+            log.error(
+                "every bot has failed; /healthz reports unhealthy. Fix the cause, then save bots.yaml "
+                "(or send SIGHUP) to start them again"
+            )
 
     def _set_state(self, child: Child, state: BotState) -> None:
         if child.state is not state:
@@ -211,20 +244,26 @@ class Supervisor:
     # ------------------------------------------------------------------ live reconfiguration
 
     async def reconcile(self, config: Config) -> dict[str, list[str]]:
-        """Bring the running bots in line with ``config``; returns what changed, by kind."""
+        """Bring the running bots in line with ``config``; returns what changed, by kind.
+
+        Bots that are down (failed, unreachable) start again even when their settings did not
+        change: a reload is how an operator says the cause is fixed. Changed Discord URLs restart every
+        bot, because discord.py's URLs are process-wide."""
         old = self.config
         self.config = config
         await self.services.pool.update_providers(config.providers)
+        urls = (config.discord.api_url, config.discord.gateway_url)
+        discord_changed = urls != (old.discord.api_url, old.discord.gateway_url)
         added = [name for name in config.bots if name not in self.children]
         removed = [name for name in self.children if name not in config.bots]
         restarted, updated = [], []
         for name, spec in config.bots.items():
             child = self.children.get(name)
-            if child is None or child.spec == spec:
+            if child is None:
                 continue
-            if child.spec.needs_reconnect(spec) or child.state in (BotState.FAILED, BotState.STOPPED):
+            if discord_changed or child.state in DOWN or (child.spec != spec and child.spec.needs_reconnect(spec)):
                 restarted.append(name)
-            else:
+            elif child.spec != spec:
                 updated.append(name)
         for name in updated:
             child = self.children[name]
@@ -237,11 +276,12 @@ class Supervisor:
                 tg.start_soon(self._stop_children, [child])
         for name in removed:
             del self.children[name]
+        if discord_changed:  # every old client is closed by now
+            configure_discord(config.discord)
+            log.warning("the Discord URLs changed: every bot reconnects to %s", config.discord.api_url)
         for name in added + restarted:
             self._start_child(config.bots[name])
         self._notify()
         changes = {"added": added, "removed": removed, "restarted": restarted, "updated": updated}
-        if old.discord != config.discord:
-            log.warning("the 'discord' section changed; it applies to bots that (re)connect from now on")
         log.info("configuration reloaded: %s", ", ".join(f"{k} {v}" for k, v in changes.items() if v) or "no changes")
         return changes
