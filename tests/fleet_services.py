@@ -64,7 +64,9 @@ def check_redis(url: str) -> None:
     lines = reply.split(b"\r\n")[: len(commands)]
     if lines[-1] != b"+PONG" or any(line.startswith(b"-") for line in lines):
         answer = next((line for line in lines if line.startswith(b"-")), lines[-1])[:80].decode(errors="replace")
-        raise ServiceUnavailable(f"Redis at {host}:{port} did not answer PING with PONG but {answer!r}: check FLEET_REDIS_URL")
+        raise ServiceUnavailable(
+            f"Redis at {host}:{port} did not answer PING with PONG but {answer!r}: check FLEET_REDIS_URL"
+        )
 
 
 # PostgreSQL wire protocol 3.0: the client's startup message; the server answers with messages of a
@@ -108,7 +110,9 @@ def check_postgres(dsn: str) -> None:
             # Error fields: a type byte, then a NUL-terminated string; 'M' is the message.
             fields = {field[:1]: field[1:].decode(errors="replace") for field in body.split(b"\0") if field}
             message = fields.get(b"M", "an error")
-            raise ServiceUnavailable(f"{where} refused user {user}, database {database}: {message}: check FLEET_POSTGRES_DSN")
+            raise ServiceUnavailable(
+                f"{where} refused user {user}, database {database}: {message}: check FLEET_POSTGRES_DSN"
+            )
         if kind == b"R" and body[:4] != struct.pack("!i", _AUTH_OK):
             raise ServiceUnavailable(
                 f"{where} asks user {user} for a password: the tests need trust auth for 127.0.0.1 in pg_hba.conf"

@@ -57,7 +57,7 @@ def test_the_fixtures_hand_out_the_local_services(postgres_dsn: str, redis_url: 
 
 @pytest.mark.parametrize(("check", "scheme", "name"), [(check_redis, "redis", "Redis"),
                                                        (check_postgres, "postgresql", "PostgreSQL")])
-def test_a_service_that_is_not_running_fails_the_test_saying_how_to_start_it(check: Check, scheme: str, name: str) -> None:
+def test_a_stopped_service_fails_the_test_saying_how_to_start_it(check: Check, scheme: str, name: str) -> None:
     port = closed_port()
     with pytest.raises(pytest.fail.Exception) as failed:
         require(check, f"{scheme}://127.0.0.1:{port}/x")

@@ -34,7 +34,7 @@ def test_a_stopped_redis_is_started_and_a_running_one_left_alone(tmp_path: Path)
     try:
         assert started.returncode == 0, started.stderr
         assert f"starting Redis on 127.0.0.1:{port}" in started.stderr
-        ping = subprocess.run(["redis-cli", "-p", port, "ping"], capture_output=True, text=True, timeout=10, check=False)
+        ping = subprocess.run(["redis-cli", "-p", port, "ping"], capture_output=True, text=True, timeout=10)
         assert ping.stdout.strip() == "PONG"
         again = services("redis", REDIS_PORT=port, TMPDIR=str(tmp_path))
         assert again.returncode == 0, again.stderr
