@@ -14,9 +14,14 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 WORKDIR /src
+# The exact versions of requirements/runtime.txt, hashes checked (scripts/lock refreshes it), in a
+# layer of their own that a code change leaves cached; then the project, built by the pinned backend.
+COPY requirements/runtime.txt ./requirements/
+RUN pip install --require-hashes -r requirements/runtime.txt
 COPY pyproject.toml README.md ./
 COPY orchestrator ./orchestrator
-RUN pip install . \
+RUN pip install --no-deps --no-build-isolation . \
+    && pip check \
     && rm -rf /src \
     && useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin orchestrator \
     && mkdir -p /config /data \
