@@ -1,8 +1,9 @@
 """The shared model-provider pool: one ``AsyncOpenAI`` per provider for every bot.
 
 For each call the pool: checks the bot's and user's quotas (no provider call when over), waits
-for a fair share of the provider's concurrency, respects a provider-wide pause when the
-provider said it is near its rate limit, sends the request (through the provider's
+for a fair share of the provider's concurrency (a limit learnt from its answers,
+:mod:`~orchestrator.llm.aimd`), respects a provider-wide pause when the provider said it is near
+its rate limit, sends the request (through the provider's
 :class:`~orchestrator.llm.transport.ChatTransport`), and retries 429/5xx/timeouts with
 backoff + jitter honouring ``retry-after`` within one total deadline. The pool is the only retry
 owner (the SDK's ``max_retries`` is 0). A circuit breaker per provider fails fast while the
@@ -32,9 +33,10 @@ from ..errors import (
     ProviderTimeout,
     ProviderUnavailable,
 )
+from .aimd import CEILING, INITIAL, AIMDLimit
 from .breaker import CircuitBreaker
 from .messages import Message, estimate_tokens
-from .limiter import FairLimiter, QueueFull, QueueTimeout
+from .limiter import FairLimiter, LimiterStatistics, QueueFull, QueueTimeout
 from .quota import QuotaBook, Reservation
 from .transport import ChatTransport, Completion, CompletionStream
 
@@ -121,11 +123,22 @@ class _Provider:
         self.spec = spec
         self.client = self._build()
         self.transport = ChatTransport(self.client)
-        self.limiter = FairLimiter(spec.settings.max_concurrency, spec.settings.max_queue)
+        cap = spec.settings.max_concurrency  # a hard cap, and then also the start
+        self.concurrency = AIMDLimit(spec.name, initial=cap or INITIAL, ceiling=cap or CEILING)
+        self.limiter = FairLimiter(self.concurrency.limit, spec.settings.max_queue)
         self.breaker = breaker
         self.paused_until = 0.0
         self.in_flight = 0
         self.retired = False
+
+    def answered(self, sent_at: float) -> None:
+        """Call before releasing the request's slot, so the limit sees whether others wait."""
+        self.concurrency.succeeded(sent_at, saturated=self.limiter.saturated)
+        self.limiter.resize(self.concurrency.limit)
+
+    def overloaded(self, sent_at: float) -> None:
+        self.concurrency.overloaded(sent_at)
+        self.limiter.resize(self.concurrency.limit)
 
     def _build(self) -> openai.AsyncOpenAI:
         return openai.AsyncOpenAI(
@@ -195,6 +208,10 @@ class LLMPool:
 
     def client(self, provider: str) -> openai.AsyncOpenAI:
         return self._provider(provider).client
+
+    def concurrency(self, provider: str) -> LimiterStatistics:
+        """The provider's current concurrency limit (``capacity``), requests in flight and waiting."""
+        return self._provider(provider).limiter.statistics()
 
     def _provider(self, name: str) -> _Provider:
         try:
@@ -330,6 +347,7 @@ class LLMPool:
             state.limiter.release()  # a pause began while we queued: wait it out before sending
         try:
             remaining = deadline - anyio.current_time()
+            sent_at = time.monotonic()
             try:
                 if open_stream is None:
                     answer: Completion | CompletionStream = await state.transport.create(
@@ -340,6 +358,8 @@ class LLMPool:
                         state.transport.stream(body, timeout=remaining, retries_taken=retries_taken)
                     )
             except openai.OpenAIError as exc:
+                if isinstance(exc, openai.RateLimitError):
+                    state.overloaded(sent_at)
                 error = self._map_error(state, exc)
                 if not _unhealthy(exc):
                     state.breaker.record_success()  # a 429 or 4xx: the provider is up and answering
@@ -347,6 +367,7 @@ class LLMPool:
                     log.error("provider %s: circuit opened after repeated failures (%s)", call.provider, error.detail)
                     await state.rebuild()
                 raise error from exc
+            state.answered(sent_at)
         finally:
             state.limiter.release()
         state.breaker.record_success()
