@@ -8,13 +8,16 @@ from dataclasses import replace
 import anyio
 import pytest
 
-from orchestrator.config import parse_config
+from pydantic import SecretStr
+
+from orchestrator.config import ProviderSettings, ProviderSpec, parse_config
 from orchestrator.errors import ConfigError
 from orchestrator.llm.aimd import CEILING, INITIAL, AIMDLimit
 from orchestrator.llm.limiter import FairLimiter
-from orchestrator.sandbox.openai_server import Fault
+from orchestrator.llm.pool import ChatCall, LLMPool
+from orchestrator.sandbox.openai_server import Fault, OpenAISandbox
 
-from .conftest import FAST, World
+from .conftest import API_KEY, FAST, World
 from .test_pool import Clock
 
 
@@ -181,3 +184,19 @@ async def test_a_429_halves_the_providers_limit(world: World) -> None:
         [reply] = await world.chat("!chat hello")
         assert reply.content.startswith("[gpt-4o-mini]"), "retried after the 429"
         assert app.pool.concurrency("openai").capacity == 8
+
+
+async def test_a_burst_above_the_limit_teaches_it_the_bursts_size(openai_server: OpenAISandbox) -> None:
+    settings = ProviderSettings(base_url=openai_server.base_url)
+    spec = ProviderSpec("openai", openai_server.base_url, SecretStr(API_KEY), settings)
+    openai_server.latency = 0.3  # the 20 calls below all reach the pool before the first answer
+    async with LLMPool({"openai": spec}) as pool:
+
+        async def ask(user: int) -> None:
+            await pool.complete(ChatCall("sage", str(user), "openai", "gpt-4o-mini", [{"role": "user", "content": "hi"}]))
+
+        async with anyio.create_task_group() as tg:
+            for user in range(20):
+                tg.start_soon(ask, user)
+        assert openai_server.max_in_flight == 16
+        assert pool.concurrency("openai").capacity >= 20, "the same burst again goes out at once"

@@ -131,9 +131,9 @@ class _Provider:
         self.in_flight = 0
         self.retired = False
 
-    def answered(self, sent_at: float) -> None:
+    def answered(self, sent_at: float, sent_saturated: bool) -> None:
         """Call before releasing the request's slot, so the limit sees whether others wait."""
-        self.concurrency.succeeded(sent_at, saturated=self.limiter.saturated)
+        self.concurrency.succeeded(sent_at, saturated=sent_saturated or self.limiter.saturated)
         self.limiter.resize(self.concurrency.limit)
 
     def overloaded(self, sent_at: float) -> None:
@@ -347,7 +347,7 @@ class LLMPool:
             state.limiter.release()  # a pause began while we queued: wait it out before sending
         try:
             remaining = deadline - anyio.current_time()
-            sent_at = time.monotonic()
+            sent_at, sent_saturated = time.monotonic(), state.limiter.saturated
             try:
                 if open_stream is None:
                     answer: Completion | CompletionStream = await state.transport.create(
@@ -367,7 +367,7 @@ class LLMPool:
                     log.error("provider %s: circuit opened after repeated failures (%s)", call.provider, error.detail)
                     await state.rebuild()
                 raise error from exc
-            state.answered(sent_at)
+            state.answered(sent_at, sent_saturated)
         finally:
             state.limiter.release()
         state.breaker.record_success()
