@@ -1,9 +1,10 @@
 """How many requests a provider takes at once, learnt from its answers (additive increase, multiplicative decrease).
 
 Growth: only while the limit is reached (every slot taken, or a bot waiting for one, when the
-request was sent or when its answer came), since a limit nobody reaches says nothing about the provider. Until the first decrease the limit grows by one per
-answer (a burst above the start is admitted within one round trip); after a decrease, by one per
-round trip (one per ``limit`` answers), as TCP does after a loss.
+request was sent or when its answer came), since a limit nobody reaches says nothing about the
+provider. Until the first decrease the limit grows by one per such answer, so one burst above it
+teaches it the burst's size; after a decrease, by one per round trip (one per ``limit`` answers),
+as TCP does after a loss.
 
 Decrease: a 429 halves the limit (down to 1). Rising latency cuts it by a quarter, but never below
 its start: LLM latency varies tenfold with the length of the answer, so latency is only trusted to
