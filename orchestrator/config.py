@@ -61,7 +61,8 @@ class ModelPrice(_Model):
 class ProviderSettings(_Model):
     base_url: str
     api_key_env: str | None = None
-    max_concurrency: int = Field(16, ge=1, le=1024)
+    # requests in flight: the limit adapts to the provider (llm/aimd.py) from 16 up to 256, or from this hard cap below it
+    max_concurrency: int | None = Field(None, ge=1, le=1024)
     max_queue: int = Field(256, ge=0, le=100_000)
     queue_timeout: float = Field(30.0, gt=0, le=3600)
     timeout: float = Field(60.0, gt=0, le=3600)
@@ -126,7 +127,7 @@ class Defaults(_Model):
     memory: MemorySettings = MemorySettings()
     stream: bool = False
     mailbox_size: int = Field(32, ge=1, le=10_000)
-    concurrency: int = Field(4, ge=1, le=256)
+    concurrency: int = Field(32, ge=1, le=256)  # answers in progress per bot (one at a time per conversation)
 
 
 class BotSettings(_Model):

@@ -38,3 +38,31 @@ def test_pool_benchmark_produces_its_figures(tmp_path: Path) -> None:
     for path in ("sdk", "post", "transport", "pool"):
         assert all(math.isfinite(v) and v > 0 for v in figures[path].values())
     assert math.isfinite(figures["pool_added_p50_ms"]) and figures["pool_to_sdk_create_p50_ratio"] > 0
+
+
+def test_burst_benchmark_produces_its_figures(tmp_path: Path) -> None:
+    output = tmp_path / "bench_burst.json"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench_burst"), "--users", "2,3", "--latency", "0.02",
+         "--output", str(output)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(output.read_text())
+    assert list(figures["runs"]) == ["2", "3"]
+    for users, sides in figures["runs"].items():
+        assert list(sides) == ["defaults", "old defaults", "tuned"]
+        for run in sides.values():
+            for burst in (run["first"], run["repeat"]):
+                assert burst["answered"] == int(users) and 1 <= burst["provider_peak_in_flight"] <= int(users)
+                assert math.isfinite(burst["last_answer_s"]) and burst["last_answer_s"] > 0 and burst["over_tuned"] > 0
+    assert "first post -> last answer" in result.stdout
+
+
+def test_burst_benchmark_refuses_bad_sizes(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench_burst"), "--users", "ten", "--output", str(tmp_path / "x.json")],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 2 and "--users takes comma-separated integers" in result.stderr
+    assert not (tmp_path / "x.json").exists()

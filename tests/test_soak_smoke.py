@@ -35,4 +35,6 @@ def test_soak_smoke_run_reports_sane_figures(tmp_path: Path) -> None:
     assert report["provider_requests"] >= report["answered"]
     assert report["restarts"] >= 0 and report["bots_failed"] == []
     assert all(report["rss_kb"][phase] > 0 for phase in ("start", "after_warmup", "end"))
+    assert all(report["quota_book"][phase]["events"] >= 0 for phase in ("start", "after_warmup", "end"))
     assert "messages posted" in result.stdout and "RSS start / warm / end" in result.stdout
+    assert "quota book events start / warm / end" in result.stdout

@@ -3,7 +3,9 @@
 Each waiting bot has a virtual time; a freed slot goes to the waiting bot with the smallest one,
 and serving a bot advances its virtual time by ``1 / weight``. A bot that floods the queue
 therefore gets its weighted share and no more while others wait. The queue is bounded and every
-wait has a timeout, so an overloaded provider answers "busy" instead of growing memory.
+wait has a timeout, so an overloaded provider answers "busy" instead of growing memory. The number
+of slots can change at any time (:meth:`FairLimiter.resize`, driven by the provider's adaptive
+limit): new slots go to waiting bots at once, slots taken away are withdrawn as they are released.
 """
 
 from __future__ import annotations
@@ -49,6 +51,18 @@ class FairLimiter:
     def statistics(self) -> LimiterStatistics:
         return LimiterStatistics(self.capacity, self._in_use, self._waiting)
 
+    @property
+    def saturated(self) -> bool:
+        """Every slot is taken or a bot waits for one."""
+        return self._waiting > 0 or self._in_use >= self.capacity
+
+    def resize(self, capacity: int) -> None:
+        """Use ``capacity`` slots from now on."""
+        self.capacity = capacity
+        while self._queues and self._in_use < self.capacity:
+            self._in_use += 1
+            self._grant()
+
     def _advance(self, key: str, weight: float) -> None:
         start = max(self._vtime.get(key, 0.0), self._clock)
         self._clock = start
@@ -87,10 +101,14 @@ class FairLimiter:
                 del self._queues[key]
 
     def release(self) -> None:
-        """Free a slot and hand it to the waiting bot with the smallest virtual time."""
-        if not self._queues:
+        """Free a slot and hand it to the waiting bot with the smallest virtual time, if it is still a slot."""
+        if self._queues and self._in_use <= self.capacity:
+            self._grant()
+        else:
             self._in_use -= 1
-            return
+
+    def _grant(self) -> None:
+        """Give a taken slot to the waiting bot with the smallest virtual time."""
         key = min(self._queues, key=lambda k: max(self._vtime.get(k, 0.0), self._clock))
         queue = self._queues[key]
         waiter = queue.popleft()

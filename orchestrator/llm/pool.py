@@ -1,8 +1,9 @@
 """The shared model-provider pool: one ``AsyncOpenAI`` per provider for every bot.
 
-For each call the pool: checks the bot's and user's quotas and spend caps (no provider call when over), waits
-for a fair share of the provider's concurrency, respects a provider-wide pause when the
-provider said it is near its rate limit, sends the request (through the provider's
+For each call the pool: checks the bot's and user's quotas and spend caps (no provider call when
+over), waits for a fair share of the provider's concurrency (a limit learnt from its answers,
+:mod:`~orchestrator.llm.aimd`), respects a provider-wide pause when the provider said it is near
+its rate limit, sends the request (through the provider's
 :class:`~orchestrator.llm.transport.ChatTransport`), and retries 429/5xx/timeouts with
 backoff + jitter honouring the provider's retry hints (:mod:`~orchestrator.llm.retry_hints`) within
 one total deadline: a hinted wait beyond the deadline fails at once, naming the wait. The pool is the
@@ -26,10 +27,11 @@ import openai
 
 from ..config import ModelPrice, ProviderSpec, QuotaSettings, SamplingParams
 from ..errors import ProviderBadResponse, ProviderBusy, ProviderError, ProviderTimeout, ProviderUnavailable
+from .aimd import CEILING, INITIAL, AIMDLimit
 from .breaker import CircuitBreaker
 from .failures import map_error
 from .messages import Message, estimate_tokens
-from .limiter import FairLimiter, QueueFull, QueueTimeout
+from .limiter import FairLimiter, LimiterStatistics, QueueFull, QueueTimeout
 from .quota import QuotaBook, Reservation
 from .retry_hints import KINDS, parse_duration, rate_count, retry_after_from, used_up
 from .spend import SpendBook
@@ -95,13 +97,24 @@ class _Provider:
         self.spec = spec
         self.client = self._build()
         self.transport = ChatTransport(self.client)
-        self.limiter = FairLimiter(spec.settings.max_concurrency, spec.settings.max_queue)
+        cap = spec.settings.max_concurrency  # a hard cap, and then also the start
+        self.concurrency = AIMDLimit(spec.name, initial=cap or INITIAL, ceiling=cap or CEILING)
+        self.limiter = FairLimiter(self.concurrency.limit, spec.settings.max_queue)
         self.breaker = breaker
         self.paused_until = 0.0  # time.monotonic() until which no request is sent ...
         self.pause_asked = False  # ... because the provider said so (else our own guess)
         self.spent_pauses = 0  # answers in a row that said a limit is used up, without a reset time
         self.in_flight = 0
         self.retired = False
+
+    def answered(self, sent_at: float, sent_saturated: bool) -> None:
+        """Call before releasing the request's slot, so the limit sees whether others wait."""
+        self.concurrency.succeeded(sent_at, saturated=sent_saturated or self.limiter.saturated)
+        self.limiter.resize(self.concurrency.limit)
+
+    def overloaded(self, sent_at: float) -> None:
+        self.concurrency.overloaded(sent_at)
+        self.limiter.resize(self.concurrency.limit)
 
     def _build(self) -> openai.AsyncOpenAI:
         key = self.spec.api_key.get_secret_value()
@@ -183,6 +196,10 @@ class LLMPool:
 
     def client(self, provider: str) -> openai.AsyncOpenAI:
         return self._provider(provider).client
+
+    def concurrency(self, provider: str) -> LimiterStatistics:
+        """The provider's current concurrency limit (``capacity``), requests in flight and waiting."""
+        return self._provider(provider).limiter.statistics()
 
     def _provider(self, name: str) -> _Provider:
         try:
@@ -333,6 +350,7 @@ class LLMPool:
             state.limiter.release()  # a pause began while we queued: wait it out before sending
         try:
             remaining = deadline - anyio.current_time()
+            sent_at, sent_saturated = time.monotonic(), state.limiter.saturated
             try:
                 if open_stream is None:
                     answer: Completion | CompletionStream = await state.transport.create(
@@ -343,6 +361,8 @@ class LLMPool:
                         state.transport.stream(body, timeout=remaining, retries_taken=retries_taken)
                     )
             except openai.OpenAIError as exc:
+                if isinstance(exc, openai.RateLimitError):
+                    state.overloaded(sent_at)
                 error = map_error(state.spec, exc, call.model)
                 if isinstance(exc, openai.APIStatusError):
                     self._note_rate_headers(state, exc.response.headers)
@@ -354,6 +374,7 @@ class LLMPool:
                     log.error("provider %s: circuit opened after repeated failures (%s)", call.provider, error.detail)
                     await state.rebuild()
                 raise error from exc
+            state.answered(sent_at, sent_saturated)
         finally:
             state.limiter.release()
         state.breaker.record_success()

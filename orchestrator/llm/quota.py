@@ -9,6 +9,10 @@ Reading a day's persisted totals is a database read, which may wait for the stor
 :meth:`QuotaBook.follow_days` running it happens in a worker thread, never on the event loop. While
 a new day's totals load, usage counts from zero and what is recorded meanwhile waits in memory,
 then both are added up: nothing is lost or counted twice.
+
+Memory stays flat under any traffic: a window drops what is older than 60 s on every append, whether
+or not a limit is configured for it, and windows left empty (idle users) are forgotten once a minute.
+What grows is one daily total per user seen today, cleared at midnight UTC.
 """
 
 from __future__ import annotations
@@ -52,10 +56,22 @@ class _Window:
             self.total -= self.events.popleft()[1]
 
     def add(self, now: float, amount: float) -> list[float]:
+        self.prune(now)
         event = [now, amount]
         self.events.append(event)
         self.total += amount
         return event
+
+    def correct(self, event: list[float], delta: float, now: float) -> None:
+        """Change ``event``'s amount; one already past the window was counted out at its old amount."""
+        self.prune(now)
+        if event[0] > now - WINDOW:
+            self.total += delta
+        event[1] += delta
+
+    def idle(self, now: float) -> bool:
+        self.prune(now)
+        return not self.events
 
     def retry_after(self, now: float, needed: float, limit: float) -> float:
         """Seconds until ``needed`` more fits under ``limit``."""
@@ -72,9 +88,18 @@ class Reservation:
     bot: str
     user: str
     estimate: int
-    token_events: list[list[float]]
+    token_events: list[tuple[_Window, list[float]]]  # for the bot and for the user
     settled: bool = False
     provider: str = ""
+
+
+@dataclass(frozen=True)
+class BookSize:
+    """What a :class:`QuotaBook` holds in memory."""
+
+    windows: int  # per-minute windows, one per (bot, user) and per bot, for requests and for tokens
+    events: int  # the events in them
+    daily: int  # today's token totals, one per (bot, user) and per bot
 
 
 @dataclass(frozen=True)
@@ -120,6 +145,7 @@ class QuotaBook:
         self._daily: dict[tuple[str, str], int] = {}
         self._day_begun: anyio.Event | None = None  # set when a new day's totals need loading; None: no follower
         self._deferred: dict[tuple[str, str, str], int] | None = None  # (day, bot, user) → tokens, while loading
+        self._swept = clock()
         self.rejections: dict[tuple[str, str, str], int] = {}  # (bot, scope, limit) → refused requests
         self.tokens_used: dict[tuple[str, str], int] = {}  # (bot, provider) → tokens the providers counted
 
@@ -198,6 +224,7 @@ class QuotaBook:
         """Reserve one request of ``estimate`` tokens, or raise :class:`QuotaExceeded` (nothing reserved)."""
         now = self._clock()
         self._roll_day()
+        self._forget_idle(now)
         scopes = (("bot", (bot, self.ALL_USERS), bot_quota), ("user", (bot, user), user_quota))
         try:
             for scope, key, quota in scopes:
@@ -209,9 +236,19 @@ class QuotaBook:
         events = []
         for _, key, _quota in scopes:
             self._requests.setdefault(key, _Window()).add(now, 1)
-            events.append(self._tokens.setdefault(key, _Window()).add(now, estimate))
+            tokens = self._tokens.setdefault(key, _Window())
+            events.append((tokens, tokens.add(now, estimate)))
             self._daily[key] = self._daily.get(key, 0) + estimate
         return Reservation(bot, user, estimate, events, provider=provider)
+
+    def _forget_idle(self, now: float) -> None:
+        """Drop the windows that hold nothing (users who went quiet), at most once a minute."""
+        if now - self._swept < WINDOW:
+            return
+        self._swept = now
+        for windows in (self._requests, self._tokens):
+            for key in [key for key, window in windows.items() if window.idle(now)]:
+                del windows[key]
 
     def _check(
         self, provider: str, scope: str, key: tuple[str, str], quota: QuotaSettings, estimate: int, now: float
@@ -237,14 +274,12 @@ class QuotaBook:
             return
         reservation.settled = True
         delta = actual_tokens - reservation.estimate
+        now = self._clock()
         self._roll_day()
-        for event, key in zip(
+        for (window, event), key in zip(
             reservation.token_events, ((reservation.bot, self.ALL_USERS), (reservation.bot, reservation.user))
         ):
-            event[1] += delta
-            window = self._tokens.get(key)
-            if window is not None:
-                window.total += delta
+            window.correct(event, delta, now)  # a window forgotten meanwhile was empty, so this changes nothing
             self._daily[key] = max(0, self._daily.get(key, 0) + delta)
         if actual_tokens:
             used = (reservation.bot, reservation.provider)
@@ -252,6 +287,11 @@ class QuotaBook:
         if actual_tokens:
             for bot, user in ((reservation.bot, self.ALL_USERS), (reservation.bot, reservation.user)):
                 self._record(bot, user, actual_tokens)
+
+    def size(self) -> BookSize:
+        """What the book holds right now (for the soak's memory figures)."""
+        windows = (*self._requests.values(), *self._tokens.values())
+        return BookSize(len(windows), sum(len(window.events) for window in windows), len(self._daily))
 
     def report(self, bot: str, user: str = ALL_USERS, limits: QuotaSettings | None = None) -> UsageReport:
         now = self._clock()
