@@ -112,6 +112,7 @@ class App:
             async with LLMPool(config.providers, QuotaBook(store)) as pool:
                 self.pool = pool
                 services = Services(pool, store, self.options, metrics=self.metrics)
+                services.community.configure(bot.context.channel_messages for bot in config.bots.values())
                 self.supervisor = supervisor = Supervisor(config, services)
                 async with anyio.create_task_group() as tg:
                     port = self.health_port if self.health_port is not None else config.health_port
@@ -170,6 +171,7 @@ class App:
             for warning in config.warnings:
                 log.warning("%s", warning)
             assert self.supervisor is not None
+            self.supervisor.services.community.configure(bot.context.channel_messages for bot in config.bots.values())
             await self.supervisor.reconcile(config)
             self.config = config
             return True

@@ -1,0 +1,140 @@
+"""One persona's part in the community: it hears its rooms, is known to the other personas, and
+asks the loop guard before answering one of them.
+
+The shared state lives in :class:`~orchestrator.community.Community`; this is the persona's side of
+it, for one incarnation of its client (it leaves the roster and the listeners when it stops).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+import discord
+
+from ..community import Community
+from ..community.prompt import mention_personas, where_prompt
+from ..community.roster import Member
+from ..community.speakers import heard_from_message, heard_from_payload
+from ..config import BotSpec
+from ..memory import Turn
+
+log = logging.getLogger(__name__)
+
+
+class Presence:
+    def __init__(self, community: Community, client: discord.Client, spec: Callable[[], BotSpec]) -> None:
+        self._community = community
+        self._client = client
+        self._spec = spec
+
+    @property
+    def _bot(self) -> str:
+        return self._spec().name
+
+    def _context(self) -> int:
+        return self._spec().context.channel_messages
+
+    # ------------------------------------------------------------ arriving and leaving
+
+    def arrived(self) -> None:
+        """The client is ready: join the roster, and listen in its guilds if the persona hears rooms."""
+        me = self._client.user
+        if me is None:
+            return
+        spec = self._spec()
+        self._community.roster.register(Member(spec.name, me.id, me.display_name, spec.prefix))
+        for guild in self._client.guilds:
+            self.joined_guild(guild.id)
+
+    def joined_guild(self, guild_id: int) -> None:
+        self._community.roster.join_guild(self._bot, guild_id)
+        if self._context():
+            self._community.rooms.join(guild_id, self._bot)
+
+    def left(self) -> None:
+        self._community.roster.leave(self._bot)
+        self._community.rooms.leave(self._bot)
+
+    # ------------------------------------------------------------ hearing
+
+    def listens(self, guild_id: int) -> bool:
+        """Whether this persona's gateway filter lets every message of ``guild_id`` through."""
+        return self._community.rooms.listener(guild_id) == self._bot
+
+    def hear(self, data: dict[str, Any]) -> None:
+        """A decoded MESSAGE_CREATE payload, before discord.py builds a Message (if it does at all)."""
+        if "guild_id" not in data:
+            return  # DMs stay out of every room
+        channel_id = int(data["channel_id"])
+        if self._context():
+            self._community.rooms.hear(channel_id, heard_from_payload(data))
+        if not (data.get("author") or {}).get("bot"):
+            self._community.guard.human_spoke(channel_id, int(data["id"]))
+
+    def edited(self, data: dict[str, Any]) -> None:
+        """A MESSAGE_UPDATE payload: a streamed answer grows by edits."""
+        if "content" in data and "id" in data and "channel_id" in data:
+            self._community.rooms.edit(int(data["channel_id"]), int(data["id"]), str(data["content"]))
+
+    async def room(self, message: discord.Message, channel: discord.abc.Messageable, limit: int) -> list[Turn]:
+        """The recent messages before ``message`` in its ``channel``, as turns (this persona's own as the
+        assistant's); the first time in a channel since the process started, read back from Discord."""
+        if message.guild is None or limit <= 0:
+            return []
+        rooms = self._community.rooms
+        channel_id = message.channel.id
+        if rooms.needs_backfill(channel_id):
+            try:
+                read = [heard_from_message(m) async for m in channel.history(limit=limit, before=message)]
+            except (discord.HTTPException, aiohttp.ClientError) as exc:
+                log.warning("bot %s: could not read the recent messages of channel %s (%s)", self._bot, channel_id, exc)
+            else:
+                rooms.backfill(channel_id, read)
+        me = self._client.user
+        turns = []
+        for heard in rooms.recent(channel_id, limit + 1):
+            if heard.id >= message.id:
+                continue
+            if me is not None and heard.author_id == me.id:
+                turns.append(Turn("assistant", heard.content, "", (heard.id,)))
+            else:
+                turns.append(Turn("user", heard.content, heard.author, (heard.id,)))
+        return turns[-limit:]
+
+    # ------------------------------------------------------------ the other personas
+
+    def is_persona(self, user_id: int) -> bool:
+        """A fellow persona of this orchestrator (not this one)."""
+        member = self._community.roster.by_user(user_id)
+        return member is not None and member.bot != self._bot
+
+    def others(self, message: discord.Message) -> list[Member]:
+        if message.guild is None:
+            return []
+        return [m for m in self._community.roster.present(message.guild.id) if m.bot != self._bot]
+
+    def system_prompt(self, persona: str, message: discord.Message) -> str:
+        if message.guild is None:
+            return persona
+        channel = getattr(message.channel, "name", None)
+        return f"{persona}\n\n{where_prompt(message.guild.name, channel, self.others(message))}"
+
+    def address(self, text: str, message: discord.Message) -> tuple[str, list[int]]:
+        """``@Name`` of a persona present becomes a real mention (and the only ping allowed)."""
+        return mention_personas(text, self.others(message))
+
+    def may_answer(self, message: discord.Message) -> bool:
+        """Ask the loop guard for a turn in the channel; False (logged) when it says no."""
+        if message.guild is None:
+            return True
+        group = self._spec().group
+        to_persona = self.is_persona(message.author.id)
+        refusal = self._community.guard.grant(
+            message.channel.id, group.max_bot_turns, group.max_bot_messages_per_minute, to_persona=to_persona
+        )
+        if refusal is not None:
+            log.info("bot %s: not answering %s in channel %s: %s", self._bot, message.author, message.channel.id, refusal)
+        return refusal is None
