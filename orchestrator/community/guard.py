@@ -1,29 +1,41 @@
 """The loop guard: personas may answer each other, but not for ever and not too fast.
 
-Per channel, every persona message counts: those since a human last spoke, and those of the last
-minute. An answer to a human is never held back. An answer to another persona is given only while
-fewer than ``max_bot_turns`` persona messages followed the last human message and fewer than
-``max_bot_messages_per_minute`` were posted in the last minute. A message is counted when it is
-granted (before the provider is asked), so personas answering at once cannot overshoot together.
+Per channel, the guard keeps the ids of recent human messages and of recent persona messages. An
+answer to a human is never held back. An answer to persona message X is given only while fewer than
+``max_bot_turns`` persona messages (X included) follow the last human message before X, and fewer
+than ``max_bot_messages_per_minute`` persona answers were granted in the channel in the last minute.
+Message ids are Discord's snowflakes, so the count depends on the order in which messages were
+said, not on the order in which each persona's connection happened to deliver them.
 """
 
 from __future__ import annotations
 
+import bisect
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 
 _MAX_CHANNELS = 10_000
+_KEPT_IDS = 256  # recent ids per kind and channel: more than any max_bot_turns allows
 _MAX_PER_MINUTE = 1000  # the most group.max_bot_messages_per_minute allows
 
 
 class _Channel:
-    __slots__ = ("bot_turns", "last_human", "recent")
+    __slots__ = ("granted", "humans", "personas")
 
     def __init__(self) -> None:
-        self.last_human = 0  # id of the newest human message seen
-        self.bot_turns = 0  # persona messages granted since then
-        self.recent: deque[float] = deque(maxlen=_MAX_PER_MINUTE)  # when persona messages were granted
+        self.humans: list[int] = []  # ids, ascending
+        self.personas: list[int] = []
+        self.granted: deque[float] = deque(maxlen=_MAX_PER_MINUTE)  # when persona answers were granted
+
+
+def _remember(ids: list[int], message_id: int) -> None:
+    index = bisect.bisect_left(ids, message_id)
+    if index < len(ids) and ids[index] == message_id:
+        return
+    ids.insert(index, message_id)
+    if len(ids) > _KEPT_IDS:
+        del ids[0]
 
 
 class LoopGuard:
@@ -41,23 +53,29 @@ class LoopGuard:
         return channel
 
     def human_spoke(self, channel_id: int, message_id: int) -> None:
-        """A human message: personas get a new allowance (a message seen twice counts once)."""
-        channel = self._channel(channel_id)
-        if message_id > channel.last_human:
-            channel.last_human = message_id
-            channel.bot_turns = 0
+        _remember(self._channel(channel_id).humans, message_id)
 
-    def grant(self, channel_id: int, max_turns: int, max_per_minute: int, *, to_persona: bool) -> str | None:
-        """Count one persona message in the channel; or, when it answers a persona and would break a
-        limit, say why not (and count nothing)."""
+    def persona_spoke(self, channel_id: int, message_id: int) -> None:
+        _remember(self._channel(channel_id).personas, message_id)
+
+    def grant(
+        self, channel_id: int, message_id: int, max_turns: int, max_per_minute: int, *, to_persona: bool
+    ) -> str | None:
+        """May a persona answer message ``message_id``? None (and the answer is counted), or why not."""
         channel = self._channel(channel_id)
         now = self._clock()
-        while channel.recent and channel.recent[0] <= now - 60.0:
-            channel.recent.popleft()
-        if to_persona and channel.bot_turns >= max_turns:
-            return f"{channel.bot_turns} persona messages since a human last spoke (group.max_bot_turns)"
-        if to_persona and len(channel.recent) >= max_per_minute:
-            return f"{len(channel.recent)} persona messages in the last minute (group.max_bot_messages_per_minute)"
-        channel.bot_turns += 1
-        channel.recent.append(now)
+        while channel.granted and channel.granted[0] <= now - 60.0:
+            channel.granted.popleft()
+        if to_persona:
+            since = bisect.bisect_left(channel.humans, message_id)
+            last_human = channel.humans[since - 1] if since else 0
+            first = bisect.bisect_right(channel.personas, last_human)
+            before = bisect.bisect_left(channel.personas, message_id)
+            turns = before - first + 1  # the persona messages since that human one, the answered one included
+            if turns >= max_turns:
+                return f"{turns} persona messages since a human last spoke (group.max_bot_turns is {max_turns})"
+            if len(channel.granted) >= max_per_minute:
+                return (f"{len(channel.granted)} persona answers in the last minute "
+                        f"(group.max_bot_messages_per_minute is {max_per_minute})")  # fmt: skip
+        channel.granted.append(now)
         return None

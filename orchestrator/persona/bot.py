@@ -405,6 +405,7 @@ class PersonaBot:
                 log.error("bot %s: Discord refused the answer (HTTP %s: %s)", spec.name, exc.status, exc.text)
                 return
         if answer is not None:
+            self._presence.posted(message, answer.message_ids)
             if self.services.metrics is not None:
                 self.services.metrics.observe_answer(spec.name, time.monotonic() - job.received)
             try:

@@ -71,8 +71,11 @@ class Presence:
         channel_id = int(data["channel_id"])
         if self._context():
             self._community.rooms.hear(channel_id, heard_from_payload(data))
-        if not (data.get("author") or {}).get("bot"):
+        author = data.get("author") or {}
+        if not author.get("bot"):
             self._community.guard.human_spoke(channel_id, int(data["id"]))
+        elif self._community.roster.by_user(int(author.get("id", 0))) is not None:
+            self._community.guard.persona_spoke(channel_id, int(data["id"]))
 
     def edited(self, data: dict[str, Any]) -> None:
         """A MESSAGE_UPDATE payload: a streamed answer grows by edits."""
@@ -122,6 +125,12 @@ class Presence:
         channel = getattr(message.channel, "name", None)
         return f"{persona}\n\n{where_prompt(message.guild.name, channel, self.others(message))}"
 
+    def posted(self, message: discord.Message, ids: tuple[int, ...]) -> None:
+        """This persona's answer to ``message`` was posted as ``ids``."""
+        if message.guild is not None:
+            for message_id in ids:
+                self._community.guard.persona_spoke(message.channel.id, message_id)
+
     def address(self, text: str, message: discord.Message) -> tuple[str, list[int]]:
         """``@Name`` of a persona present becomes a real mention (and the only ping allowed)."""
         return mention_personas(text, self.others(message))
@@ -133,7 +142,7 @@ class Presence:
         group = self._spec().group
         to_persona = self.is_persona(message.author.id)
         refusal = self._community.guard.grant(
-            message.channel.id, group.max_bot_turns, group.max_bot_messages_per_minute, to_persona=to_persona
+            message.channel.id, message.id, group.max_bot_turns, group.max_bot_messages_per_minute, to_persona=to_persona
         )
         if refusal is not None:
             log.info("bot %s: not answering %s in channel %s: %s", self._bot, message.author, message.channel.id, refusal)

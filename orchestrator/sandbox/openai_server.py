@@ -69,6 +69,7 @@ class Fault:
     delay: float = 0.0
     cut_stream_after: int | None = None
     malformed: bool = False
+    reply: str | None = None  # answer with this text instead of the default one
 
     @classmethod
     def rate_limited(cls, retry_after: float | None = 0.05) -> Fault:
@@ -258,7 +259,7 @@ class OpenAISandbox:
                 dropped = fault.cut_stream_after is not None and not body.get("stream")
                 status = fault.status or (0 if dropped else 200)
         body = body if isinstance(body, dict) else {}
-        text = self._next_reply(body) if status == 200 else ""
+        text = (fault.reply if fault.reply is not None else self._next_reply(body)) if status == 200 else ""
         await self._record(request, body, status)
         headers = {**headers, **fault.headers, **_retry_after(fault.retry_after)}
         await asyncio.sleep(self.latency + fault.delay)
