@@ -119,6 +119,7 @@ class App:
                     if port is not None:
                         self.health = HealthServer(self, port, self.health_host)
                         await tg.start(self.health.serve)
+                    await tg.start(services.community.panels.run)
                     await tg.start(self._supervise, supervisor, tg.cancel_scope)
                     if self.handle_signals:
                         tg.start_soon(self._handle_signals)

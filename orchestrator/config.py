@@ -99,6 +99,7 @@ class GroupSettings(_Model):
     talk_to_personas: bool = True  # answer other personas of this orchestrator that address this one
     max_bot_turns: int = Field(3, ge=0, le=100)  # persona messages in a channel before a human speaks again
     max_bot_messages_per_minute: int = Field(12, ge=0, le=1000)  # persona messages per channel and minute
+    max_panel_rounds: int = Field(3, ge=1, le=20)
 
 
 class RestartSettings(_Model):

@@ -10,6 +10,7 @@ import pytest
 from orchestrator.community.guard import LoopGuard
 from orchestrator.community.rooms import Heard, Rooms
 from orchestrator.memory.context import speaker_name
+from orchestrator.sandbox.discord_server import SentMessage
 from orchestrator.sandbox.openai_server import Fault
 
 from .conftest import World, token_for
@@ -222,3 +223,99 @@ def test_the_loop_guard_counts_by_message_order_per_channel_and_per_minute() -> 
     assert "per_minute" in (guard.grant(3, 4, 50, 2, to_persona=True) or "")
     now[0] = 61.0
     assert guard.grant(3, 5, 50, 2, to_persona=True) is None
+
+
+# ---------------------------------------------------------------- panels
+
+
+async def reply_to(world: World, text: str) -> SentMessage:
+    message = await world.discord.post(text)
+    [reply] = await world.discord.wait_for_sent(predicate=lambda m: m.reference_id == int(message["id"]))
+    return reply
+
+
+def three_personas(world: World, **defaults: object) -> None:
+    world.write(
+        [{"name": "sage"}, {"name": "hafez", "prefix": "?"}, {"name": "rumi", "prefix": "%"}],
+        defaults={"group": {"talk_to_personas": False}, **defaults},
+    )
+
+
+
+async def test_a_panel_of_three_answers_in_turn_each_seeing_the_earlier_answers(world: World) -> None:
+    three_personas(world)
+    async with world.running():
+        command = await world.discord.post("!panel is free will an illusion?")
+        answers = await world.discord.wait_for_sent(4, predicate=lambda m: m.reference_id == int(command["id"]))
+    intro, *turns = answers
+    assert intro.author_id == world.bot_ids["sage"] and "sage, hafez, rumi" in intro.content
+    assert [m.author_id for m in turns] == [world.bot_ids[name] for name in ("sage", "hafez", "rumi")]
+    third = world.openai.chat_requests[2].body["messages"]
+    heard = "\n".join(m["content"] for m in third)
+    assert turns[0].content in heard and turns[1].content in heard, "rumi saw sage's and hafez's answers"
+    assert "is free will an illusion?" in third[-1]["content"]
+
+
+async def test_a_panel_of_mentioned_personas_for_two_rounds(world: World) -> None:
+    three_personas(world)
+    rumi, hafez = world.bot_ids["rumi"], world.bot_ids["hafez"]
+    async with world.running():
+        command = await world.discord.post(f"?panel 2 <@{rumi}> <@{hafez}> tea or coffee", mentions=[rumi, hafez])
+        answers = await world.discord.wait_for_sent(5, predicate=lambda m: m.reference_id == int(command["id"]))
+    assert [m.author_id for m in answers[1:]] == [rumi, hafez, rumi, hafez], "\n".join(f"{m.author_id} {m.reference_id} {m.content[:70]}" for m in world.discord.sent)
+    assert "Round 2 of 2" in world.openai.chat_requests[-1].body["messages"][-1]["content"]
+
+
+async def test_a_failing_persona_is_skipped_and_the_panel_goes_on(world: World) -> None:
+    three_personas(world)
+    world.openai.inject(Fault(), Fault(status=400))  # sage answers; hafez's request is refused
+    async with world.running():
+        command = await world.discord.post("!panel one topic")
+        answers = await world.discord.wait_for_sent(4, predicate=lambda m: m.reference_id == int(command["id"]))
+    assert [m.author_id for m in answers[1:]] == [world.bot_ids[name] for name in ("sage", "hafez", "rumi")]
+    assert answers[2].content and "[gpt-4o-mini]" not in answers[2].content, "hafez said why it was skipped"
+
+
+async def test_stop_ends_a_panel_and_a_second_panel_is_refused_meanwhile(world: World) -> None:
+    three_personas(world)
+    world.openai.latency = 0.2  # turns in flight while the test speaks
+    async with world.running():
+        command = await world.discord.post("!panel 3 a long one")
+        await world.discord.wait_for_sent(predicate=lambda m: m.reference_id == int(command["id"]))  # the intro
+        refused = await reply_to(world, "?panel another one")
+        stopped = await reply_to(world, "%stop")
+        world.openai.latency = 0.0
+        assert world.app is not None and world.app.supervisor is not None
+        panels = world.app.supervisor.services.community.panels
+        await panels.wait_ended(world.discord.channel_id)
+        await world.idle()
+    assert "already running" in refused.content
+    assert "stops after the turn in progress" in stopped.content
+    turns = [m for m in world.discord.sent if m.reference_id == int(command["id"])][1:]
+    assert len(turns) < 9, "the panel did not run its 9 turns"
+
+
+@pytest.mark.bad_input
+@pytest.mark.parametrize(
+    ("command", "expected"),
+    [
+        ("!panel", "Give the panel a topic"),
+        ("!panel " + "x" * 10_000, "too long (10000 characters"),
+        ("!panel 9 too many rounds", "at most 3 rounds"),
+        ("!panel <@{alice}> with a human", "is not a persona in this channel"),
+    ],
+)
+async def test_a_bad_panel_request_gets_a_clear_answer(world: World, command: str, expected: str) -> None:
+    three_personas(world)
+    async with world.running():
+        [reply] = await world.chat(command.format(alice=world.discord.default_user_id))
+    assert expected in reply.content
+    assert world.openai.chat_requests == []
+
+
+@pytest.mark.bad_input
+async def test_a_panel_in_a_dm_is_refused(world: World) -> None:
+    world.write([{"name": "sage", "access": {"dms": True}}])
+    async with world.running():
+        [reply] = await world.chat("!panel in private", guild=False, dm_to=token_for("sage"))
+    assert "not in DMs" in reply.content

@@ -7,7 +7,12 @@ turn a model's ``@Name`` into a real mention of that persona.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+
+import discord
+
+from .panel import Deliver
 
 
 @dataclass
@@ -17,6 +22,8 @@ class Member:
     display: str  # the name Discord shows
     prefix: str
     guilds: set[int] = field(default_factory=set)
+    deliver: Deliver | None = None  # hands this persona a panel turn
+    accepts: Callable[[discord.Message], bool] | None = None  # whether it may speak where a message was said
 
 
 class Roster:
@@ -38,6 +45,9 @@ class Roster:
         member = self._members.get(bot)
         if member is not None:
             member.guilds.add(guild_id)
+
+    def members(self) -> list[Member]:
+        return list(self._members.values())
 
     def by_user(self, user_id: int) -> Member | None:
         """The persona whose Discord user this is, if any."""

@@ -34,6 +34,7 @@ from ..discord_io.text import clean_user_text, neutralize_mentions, split_messag
 from ..discord_io.typing_indicator import TypingIndicator, Work
 from ..errors import BotFatalError, ProviderBadResponse, ProviderError
 from ..llm.pool import ChatCall
+from ..community.panel import PanelTurn
 from ..memory import SHARED, ConversationKey, Turn, fit_context
 from ..ops.sentry import report_exception
 from ..runtime.mailbox import Job, JobKind, Mailbox
@@ -163,7 +164,7 @@ class PersonaBot:
         )
         # discord.py would build a full Message for every message in every channel the bot sees ...
         internals.filter_message_creates(client, self._addressed)
-        self._presence = Presence(self.services.community, client, lambda: self.spec)
+        self._presence = Presence(self.services.community, client, lambda: self.spec, self._take_turn, self._may_speak)
         gateway_filter.install(  # ... and decode it
             client, lambda: self.spec.prefix, self._count_dropped, self._stamp_received, self._presence.listens
         )
@@ -251,12 +252,29 @@ class PersonaBot:
                 kind = "reset_channel"
             if kind == "chat" and not self._presence.may_answer(message):
                 return None
+            if kind == "stop" and message.author.bot:
+                return None  # only a human ends a panel
             return Job(kind, message, command.argument, received)
-        if message.content.startswith(self.spec.prefix):
+        if message.content.startswith(self.spec.prefix) or self._presence.commands_another(message.content):
             return None  # someone else's command, or a typo: stay quiet
         if access.message_addressed(message, me.id, self.spec.prefix) and self._presence.may_answer(message):
             return Job("chat", message, re.sub(rf"<@!?{me.id}>", "", message.content), received)
         return None
+
+    def _may_speak(self, message: discord.Message) -> bool:
+        me = self.client.user
+        return me is not None and access.allowed(self.spec.access, message, me.id, True)
+
+    def _take_turn(self, turn: PanelTurn) -> bool:
+        """A panel's conductor hands this persona a turn: queue it like any message."""
+        message = turn.message
+        if not self.mailbox.accepts(message.author.id):
+            return False
+        try:
+            self.mailbox.put(Job("panel_turn", message, turn.prompt, time.monotonic(), turn))
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            return False
+        return True
 
     def _enqueue(self, job: Job) -> None:
         """Accept a job, or answer "busy" when the bot, or this user, already has too many waiting."""
@@ -348,6 +366,18 @@ class PersonaBot:
     async def _handle(self, job: Job, key: ConversationKey) -> None:
         if job.kind == "chat":
             await self._chat(job, key)
+        elif job.kind == "panel_turn":
+            answered = False
+            try:
+                answered = await self._chat(job, key, remember=False)
+            finally:
+                if job.turn is not None:
+                    job.turn.finish(answered)
+        elif job.kind == "panel":
+            note = partial(self._delivery.post, job.message, reply=False)
+            await self._delivery.reply(job.message, self._presence.start_panel(job.message, job.text, note))
+        elif job.kind == "stop":
+            await self._delivery.reply(job.message, self._presence.stop_panel(job.message))
         elif job.kind == "reset":
             removed = await self.services.store.reset(key)
             await self._delivery.reply(job.message, f"Our conversation is cleared ({removed // 2} exchanges forgotten).")
@@ -360,23 +390,23 @@ class PersonaBot:
         elif job.kind == "usage":
             await self._delivery.reply(job.message, usage_text(self.spec, self.services.pool.quotas, job.message.author.id))
 
-    async def _chat(self, job: Job, key: ConversationKey) -> None:
+    async def _chat(self, job: Job, key: ConversationKey, *, remember: bool = True) -> bool:
+        """Answer ``job``; True when an answer was delivered. A panel turn (``remember=False``) leaves
+        the conversation's memory alone: the channel context carries the panel."""
         spec = self.spec  # a hot reload may replace self.spec; this answer keeps one consistent view
         self.counters.chats += 1
         text = clean_user_text(job.text)[:MAX_INPUT_CHARS]
         if not text:
             await self._delivery.reply(job.message, empty_chat(spec.prefix))
-            return
+            return False
         store = self.services.store
         with self._typing.working(job.message.channel.id) as work:
-            try:
-                history = await store.history(key, spec.memory.max_turns)
-            except Exception:  # noqa: BLE001 - answer without memory rather than not at all
-                log.exception("bot %s: could not read conversation memory; answering without it", spec.name)
-                history = []
+            history = await self._history(key) if remember else []
             message = job.message
             speaker = message.author.display_name
-            room = await self._presence.room(message, self._delivery.channel(message), spec.context.channel_messages)
+            room = await self._presence.room(
+                message, self._delivery.channel(message), spec.context.channel_messages, until_now=not remember
+            )
             question = Turn("user", text, speaker, (message.id,))
             call = ChatCall(
                 bot=spec.name,
@@ -400,21 +430,31 @@ class PersonaBot:
                 log.warning("bot %s: %s", spec.name, exc)
                 work.finish()
                 await self._delivery.reply(job.message, exc.user_message)
-                return
+                return False
             except discord.HTTPException as exc:
                 log.error("bot %s: Discord refused the answer (HTTP %s: %s)", spec.name, exc.status, exc.text)
-                return
-        if answer is not None:
-            self._presence.posted(message, answer.message_ids)
-            if self.services.metrics is not None:
-                self.services.metrics.observe_answer(spec.name, time.monotonic() - job.received)
+                return False
+        if answer is None:
+            return False
+        self._presence.posted(message, answer.message_ids, answer.text)
+        if self.services.metrics is not None:
+            self.services.metrics.observe_answer(spec.name, time.monotonic() - job.received)
+        if remember:
             try:
                 await store.append_exchange(
                     key, text, answer.text, speaker=speaker, question_id=message.id, answer_ids=answer.message_ids
                 )
             except Exception:  # noqa: BLE001 - the user has the answer; only the memory of it is lost
                 log.exception("bot %s: the answer was delivered but could not be saved to memory", spec.name)
-            self.counters.answered += 1
+        self.counters.answered += 1
+        return True
+
+    async def _history(self, key: ConversationKey) -> list[Turn]:
+        try:
+            return await self.services.store.history(key, self.spec.memory.max_turns)
+        except Exception:  # noqa: BLE001 - answer without memory rather than not at all
+            log.exception("bot %s: could not read conversation memory; answering without it", self.spec.name)
+            return []
 
     async def _answer_plain(self, job: Job, call: ChatCall, work: Work) -> Answer | None:
         """Ask, then send the whole answer; returns what was delivered (None: nothing to remember)."""

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from typing import Literal, NamedTuple
 
-CommandName = Literal["chat", "reset", "usage"]
+CommandName = Literal["chat", "reset", "usage", "panel", "stop"]
 
-_NAMES: dict[str, CommandName] = {"chat": "chat", "ask": "chat", "reset": "reset", "usage": "usage"}
+_NAMES: dict[str, CommandName] = {
+    "chat": "chat", "ask": "chat", "reset": "reset", "usage": "usage", "panel": "panel", "stop": "stop"
+}
 
 
 class Command(NamedTuple):
