@@ -38,3 +38,14 @@ def test_pool_benchmark_produces_its_figures(tmp_path: Path) -> None:
     for path in ("sdk", "post", "transport", "pool"):
         assert all(math.isfinite(v) and v > 0 for v in figures[path].values())
     assert math.isfinite(figures["pool_added_p50_ms"]) and figures["pool_to_sdk_create_p50_ratio"] > 0
+
+
+def test_rooms_benchmark_produces_its_figures(tmp_path: Path) -> None:
+    output = tmp_path / "bench_rooms.json"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench_rooms"), "--bots", "2", "--channels", "5", "--output", str(output)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(output.read_text())
+    assert figures["channels"] == 10 and figures["bytes_per_message"] > 0 and figures["traced_mib"] >= 0
