@@ -117,6 +117,7 @@ class App:
             async with LLMPool(config.providers, QuotaBook(store), SpendBook(store)) as pool:
                 self.pool = pool
                 services = Services(pool, store, self.options, metrics=self.metrics)
+                services.community.configure(bot.context.channel_messages for bot in config.bots.values())
                 self.supervisor = supervisor = Supervisor(config, services)
                 async with anyio.create_task_group() as tg:
                     self._scope = tg.cancel_scope
@@ -126,6 +127,7 @@ class App:
                         await tg.start(self.health.serve)
                     log.info("%s", self._start_up_line())
                     await tg.start(pool.quotas.follow_days)  # today's token usage, before any bot answers
+                    await tg.start(services.community.panels.run)
                     await tg.start(self._supervise, supervisor, tg.cancel_scope)
                     if self.handle_signals:
                         tg.start_soon(self._handle_signals)
@@ -184,6 +186,7 @@ class App:
             for warning in config.warnings:
                 log.warning("%s", warning)
             assert self.supervisor is not None
+            self.supervisor.services.community.configure(bot.context.channel_messages for bot in config.bots.values())
             await self.supervisor.reconcile(config)
             self.config = config
             return True

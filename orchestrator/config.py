@@ -109,6 +109,17 @@ class MemorySettings(_Model):
     max_age_days: float | None = Field(30.0, gt=0)
 
 
+class ContextSettings(_Model):
+    channel_messages: int = Field(20, ge=0, le=100)  # recent channel messages the model sees; 0: none
+
+
+class GroupSettings(_Model):
+    talk_to_personas: bool = True  # answer other personas of this orchestrator that address this one
+    max_bot_turns: int = Field(3, ge=0, le=100)  # persona messages in a channel before a human speaks again
+    max_bot_messages_per_minute: int = Field(12, ge=0, le=1000)  # persona messages per channel and minute
+    max_panel_rounds: int = Field(3, ge=1, le=20)
+
+
 class RestartSettings(_Model):
     max_restarts: int = Field(5, ge=0, le=1000)
     window: float = Field(60.0, gt=0)
@@ -125,6 +136,8 @@ class Defaults(_Model):
     user_quota: QuotaSettings = QuotaSettings()
     access: AccessSettings = AccessSettings()
     memory: MemorySettings = MemorySettings()
+    context: ContextSettings = ContextSettings()
+    group: GroupSettings = GroupSettings()
     stream: bool = False
     mailbox_size: int = Field(32, ge=1, le=10_000)
     concurrency: int = Field(32, ge=1, le=256)  # answers in progress per bot (one at a time per conversation)
@@ -144,6 +157,8 @@ class BotSettings(_Model):
     user_quota: dict[str, Any] = {}
     access: dict[str, Any] = {}
     memory: dict[str, Any] = {}
+    context: dict[str, Any] = {}
+    group: dict[str, Any] = {}
     stream: bool | None = None
     mailbox_size: int | None = Field(None, ge=1, le=10_000)
     concurrency: int | None = Field(None, ge=1, le=256)
@@ -198,6 +213,8 @@ class BotSpec:
     user_quota: QuotaSettings
     access: AccessSettings
     memory: MemorySettings
+    context: ContextSettings
+    group: GroupSettings
     stream: bool
     mailbox_size: int
     concurrency: int
@@ -397,6 +414,8 @@ _KNOWN_KEYS: dict[str, type[BaseModel]] = {
     "user_quota": QuotaSettings,
     "access": AccessSettings,
     "memory": MemorySettings,
+    "context": ContextSettings,
+    "group": GroupSettings,
 }
 
 

@@ -15,9 +15,9 @@ import yaml
 from orchestrator.app import App
 from orchestrator.config import Config, load_config
 from orchestrator.runtime.services import RuntimeOptions
+from orchestrator.runtime.supervisor import BotState, Supervisor
 from orchestrator.sandbox.discord_server import DiscordSandbox
 from orchestrator.sandbox.openai_server import OpenAISandbox
-from orchestrator.runtime.supervisor import BotState, Supervisor
 
 
 @pytest.fixture
@@ -77,7 +77,8 @@ class World:
                 self.bot_ids[name] = self.discord.add_bot(token_for(name), name)
         document = {
             "providers": {"openai": {"base_url": self.openai.base_url, "api_key_env": "OPENAI_API_KEY", "timeout": 10}},
-            "defaults": {"model": "gpt-4o-mini", "params": {"max_tokens": 200}},
+            # Channel context is off unless a test turns it on: most tests assert the exact request.
+            "defaults": {"model": "gpt-4o-mini", "params": {"max_tokens": 200}, "context": {"channel_messages": 0}},
             "database": str(self.tmp_path / "memory.sqlite3"),
             "restart": {"max_restarts": 3, "window": 60, "backoff_initial": 0.01, "backoff_max": 0.05},
             **top,

@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from orchestrator.persona.replies import APOLOGY
+from orchestrator.sandbox.openai_server import said
 
 from .conftest import API_KEY, World, token_for
 
@@ -26,7 +27,7 @@ denied = pytest.mark.bad_input
 
 def asked(world: World) -> list[str]:
     """The last user message of every provider request, in order."""
-    return [r.body["messages"][-1]["content"] for r in world.openai.chat_requests]
+    return [said(r.body["messages"][-1]) for r in world.openai.chat_requests]
 
 
 # ---------------------------------------------------------------- allow lists
@@ -107,7 +108,7 @@ async def test_dms_are_answered_when_enabled_in_the_dm_channel(world: World) -> 
     assert private.channel_id != world.discord.channel_id and private.content.endswith("| in private")
     assert public.content.endswith("| in public")
     assert asked(world) == ["in private", "in public"]
-    assert [m["content"] for m in world.openai.chat_requests[1].body["messages"][1:]] == ["in public"], (
+    assert [said(m) for m in world.openai.chat_requests[1].body["messages"][1:]] == ["in public"], (
         "the DM is its own conversation"
     )
 
@@ -178,7 +179,7 @@ async def test_channel_reset_needs_an_admin_of_that_bot(world: World, who: str, 
         await world.chat("!chat remember me")
         [answer] = await world.chat("!reset channel", author_id=user)
         await world.chat("!chat do you remember?")
-    remembered = [m["content"] for m in world.openai.chat_requests[-1].body["messages"][1:]]
+    remembered = [said(m) for m in world.openai.chat_requests[-1].body["messages"][1:]]
     if allowed:
         assert "cleared" in answer.content
         assert remembered == ["do you remember?"]
@@ -204,13 +205,13 @@ async def test_users_never_see_or_reset_each_others_conversation(world: World) -
         await world.chat("!chat alice: still there?")
     requests = [r.body["messages"][1:] for r in world.openai.chat_requests]
     for messages, asker in zip(requests, ["alice", "bob", "bob", "bob", "bob", "alice"]):
-        users = [m["content"] for m in messages if m["role"] == "user"]
+        users = [said(m) for m in messages if m["role"] == "user"]
         assert all(text.startswith(f"{asker}:") for text in users), users
-        answers = [m["content"] for m in messages if m["role"] == "assistant"]
+        answers = [said(m) for m in messages if m["role"] == "assistant"]
         assert all(f"| {asker}:" in text for text in answers), answers
     assert "3 exchanges forgotten" in reset.content
-    assert [m["content"] for m in requests[4]] == ["bob: after my reset"]
-    assert [m["content"] for m in requests[5] if m["role"] == "user"] == ["alice: my secret plan", "alice: still there?"]
+    assert [said(m) for m in requests[4]] == ["bob: after my reset"]
+    assert [said(m) for m in requests[5] if m["role"] == "user"] == ["alice: my secret plan", "alice: still there?"]
 
 
 # ---------------------------------------------------------------- secrets

@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 
 import anyio
-import watchfiles
 import pytest
+import watchfiles
 
 from .conftest import World
 

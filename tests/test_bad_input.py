@@ -19,6 +19,7 @@ from orchestrator.persona.bot import PersonaBot
 from orchestrator.persona.replies import APOLOGY, EMPTY_ANSWER
 from orchestrator.runtime.mailbox import Job
 from orchestrator.sandbox.discord_server import SentMessage
+from orchestrator.sandbox.openai_server import said
 
 from .conftest import World
 
@@ -79,7 +80,7 @@ async def test_odd_user_text_gets_a_clear_answer(world: World, text: str, asked:
         assert len(world.openai.chat_requests) == 1, "only the sibling asked the model"
         return
     request = world.openai.chat_requests[0].body
-    assert request["messages"][-1] == {"role": "user", "content": asked}
+    assert request["messages"][-1] == {"role": "user", "name": "alice", "content": f"alice: {asked}"}
     assert APOLOGY not in [m.content for m in replies]
     assert squeeze(asked) in squeeze("".join(m.content for m in replies)).replace("\u200b", "")
 
@@ -133,7 +134,7 @@ async def test_messages_from_other_bots_are_answered_only_when_allowed(world: Wo
     answered = [m for m in world.discord.sent if m.author_id == world.bot_ids["sage"]]
     assert len(answered) == (2 if allow_bots else 1)
     assert barrier in answered
-    asked = [r.body["messages"][-1]["content"] for r in world.openai.chat_requests]
+    asked = [said(r.body["messages"][-1]) for r in world.openai.chat_requests]
     assert ("from another bot" in asked) is allow_bots
 
 
@@ -144,7 +145,7 @@ async def test_a_bot_never_answers_itself_even_when_bots_are_allowed(world: Worl
         await world.chat("!chat say the magic words")
         await world.discord.post("!chat posted with the bot's own account", author_id=world.bot_ids["sage"])
         [barrier] = await world.chat("!chat still sane?")
-    assert [r.body["messages"][-1]["content"] for r in world.openai.chat_requests] == [
+    assert [said(r.body["messages"][-1]) for r in world.openai.chat_requests] == [
         "say the magic words", "still sane?"
     ]
     assert barrier.author_id == world.bot_ids["sage"]
@@ -164,7 +165,7 @@ async def test_empty_model_output_is_explained(world: World, output: str, stream
     assert reply.content == EMPTY_ANSWER
     assert after.content.endswith("| now say something")
     second = world.openai.chat_requests[1].body["messages"]
-    assert [m["content"] for m in second[1:]] == ["now say something"], "an empty answer is not remembered"
+    assert [said(m) for m in second[1:]] == ["now say something"], "an empty answer is not remembered"
 
 
 PROSE = "\n\n".join(f"Paragraph {i}. " + " ".join(["lorem ipsum dolor sit amet"] * 40) for i in range(12))
@@ -217,7 +218,7 @@ async def test_model_output_with_a_lone_surrogate_is_shown_and_remembered(world:
         [shown] = await world.chat("!chat go")
         await world.chat("!chat and then?")
     assert "broken" in shown.content and "😀" in shown.content
-    remembered = [m["content"] for m in world.openai.chat_requests[1].body["messages"][1:]]
+    remembered = [said(m) for m in world.openai.chat_requests[1].body["messages"][1:]]
     assert remembered == ["go", "broken \ufffd emoji and a fine 😀 one", "and then?"]
 
 

@@ -66,3 +66,14 @@ def test_burst_benchmark_refuses_bad_sizes(tmp_path: Path) -> None:
     )
     assert result.returncode == 2 and "--users takes comma-separated integers" in result.stderr
     assert not (tmp_path / "x.json").exists()
+
+
+def test_rooms_benchmark_produces_its_figures(tmp_path: Path) -> None:
+    output = tmp_path / "bench_rooms.json"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench_rooms"), "--bots", "2", "--channels", "5", "--output", str(output)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(output.read_text())
+    assert figures["channels"] == 10 and figures["bytes_per_message"] > 0 and figures["traced_mib"] >= 0

@@ -9,8 +9,8 @@ import pytest
 
 from orchestrator.app import App
 from orchestrator.persona.replies import BUSY, EMPTY_ANSWER
-from orchestrator.sandbox.openai_server import Fault, default_reply
 from orchestrator.runtime.supervisor import BotState
+from orchestrator.sandbox.openai_server import Fault, default_reply, said
 
 from .conftest import FAST, World
 
@@ -34,11 +34,11 @@ async def test_two_bots_answer_with_their_own_persona_model_and_parameters(world
 
     first, second = world.openai.chat_requests
     assert first.body["model"] == "gpt-4o-mini"
-    assert first.body["messages"][0] == {"role": "system", "content": "You are Sage, a philosopher."}
-    assert first.body["messages"][-1] == {"role": "user", "content": "what is virtue?"}
+    assert first.body["messages"][0]["content"].startswith("You are Sage, a philosopher.\n\nYou are in #general")
+    assert first.body["messages"][-1] == {"role": "user", "name": "alice", "content": "alice: what is virtue?"}
     assert (first.body["temperature"], first.body["top_p"], first.body["max_tokens"]) == (0.3, 0.5, 200)
     assert second.body["model"] == "sandbox-small"
-    assert second.body["messages"][0]["content"] == "تو حافظ هستی."
+    assert second.body["messages"][0]["content"].startswith("تو حافظ هستی.\n\n")
     assert (second.body["temperature"], second.body["frequency_penalty"], second.body["presence_penalty"]) == (1.1, 0.4, -0.2)
     assert second.body["max_tokens"] == 77
     assert [m.author_id for m in sage_reply] == [world.bot_ids["sage"]]
@@ -124,8 +124,8 @@ async def test_mention_and_reply_address_one_persona(world: World) -> None:
         [first] = await world.chat(f"<@{sage_id}> what is time?", mentions=[sage_id])
         [second] = await world.chat("and space?", reply_to=first.id)
     assert {first.author_id, second.author_id} == {sage_id}
-    assert world.openai.chat_requests[0].body["messages"][-1]["content"] == "what is time?"
-    assert world.openai.chat_requests[1].body["messages"][-1]["content"] == "and space?"
+    assert said(world.openai.chat_requests[0].body["messages"][-1]) == "what is time?"
+    assert said(world.openai.chat_requests[1].body["messages"][-1]) == "and space?"
 
 
 async def test_provider_refusing_the_key_is_explained_without_the_key(world: World) -> None:
@@ -174,15 +174,15 @@ async def test_full_mailbox_answers_busy(world: World) -> None:
 
 async def test_same_user_is_answered_in_order_seeing_the_previous_exchange(world: World) -> None:
     world.write([{"name": "sage", "concurrency": 4}])
-    world.openai.set_reply(lambda body: f"answer to {body['messages'][-1]['content']}")
+    world.openai.set_reply(lambda body: f"answer to {said(body['messages'][-1])}")
     async with world.running():
         await world.discord.post("!chat one")
         await world.discord.post("!chat two")
         await world.discord.wait_for_sent(2)
         await world.idle()
     first, second = world.openai.chat_requests
-    assert first.body["messages"][-1]["content"] == "one"
-    assert [m["content"] for m in second.body["messages"][1:]] == ["one", "answer to one", "two"]
+    assert said(first.body["messages"][-1]) == "one"
+    assert [said(m) for m in second.body["messages"][1:]] == ["one", "answer to one", "two"]
     assert [m.content for m in world.discord.sent] == ["answer to one", "answer to two"]
 
 
@@ -207,7 +207,7 @@ async def test_messages_for_nobody_are_dropped_before_discord_py_parses_them(wor
         hafez = app.supervisor.children["hafez"].actor
         assert sage is not None and hafez is not None
         me = str(world.bot_ids["sage"])
-        guild = {"guild_id": "1", "author": {"id": "5", "bot": False}}
+        guild = {"guild_id": "1", "channel_id": "2", "id": "3", "author": {"id": "5", "bot": False}}
         assert sage._addressed({**guild, "content": "!chat hi"})
         assert not sage._addressed({**guild, "content": "?chat hi"})
         assert not sage._addressed({**guild, "content": "just talking"})

@@ -12,6 +12,7 @@ import anyio
 import pytest
 
 from orchestrator.memory import ConversationKey, SQLiteStore
+from orchestrator.sandbox.openai_server import said
 
 from .conftest import API_KEY, World, token_for
 
@@ -179,7 +180,7 @@ async def test_demo_can_use_a_real_provider_while_discord_stays_local(world: Wor
     )
     assert result.returncode == 0, result.stderr
     [request] = world.openai.chat_requests
-    assert request.api_key == API_KEY and request.body["messages"][-1]["content"] == "via provider"
+    assert request.api_key == API_KEY and said(request.body["messages"][-1]) == "via provider"
 
 
 async def test_usage_command_shows_todays_tokens_per_bot_and_user(world: World) -> None:

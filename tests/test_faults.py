@@ -20,14 +20,14 @@ import anyio
 import pytest
 from anyio.abc import Process
 
-from orchestrator.persona import bot as persona_bot
 from orchestrator.app import App
-from orchestrator.memory import SQLiteStore
-from orchestrator.persona.replies import APOLOGY
-from orchestrator.sandbox.discord_server import RestFault
-from orchestrator.sandbox.openai_server import Fault, default_reply
 from orchestrator.discord_io.streaming import CUT_NOTE
+from orchestrator.memory import SQLiteStore
+from orchestrator.persona import bot as persona_bot
+from orchestrator.persona.replies import APOLOGY
 from orchestrator.runtime.supervisor import BotState
+from orchestrator.sandbox.discord_server import RestFault
+from orchestrator.sandbox.openai_server import Fault, default_reply, said
 
 from .conftest import World, token_for
 
@@ -109,7 +109,7 @@ async def test_gateway_drop_is_survived_and_the_sibling_never_reconnects(
     assert (world.discord.resume_count[sage], world.discord.identify_count[sage]) == (resumes, identifies)
     assert (world.discord.resume_count[hafez], world.discord.identify_count[hafez]) == (0, 1)
     history = world.openai.chat_requests[-1].body["messages"]
-    assert [m["content"] for m in history[1:2]] == ["before the drop"], "memory survived the reconnect"
+    assert [said(m) for m in history[1:2]] == ["before the drop"], "memory survived the reconnect"
 
 
 # ---------------------------------------------------------------- Discord REST
@@ -226,7 +226,7 @@ async def test_provider_failure_is_explained_and_the_next_chat_works(
     assert "Traceback" not in failed.content and "provider 'openai'" not in failed.content
     assert is_answer(after, "second")
     second = world.openai.chat_requests[1].body["messages"]
-    assert [m["content"] for m in second[1:]] == ["second"], "a failed answer is not remembered"
+    assert [said(m) for m in second[1:]] == ["second"], "a failed answer is not remembered"
 
 
 @pytest.mark.parametrize(
@@ -345,7 +345,7 @@ async def test_database_trouble_still_answers_and_keeps_serving(
     two_bots(world)
     long_answer = " ".join(["memory"] * 1500)  # needs new database pages, so a page limit bites
     world.openai.set_reply(
-        lambda body: long_answer if body["messages"][-1]["content"] == "during the fault" else default_reply(body)
+        lambda body: long_answer if said(body["messages"][-1]) == "during the fault" else default_reply(body)
     )
     async with world.running() as app:
         store = store_of(app)
@@ -356,7 +356,7 @@ async def test_database_trouble_still_answers_and_keeps_serving(
         [after] = await world.chat("!chat after the fault")
     assert " ".join(m.content for m in during).split() == long_answer.split(), "the user got the whole answer"
     assert is_answer(after, "after the fault")
-    history = [m["content"] for m in world.openai.chat_requests[-1].body["messages"][1:]]
+    history = [said(m) for m in world.openai.chat_requests[-1].body["messages"][1:]]
     assert history[0] == "remember this" and history[-1] == "after the fault"
     db = world.tmp_path / "memory.sqlite3"
     assert_whole_exchanges(db)
@@ -378,7 +378,7 @@ async def test_read_only_database_file_at_startup_still_answers(world: World, mo
         [reply] = await world.chat("!chat still there?")
         await sibling_answers(world)
     assert is_answer(reply, "still there?")
-    assert world.openai.chat_requests[-2].body["messages"][1]["content"] == "remember this", "memory was read"
+    assert said(world.openai.chat_requests[-2].body["messages"][1]) == "remember this", "memory was read"
 
 
 # ---------------------------------------------------------------- signals, on a real process
@@ -450,7 +450,7 @@ async def test_sigkill_mid_answer_keeps_every_written_exchange_and_nothing_half_
                 await anyio.sleep(0.01)
         process.kill()
         await process.wait()
-    assert [m["content"] for m in world.openai.chat_requests[2].body["messages"][1:]] == [
+    assert [said(m) for m in world.openai.chat_requests[2].body["messages"][1:]] == [
         "first question", one.content, "second question"
     ], "the first exchange was committed before the next question was asked"
     before_restart = turns_in(db)
@@ -464,7 +464,7 @@ async def test_sigkill_mid_answer_keeps_every_written_exchange_and_nothing_half_
         process.send_signal(signal.SIGTERM)
         with anyio.fail_after(30):
             assert await process.wait() == 0
-    assert [m["content"] for m in world.openai.chat_requests[-1].body["messages"][1:]] == [
+    assert [said(m) for m in world.openai.chat_requests[-1].body["messages"][1:]] == [
         "first question", one.content, "third question"
     ]
     assert_whole_exchanges(db)

@@ -7,7 +7,6 @@ from dataclasses import replace
 
 import anyio
 import pytest
-
 from pydantic import SecretStr
 
 from orchestrator.config import ProviderSettings, ProviderSpec, parse_config

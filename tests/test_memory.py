@@ -13,17 +13,18 @@ import anyio
 import pytest
 
 from orchestrator.memory import ConversationKey, SQLiteStore, Turn, fit_context
+from orchestrator.sandbox.openai_server import said
 
 from .conftest import World
 
 
 def contents(request) -> list[str]:  # type: ignore[no-untyped-def]
-    return [m["content"] for m in request.body["messages"][1:]]
+    return [said(m) for m in request.body["messages"][1:]]
 
 
 async def test_third_request_carries_the_first_two_exchanges_across_a_restart(world: World) -> None:
     world.write([{"name": "sage"}])
-    world.openai.set_reply(lambda body: f"A:{body['messages'][-1]['content']}")
+    world.openai.set_reply(lambda body: f"A:{said(body['messages'][-1])}")
     async with world.running():
         await world.chat("!chat one")
         await world.chat("!chat two")

@@ -24,14 +24,14 @@ from sentry_sdk.envelope import Envelope
 from sentry_sdk.transport import Transport
 
 from orchestrator import cli
-from orchestrator.ops import logs, sentry
 from orchestrator.app import App
+from orchestrator.ops import logs, sentry
 from orchestrator.ops.health import HealthPortError
-from orchestrator.ops.metrics import error_kind
 from orchestrator.ops.logs import build_handler, redactor, setup_logging
+from orchestrator.ops.metrics import error_kind
 from orchestrator.ops.sentry import report_exception, scrub
-from orchestrator.sandbox.openai_server import Fault
 from orchestrator.runtime.supervisor import BotState
+from orchestrator.sandbox.openai_server import Fault
 
 from .conftest import API_KEY, World, token_for
 

@@ -13,7 +13,7 @@ from orchestrator.errors import QuotaExceeded
 from orchestrator.llm.limiter import FairLimiter, QueueFull, QueueTimeout
 from orchestrator.llm.quota import QuotaBook, utc_day
 from orchestrator.memory import SQLiteStore
-from orchestrator.sandbox.openai_server import Fault
+from orchestrator.sandbox.openai_server import Fault, said
 
 from .conftest import World
 
@@ -229,7 +229,7 @@ async def test_a_flooding_bot_does_not_starve_another(world: World) -> None:
             await world.discord.post(f"?chat quiet {i}", author_id=users[i])
         await world.discord.wait_for_sent(35, timeout=30)
         await world.idle()
-    order = [r.body["messages"][-1]["content"].split()[0] for r in world.openai.chat_requests]
+    order = [said(r.body["messages"][-1]).split()[0] for r in world.openai.chat_requests]
     assert order.count("quiet") == 3
     last_quiet = max(i for i, word in enumerate(order) if word == "quiet")
     assert last_quiet < 12, f"quiet's requests were served within its fair share, got order {order}"

@@ -8,13 +8,13 @@ import logging
 import httpx2
 import openai
 import pytest
+from pydantic import SecretStr
 
 from orchestrator.config import ProviderSettings, ProviderSpec
 from orchestrator.errors import ProviderModelNotFound, ProviderRefused
 from orchestrator.llm.failures import REASON_LIMIT, map_error
 from orchestrator.ops.metrics import error_kind
 from orchestrator.sandbox.openai_server import Fault
-from pydantic import SecretStr
 
 from .conftest import API_KEY, World
 

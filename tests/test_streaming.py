@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from orchestrator.sandbox.openai_server import Fault
 from orchestrator.discord_io.streaming import CUT_NOTE, EditBudget
+from orchestrator.sandbox.openai_server import Fault, said
 
 from .conftest import World
 
@@ -68,7 +68,7 @@ async def test_cut_stream_keeps_the_partial_answer_marked_and_remembers_nothing(
     assert message.content.endswith(CUT_NOTE)
     assert message.content.startswith("one two")
     second = world.openai.chat_requests[1].body["messages"]
-    assert [m["content"] for m in second[1:]] == ["again"], "a cut answer is not remembered"
+    assert [said(m) for m in second[1:]] == ["again"], "a cut answer is not remembered"
 
 
 async def test_stream_failing_before_any_text_gives_the_plain_error(world: World) -> None:

@@ -10,8 +10,8 @@ import anyio
 
 from orchestrator.app import App
 from orchestrator.runtime.mailbox import Mailbox
-from orchestrator.sandbox.discord_server import RestFault, SentMessage
 from orchestrator.runtime.supervisor import BotState, RestartPolicy
+from orchestrator.sandbox.discord_server import RestFault, SentMessage
 
 from .conftest import FAST, World, token_for
 

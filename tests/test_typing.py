@@ -15,8 +15,8 @@ import aiohttp
 import anyio
 import pytest
 
-from orchestrator.sandbox.discord_server import RestFault
 from orchestrator.discord_io.typing_indicator import TypingIndicator
+from orchestrator.sandbox.discord_server import RestFault
 
 from .conftest import FAST, World
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from typing import TypeVar
 
@@ -83,13 +83,15 @@ class Delivery:
         self._typing.sent(channel_id)
         return sent
 
-    async def post(self, message: discord.Message, text: str, *, reply: bool) -> None:
-        """Send ``text`` to the channel of ``message``, as a reply to it if ``reply``. Every retry carries
-        the same nonce, so Discord does not create the message twice when a retry follows a response
-        lost on the way back (``enforce_nonce``)."""
+    async def post(self, message: discord.Message, text: str, *, reply: bool, mention: Sequence[int] = ()) -> int:
+        """Send ``text`` to the channel of ``message``, as a reply to it if ``reply``, pinging only the
+        users in ``mention``; returns the new message's id. Every retry carries the same nonce, so
+        Discord does not create the message twice when a retry follows a response lost on the way back
+        (``enforce_nonce``)."""
         reference = message.to_reference(fail_if_not_exists=False) if reply else None
-        send = partial(internals.post_message, self._client, message.channel.id, text, nonce=new_nonce(), reply_to=reference)
-        await self.deliver(message.channel.id, send)
+        send = partial(internals.post_message, self._client, message.channel.id, text,
+                       nonce=new_nonce(), reply_to=reference, mention=mention)  # fmt: skip
+        return await self.deliver(message.channel.id, send)
 
     async def send_editable(self, message: discord.Message, text: str, *, first: bool) -> discord.Message:
         """Post a message that can be edited later (a streamed answer): the reply first, then follow-ups."""
@@ -99,15 +101,20 @@ class Delivery:
             channel.send, text, reference=reference, allowed_mentions=NO_MENTIONS, nonce=new_nonce()
         ))  # fmt: skip
 
-    async def reply(self, message: discord.Message, text: str, *, raise_errors: bool = False) -> None:
-        """Reply to ``message``; a failure is logged, or raised with ``raise_errors``."""
+    async def reply(
+        self, message: discord.Message, text: str, *, raise_errors: bool = False, mention: Sequence[int] = ()
+    ) -> int | None:
+        """Reply to ``message``; returns the reply's id. A failure is logged (None), or raised with
+        ``raise_errors``."""
         try:
-            await self.post(message, text, reply=True)
+            return await self.post(message, text, reply=True, mention=mention)
         except discord.HTTPException as exc:
             if raise_errors:
                 raise
             log.warning("bot %s: could not send a reply (HTTP %s)", self._bot, exc.status)
+            return None
         except Exception as exc:  # noqa: BLE001 - e.g. no connection, or the client is closing
             if raise_errors:
                 raise
             log.warning("bot %s: could not send a reply (%s: %s)", self._bot, type(exc).__name__, exc)
+        return None

@@ -47,12 +47,20 @@ def may_concern(body: str, user_id: int | None, prefix: str) -> bool:
     return any(form in body for form in _json_forms(prefix))
 
 
+_GUILD_ID = re.compile(r'"guild_id"\s*:\s*"(\d+)"')
+
+
 def install(
-    client: discord.Client, prefix: Callable[[], str], dropped: Callable[[], None], received: Callable[[], None]
+    client: discord.Client,
+    prefix: Callable[[], str],
+    dropped: Callable[[], None],
+    received: Callable[[], None],
+    listens: Callable[[int], bool] | None = None,
 ) -> None:
     """Filter every gateway connection of ``client``. ``prefix`` gives the bot's current prefix;
     ``dropped`` is called for each event dropped, ``received`` for each MESSAGE_CREATE let through
-    (before discord.py decodes it: where the added-latency metric starts)."""
+    (before discord.py decodes it: where the added-latency metric starts). A guild for which
+    ``listens(guild_id)`` is true gets every message through (the bot keeps its channel context)."""
 
     def wrap(ws: Any, received_message: Callable[[Any], Awaitable[None]]) -> Callable[[Any], Awaitable[None]]:
         async def filtered(msg: Any, /) -> None:
@@ -65,7 +73,10 @@ def install(
                 await received_message(msg)
                 return
             user = client.user
-            if may_concern(msg[envelope.end() :], user.id if user is not None else None, prefix()):
+            body = msg[envelope.end() :]
+            if may_concern(body, user.id if user is not None else None, prefix()) or (
+                listens is not None and (guild := _GUILD_ID.search(body)) is not None and listens(int(guild[1]))
+            ):
                 received()
                 await received_message(msg)
                 return

@@ -9,7 +9,8 @@ compatibility job (scripts/compat) runs the end-to-end tests against:
   ``DiscordWebSocket.received_message``, ``_decompressor``, ``_keep_alive`` and ``sequence``;
   it saved ~15% CPU per ``!chat`` in a channel shared by several bots;
 - ``ConnectionState.parsers["MESSAGE_CREATE"]``: a message not addressed to the bot is dropped
-  before discord.py builds a ``discord.Message`` for it;
+  before discord.py builds a ``discord.Message`` for it (a message heard for channel context is
+  kept from its raw payload); ``parsers["MESSAGE_UPDATE"]`` is observed the same way;
 - ``HTTPClient.send_message`` with ``handle_message_parameters``: a reply is posted without
   building a ``discord.Message`` from Discord's answer, which nothing reads (~5% of an answer);
 - ``ConnectionState._ready_task``: discord.py leaves it running after ``close()``; it would
@@ -18,12 +19,14 @@ compatibility job (scripts/compat) runs the end-to-end tests against:
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import discord
 from discord.http import handle_message_parameters
 from discord.utils import MISSING
+
+NO_PINGS = discord.AllowedMentions.none()
 
 
 
@@ -54,6 +57,18 @@ def skip_dispatch(ws: Any, sequence: int) -> None:
         ws._keep_alive.tick()
 
 
+def observe_parser(client: discord.Client, event: str, observe: Callable[[dict[str, Any]], None]) -> None:
+    """Show ``observe`` every raw payload of gateway ``event`` before discord.py parses it."""
+    parsers = client._connection.parsers
+    parse: Callable[[dict[str, Any]], None] = parsers[event]
+
+    def observed(data: dict[str, Any]) -> None:
+        observe(data)
+        parse(data)
+
+    parsers[event] = observed
+
+
 def filter_message_creates(client: discord.Client, keep: Callable[[dict[str, Any]], bool]) -> Callable[[dict[str, Any]], None]:
     """Build a ``discord.Message`` only for MESSAGE_CREATE payloads that ``keep`` accepts; returns
     discord.py's own parser (it dispatches the message within the call)."""
@@ -69,20 +84,30 @@ def filter_message_creates(client: discord.Client, keep: Callable[[dict[str, Any
 
 
 async def post_message(
-    client: discord.Client, channel_id: int, content: str, *, nonce: int, reply_to: discord.MessageReference | None
-) -> None:
+    client: discord.Client,
+    channel_id: int,
+    content: str,
+    *,
+    nonce: int,
+    reply_to: discord.MessageReference | None,
+    mention: Sequence[int] = (),
+) -> int:
     """Post ``content`` through discord.py's HTTP client (its rate limiter applies) without building
-    a ``discord.Message`` from Discord's answer."""
+    a ``discord.Message`` from Discord's answer; only the users in ``mention`` are pinged. Returns the
+    new message's id."""
     reference = reply_to.to_message_reference_dict() if reply_to is not None else MISSING
+    allowed = discord.AllowedMentions(everyone=False, roles=False, replied_user=False,
+                                      users=[discord.Object(user) for user in mention]) if mention else NO_PINGS  # fmt: skip
     with handle_message_parameters(
         content=content,
         nonce=nonce,
-        allowed_mentions=discord.AllowedMentions.none(),
+        allowed_mentions=allowed,
         previous_allowed_mentions=client.allowed_mentions,
         message_reference=reference,
         mention_author=False if reply_to is not None else None,
     ) as params:
-        await client.http.send_message(channel_id, params=params)
+        data = await client.http.send_message(channel_id, params=params)
+    return int(data["id"])
 
 
 def cancel_ready_task(client: discord.Client) -> None:

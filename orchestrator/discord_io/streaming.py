@@ -105,6 +105,11 @@ class StreamingReply:
     def started(self) -> bool:
         return bool(self._messages)
 
+    @property
+    def message_ids(self) -> tuple[int, ...]:
+        """The ids of the messages showing the answer so far."""
+        return tuple(message.id for message in self._messages)
+
     async def feed(self, piece: str) -> None:
         """Add model output; update Discord now if the budget allows, else later."""
         self.text += piece

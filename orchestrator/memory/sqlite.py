@@ -44,7 +44,9 @@ CREATE TABLE IF NOT EXISTS turns (
     user INTEGER NOT NULL,
     role TEXT NOT NULL,
     content TEXT NOT NULL,
-    created REAL NOT NULL
+    created REAL NOT NULL,
+    speaker TEXT NOT NULL DEFAULT '',
+    message_ids TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS turns_by_conversation ON turns (bot, channel, user, id);
 CREATE TABLE IF NOT EXISTS daily_usage (
@@ -59,11 +61,26 @@ CREATE TABLE IF NOT EXISTS daily_usage (
 _USD_COLUMN = "ALTER TABLE daily_usage ADD COLUMN usd REAL NOT NULL DEFAULT 0"  # databases from before spend
 
 
+# Columns added since the first schema, for databases created before them.
+_ADDED_COLUMNS = {
+    "speaker": "ALTER TABLE turns ADD COLUMN speaker TEXT NOT NULL DEFAULT ''",
+    "message_ids": "ALTER TABLE turns ADD COLUMN message_ids TEXT NOT NULL DEFAULT ''",
+}
+
+
 class _Exchange(NamedTuple):
     key: ConversationKey
-    question: str
-    answer: str
+    question: Turn
+    answer: Turn
     created: float
+
+
+def _ids_text(ids: tuple[int, ...]) -> str:
+    return " ".join(map(str, ids))
+
+
+def _turn(role: str, content: str, speaker: str, ids: str) -> Turn:
+    return Turn(role, content, speaker, tuple(map(int, ids.split())))
 
 
 _FIRST_RETRY_DELAY, _MAX_RETRY_DELAY = 0.1, 1.0  # seconds between attempts while the database refuses writes
@@ -102,6 +119,10 @@ class SQLiteStore:
             self._db.executescript(_SCHEMA)
             if "usd" not in {row[1] for row in self._db.execute("PRAGMA table_info(daily_usage)")}:
                 self._db.execute(_USD_COLUMN)
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(turns)")}
+            for column, statement in _ADDED_COLUMNS.items():
+                if column not in columns:
+                    self._db.execute(statement)
             # Which conversations have turns at all, as hashes: a new conversation (the first message of
             # every user) then costs no thread hand-off and no query. A collision only costs a query.
             self._known = {
@@ -201,11 +222,12 @@ class SQLiteStore:
 
     def _insert(self, exchanges: list[_Exchange]) -> None:
         self._db.executemany(
-            "INSERT INTO turns (bot, channel, user, role, content, created) VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO turns (bot, channel, user, role, content, created, speaker, message_ids) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (
-                (e.key.bot, e.key.channel, e.key.user, role, content, e.created)
+                (e.key.bot, e.key.channel, e.key.user, t.role, t.content, e.created, t.speaker, _ids_text(t.message_ids))
                 for e in exchanges
-                for role, content in (("user", e.question), ("assistant", e.answer))
+                for t in (e.question, e.answer)
             ),
         )
 
@@ -223,14 +245,15 @@ class SQLiteStore:
     def _load(self, key: ConversationKey, limit: int) -> list[Turn]:
         """The newest ``limit`` turns, including any still pending because the database refuses writes."""
         rows = self._db.execute(
-            "SELECT role, content FROM turns WHERE bot=? AND channel=? AND user=? ORDER BY id DESC LIMIT ?",
+            "SELECT role, content, speaker, message_ids FROM turns WHERE bot=? AND channel=? AND user=? "
+            "ORDER BY id DESC LIMIT ?",
             (key.bot, key.channel, key.user, limit),
         ).fetchall()
-        turns = [Turn(role, content) for role, content in reversed(rows)]
+        turns = [_turn(*row) for row in reversed(rows)]
         with self._pending_cv:
             for e in self._pending:
                 if e.key == key:
-                    turns += (Turn("user", e.question), Turn("assistant", e.answer))
+                    turns += (e.question, e.answer)
         return turns[-limit:]
 
     def _remember(self, key: ConversationKey, turns: list[Turn]) -> None:
@@ -239,15 +262,26 @@ class SQLiteStore:
         while len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
 
-    async def append_exchange(self, key: ConversationKey, question: str, answer: str) -> None:
+    async def append_exchange(
+        self,
+        key: ConversationKey,
+        question: str,
+        answer: str,
+        *,
+        speaker: str = "",
+        question_id: int = 0,
+        answer_ids: tuple[int, ...] = (),
+    ) -> None:
         """Remember an exchange at once (cache) and queue it for the writer thread; never waits for SQLite."""
-        question, answer = replace_lone_surrogates(question), replace_lone_surrogates(answer)
+        asked = Turn("user", replace_lone_surrogates(question), replace_lone_surrogates(speaker),
+                     (question_id,) if question_id else ())  # fmt: skip
+        answered = Turn("assistant", replace_lone_surrogates(answer), "", answer_ids)
         cached = self._cache.get(key)
         if cached is not None:
-            cached.extend((Turn("user", question), Turn("assistant", answer)))
+            cached.extend((asked, answered))
             del cached[: -self._max_cached_turns]
         self._known.add(hash(key))
-        self._enqueue(lambda: self._pending.append(_Exchange(key, question, answer, time.time())))
+        self._enqueue(lambda: self._pending.append(_Exchange(key, asked, answered, time.time())))
 
     def _enqueue(self, add: Callable[[], None]) -> None:
         """Add a pending write; wake the writer if it was idle."""

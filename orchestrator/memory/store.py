@@ -21,6 +21,8 @@ class ConversationKey:
 class Turn:
     role: str  # "user" | "assistant"
     content: str
+    speaker: str = ""  # who said a user turn (display name), when known
+    message_ids: tuple[int, ...] = ()  # the Discord messages it was said in, when known
 
 
 @dataclass(frozen=True)
@@ -60,7 +62,16 @@ class Forgotten:
 class ConversationStore(Protocol):
     async def history(self, key: ConversationKey, limit: int) -> list[Turn]: ...
 
-    async def append_exchange(self, key: ConversationKey, question: str, answer: str) -> None: ...
+    async def append_exchange(
+        self,
+        key: ConversationKey,
+        question: str,
+        answer: str,
+        *,
+        speaker: str = "",
+        question_id: int = 0,
+        answer_ids: tuple[int, ...] = (),
+    ) -> None: ...
 
     async def reset(self, key: ConversationKey) -> int: ...
 

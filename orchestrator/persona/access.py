@@ -61,12 +61,13 @@ def _role_ids(author: discord.abc.User) -> set[int]:
     return {role.id for role in roles}
 
 
-def allowed(access: AccessSettings, message: discord.Message, me: int | None) -> bool:
-    """Whether ``access`` lets this bot answer ``message`` (never its own messages)."""
+def allowed(access: AccessSettings, message: discord.Message, me: int | None, bot_allowed: bool) -> bool:
+    """Whether ``access`` lets this bot answer ``message`` (never its own messages); a bot's message
+    only when ``bot_allowed``."""
     author = message.author
     if author.id == me:
         return False
-    if author.bot and not access.allow_bots:
+    if author.bot and not bot_allowed:
         return False
     if message.guild is None:
         return access.dms

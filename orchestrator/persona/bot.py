@@ -19,7 +19,7 @@ import time
 from contextlib import aclosing
 from functools import partial
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import anyio
 import discord
@@ -34,18 +34,25 @@ from ..discord_io.text import clean_user_text, neutralize_mentions, split_messag
 from ..discord_io.typing_indicator import TypingIndicator, Work
 from ..errors import BotFatalError, ProviderBadResponse, ProviderError
 from ..llm.pool import ChatCall
-from ..memory import SHARED, ConversationKey, fit_context
+from ..community.panel import PanelTurn
+from ..memory import SHARED, ConversationKey, Turn, fit_context
 from ..ops.sentry import report_exception
 from ..runtime.mailbox import Job, JobKind, Mailbox
 from ..runtime.services import BotCounters, Services
 from . import access
 from .catch_up import catch_up
+from .presence import Presence
 from .commands import parse_command
 from .replies import APOLOGY, BUSY, EMPTY_ANSWER, RESTARTING, empty_chat, help_text, usage_text
 
 log = logging.getLogger(__name__)
 
 MAX_INPUT_CHARS = 8000
+
+
+class Answer(NamedTuple):
+    text: str
+    message_ids: tuple[int, ...]  # the Discord messages it was posted in
 
 
 class ConnectionLost(Exception):
@@ -120,6 +127,7 @@ class PersonaBot:
                     jobs.cancel_scope.deadline = anyio.current_time() + self.services.options.drain_timeout
             finally:
                 self._stopping = True
+                self._presence.left()
                 with anyio.move_on_after(self.services.options.close_timeout, shield=True):
                     await self.client.close()
                 internals.cancel_ready_task(self.client)
@@ -157,7 +165,12 @@ class PersonaBot:
         )
         # discord.py would build a full Message for every message in every channel the bot sees ...
         internals.filter_message_creates(client, self._addressed)
-        gateway_filter.install(client, lambda: self.spec.prefix, self._count_dropped, self._stamp_received)  # ... and decode it
+        self._presence = Presence(self.services.community, client, lambda: self.spec, self._take_turn, self._may_speak)
+        gateway_filter.install(  # ... and decode it
+            client, lambda: self.spec.prefix, self._count_dropped, self._stamp_received, self._presence.listens
+        )
+        internals.observe_parser(client, "MESSAGE_UPDATE", self._presence.edited)
+        client.on_guild_join = client.on_guild_available = self._on_guild  # type: ignore[attr-defined]
         client.on_ready = self._on_ready  # type: ignore[method-assign]
         client.on_disconnect = self._on_disconnect  # type: ignore[attr-defined]
         client.on_resumed = self._on_resumed  # type: ignore[attr-defined]
@@ -167,6 +180,7 @@ class PersonaBot:
     # ------------------------------------------------------------------ discord.py handlers
 
     async def _on_ready(self) -> None:
+        self._presence.arrived()
         if not self._ready.is_set():
             log.info("bot %s is online as %s", self.spec.name, self.client.user)
             self._ready.set()
@@ -182,6 +196,9 @@ class PersonaBot:
         if self._ready.is_set() and not self._catch_up_from:
             self._catch_up_from = dict(self.mailbox.last_taken)
 
+    async def _on_guild(self, guild: discord.Guild) -> None:
+        self._presence.joined_guild(guild.id)
+
     async def _on_resumed(self) -> None:
         self._catch_up_from = {}
 
@@ -196,9 +213,19 @@ class PersonaBot:
         self._decoded_at = time.monotonic()  # "received", for the added-latency metric
 
     def _addressed(self, data: dict[str, Any]) -> bool:
-        """Cheap test on the raw gateway payload, before discord.py builds a Message."""
+        """Cheap test on the raw gateway payload, before discord.py builds a Message; the room hears it first."""
+        self._presence.hear(data)
         me = self.client.user
-        return me is not None and access.payload_addressed(data, me.id, self.spec.prefix, allow_bots=self.spec.access.allow_bots)
+        if me is None:
+            return False
+        author = int((data.get("author") or {}).get("id", 0))
+        return access.payload_addressed(data, me.id, self.spec.prefix, allow_bots=self._allows_bot(author))
+
+    def _allows_bot(self, user_id: int) -> bool:
+        """Whether a bot's message may be answered: any bot with ``access.allow_bots``, a fellow persona
+        with ``group.talk_to_personas``."""
+        spec = self.spec
+        return spec.access.allow_bots or (spec.group.talk_to_personas and self._presence.is_persona(user_id))
 
     def _take_message(self, message: discord.Message) -> None:
         """Called by discord.py, inside its gateway parser, as soon as a message addressed to this bot is
@@ -217,19 +244,38 @@ class PersonaBot:
         """What ``message`` asks of this bot, if anything: a command, or a chat when it is a DM, a
         mention of the bot or a reply to it."""
         me = self.client.user
-        if me is None or not access.allowed(self.spec.access, message, me.id):
+        if me is None or not access.allowed(self.spec.access, message, me.id, self._allows_bot(message.author.id)):
             return None
         command = parse_command(message.content, self.spec.prefix)
         if command is not None:
             kind: JobKind = command.name
             if command.name == "reset" and command.argument.lower() == "channel":
                 kind = "reset_channel"
+            if kind == "chat" and not self._presence.may_answer(message):
+                return None
+            if kind == "stop" and message.author.bot:
+                return None  # only a human ends a panel
             return Job(kind, message, command.argument, received)
-        if message.content.startswith(self.spec.prefix):
+        if message.content.startswith(self.spec.prefix) or self._presence.commands_another(message.content):
             return None  # someone else's command, or a typo: stay quiet
-        if access.message_addressed(message, me.id, self.spec.prefix):
+        if access.message_addressed(message, me.id, self.spec.prefix) and self._presence.may_answer(message):
             return Job("chat", message, re.sub(rf"<@!?{me.id}>", "", message.content), received)
         return None
+
+    def _may_speak(self, message: discord.Message) -> bool:
+        me = self.client.user
+        return me is not None and access.allowed(self.spec.access, message, me.id, True)
+
+    def _take_turn(self, turn: PanelTurn) -> bool:
+        """A panel's conductor hands this persona a turn: queue it like any message."""
+        message = turn.message
+        if not self.mailbox.accepts(message.author.id):
+            return False
+        try:
+            self.mailbox.put(Job("panel_turn", message, turn.prompt, time.monotonic(), turn))
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            return False
+        return True
 
     def _enqueue(self, job: Job) -> None:
         """Accept a job, or answer "busy" when the bot, or this user, already has too many waiting."""
@@ -321,6 +367,18 @@ class PersonaBot:
     async def _handle(self, job: Job, key: ConversationKey) -> None:
         if job.kind == "chat":
             await self._chat(job, key)
+        elif job.kind == "panel_turn":
+            answered = False
+            try:
+                answered = await self._chat(job, key, remember=False)
+            finally:
+                if job.turn is not None:
+                    job.turn.finish(answered)
+        elif job.kind == "panel":
+            note = partial(self._delivery.post, job.message, reply=False)
+            await self._delivery.reply(job.message, self._presence.start_panel(job.message, job.text, note))
+        elif job.kind == "stop":
+            await self._delivery.reply(job.message, self._presence.stop_panel(job.message))
         elif job.kind == "reset":
             removed = await self.services.store.reset(key)
             await self._delivery.reply(job.message, f"Our conversation is cleared ({removed // 2} exchanges forgotten).")
@@ -336,26 +394,32 @@ class PersonaBot:
         elif job.kind == "help":
             await self._delivery.reply(job.message, help_text(self.spec))
 
-    async def _chat(self, job: Job, key: ConversationKey) -> None:
+    async def _chat(self, job: Job, key: ConversationKey, *, remember: bool = True) -> bool:
+        """Answer ``job``; True when an answer was delivered. A panel turn (``remember=False``) leaves
+        the conversation's memory alone: the channel context carries the panel."""
         spec = self.spec  # a hot reload may replace self.spec; this answer keeps one consistent view
         self.counters.chats += 1
         text = clean_user_text(job.text)[:MAX_INPUT_CHARS]
         if not text:
             await self._delivery.reply(job.message, empty_chat(spec.prefix))
-            return
+            return False
         store = self.services.store
         with self._typing.working(job.message.channel.id) as work:
-            try:
-                history = await store.history(key, spec.memory.max_turns)
-            except Exception:  # noqa: BLE001 - answer without memory rather than not at all
-                log.exception("bot %s: could not read conversation memory; answering without it", spec.name)
-                history = []
+            history = await self._history(key) if remember else []
+            message = job.message
+            speaker = message.author.display_name
+            room = await self._presence.room(
+                message, self._delivery.channel(message), spec.context.channel_messages, until_now=not remember
+            )
+            question = Turn("user", text, speaker, (message.id,))
             call = ChatCall(
                 bot=spec.name,
-                user=str(job.message.author.id),
+                user=str(message.author.id),
                 provider=spec.provider,
                 model=spec.model,
-                messages=fit_context(spec.persona, history, text, spec.memory.context_tokens),
+                messages=fit_context(
+                    self._presence.system_prompt(spec.persona, message), history, question, spec.memory.context_tokens, room
+                ),
                 params=spec.params,
                 weight=spec.weight,
                 quota=spec.quota,
@@ -371,27 +435,41 @@ class PersonaBot:
                 log.warning("bot %s: %s", spec.name, exc)
                 work.finish()
                 await self._delivery.reply(job.message, exc.user_message)
-                return
+                return False
             except discord.HTTPException as exc:
                 self.counters.errors += 1
                 log.error("bot %s: Discord refused the answer (HTTP %s: %s)", spec.name, exc.status, exc.text)
-                return
-        if answer is not None:
-            if self.services.metrics is not None:
-                self.services.metrics.observe_answer(spec.name, time.monotonic() - job.received)
+                return False
+        if answer is None:
+            return False
+        self._presence.posted(message, answer.message_ids, answer.text)
+        if self.services.metrics is not None:
+            self.services.metrics.observe_answer(spec.name, time.monotonic() - job.received)
+        if remember:
             try:
-                await store.append_exchange(key, text, answer)
+                await store.append_exchange(
+                    key, text, answer.text, speaker=speaker, question_id=message.id, answer_ids=answer.message_ids
+                )
             except Exception:  # noqa: BLE001 - the user has the answer; only the memory of it is lost
                 log.exception("bot %s: the answer was delivered but could not be saved to memory", spec.name)
-            self.counters.answered += 1
+        self.counters.answered += 1
+        return True
 
-    async def _answer_plain(self, job: Job, call: ChatCall, work: Work) -> str | None:
+    async def _history(self, key: ConversationKey) -> list[Turn]:
+        try:
+            return await self.services.store.history(key, self.spec.memory.max_turns)
+        except Exception:  # noqa: BLE001 - answer without memory rather than not at all
+            log.exception("bot %s: could not read conversation memory; answering without it", self.spec.name)
+            return []
+
+    async def _answer_plain(self, job: Job, call: ChatCall, work: Work) -> Answer | None:
         """Ask, then send the whole answer; returns what was delivered (None: nothing to remember)."""
         message = job.message
         result = await self.services.pool.complete(call)
         work.finish()
         answer = result.text.strip()
-        chunks = split_message(neutralize_mentions(answer))
+        text, mention = self._presence.address(neutralize_mentions(answer), message)
+        chunks = split_message(text)
         if self.services.metrics is not None:
             self.services.metrics.observe_added(
                 self.spec.name, result.requested_at - job.received, time.monotonic() - result.answered_at
@@ -399,10 +477,10 @@ class PersonaBot:
         if not chunks:
             await self._delivery.reply(message, EMPTY_ANSWER)
             return None
-        await self._delivery.reply(message, chunks[0], raise_errors=True)
+        ids = [await self._delivery.reply(message, chunks[0], raise_errors=True, mention=mention)]
         for chunk in chunks[1:]:
-            await self._delivery.post(message, chunk, reply=False)
-        return answer
+            ids.append(await self._delivery.post(message, chunk, reply=False, mention=mention))
+        return Answer(answer, tuple(i for i in ids if i is not None))
 
     def _failed_update(self, exc: Exception) -> None:
         self.counters.errors += 1
@@ -411,7 +489,7 @@ class PersonaBot:
             self.spec.name, describe_error(exc),
         )
 
-    async def _answer_streaming(self, message: discord.Message, call: ChatCall, work: Work) -> str | None:
+    async def _answer_streaming(self, message: discord.Message, call: ChatCall, work: Work) -> Answer | None:
         """Show the answer while the model writes it; a cut stream keeps its partial text, marked."""
 
         async def send(text: str, first: bool) -> discord.Message:
@@ -435,4 +513,4 @@ class PersonaBot:
             await self._delivery.reply(message, EMPTY_ANSWER)
             return None
         await retry_server_errors(partial(reply.finish, cut=cut))  # finish only rewrites what Discord does not show yet
-        return None if cut else reply.text.strip()
+        return None if cut else Answer(reply.text.strip(), reply.message_ids)

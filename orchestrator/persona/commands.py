@@ -11,9 +11,11 @@ from __future__ import annotations
 
 from typing import Literal, NamedTuple
 
-CommandName = Literal["chat", "reset", "usage", "help"]
+CommandName = Literal["chat", "reset", "usage", "help", "panel", "stop"]
 
-_NAMES: dict[str, CommandName] = {"chat": "chat", "ask": "chat", "reset": "reset", "usage": "usage", "help": "help"}
+_NAMES: dict[str, CommandName] = {
+    "chat": "chat", "ask": "chat", "reset": "reset", "usage": "usage", "help": "help", "panel": "panel", "stop": "stop"
+}
 
 
 class Command(NamedTuple):

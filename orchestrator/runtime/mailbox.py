@@ -12,7 +12,9 @@ from typing import Literal
 import anyio
 import discord
 
-JobKind = Literal["chat", "reset", "reset_channel", "usage", "help"]
+from ..community.panel import PanelTurn
+
+JobKind = Literal["chat", "reset", "reset_channel", "usage", "help", "panel", "stop", "panel_turn"]
 
 
 @dataclass(frozen=True)
@@ -21,6 +23,7 @@ class Job:
     message: discord.Message
     text: str = ""
     received: float = 0.0
+    turn: PanelTurn | None = None  # a panel's conductor waits for this job ("panel_turn")
 
 
 _REMEMBERED_IDS = 2000  # message ids a mailbox remembers as taken

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from ..community import Community
 from ..llm.pool import LLMPool
 from ..memory import ConversationStore
 from ..ops.metrics import Metrics
@@ -22,12 +23,13 @@ class RuntimeOptions:
 
 @dataclass
 class Services:
-    """What every bot shares: the provider pool, the memory store and runtime options."""
+    """What every bot shares: the provider pool, the memory store, the community and runtime options."""
 
     pool: LLMPool
     store: ConversationStore
     options: RuntimeOptions = RuntimeOptions()
     metrics: Metrics | None = None
+    community: Community = field(default_factory=Community)
 
 
 @dataclass

@@ -9,7 +9,8 @@ the server::
 
     [{model}] {persona} | T={temperature} | turns={user_messages} | {last_user_message}
 
-``persona`` is the first line of the first ``system`` (or ``developer``) message, ``temperature``
+``persona`` is the first line of the first ``system`` (or ``developer``) message, the last user
+message is shown without the ``Name: `` its speaker is written with, ``temperature``
 is the value as sent (Python ``str`` of the JSON number); ``persona``, ``temperature`` and
 ``last_user_message`` are ``-`` when absent. Usage is deterministic too: ``prompt_tokens`` sums
 ``len(content) // 4 + 4`` over the messages, ``completion_tokens`` is ``len(answer) // 4 + 1``.
@@ -386,10 +387,18 @@ def default_reply(body: Mapping[str, Any]) -> str:
     messages = body.get("messages") or []
     system = next((m for m in messages if m.get("role") in ("system", "developer")), None)
     persona = _text(system.get("content")).split("\n", 1)[0] if system else "-"
-    users = [_text(m.get("content")) for m in messages if m.get("role") == "user"]
+    users = [said(m) for m in messages if m.get("role") == "user"]
     temperature = body.get("temperature")
     t = "-" if temperature is None else temperature
     return f"[{body.get('model')}] {persona} | T={t} | turns={len(users)} | {users[-1] if users else '-'}"
+
+
+def said(message: Mapping[str, Any]) -> str:
+    """What a user message says, without the ``Name: `` its speaker is written with (when it has a ``name``)."""
+    text = _text(message.get("content"))
+    if message.get("name") and ": " in text:
+        return text.split(": ", 1)[1]
+    return text
 
 
 def _text(content: object) -> str:
