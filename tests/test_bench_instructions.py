@@ -65,7 +65,7 @@ def test_window_sizes_must_grow(tmp_path: Path) -> None:
 
 def test_a_window_total_is_read_from_callgrind_totals_line(tmp_path: Path) -> None:
     # A dump taken after instrumentation was switched off says "summary: 0"; "totals:" has the count.
-    (tmp_path / "orchestrator.42.1").write_text("version: 1\ndesc: Trigger: dump small\nevents: Ir\nsummary: 0\ntotals: 1234\n")
+    (tmp_path / "orchestrator.42.1").write_text("desc: Trigger: dump small\nevents: Ir\nsummary: 0\ntotals: 1234\n")
     (tmp_path / "orchestrator.42.2").write_text("desc: Trigger: dump large\nsummary: 99\ntotals: 99\n")
     (tmp_path / "orchestrator.42.log").write_text("desc: Trigger: dump small\ntotals: 7\n")
     assert read_dump(tmp_path, 42, "small") == 1234
