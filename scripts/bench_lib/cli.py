@@ -101,7 +101,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.instructions_messages = []
     counts = args.instructions_messages
     if len(counts) != 2 or not 0 < counts[0] < counts[1]:
-        parser.error("--instructions-messages takes two message counts N1,N2 with 0 < N1 < N2, e.g. 20,120")
+        parser.error("--instructions-messages takes two message counts N1,N2 with 0 < N1 < N2, e.g. 50,250")
     args.scenarios = [name.strip() for name in args.scenarios.split(",") if name.strip()]
     unknown = set(args.scenarios) - set(SCENARIOS)
     if unknown:

@@ -141,8 +141,8 @@ class Helper:
     ) -> dict[str, Any]:
         """Start both servers, register ``bots`` ([token, name]) and ``users`` humans.
 
-        ``topology="shared"``: every bot is in the default guild and channel, and in the ``channels`` - 1
-        more that it gets. ``"separate"``: each bot gets a guild of its own (``<name>-community``)
+        ``topology="shared"``: every bot is in the default guild, which has the default channel and
+        ``channels`` - 1 more. ``"separate"``: each bot gets a guild of its own (``<name>-community``)
         with one channel, and is a member of it only.
         """
         if topology not in ("shared", "separate"):
