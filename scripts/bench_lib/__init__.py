@@ -8,6 +8,8 @@ Layout:
     sandbox_proc.py the helper process: both loopback servers with timestamp hooks (JSON-lines RPC)
     procfs.py       CPU time and memory of a process from /proc
     report.py       targets, the stdout table, the PNG chart
+    instructions.py --instructions: the orchestrator's instructions per answered !chat under callgrind
+    callgrind.py    counting a process's instructions window by window (also used by scripts/bench_transport)
 
 Run it with ``scripts/bench`` (see ``scripts/bench --help`` and docs/benchmarks.md).
 """

@@ -19,7 +19,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from . import procfs, report
+from . import instructions, procfs, report
+from .callgrind import CallgrindMissing
 from .runner import GUILD_READY_TIMEOUT, PYCACHE, ROOT, Children, guild_ready_timeout_in_config, warm_bytecode_cache
 from .scenarios import SCENARIOS, TOPOLOGIES, Bench
 
@@ -63,7 +64,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help="how often the orchestrator's judged runs are repeated; the median trial is kept "
                              "(concurrency bursts, the runs at --rate, the capacity run, start-up at the largest "
                              "fleet) (3; quick 1)")  # fmt: skip
-    parser.add_argument("--output", type=Path, default=ROOT / "results" / "bench.json", help="JSON results file")
+    parser.add_argument("--instructions", action="store_true",
+                        help="instead of the scenarios: count the orchestrator's instructions per answered !chat under "
+                             "valgrind's callgrind, for a fixed workload (results/bench_instructions.json)")
+    parser.add_argument("--instructions-messages", default="50,250", metavar="N1,N2",
+                        help="--instructions: messages in the two counted windows; the figure is "
+                             "(I(N2) - I(N1)) / (N2 - N1) (50,250)")
+    parser.add_argument("--valgrind", default="valgrind", help="--instructions: the valgrind executable (valgrind)")
+    parser.add_argument("--output", type=Path,
+                        help="JSON results file (results/bench.json; with --instructions results/bench_instructions.json)")
     parser.add_argument("--chart", type=Path, help="PNG chart (default: beside --output)")
     parser.add_argument("--no-chart", action="store_true")
     parser.add_argument("--profile", nargs="?", const="orchestrator", choices=("orchestrator", "sandbox"),
@@ -84,6 +93,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.overhead_bots = sorted({int(n) for n in spec.split(",") if n.strip()})
     except ValueError:
         parser.error("--fleet and --overhead-bots take comma-separated integers, e.g. 10,50,100")
+    if args.output is None:
+        args.output = ROOT / "results" / ("bench_instructions.json" if args.instructions else "bench.json")
+    try:
+        args.instructions_messages = [int(n) for n in args.instructions_messages.split(",")]
+    except ValueError:
+        args.instructions_messages = []
+    counts = args.instructions_messages
+    if len(counts) != 2 or not 0 < counts[0] < counts[1]:
+        parser.error("--instructions-messages takes two message counts N1,N2 with 0 < N1 < N2, e.g. 50,250")
     args.scenarios = [name.strip() for name in args.scenarios.split(",") if name.strip()]
     unknown = set(args.scenarios) - set(SCENARIOS)
     if unknown:
@@ -215,6 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     _child_watcher()
+    if args.instructions:
+        return count_instructions(args, argv)
     results = asyncio.run(run(args, argv))
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(_clean(results), indent=2) + "\n", encoding="utf-8")
@@ -227,3 +247,18 @@ def main(argv: list[str] | None = None) -> int:
     print(f"logs: {results['meta']['logs']}   ({results['meta']['elapsed_s']:.0f} s in all)")
     failed = any(isinstance(v, dict) and "error" in v for v in results["scenarios"].values())
     return 1 if failed else 0
+
+
+def count_instructions(args: argparse.Namespace, argv: list[str]) -> int:
+    """``--instructions``: count, print the figure, write the results file."""
+    try:
+        results = asyncio.run(instructions.run(args, "scripts/bench " + shlex.join(argv)))
+    except CallgrindMissing as exc:
+        print(f"scripts/bench --instructions: {exc}", file=sys.stderr)
+        return 2
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(_clean(results), indent=2) + "\n", encoding="utf-8")
+    print()
+    print(instructions.table(results))
+    print(f"raw figures: {args.output}")
+    return 0

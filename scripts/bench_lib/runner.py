@@ -18,7 +18,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -186,11 +186,14 @@ class OrchestratorProc:
         return [self.proc.pid]
 
     @classmethod
-    async def start(cls, children: Children, config: Path, env: dict[str, str], log: TextIO) -> OrchestratorProc:
+    async def start(
+        cls, children: Children, config: Path, env: dict[str, str], log: TextIO, wrapper: Sequence[str] = ()
+    ) -> OrchestratorProc:
+        """Spawn it, under ``wrapper`` (an argv prefix such as valgrind's) if given."""
         spawned = time.monotonic()
         health_port = free_port()
         proc = await children.spawn(
-            PYTHON, "-m", "orchestrator", "--log-level", "INFO", "run", config, "--no-watch",
+            *wrapper, PYTHON, "-m", "orchestrator", "--log-level", "INFO", "run", config, "--no-watch",
             "--health-port", str(health_port),
             cwd=config.parent, env=env, stdin=asyncio.subprocess.DEVNULL, stdout=log,
             stderr=asyncio.subprocess.PIPE, limit=1 << 20,

@@ -20,6 +20,8 @@ Commands: ``setup``, ``set``, ``wait_ready``, ``load``, ``stats``, ``quit`` (see
 ``setup`` takes a ``topology``: ``"shared"`` (every bot a member of the one default guild, users post
 to its channel, so every bot receives every message and reply) or ``"separate"`` (each bot alone in
 a guild of its own with its own channel, and users post each message to its target bot's channel).
+In the shared topology ``channels`` > 1 adds channels to the default guild; a message spec's
+``channel`` (an index) picks one.
 """
 
 from __future__ import annotations
@@ -124,6 +126,7 @@ class Helper:
         self.user_ids: list[int] = []
         self.bot_ids: dict[str, int] = {}
         self.bot_channels: dict[str, int] = {}  # token -> the channel its messages are posted to (separate)
+        self.channels: list[int] = []  # the default guild's channels (shared), for a spec's "channel" index
 
     async def setup(
         self,
@@ -133,16 +136,22 @@ class Helper:
         rate_limit_per_minute: int | None = None,
         api_key: str = "sk-bench",
         topology: str = "shared",
+        channels: int = 1,
+        heartbeat_interval_ms: int = 41250,
     ) -> dict[str, Any]:
         """Start both servers, register ``bots`` ([token, name]) and ``users`` humans.
 
-        ``topology="shared"``: every bot is in the default guild and channel. ``"separate"``: each
-        bot gets a guild of its own (``<name>-community``) with one channel, and is a member of it only.
+        ``topology="shared"``: every bot is in the default guild, which has the default channel and
+        ``channels`` - 1 more. ``"separate"``: each bot gets a guild of its own (``<name>-community``)
+        with one channel, and is a member of it only.
         """
         if topology not in ("shared", "separate"):
             raise ValueError(f"unknown topology {topology!r}")
-        self.discord = BenchDiscord()
+        if channels < 1 or (channels > 1 and topology != "shared"):
+            raise ValueError(f"channels={channels}: at least 1, and more only in the shared topology")
+        self.discord = BenchDiscord(heartbeat_interval_ms=heartbeat_interval_ms)
         await self.discord.start()
+        self.channels = [self.discord.channel_id] + [self.discord.add_channel(f"c{i}") for i in range(1, channels)]
         self.openai = BenchOpenAI(api_keys=[api_key], latency=latency, rate_limit_per_minute=rate_limit_per_minute)
         await self.openai.start()
         if topology == "shared":
@@ -163,6 +172,7 @@ class Helper:
             "user_ids": self.user_ids,
             "topology": topology,
             "bot_channels": self.bot_channels,
+            "channel_ids": self.channels,
         }
 
     async def set(self, latency: float | None = None, rate_limit_per_minute: int | None = None) -> dict[str, Any]:
@@ -185,12 +195,20 @@ class Helper:
         return {token: self.discord.ready_at[token] for token in tokens}
 
     async def load(
-        self, messages: list[dict[str, Any]], rate: float | None = None, timeout: float = 60.0, linger: float = 0.0
+        self,
+        messages: list[dict[str, Any]],
+        rate: float | None = None,
+        timeout: float = 60.0,
+        linger: float = 0.0,
+        after_reply: float | None = None,
     ) -> dict[str, Any]:
-        """Post ``messages`` ({content, user, target}) open-loop at ``rate`` per second (None: at once),
-        then wait (at most ``timeout`` s in all) until each got a reply, plus ``linger`` s for late
-        follow-ups. ``target`` is the token of the bot the message is for (for its dispatch time, and in
-        the separate topology for the channel: its bot's own)."""
+        """Post ``messages`` ({content, user, target, optional channel}) open-loop at ``rate`` per
+        second (None: at once), then wait (at most ``timeout`` s in all) until each got a reply, plus
+        ``linger`` s for late follow-ups. ``target`` is the token of the bot the message is for (for
+        its dispatch time, and in the separate topology for the channel: its bot's own).
+
+        With ``after_reply`` (seconds) the load is closed-loop instead: each message is posted that
+        long after the previous one got its reply, so the bot works on one message at a time."""
         discord, openai = self.discord, self.openai
         assert discord is not None and openai is not None
         first_log = len(openai.log)
@@ -205,19 +223,20 @@ class Helper:
                     await asyncio.sleep(delay)
             before = time.monotonic()
             channel_id = self.bot_channels.get(spec["target"])  # None: the default channel
+            if "channel" in spec:
+                channel_id = self.channels[spec["channel"]]
             message = await discord.post(spec["content"], author_id=self.user_ids[spec["user"]], channel_id=channel_id)
             after = time.monotonic()
             message_id = int(message["id"])
             posted.append((message_id, before, after))
             if message_id not in discord.replies:
                 discord.awaiting.add(message_id)
+            if after_reply is not None:
+                if not await self._replied(deadline):
+                    break
+                await asyncio.sleep(after_reply)
         posting_done = time.monotonic()
-        while discord.awaiting and time.monotonic() < deadline:
-            discord.progress.clear()
-            try:
-                await asyncio.wait_for(discord.progress.wait(), max(0.0, deadline - time.monotonic()))
-            except TimeoutError:
-                break
+        await self._replied(deadline)
         unanswered = len(discord.awaiting)
         discord.awaiting.clear()
         if linger:
@@ -245,6 +264,18 @@ class Helper:
             "provider": openai.log[first_log:],
             "sandbox_cpu": time.process_time() - cpu0,
         }
+
+    async def _replied(self, deadline: float) -> bool:
+        """Wait until every posted message got a reply (False: the deadline came first)."""
+        discord = self.discord
+        assert discord is not None
+        while discord.awaiting and time.monotonic() < deadline:
+            discord.progress.clear()
+            try:
+                await asyncio.wait_for(discord.progress.wait(), max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                break
+        return not discord.awaiting
 
     async def stats(self) -> dict[str, Any]:
         assert self.discord is not None and self.openai is not None

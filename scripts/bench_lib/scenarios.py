@@ -20,7 +20,7 @@ import shutil
 import sqlite3
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -261,8 +261,16 @@ class World:
         return self.proc.pids
 
     async def launch(
-        self, *, provider: dict[str, Any] | None = None, defaults: dict[str, Any] | None = None, seed: bool = False
+        self,
+        *,
+        provider: dict[str, Any] | None = None,
+        defaults: dict[str, Any] | None = None,
+        seed: bool = False,
+        wrapper: Sequence[str] = (),
+        env: dict[str, str] | None = None,
     ) -> None:
+        """Start the side; ``wrapper`` (an argv prefix) and ``env`` (extra variables) apply to the
+        orchestrator only."""
         log = await self._stack.enter_async_context(opened(self.bench.log_dir / f"{self.label}-{self.side}.log"))
         if self.side == "orchestrator":
             database = self.workdir / "memory.sqlite3"
@@ -271,8 +279,8 @@ class World:
             config = write_orchestrator_config(
                 self.workdir / "bots.yaml", self.bots, self.info, database, provider=provider, defaults=defaults
             )
-            env = orchestrator_env(self.bots, self.info, database)
-            self.proc = await OrchestratorProc.start(self.bench.children, config, env, log)
+            environment = {**orchestrator_env(self.bots, self.info, database), **(env or {})}
+            self.proc = await OrchestratorProc.start(self.bench.children, config, environment, log, wrapper)
         else:
             self.proc = await BaselineFleet.start(
                 self.bench.children, self.bots, self.info, log, seed_history=SEED_EXCHANGES if seed else 0
@@ -293,9 +301,14 @@ class World:
             "first_online_s": min(online.values()) - spawned,
         }
 
-    async def chat(self, messages: list[dict[str, Any]], *, rate: float | None, timeout: float) -> dict[str, Any]:
+    async def chat(
+        self, messages: list[dict[str, Any]], *, rate: float | None, timeout: float, after_reply: float | None = None
+    ) -> dict[str, Any]:
+        """Post ``messages`` (see sandbox_proc.Helper.load) and return their timelines."""
         assert self.sandbox is not None
-        return await self.sandbox.call("load", messages=messages, rate=rate, timeout=timeout, rpc_timeout=timeout + 30)
+        return await self.sandbox.call(
+            "load", messages=messages, rate=rate, timeout=timeout, after_reply=after_reply, rpc_timeout=timeout + 30
+        )
 
     async def set_provider(self, **settings: Any) -> None:
         assert self.sandbox is not None
