@@ -651,8 +651,10 @@ def _resolve(
     )
     warnings = [str(located(bot_locs[second], message)) for second, message in _overlaps(list(bots.values()))]
     if "://" in settings.database and PostgresURL(SecretStr(settings.database)).has_password:
-        warnings.append(str(located(("database",), "the database URL in bots.yaml carries a password; put the URL "
-                                    "in .env (e.g. DATABASE_URL=postgresql://...) and write 'database_env: DATABASE_URL'")))
+        warnings.append(str(located(("database",), (
+            "the database URL in bots.yaml carries a password; put the URL in .env "
+            "(e.g. DATABASE_URL=postgresql://...) and write 'database_env: DATABASE_URL'"
+        ))))
     return Config(
         path=Path(name),
         discord=discord_settings,
@@ -691,6 +693,11 @@ def _database(
             return None
     scheme = value.split("://", 1)[0].lower() if "://" in value else None
     if scheme in _POSTGRES_SCHEMES:
+        try:
+            urlsplit(value).port  # noqa: B018 - raises for a port that is not one
+        except ValueError:
+            issue(loc, "the database URL's port must be a number from 0 to 65535")
+            return None
         return PostgresURL(SecretStr(value))
     if scheme is not None:  # never echo the value: it may carry a password
         issue(loc, f"the database must be a SQLite file path or a postgresql:// URL, not a {scheme}:// URL")
