@@ -300,7 +300,7 @@ def cmd_memory_backup(args: argparse.Namespace) -> int:
     config = _load(args.config, require_tokens=False, require_api_keys=False)
     database = config.database
     if isinstance(database, PostgresURL):
-        print(backup_hint(f"PostgreSQL at {database}"), file=sys.stderr)
+        print(backup_hint(f"PostgreSQL at {database.place}"), file=sys.stderr)
         return 2
     if target.resolve() == database.resolve():
         print(f"{target} is the database itself; name another file", file=sys.stderr)

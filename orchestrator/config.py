@@ -233,14 +233,19 @@ class PostgresURL:
     def url(self) -> str:
         return self.secret.get_secret_value()
 
-    def __str__(self) -> str:
+    @property
+    def place(self) -> str:
+        """``user@host:port/database``, for messages."""
         parts = urlsplit(self.url)
         user = f"{parts.username}@" if parts.username else ""
         try:
             port = f":{parts.port}" if parts.port else ""
         except ValueError:
             port = ""
-        return f"{parts.scheme}://{user}{parts.hostname or ''}{port}{parts.path}"
+        return f"{user}{parts.hostname or ''}{port}{parts.path}"
+
+    def __str__(self) -> str:
+        return f"{urlsplit(self.url).scheme}://{self.place}"
 
     def __repr__(self) -> str:
         return f"PostgresURL({str(self)!r})"

@@ -180,7 +180,7 @@ class PostgresStore:
             url.url, min_size=0, max_size=POOL_SIZE, timeout=connect_timeout, command_timeout=COMMAND_TIMEOUT
         )  # min_size=0: nothing connects yet, so a database that is down cannot stop the start
         store = cls(
-            pool, f"PostgreSQL at {url}", create=create, cache_size=cache_size,
+            pool, f"PostgreSQL at {url.place}", create=create, cache_size=cache_size,
             max_cached_turns=max_cached_turns, flush_interval=flush_interval, timeout=connect_timeout,
         )  # fmt: skip
         try:
@@ -218,11 +218,11 @@ class PostgresStore:
             async with self._lock:
                 error = await self._flush()
         if waited.cancelled_caught:
-            error = TimeoutError(f"no answer within {CLOSE_TIMEOUT:g} s")
+            error = StoreUnavailable(f"{self.where} failed: no answer within {CLOSE_TIMEOUT:g} s")
         if error is not None and (self._pending or self._pending_usage):
             log.error(
-                "could not write to %s on close (%s): %d exchange(s) and the unsaved token usage are lost",
-                self.where, error, len(self._pending),
+                "could not write on close (%s): %d exchange(s) and the unsaved token usage are lost",
+                error, len(self._pending),
             )  # fmt: skip
         with anyio.move_on_after(CLOSE_TIMEOUT) as waited:
             await self._pool.close()
