@@ -126,6 +126,22 @@ async def test_refused_writes_warn_once_and_say_when_writing_works_again(
     assert [content for *_, content in await kind.turns()] == ["q0", "a0", "q1", "a1", "q2", "a2"]
 
 
+@pytest.mark.fault
+async def test_connections_postgresql_closed_a_restart_cost_no_exchange(postgres_url: str) -> None:
+    name = f"orchestrator_{postgres_url.rsplit('=', 1)[1]}"
+    async with PostgresStore.open(f"{postgres_url}&application_name={name}") as store:
+        await store.append_exchange(KEY, "before", "the restart")
+        await store.flush()
+        terminated = "SELECT count(pg_terminate_backend(pid)) > 0 FROM pg_stat_activity WHERE application_name = $1"
+        assert await query(postgres_url, terminated, name) == [(True,)]
+        await store.append_exchange(KEY, "after", "it")
+        await store.flush()  # may fail on the dead connection: the exchange stays pending
+        await store.flush()
+        store.drop_cached("sage")
+        assert [t.content for t in await store.history(KEY, 10)] == ["before", "the restart", "after", "it"]
+    assert len(await PostgresKind(postgres_url).turns()) == 4
+
+
 # ---------------------------------------------------------------- several processes
 
 
@@ -330,3 +346,14 @@ def test_a_fleet_needs_postgresql() -> None:
     assert config.fleet.lease_ttl == 6.0 and config.fleet.node_id is None
     [ttl] = issues(BOTS + "database: postgresql://h/d\nfleet: {lease_ttl: 0}\n")
     assert ttl.startswith("bots.yaml:5: fleet.lease_ttl: Input should be greater than 0")
+
+
+@pytest.mark.bad_input
+def test_check_says_a_fleet_needs_postgresql(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("T", "token-aaaaaaaa")
+    config = tmp_path / "bots.yaml"
+    config.write_text(BOTS + "fleet: {redis_url: 'redis://127.0.0.1:6379/0'}\n", encoding="utf-8")
+    assert run_cli("check", str(config)) == 2
+    assert "fleet: a fleet needs PostgreSQL" in capsys.readouterr().err

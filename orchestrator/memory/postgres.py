@@ -71,8 +71,9 @@ POOL_SIZE = 4  # the writer, and reads of conversations not in the cache
 _FIRST_RETRY_DELAY, _MAX_RETRY_DELAY = 0.1, 1.0
 _MIGRATION_LOCK = 7_301_946_412_117_402_711  # pg_advisory_xact_lock key: processes migrate one at a time
 _DAYS_KEPT = 2  # daily totals known on the event loop: today's and yesterday's
-# What a database that is down, restarting, unreachable or refusing looks like through asyncpg.
-_UNAVAILABLE = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+# What a database that is down, restarting, unreachable or refusing looks like through asyncpg (a
+# connection the server closed may also leave asyncpg's protocol in a state it calls internal).
+_UNAVAILABLE = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError)
 
 # Migration n (1-based) takes the schema from version n-1 to n; a database at version 0 is new.
 _MIGRATIONS = (
@@ -119,6 +120,12 @@ def backup_hint(where: str) -> str:
 def _text(text: str) -> str:
     """``text`` as PostgreSQL stores it: TEXT holds no NUL character (nor lone surrogates, in UTF-8)."""
     return replace_lone_surrogates(text).replace("\x00", "\ufffd")
+
+
+def _refused(error: StoreUnavailable) -> bool:
+    """Whether the database answered (and refused), rather than not answering at all."""
+    cause = error.__cause__
+    return isinstance(cause, asyncpg.PostgresError) and not isinstance(cause, asyncpg.PostgresConnectionError)
 
 
 def _count(status: str) -> int:
@@ -272,7 +279,7 @@ class PostgresStore:
         database answers but refuses the writes, ``work`` still runs (see :meth:`_drop_pending`)."""
         async with self._lock:
             error = await self._flush()
-            if error is not None and not isinstance(error.__cause__, asyncpg.PostgresError):
+            if error is not None and not _refused(error):
                 raise error  # no answer at all: ``work`` would only wait as long again
             async with self._connection() as conn:
                 return await work(conn)
