@@ -2,7 +2,7 @@
 
     App.run
     ├── LLMPool            shared providers (closed last)
-    ├── SQLiteStore        memory + usage
+    ├── store              memory + usage: SQLite, or PostgreSQL with its writer task (memory/open.py)
     └── task group
         ├── HealthServer.serve     /healthz and /metrics on 127.0.0.1 (when a health port is set)
         ├── QuotaBook.follow_days  each UTC day's token usage, read in a worker thread
@@ -26,13 +26,13 @@ import anyio
 import watchfiles
 from anyio.abc import TaskStatus
 
-from .config import Config, load_config, read_environment
+from .config import Config, PostgresURL, load_config, read_environment
 from .errors import ConfigError
 from .ops.health import DEFAULT_HOST, HealthServer
 from .llm.pool import LLMPool
 from .llm.quota import QuotaBook
 from .llm.spend import SpendBook
-from .memory import SQLiteStore
+from .memory import ConversationStore, open_store
 from .ops.metrics import Metrics
 from .ops.logs import install_log_redaction, redactor
 from .ops.sentry import flush_sentry, init_sentry, set_bot_tag_source
@@ -48,9 +48,10 @@ STARTUP_GRACE = 60.0  # bots still connecting after this are not waited for befo
 
 
 def config_secrets(config: Config) -> list[str]:
+    database = config.database.secrets() if isinstance(config.database, PostgresURL) else []
     return [bot.token.get_secret_value() for bot in config.bots.values()] + [
         provider.api_key.get_secret_value() for provider in config.providers.values()
-    ]
+    ] + database
 
 
 class App:
@@ -112,9 +113,10 @@ class App:
             set_bot_tag_source(self._bot_tags)
         configure_discord(config.discord)
         install_reconnect_log_filter()
-        store = SQLiteStore(config.database)
         try:
-            async with LLMPool(config.providers, QuotaBook(store), SpendBook(store)) as pool:
+            async with open_store(config.database) as store, LLMPool(
+                config.providers, QuotaBook(store), SpendBook(store)
+            ) as pool:
                 self.pool = pool
                 services = Services(pool, store, self.options, metrics=self.metrics)
                 services.community.configure(bot.context.channel_messages for bot in config.bots.values())
@@ -138,7 +140,6 @@ class App:
                     tg.start_soon(self._log_usage_forever, pool)
                     task_status.started(supervisor)
         finally:
-            store.close()
             await flush_sentry()
         log.info("all bots stopped; bye")
 
@@ -249,7 +250,7 @@ class App:
             await anyio.sleep(USAGE_LOG_INTERVAL)
             self.log_usage(pool)
 
-    async def _prune_forever(self, store: SQLiteStore) -> None:
+    async def _prune_forever(self, store: ConversationStore) -> None:
         while True:
             for bot in self.config.bots.values():
                 max_age = bot.memory.max_age_days * 86400 if bot.memory.max_age_days else None

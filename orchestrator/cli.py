@@ -10,19 +10,21 @@ import sqlite3
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import anyio
 
-from .config import Config, dotenv_in, load_config
+from .config import Config, PostgresURL, dotenv_in, load_config
 from .errors import ConfigError, ProviderError, format_duration
 from .llm.pool import LLMPool
 from .ops.logs import redactor, setup_logging
 
 if TYPE_CHECKING:
-    from .memory import SQLiteStore
+    from .memory import Store
+
+_T = TypeVar("_T")
 
 log = logging.getLogger(__name__)
 
@@ -103,19 +105,22 @@ def cmd_usage(args: argparse.Namespace) -> int:
 
     from .llm.quota import QuotaBook, utc_day
     from .llm.spend import format_usd
-    from .memory import SQLiteStore
 
     config = _load(args.config, require_tokens=False, require_api_keys=False)  # reads the database only
-    if not config.database.exists():
+    if isinstance(config.database, Path) and not config.database.exists():
         print(f"no usage recorded yet ({config.database} does not exist)")
         return 0
     now = time.time()
     days = [utc_day(now - 86400 * back) for back in range(args.days)]
-    store = SQLiteStore(config.database)
-    try:
-        recorded = {day: (store.load_daily_usage(day), store.load_daily_spend(day)) for day in days}
-    finally:
-        store.close()
+
+    async def read(store: Store) -> dict[str, tuple[dict[tuple[str, str], int], dict[tuple[str, str], float]]]:
+        # In a worker thread, as QuotaBook reads them: PostgreSQL's are read on the event loop through it.
+        def read_days() -> dict[str, tuple[dict[tuple[str, str], int], dict[tuple[str, str], float]]]:
+            return {day: (store.load_daily_usage(day), store.load_daily_spend(day)) for day in days}
+
+        return await anyio.to_thread.run_sync(read_days)
+
+    recorded = _with_store(config, read)
     everyone = QuotaBook.ALL_USERS
     for day in days:
         usage, spend = recorded[day]
@@ -269,48 +274,52 @@ def _add_invite(add_command: Callable[..., argparse.ArgumentParser]) -> None:
     invite.set_defaults(func=cmd_invite)
 
 
-def _open_store(config: Config) -> SQLiteStore:
-    """The database of bots.yaml, which must exist (these commands never create one)."""
-    from .memory import SQLiteStore
+def _with_store(config: Config, work: Callable[[Store], Awaitable[_T]]) -> _T:
+    """``work`` done on the database of bots.yaml, which must exist and answer (these commands never
+    create one); otherwise say why and exit 1."""
+    from .memory import NoDatabase, StoreUnavailable, open_store
 
-    if not config.database.is_file():
-        print(
-            f"no database at {config.database}: nothing was recorded yet, or 'database:' in {config.path} "
-            "points elsewhere",
-            file=sys.stderr,
-        )
-        raise SystemExit(1)
-    return SQLiteStore(config.database)
+    if isinstance(config.database, PostgresURL):
+        redactor.update(config.database.secrets())
+
+    async def main() -> _T:
+        async with open_store(config.database, create=False) as store:
+            return await work(store)
+
+    try:
+        return anyio.run(main, backend="asyncio")
+    except (NoDatabase, StoreUnavailable) as exc:
+        print(redactor.redact(f"{exc} (the database of {config.path})"), file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 def cmd_memory_backup(args: argparse.Namespace) -> int:
+    from .memory.postgres import backup_hint
+
     target = Path(args.file)
-    store = _open_store(_load(args.config, require_tokens=False, require_api_keys=False))
+    config = _load(args.config, require_tokens=False, require_api_keys=False)
+    database = config.database
+    if isinstance(database, PostgresURL):
+        print(backup_hint(f"PostgreSQL at {database.place}"), file=sys.stderr)
+        return 2
+    if target.resolve() == database.resolve():
+        print(f"{target} is the database itself; name another file", file=sys.stderr)
+        return 2
+    if target.exists() and not args.force:
+        print(f"{target} exists; name a new file, or add --force to replace it", file=sys.stderr)
+        return 1
     try:
-        if target.resolve() == Path(store.path).resolve():
-            print(f"{target} is the database itself; name another file", file=sys.stderr)
-            return 2
-        if target.exists() and not args.force:
-            print(f"{target} exists; name a new file, or add --force to replace it", file=sys.stderr)
-            return 1
-        try:
-            anyio.run(store.backup, target, backend="asyncio")
-        except (OSError, sqlite3.Error) as exc:
-            print(f"cannot write the backup to {target}: {exc}", file=sys.stderr)
-            return 1
-    finally:
-        store.close()
-    print(f"backed up {store.path} to {target} ({target.stat().st_size} bytes)")
+        _with_store(config, lambda store: store.backup(target))
+    except (OSError, sqlite3.Error) as exc:
+        print(f"cannot write the backup to {target}: {exc}", file=sys.stderr)
+        return 1
+    print(f"backed up {database} to {target} ({target.stat().st_size} bytes)")
     return 0
 
 
 def cmd_memory_forget(args: argparse.Namespace) -> int:
     config = _load(args.config, require_tokens=False, require_api_keys=False)
-    store = _open_store(config)
-    try:
-        forgotten = anyio.run(store.forget_user, args.user, args.bot, backend="asyncio")
-    finally:
-        store.close()
+    forgotten = _with_store(config, lambda store: store.forget_user(args.user, args.bot))
     scope = f"bot {args.bot!r}" if args.bot else "every bot"
     print(f"forgot user {args.user} ({scope}): {forgotten.turns} turn(s), {forgotten.usage_days} daily usage record(s)")
     if args.bot and args.bot not in config.bots and not (forgotten.turns or forgotten.usage_days):
@@ -326,11 +335,8 @@ def cmd_memory_export(args: argparse.Namespace) -> int:
     """Everything stored under one user id, as JSON on stdout (ids as strings: they exceed JSON's safe integers)."""
     from datetime import datetime, timezone
 
-    store = _open_store(_load(args.config, require_tokens=False, require_api_keys=False))
-    try:
-        data = anyio.run(store.export_user, args.user, backend="asyncio")
-    finally:
-        store.close()
+    config = _load(args.config, require_tokens=False, require_api_keys=False)
+    data = _with_store(config, lambda store: store.export_user(args.user))
     document = {
         "user": str(args.user),
         "turns": [

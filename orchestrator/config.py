@@ -12,11 +12,12 @@ from __future__ import annotations
 import difflib
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import unquote, urlsplit
 
 import yaml
 from dotenv import dotenv_values
@@ -127,6 +128,15 @@ class RestartSettings(_Model):
     backoff_max: float = Field(60.0, ge=0)
 
 
+class FleetSettings(_Model):
+    """Several orchestrator processes (nodes) sharing one set of bots through Redis."""
+
+    redis_url: str | None = None
+    redis_url_env: str | None = None
+    node_id: str | None = None
+    lease_ttl: float = Field(6.0, gt=0)
+
+
 class Defaults(_Model):
     provider: str | None = None
     model: str = "gpt-4o-mini"
@@ -179,7 +189,9 @@ class FileSettings(_Model):
     defaults: Defaults = Defaults()
     bots: list[BotSettings] = Field(default_factory=list)
     prices: dict[str, ModelPrice] = Field(default_factory=dict)  # by model, for every provider
-    database: str = "orchestrator.sqlite3"
+    database: str = "orchestrator.sqlite3"  # a SQLite file, or a postgresql:// URL
+    database_env: str | None = None  # names the variable holding the database (a URL may carry a password)
+    fleet: FleetSettings | None = None
     health_port: int | None = Field(None, ge=0, le=65535)
     restart: RestartSettings = RestartSettings()
 
@@ -224,16 +236,64 @@ class BotSpec:
         return (self.token, self.mailbox_size, self.concurrency) != (other.token, other.mailbox_size, other.concurrency)
 
 
+_POSTGRES_SCHEMES = ("postgresql", "postgres")
+
+
+@dataclass(frozen=True, repr=False)
+class PostgresURL:
+    """The postgresql:// URL of the memory database. It may carry a password, so ``str`` and ``repr``
+    show it without one (nor the query, where a ``password=`` may be too)."""
+
+    secret: SecretStr
+
+    @property
+    def url(self) -> str:
+        return self.secret.get_secret_value()
+
+    @property
+    def place(self) -> str:
+        """``user@host:port/database``, for messages."""
+        parts = urlsplit(self.url)
+        user = f"{parts.username}@" if parts.username else ""
+        try:
+            port = f":{parts.port}" if parts.port else ""
+        except ValueError:
+            port = ""
+        return f"{user}{parts.hostname or ''}{port}{parts.path}"
+
+    def __str__(self) -> str:
+        return f"{urlsplit(self.url).scheme}://{self.place}"
+
+    def __repr__(self) -> str:
+        return f"PostgresURL({str(self)!r})"
+
+    @property
+    def has_password(self) -> bool:
+        parts = urlsplit(self.url)
+        return parts.password is not None or "password=" in parts.query
+
+    def secrets(self) -> list[str]:
+        """What the log redactor must hide: the URL, and its password as written and decoded."""
+        parts = urlsplit(self.url)
+        found = [self.url]
+        passwords = [parts.password or ""]
+        passwords += [pair.split("=", 1)[1] for pair in parts.query.split("&") if pair.startswith("password=")]
+        for password in passwords:
+            found += [password, unquote(password)]
+        return [secret for secret in found if secret]
+
+
 @dataclass(frozen=True)
 class Config:
     path: Path
     discord: DiscordSettings
     providers: dict[str, ProviderSpec]
     bots: dict[str, BotSpec]
-    database: Path
+    database: Path | PostgresURL  # SQLite file, or PostgreSQL
     health_port: int | None
     restart: RestartSettings
     warnings: list[str] = field(default_factory=list, compare=False)
+    fleet: FleetSettings | None = None
 
 
 # ---------------------------------------------------------------- loading
@@ -601,7 +661,10 @@ def _resolve(
             concurrency=bot.concurrency or defaults.concurrency,
             **merged,
         )
-    if issues:
+    database = _database(settings, env, secrets, base_dir, issue)
+    if database is not None and (problem := fleet_needs_postgres(settings.fleet, database)):
+        issue(("fleet",), problem)
+    if issues or database is None:
         raise ConfigError(issues)
 
     discord_settings = settings.discord.model_copy(
@@ -610,9 +673,12 @@ def _resolve(
             "gateway_url": env.get("DISCORD_GATEWAY_URL") or settings.discord.gateway_url,
         }
     )
-    database = Path(env.get("ORCHESTRATOR_DATABASE") or settings.database)
-    if not database.is_absolute() and str(database) != ":memory:":
-        database = base_dir / database
+    warnings = [str(located(bot_locs[second], message)) for second, message in _overlaps(list(bots.values()))]
+    if "://" in settings.database and PostgresURL(SecretStr(settings.database)).has_password:
+        warnings.append(str(located(("database",), (
+            "the database URL in bots.yaml carries a password; put the URL in .env "
+            "(e.g. DATABASE_URL=postgresql://...) and write 'database_env: DATABASE_URL'"
+        ))))
     return Config(
         path=Path(name),
         discord=discord_settings,
@@ -621,8 +687,58 @@ def _resolve(
         database=database,
         health_port=settings.health_port,
         restart=settings.restart,
-        warnings=[str(located(bot_locs[second], message)) for second, message in _overlaps(list(bots.values()))],
+        warnings=warnings,
+        fleet=settings.fleet,
     )
+
+
+def _database(
+    settings: FileSettings,
+    env: Mapping[str, str],
+    secrets: _SecretSource,
+    base_dir: Path,
+    issue: Callable[[tuple[Any, ...], str], None],
+) -> Path | PostgresURL | None:
+    """Where memory lives: ORCHESTRATOR_DATABASE, else the variable ``database_env`` names, else
+    ``database``; a postgresql:// URL or a SQLite path (relative to bots.yaml). None after an issue."""
+    value = env.get("ORCHESTRATOR_DATABASE") or settings.database
+    loc: tuple[Any, ...] = ("database",)
+    if settings.database_env is not None and not env.get("ORCHESTRATOR_DATABASE"):
+        loc = ("database_env",)
+        if "database" in settings.model_fields_set:
+            issue(loc, "set either 'database' or 'database_env', not both")
+            return None
+        if not _ENV_NAME.fullmatch(settings.database_env):
+            issue(loc, _NOT_A_NAME)
+            return None
+        value = env.get(settings.database_env, "")
+        if not value:
+            issue(loc, secrets.not_set(settings.database_env, "the database's postgresql:// URL (or a SQLite file)"))
+            return None
+    scheme = value.split("://", 1)[0].lower() if "://" in value else None
+    if scheme in _POSTGRES_SCHEMES:
+        try:
+            urlsplit(value).port  # noqa: B018 - raises for a port that is not one
+        except ValueError:
+            issue(loc, "the database URL's port must be a number from 0 to 65535")
+            return None
+        return PostgresURL(SecretStr(value))
+    if scheme is not None:  # never echo the value: it may carry a password
+        issue(loc, f"the database must be a SQLite file path or a postgresql:// URL, not a {scheme}:// URL")
+        return None
+    database = Path(value)
+    if not database.is_absolute() and str(database) != ":memory:":
+        database = base_dir / database
+    return database
+
+
+def fleet_needs_postgres(fleet: FleetSettings | None, database: Path | PostgresURL) -> str | None:
+    """Why ``fleet:`` cannot work with ``database``, if it cannot: the nodes of a fleet must share
+    their memory, and a SQLite file belongs to one machine."""
+    if fleet is None or isinstance(database, PostgresURL):
+        return None
+    return (f"a fleet needs PostgreSQL: its nodes share memory, and SQLite ({database.name}) is a file on one "
+            "machine; set 'database_env' (or 'database') to a postgresql:// URL")
 
 
 def _describe(bot: BotSettings, limit: int = 200) -> str:

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import contextlib
 import textwrap
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
+import asyncpg
 import pytest
 import yaml
 
@@ -18,6 +20,8 @@ from orchestrator.runtime.services import RuntimeOptions
 from orchestrator.runtime.supervisor import BotState, Supervisor
 from orchestrator.sandbox.discord_server import DiscordSandbox
 from orchestrator.sandbox.openai_server import OpenAISandbox
+
+from .stores import PostgresKind, SQLiteKind, StoreKind, with_search_path
 
 
 @pytest.fixture
@@ -54,6 +58,7 @@ class World:
         self.discord = discord_server
         self.openai = openai_server
         self.path = tmp_path / "bots.yaml"
+        self.database = str(tmp_path / "memory.sqlite3")  # bots.yaml's `database:`
         self.bot_ids: dict[str, int] = {}
         self.app: App | None = None
 
@@ -79,7 +84,7 @@ class World:
             "providers": {"openai": {"base_url": self.openai.base_url, "api_key_env": "OPENAI_API_KEY", "timeout": 10}},
             # Channel context is off unless a test turns it on: most tests assert the exact request.
             "defaults": {"model": "gpt-4o-mini", "params": {"max_tokens": 200}, "context": {"channel_messages": 0}},
-            "database": str(self.tmp_path / "memory.sqlite3"),
+            "database": self.database,
             "restart": {"max_restarts": 3, "window": 60, "backoff_initial": 0.01, "backoff_max": 0.05},
             **top,
             "bots": bots,
@@ -124,6 +129,28 @@ class World:
 @pytest.fixture
 def world(tmp_path: Path, discord_server: DiscordSandbox, openai_server: OpenAISandbox) -> World:
     return World(tmp_path, discord_server, openai_server)
+
+
+@pytest.fixture
+async def postgres_url(postgres_dsn: str) -> AsyncIterator[str]:
+    """The local PostgreSQL, with the tables in a schema of this test's own (tests run side by side),
+    dropped with everything in it after the test."""
+    schema = f"test_{uuid.uuid4().hex[:16]}"
+    admin = await asyncpg.connect(postgres_dsn)
+    try:
+        await admin.execute(f"CREATE SCHEMA {schema}")
+        yield with_search_path(postgres_dsn, schema)
+    finally:
+        await admin.execute(f"DROP SCHEMA {schema} CASCADE")
+        await admin.close()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_kind(request: pytest.FixtureRequest, tmp_path: Path) -> StoreKind:
+    """Each store in turn (PostgreSQL in its own schema): for the tests of behaviour both must share."""
+    if request.param == "postgres":
+        return PostgresKind(request.getfixturevalue("postgres_url"))
+    return SQLiteKind(tmp_path / "memory.sqlite3")
 
 
 def dedent(text: str) -> str:

@@ -11,5 +11,5 @@ def run_cli(*argv: str) -> int:
     args = build_parser().parse_args(list(argv))
     try:
         return int(args.func(args))
-    except SystemExit as exited:  # _load exits on a bad bots.yaml, _open_store on a missing database
+    except SystemExit as exited:  # _load exits on a bad bots.yaml, _with_store on a missing database
         return int(exited.code or 0)

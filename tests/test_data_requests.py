@@ -11,16 +11,22 @@ from pathlib import Path
 import anyio
 import pytest
 
-from orchestrator.memory import ConversationKey, Forgotten, SQLiteStore
+from orchestrator.memory import ConversationKey, Forgotten, SQLiteStore, Store
 
 from .conftest import World
 from .inprocess import run_cli
+from .stores import StoreKind
 
 ALICE, BOB = 80351110224678912, 80351110224678913
 
 
 async def seeded_store(path: Path) -> SQLiteStore:
     store = SQLiteStore(path)
+    await seed(store)
+    return store
+
+
+async def seed(store: Store) -> None:
     await store.append_exchange(ConversationKey("sage", 1, ALICE), "alice to sage", "sage to alice")
     await store.append_exchange(ConversationKey("hafez", 2, ALICE), "alice to hafez", "hafez to alice")
     await store.append_exchange(ConversationKey("sage", 1, BOB), "bob to sage", "sage to bob")
@@ -28,7 +34,6 @@ async def seeded_store(path: Path) -> SQLiteStore:
         store.add_daily_usage("2025-01-02", bot, str(user), tokens)
     store.add_daily_spend("2025-01-02", "sage", str(ALICE), 0.25)
     await store.flush()
-    return store
 
 
 def rows(path: Path, sql: str) -> list[tuple]:
@@ -53,36 +58,35 @@ def write_config(tmp_path: Path, database: Path) -> Path:
 # ---------------------------------------------------------------- the store
 
 
-async def test_forget_deletes_one_users_turns_and_usage_and_nothing_else(tmp_path: Path) -> None:
-    store = await seeded_store(tmp_path / "m.sqlite3")
-    assert (await store.history(ConversationKey("sage", 1, ALICE), 10))  # cached
-    assert await store.forget_user(ALICE, "sage") == Forgotten(turns=2, usage_days=1)
-    assert await store.history(ConversationKey("sage", 1, ALICE), 10) == []  # not from the cache either
-    assert len(await store.history(ConversationKey("hafez", 2, ALICE), 10)) == 2
-    assert await store.forget_user(ALICE) == Forgotten(turns=2, usage_days=1)
-    assert await store.forget_user(ALICE) == Forgotten(turns=0, usage_days=0)
-    store.close()
-    assert rows(tmp_path / "m.sqlite3", "SELECT bot, user, content FROM turns ORDER BY id") == [
+async def test_forget_deletes_one_users_turns_and_usage_and_nothing_else(store_kind: StoreKind) -> None:
+    async with store_kind.open() as store:
+        await seed(store)
+        assert (await store.history(ConversationKey("sage", 1, ALICE), 10))  # cached
+        assert await store.forget_user(ALICE, "sage") == Forgotten(turns=2, usage_days=1)
+        assert await store.history(ConversationKey("sage", 1, ALICE), 10) == []  # not from the cache either
+        assert len(await store.history(ConversationKey("hafez", 2, ALICE), 10)) == 2
+        assert await store.forget_user(ALICE) == Forgotten(turns=2, usage_days=1)
+        assert await store.forget_user(ALICE) == Forgotten(turns=0, usage_days=0)
+    assert [(bot, user, content) for bot, _channel, user, _role, content in await store_kind.turns()] == [
         ("sage", BOB, "bob to sage"), ("sage", BOB, "sage to bob")
     ]
-    assert rows(tmp_path / "m.sqlite3", "SELECT bot, user, tokens FROM daily_usage ORDER BY bot, user") == [
+    assert [(bot, user, tokens) for _day, bot, user, tokens, _usd in await store_kind.usage()] == [
         ("sage", "*", 40), ("sage", str(BOB), 30)
     ]
 
 
-async def test_forget_also_drops_what_is_not_written_yet(tmp_path: Path) -> None:
-    store = SQLiteStore(tmp_path / "m.sqlite3", flush_interval=3600)  # the writer thread would wait an hour
-    await store.append_exchange(ConversationKey("sage", 1, ALICE), "pending", "pending too")
-    store.add_daily_usage("2025-01-02", "sage", str(ALICE), 5)
-    assert await store.forget_user(ALICE) == Forgotten(turns=2, usage_days=1)
-    store.close()
-    assert rows(tmp_path / "m.sqlite3", "SELECT COUNT(*) FROM turns") == [(0,)]
+async def test_forget_also_drops_what_is_not_written_yet(store_kind: StoreKind) -> None:
+    async with store_kind.open(flush_interval=3600) as store:  # the writer would wait an hour
+        await store.append_exchange(ConversationKey("sage", 1, ALICE), "pending", "pending too")
+        store.add_daily_usage("2025-01-02", "sage", str(ALICE), 5)
+        assert await store.forget_user(ALICE) == Forgotten(turns=2, usage_days=1)
+    assert await store_kind.turns() == [] and await store_kind.usage() == []
 
 
-async def test_export_has_every_turn_with_bot_channel_role_content_and_time(tmp_path: Path) -> None:
-    store = await seeded_store(tmp_path / "m.sqlite3")
-    data = await store.export_user(ALICE)
-    store.close()
+async def test_export_has_every_turn_with_bot_channel_role_content_and_time(store_kind: StoreKind) -> None:
+    async with store_kind.open() as store:
+        await seed(store)
+        data = await store.export_user(ALICE)
     assert [(t.bot, t.channel, t.role, t.content) for t in data.turns] == [
         ("sage", 1, "user", "alice to sage"), ("sage", 1, "assistant", "sage to alice"),
         ("hafez", 2, "user", "alice to hafez"), ("hafez", 2, "assistant", "hafez to alice"),

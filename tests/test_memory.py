@@ -16,19 +16,23 @@ from orchestrator.memory import ConversationKey, SQLiteStore, Turn, fit_context
 from orchestrator.sandbox.openai_server import said
 
 from .conftest import World
+from .stores import StoreKind
 
 
 def contents(request) -> list[str]:  # type: ignore[no-untyped-def]
     return [said(m) for m in request.body["messages"][1:]]
 
 
-async def test_third_request_carries_the_first_two_exchanges_across_a_restart(world: World) -> None:
+async def test_third_request_carries_the_first_two_exchanges_across_a_restart(
+    world: World, store_kind: StoreKind
+) -> None:
+    world.database = store_kind.database
     world.write([{"name": "sage"}])
     world.openai.set_reply(lambda body: f"A:{said(body['messages'][-1])}")
     async with world.running():
         await world.chat("!chat one")
         await world.chat("!chat two")
-    async with world.running():  # a new process would see the same SQLite file
+    async with world.running():  # a new process sees the same database
         await world.chat("!chat three")
     assert contents(world.openai.chat_requests[2]) == ["one", "A:one", "two", "A:two", "three"]
 
@@ -107,21 +111,19 @@ def test_context_keeps_the_system_prompt_and_the_question_under_a_small_budget()
     assert fit_context("p", history, "q", budget=1)[1:-1] == [], "nothing but the essentials fits"
 
 
-async def test_retention_prunes_old_and_excess_turns(tmp_path: Path) -> None:
-    store = SQLiteStore(tmp_path / "m.sqlite3")
+async def test_retention_prunes_old_and_excess_turns(store_kind: StoreKind) -> None:
     key = ConversationKey("sage", 1, 2)
     other = ConversationKey("hafez", 1, 2)
-    for i in range(5):
-        await store.append_exchange(key, f"q{i}", f"a{i}")
-    await store.append_exchange(other, "old", "old answer")
-    await store.flush()
-    with sqlite3.connect(tmp_path / "m.sqlite3") as db:
-        db.execute("UPDATE turns SET created = ? WHERE bot = 'hafez'", (time.time() - 90 * 86400,))
-    assert await store.prune("sage", None, 4) == 6
-    assert [t.content for t in await store.history(key, 50)] == ["q3", "a3", "q4", "a4"]
-    assert await store.prune("hafez", 30 * 86400, 50) == 2
-    assert await store.history(other, 50) == []
-    store.close()
+    async with store_kind.open() as store:
+        for i in range(5):
+            await store.append_exchange(key, f"q{i}", f"a{i}")
+        await store.append_exchange(other, "old", "old answer")
+        await store.flush()
+        await store_kind.backdate("hafez", 90 * 86400)
+        assert await store.prune("sage", None, 4) == 6
+        assert [t.content for t in await store.history(key, 50)] == ["q3", "a3", "q4", "a4"]
+        assert await store.prune("hafez", 30 * 86400, 50) == 2
+        assert await store.history(other, 50) == []
 
 
 def turns_on_disk(db: Path) -> list[tuple[str, int, int, str, str]]:
@@ -134,20 +136,16 @@ def exchange(key: ConversationKey, question: str, answer: str) -> list[tuple[str
     return [(key.bot, key.channel, key.user, "user", question), (key.bot, key.channel, key.user, "assistant", answer)]
 
 
-async def test_an_exchange_is_written_whole_or_not_at_all(tmp_path: Path) -> None:
-    db = tmp_path / "m.sqlite3"
-    store = SQLiteStore(db)
+async def test_an_exchange_is_written_whole_or_not_at_all(store_kind: StoreKind) -> None:
     key = ConversationKey("sage", 1, 2)
-    with contextlib.closing(sqlite3.connect(db)) as conn, conn:
-        conn.execute("CREATE TRIGGER fail BEFORE INSERT ON turns WHEN NEW.role = 'assistant' BEGIN SELECT RAISE(ABORT, 'boom'); END")
-    await store.append_exchange(key, "question", "answer")
-    await store.flush()
-    assert turns_on_disk(db) == [], "no question without its answer"
-    with contextlib.closing(sqlite3.connect(db)) as conn, conn:
-        conn.execute("DROP TRIGGER fail")
-    await store.flush()
-    assert turns_on_disk(db) == exchange(key, "question", "answer"), "kept in memory and written whole later"
-    store.close()
+    async with store_kind.open() as store:
+        await store_kind.refuse_answers(True)
+        await store.append_exchange(key, "question", "answer")
+        await store.flush()
+        assert await store_kind.turns() == [], "no question without its answer"
+        await store_kind.refuse_answers(False)
+        await store.flush()
+        assert await store_kind.turns() == exchange(key, "question", "answer"), "kept in memory and written whole later"
 
 
 async def test_many_appends_are_group_committed_in_a_few_transactions_in_append_order(tmp_path: Path) -> None:
@@ -168,58 +166,65 @@ async def test_many_appends_are_group_committed_in_a_few_transactions_in_append_
     assert turns_on_disk(db) == expected, "all 400 turns, in append order"
 
 
-async def test_reads_and_resets_right_after_an_append_see_it(tmp_path: Path) -> None:
-    db = tmp_path / "m.sqlite3"
-    store = SQLiteStore(db, flush_interval=3600)  # the writer thread never gets there first
+async def test_reads_and_resets_right_after_an_append_see_it(store_kind: StoreKind) -> None:
     alice, bob, elsewhere = ConversationKey("sage", 1, 2), ConversationKey("sage", 1, 3), ConversationKey("sage", 9, 2)
-    await store.append_exchange(alice, "q", "a")
-    await store.append_exchange(bob, "q", "a")
-    await store.append_exchange(elsewhere, "q", "a")
-    assert await store.history(elsewhere, 10) == [Turn("user", "q"), Turn("assistant", "a")], "loaded on a cache miss"
-    assert await store.reset(alice) == 2
-    assert await store.history(alice, 10) == []
-    assert await store.reset_channel("sage", 1) == 2
-    assert await store.history(bob, 10) == []
-    store.close()
-    assert turns_on_disk(db) == exchange(elsewhere, "q", "a")
+    async with store_kind.open(flush_interval=3600) as store:  # the writer never gets there first
+        await store.append_exchange(alice, "q", "a")
+        await store.append_exchange(bob, "q", "a")
+        await store.append_exchange(elsewhere, "q", "a")
+        assert await store.history(elsewhere, 10) == [Turn("user", "q"), Turn("assistant", "a")], "read on a cache miss"
+        assert await store.reset(alice) == 2
+        assert await store.history(alice, 10) == []
+        assert await store.reset_channel("sage", 1) == 2
+        assert await store.history(bob, 10) == []
+    assert await store_kind.turns() == exchange(elsewhere, "q", "a")
 
 
-async def test_while_writes_fail_history_sees_pending_exchanges_and_reset_forgets_them(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    db = tmp_path / "m.sqlite3"
-    store = SQLiteStore(db)
+async def test_while_writes_fail_history_sees_pending_exchanges_and_reset_forgets_them(store_kind: StoreKind) -> None:
     kept, forgotten = ConversationKey("sage", 1, 2), ConversationKey("sage", 1, 3)
-
-    def full(*_args: object) -> None:
-        raise sqlite3.OperationalError("database or disk is full")
-
-    with monkeypatch.context() as patch:
-        patch.setattr(store, "_insert", full)
+    async with store_kind.open() as store:
+        await store_kind.refuse_answers(True)
         await store.append_exchange(kept, "q", "a")
         await store.append_exchange(forgotten, "q", "a")
-        assert await store.history(kept, 10) == [Turn("user", "q"), Turn("assistant", "a")]
+        await store.flush()  # refused: both stay in memory
+        assert await store.history(kept, 10) == [Turn("user", "q"), Turn("assistant", "a")], "read on a cache miss"
         assert await store.reset(forgotten) == 2
-        assert turns_on_disk(db) == []
-    store.close()
-    assert turns_on_disk(db) == exchange(kept, "q", "a")
+        assert await store_kind.turns() == []
+        await store_kind.refuse_answers(False)
+    assert await store_kind.turns() == exchange(kept, "q", "a")
 
 
-async def test_close_writes_everything_pending_and_a_reopened_store_sees_it(tmp_path: Path) -> None:
-    db = tmp_path / "m.sqlite3"
-    store = SQLiteStore(db, flush_interval=3600)
+async def test_close_writes_everything_pending_and_a_reopened_store_sees_it(store_kind: StoreKind) -> None:
     key = ConversationKey("sage", 1, 2)
-    await store.append_exchange(key, "q1", "a1")
-    await store.append_exchange(key, "q2", "a2")
-    store.add_daily_usage("2024-01-01", "sage", "2", 42)
+    async with store_kind.open(flush_interval=3600) as store:
+        await store.append_exchange(key, "q1", "a1")
+        await store.append_exchange(key, "q2", "a2")
+        store.add_daily_usage("2024-01-01", "sage", "2", 42)
+    async with store_kind.open() as reopened:
+        assert [t.content for t in await reopened.history(key, 10)] == ["q1", "a1", "q2", "a2"]
+        # read in a worker thread, as QuotaBook does (PostgreSQL's is read on the event loop through it)
+        assert await anyio.to_thread.run_sync(reopened.load_daily_usage, "2024-01-01") == {("sage", "2"): 42}
+
+
+async def test_todays_usage_and_spend_are_known_on_the_event_loop_after_a_restart(store_kind: StoreKind) -> None:
+    """SpendBook reads the day's spend on the event loop, where PostgreSQL cannot be waited for."""
+    today = time.strftime("%Y-%m-%d", time.gmtime())
+    async with store_kind.open(flush_interval=3600) as store:
+        store.add_daily_usage(today, "sage", "2", 42)
+        store.add_daily_spend(today, "sage", "2", 0.5)
+        assert store.load_daily_usage(today) == {("sage", "2"): 42}, "what is pending counts"
+    async with store_kind.open() as reopened:
+        reopened.add_daily_spend(today, "sage", "2", 0.25)
+        assert reopened.load_daily_spend(today) == {("sage", "2"): 0.75}
+        assert reopened.load_daily_usage(today) == {("sage", "2"): 42}
+
+
+async def test_close_stops_the_writer_thread_and_a_second_close_is_harmless(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "m.sqlite3")
     writer = store._writer
     store.close()
-    store.close()  # a second close is harmless
+    store.close()
     assert writer.name == "sqlite-writer" and writer.daemon and not writer.is_alive()
-    reopened = SQLiteStore(db)
-    assert [t.content for t in await reopened.history(key, 10)] == ["q1", "a1", "q2", "a2"]
-    assert reopened.load_daily_usage("2024-01-01") == {("sage", "2"): 42}
-    reopened.close()
 
 
 async def test_a_locked_database_keeps_exchanges_in_memory_and_writes_them_once_released(
@@ -296,3 +301,26 @@ async def test_a_new_conversation_costs_no_read_and_a_known_one_is_read(
     assert [t.content for t in await store.history(old, 10)] == ["q", "a"]
     assert len(reads) == 1
     store.close()
+
+
+async def test_a_sqlite_database_from_before_speakers_is_migrated(tmp_path: Path) -> None:
+    db = tmp_path / "old.sqlite3"
+    old = sqlite3.connect(db)
+    old.executescript(
+        "CREATE TABLE turns (id INTEGER PRIMARY KEY, bot TEXT NOT NULL, channel INTEGER NOT NULL, user INTEGER NOT NULL,"
+        " role TEXT NOT NULL, content TEXT NOT NULL, created REAL NOT NULL);"
+        "INSERT INTO turns (bot, channel, user, role, content, created) VALUES ('sage', 1, 2, 'user', 'old q', 0),"
+        " ('sage', 1, 2, 'assistant', 'old a', 0);"
+    )
+    old.commit()
+    old.close()
+    key = ConversationKey("sage", 1, 2)
+    store = SQLiteStore(db)
+    await store.append_exchange(key, "new q", "new a", speaker="Alice", question_id=5, answer_ids=(6,))
+    await store.flush()
+    store.close()
+    reopened = SQLiteStore(db)
+    assert await reopened.history(key, 10) == [
+        Turn("user", "old q"), Turn("assistant", "old a"), Turn("user", "new q", "Alice", (5,)), Turn("assistant", "new a", "", (6,))
+    ]
+    reopened.close()

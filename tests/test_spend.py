@@ -17,6 +17,7 @@ from orchestrator.sandbox.openai_server import RecordedRequest, default_reply
 
 from .conftest import World
 from .inprocess import run_cli
+from .stores import StoreKind
 from .test_observability import samples, value
 
 MINI = ModelPrice(input=0.15, output=0.60)
@@ -208,7 +209,10 @@ async def test_spend_is_the_reported_usage_times_the_prices(
     assert len([line for line in lines if line.startswith("usage on")]) == 2
 
 
-async def test_the_daily_cap_refuses_with_a_clear_message_and_survives_a_restart(world: World) -> None:
+async def test_the_daily_cap_refuses_with_a_clear_message_and_survives_a_restart(
+    world: World, store_kind: StoreKind
+) -> None:
+    world.database = store_kind.database
     price = ModelPrice(input=100, output=100)
     write(world, cap=0.001, price=price)  # one answer of a few dozen tokens reaches it
     async with world.running() as app:

@@ -23,14 +23,14 @@ import os
 import sqlite3
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
-from typing import NamedTuple, TypeVar
+from typing import TypeVar
 
 import anyio
 
 from ..discord_io.text import replace_lone_surrogates
+from .recent import HistoryCache, PendingExchange, UsageKey, add_usage
 from .store import ConversationKey, DailyUsage, Forgotten, StoredTurn, Turn, UserData
 
 log = logging.getLogger(__name__)
@@ -68,13 +68,6 @@ _ADDED_COLUMNS = {
 }
 
 
-class _Exchange(NamedTuple):
-    key: ConversationKey
-    question: Turn
-    answer: Turn
-    created: float
-
-
 def _ids_text(ids: tuple[int, ...]) -> str:
     return " ".join(map(str, ids))
 
@@ -102,14 +95,11 @@ class SQLiteStore:
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._lock = threading.Lock()  # owns the connection
         self._thread = anyio.CapacityLimiter(1)
-        self._cache: OrderedDict[ConversationKey, list[Turn]] = OrderedDict()
-        self._cache_size = cache_size
-        self._max_cached_turns = max_cached_turns
+        self._cache = HistoryCache(cache_size, max_cached_turns)
         self._flush_interval = flush_interval
         self._pending_cv = threading.Condition()  # guards the pending writes below; wakes the writer
-        self._pending: list[_Exchange] = []  # appended, not yet written, in append order
-        # (day, bot, user) -> (tokens, usd) not yet written
-        self._pending_usage: dict[tuple[str, str, str], tuple[int, float]] = {}
+        self._pending: list[PendingExchange] = []  # appended, not yet written, in append order
+        self._pending_usage: dict[UsageKey, tuple[int, float]] = {}  # (tokens, usd) not yet written
         self._failing = False
         self._closing = False
         with self._lock:
@@ -207,7 +197,7 @@ class SQLiteStore:
             with self._pending_cv:
                 self._pending[:0] = exchanges
                 for key, (tokens, usd) in usage.items():
-                    self._add_pending_usage(key, tokens, usd)
+                    add_usage(self._pending_usage, key, tokens, usd)
             if not self._failing:
                 log.warning(
                     "could not write conversations and token usage to %s (%s); keeping them in memory and retrying",
@@ -220,7 +210,7 @@ class SQLiteStore:
         self._failing = False
         return None
 
-    def _insert(self, exchanges: list[_Exchange]) -> None:
+    def _insert(self, exchanges: list[PendingExchange]) -> None:
         self._db.executemany(
             "INSERT INTO turns (bot, channel, user, role, content, created, speaker, message_ids) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -236,10 +226,8 @@ class SQLiteStore:
     async def history(self, key: ConversationKey, limit: int) -> list[Turn]:
         cached = self._cache.get(key)
         if cached is None:
-            cached = await self._run(self._load, key, self._max_cached_turns) if hash(key) in self._known else []
-            self._remember(key, cached)
-        else:
-            self._cache.move_to_end(key)
+            cached = await self._run(self._load, key, self._cache.max_turns) if hash(key) in self._known else []
+            self._cache.put(key, cached)
         return cached[-limit:] if limit else []
 
     def _load(self, key: ConversationKey, limit: int) -> list[Turn]:
@@ -253,14 +241,8 @@ class SQLiteStore:
         with self._pending_cv:
             for e in self._pending:
                 if e.key == key:
-                    turns += (e.question, e.answer)
+                    turns += e.turns()
         return turns[-limit:]
-
-    def _remember(self, key: ConversationKey, turns: list[Turn]) -> None:
-        self._cache[key] = turns
-        self._cache.move_to_end(key)
-        while len(self._cache) > self._cache_size:
-            self._cache.popitem(last=False)
 
     async def append_exchange(
         self,
@@ -273,15 +255,13 @@ class SQLiteStore:
         answer_ids: tuple[int, ...] = (),
     ) -> None:
         """Remember an exchange at once (cache) and queue it for the writer thread; never waits for SQLite."""
-        asked = Turn("user", replace_lone_surrogates(question), replace_lone_surrogates(speaker),
-                     (question_id,) if question_id else ())  # fmt: skip
-        answered = Turn("assistant", replace_lone_surrogates(answer), "", answer_ids)
-        cached = self._cache.get(key)
-        if cached is not None:
-            cached.extend((asked, answered))
-            del cached[: -self._max_cached_turns]
+        exchange = PendingExchange.of(
+            key, replace_lone_surrogates(question), replace_lone_surrogates(answer), replace_lone_surrogates(speaker),
+            question_id, answer_ids, time.time(),
+        )
+        self._cache.extend(key, exchange)
         self._known.add(hash(key))
-        self._enqueue(lambda: self._pending.append(_Exchange(key, asked, answered, time.time())))
+        self._enqueue(lambda: self._pending.append(exchange))
 
     def _enqueue(self, add: Callable[[], None]) -> None:
         """Add a pending write; wake the writer if it was idle."""
@@ -292,14 +272,13 @@ class SQLiteStore:
                 self._pending_cv.notify()
 
     async def reset(self, key: ConversationKey) -> int:
-        self._cache.pop(key, None)
+        self._cache.drop(lambda k: k == key)
         return await self._run(
             self._delete, "bot=? AND channel=? AND user=?", (key.bot, key.channel, key.user), lambda k: k == key
         )
 
     async def reset_channel(self, bot: str, channel: int) -> int:
-        for key in [k for k in self._cache if k.bot == bot and k.channel == channel]:
-            del self._cache[key]
+        self._cache.drop(lambda k: k.bot == bot and k.channel == channel)
         return await self._run(
             self._delete, "bot=? AND channel=?", (bot, channel), lambda k: k.bot == bot and k.channel == channel
         )
@@ -318,8 +297,7 @@ class SQLiteStore:
         """Drop ``bot``'s turns older than ``max_age_seconds`` and beyond its newest ``max_turns`` per conversation."""
         removed = await self._run(self._prune, bot, max_age_seconds, max_turns)
         if removed:
-            for key in [k for k in self._cache if k.bot == bot]:
-                del self._cache[key]
+            self._cache.drop(lambda k: k.bot == bot)
         return removed
 
     def _prune(self, bot: str, max_age_seconds: float | None, max_turns: int) -> int:
@@ -371,8 +349,7 @@ class SQLiteStore:
 
     async def forget_user(self, user: int, bot: str | None = None) -> Forgotten:
         """Delete ``user``'s turns and daily usage (a bot's totals keep their share, without the id)."""
-        for key in [k for k in self._cache if k.user == user and bot in (None, k.bot)]:
-            del self._cache[key]
+        self._cache.drop(lambda k: k.user == user and bot in (None, k.bot))
         return await self._run(self._forget, user, bot)
 
     def _forget(self, user: int, bot: str | None) -> Forgotten:
@@ -395,8 +372,7 @@ class SQLiteStore:
             with self._pending_cv:
                 for (pending_day, bot, user), (tokens, usd) in self._pending_usage.items():
                     if pending_day == day:
-                        old_tokens, old_usd = usage.get((bot, user), (0, 0.0))
-                        usage[(bot, user)] = (old_tokens + tokens, old_usd + usd)
+                        add_usage(usage, (bot, user), tokens, usd)
         return usage
 
     def load_daily_usage(self, day: str) -> dict[tuple[str, str], int]:
@@ -410,13 +386,8 @@ class SQLiteStore:
     def add_daily_usage(self, day: str, bot: str, user: str, tokens: int) -> None:
         """Record usage. Called on the event loop, so it only remembers the tokens for the writer
         thread: a locked, read-only or full database only delays persistence, never the bots."""
-        self._enqueue(lambda: self._add_pending_usage((day, bot, user), tokens, 0.0))
+        self._enqueue(lambda: add_usage(self._pending_usage, (day, bot, user), tokens, 0.0))
 
     def add_daily_spend(self, day: str, bot: str, user: str, usd: float) -> None:
         """Record spend, as :meth:`add_daily_usage` records tokens."""
-        self._enqueue(lambda: self._add_pending_usage((day, bot, user), 0, usd))
-
-    def _add_pending_usage(self, key: tuple[str, str, str], tokens: int, usd: float) -> None:
-        """Add to the unwritten usage of ``key`` (the caller holds ``_pending_cv``)."""
-        old_tokens, old_usd = self._pending_usage.get(key, (0, 0.0))
-        self._pending_usage[key] = (old_tokens + tokens, old_usd + usd)
+        self._enqueue(lambda: add_usage(self._pending_usage, (day, bot, user), 0, usd))

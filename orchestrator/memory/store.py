@@ -1,5 +1,6 @@
-"""The conversation store interface: what a persona asks of memory, and what a server owner asks
-of it (a backup; one user's data, exported or forgotten), whatever the database."""
+"""The conversation store interface: what a persona asks of memory, what the quota and spend books
+ask of it (daily totals), and what a server owner asks of it (a backup; one user's data, exported or
+forgotten), whatever the database."""
 
 from __future__ import annotations
 
@@ -59,6 +60,14 @@ class Forgotten:
     usage_days: int  # (day, bot) usage records
 
 
+class StoreUnavailable(Exception):
+    """The database cannot be reached, or failed; the message names it (never with a password)."""
+
+
+class NoDatabase(Exception):
+    """A command that only reads found no database; the message says where it looked."""
+
+
 class ConversationStore(Protocol):
     async def history(self, key: ConversationKey, limit: int) -> list[Turn]: ...
 
@@ -88,3 +97,22 @@ class ConversationStore(Protocol):
     async def forget_user(self, user: int, bot: str | None = None) -> Forgotten:
         """Delete ``user``'s turns and usage (of every bot, or of ``bot``)."""
         ...
+
+
+class Store(ConversationStore, Protocol):
+    """A whole store: conversations, and the daily token usage and spend the quota and spend books persist.
+
+    The daily methods are synchronous and called on the event loop: ``add_*`` must not wait for the
+    database, and ``load_*`` answers from memory there when it cannot read without blocking."""
+
+    async def flush(self) -> None:
+        """Write what is pending now."""
+        ...
+
+    def load_daily_usage(self, day: str) -> dict[tuple[str, str], int]: ...
+
+    def load_daily_spend(self, day: str) -> dict[tuple[str, str], float]: ...
+
+    def add_daily_usage(self, day: str, bot: str, user: str, tokens: int) -> None: ...
+
+    def add_daily_spend(self, day: str, bot: str, user: str, usd: float) -> None: ...
