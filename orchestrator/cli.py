@@ -110,7 +110,7 @@ def cmd_usage(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .sandbox.demo import run_demo
+    from .demo import run_demo
 
     return anyio.run(run_demo, args.config, args.message, args.provider_url, backend="asyncio")
 

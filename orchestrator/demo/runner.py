@@ -22,8 +22,8 @@ from ..app import App
 from ..config import Config, parse_config
 from ..persona_bot import RuntimeOptions
 from ..supervisor import BotState
-from .discord_server import DiscordSandbox
-from .openai_server import OpenAISandbox
+from ..sandbox.discord_server import DiscordSandbox
+from ..sandbox.openai_server import OpenAISandbox
 
 SANDBOX_KEY = "sk-sandbox"
 ANSWER_TIMEOUT = 120.0
