@@ -39,13 +39,21 @@ class DiscordSandbox:
         host: str = "127.0.0.1",
         port: int = 0,
         heartbeat_interval_ms: int = 41250,
+        heartbeat_ack_delay: float = 0.05,
         compress: bool = False,
         nonce_window: float = 300.0,
     ) -> None:
+        """``heartbeat_ack_delay``: seconds before a heartbeat is acknowledged, a network round trip
+        (see ``gateway.py`` for why it must not be zero)."""
         self._host, self._port = host, port
         self._runner: web.AppRunner | None = None
         self.state = SandboxState(nonce_window=nonce_window)
-        self.gateway = Gateway(self.state, heartbeat_interval_ms=heartbeat_interval_ms, compress=compress)
+        self.gateway = Gateway(
+            self.state,
+            heartbeat_interval_ms=heartbeat_interval_ms,
+            heartbeat_ack_delay=heartbeat_ack_delay,
+            compress=compress,
+        )
         self.rest = RestApi(self.state, self.gateway)
         self.guild_id = self.state.guild_id
         self.channel_id = self.state.channel_id
@@ -275,6 +283,11 @@ class DiscordSandbox:
             return session if session is not None and session.ready else None
 
         return await self.state.wait(check, timeout, "a ready gateway session")
+
+    async def round_trip(self, token: str, timeout: float = 10.0) -> None:
+        """Wait until the bot's client has handled every gateway event dispatched to it so far
+        (e.g. the message just posted): a heartbeat it sends on request reports its sequence number."""
+        await self.gateway.round_trip(token, timeout)
 
     def inject_rest(self, *faults: RestFault) -> None:
         """Queue REST faults; each is consumed by the first ``/channels/...`` request it matches."""

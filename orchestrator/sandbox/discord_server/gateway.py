@@ -7,6 +7,12 @@ each payload a binary frame ending in a sync flush. Message events reach a sessi
 GUILD_MESSAGES (guild) or DIRECT_MESSAGES (DM) intent. Events dispatched while a session is
 disconnected (but resumable) are kept, up to 1000, and replayed in order on RESUME before
 RESUMED, as Discord does; a new session (IDENTIFY) gets none of them.
+
+A heartbeat is acknowledged ``heartbeat_ack_delay`` seconds after it arrived, as over a network.
+discord.py's keep-alive thread records when it sent a heartbeat only once the event loop has sent
+it and the thread has the GIL again; an ACK sent at once by a sandbox in the same process and loop
+(the demo, the tests) was often read before that, so discord.py measured it against the previous
+heartbeat: a latency of one whole interval ("Can't keep up, ... websocket is 41.3s behind").
 """
 
 from __future__ import annotations
@@ -43,6 +49,8 @@ class GatewaySession:
     ready: bool = False  # READY or RESUMED was sent on the current socket
     missed: list[tuple[str, str]] = field(default_factory=list)  # (event, JSON) while disconnected, for RESUME
     lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
+    heartbeats: int = 0  # heartbeats received from this session's client
+    heartbeat_seq: int | None = None  # the last sequence number its client reported having handled
 
 
 class Gateway:
@@ -53,9 +61,12 @@ class Gateway:
     benchmarks); ``data`` is ``{}`` for events replayed on RESUME.
     """
 
-    def __init__(self, state: SandboxState, *, heartbeat_interval_ms: int, compress: bool) -> None:
+    def __init__(
+        self, state: SandboxState, *, heartbeat_interval_ms: int, heartbeat_ack_delay: float, compress: bool
+    ) -> None:
         self.state = state
         self.heartbeat_interval_ms = heartbeat_interval_ms
+        self.heartbeat_ack_delay = heartbeat_ack_delay
         self.compress = compress
         self.deflaters: dict[web.WebSocketResponse, Any] = {}
         self.sockets: set[web.WebSocketResponse] = set()
@@ -84,18 +95,23 @@ class Gateway:
         session: GatewaySession | None = None
         try:
             await self.send_frame(ws, json.dumps({"op": _HELLO, "d": {"heartbeat_interval": self.heartbeat_interval_ms}}))
-            async for frame in ws:
-                if frame.type is not WSMsgType.TEXT:
-                    continue
-                payload = json.loads(frame.data)
-                op, data = payload.get("op"), payload.get("d")
-                if op == _HEARTBEAT:
-                    await self.send_frame(ws, json.dumps({"op": _HEARTBEAT_ACK}))
-                elif op == _IDENTIFY:
-                    session = await self._identify(ws, data)
-                elif op == _RESUME:
-                    session = await self._resume(ws, data)
-        except ConnectionResetError:
+            async with asyncio.TaskGroup() as acks:  # delayed ACKs, while later frames are handled
+                async for frame in ws:
+                    if frame.type is not WSMsgType.TEXT:
+                        continue
+                    payload = json.loads(frame.data)
+                    op, data = payload.get("op"), payload.get("d")
+                    if op == _HEARTBEAT:
+                        acks.create_task(self._acknowledge(ws))
+                        if session is not None and session.ws is ws:
+                            session.heartbeats += 1
+                            session.heartbeat_seq = data if isinstance(data, int) else None
+                            await self.state.notify()
+                    elif op == _IDENTIFY:
+                        session = await self._identify(ws, data)
+                    elif op == _RESUME:
+                        session = await self._resume(ws, data)
+        except* ConnectionResetError:
             pass  # the client went away mid-send
         finally:
             self.sockets.discard(ws)
@@ -103,6 +119,33 @@ class Gateway:
             if session is not None and session.ws is ws:
                 session.ws, session.ready = None, False
         return ws
+
+    async def _acknowledge(self, ws: web.WebSocketResponse) -> None:
+        await asyncio.sleep(self.heartbeat_ack_delay)
+        if ws.closed:
+            return
+        try:
+            await self.send_frame(ws, json.dumps({"op": _HEARTBEAT_ACK}))
+        except ConnectionResetError:
+            pass  # closed meanwhile
+
+    async def round_trip(self, token: str, timeout: float) -> None:
+        """Ask the bot's client for a heartbeat now (op 1, as Discord may) and wait for it.
+
+        A heartbeat carries the last sequence number the client has handled and the gateway is
+        ordered, so on return the client has handled every event dispatched to it before the call.
+        Raises ``LookupError`` without a ready session, ``TimeoutError`` after ``timeout`` seconds.
+        """
+        session = self.sessions.get(token)
+        if session is None or session.ws is None or not session.ready:
+            raise LookupError("no ready gateway session for this token")
+        target = session.seq
+        await self.send_frame(session.ws, json.dumps({"op": _HEARTBEAT, "d": None}))
+
+        def handled() -> bool | None:
+            return True if session.heartbeat_seq is not None and session.heartbeat_seq >= target else None
+
+        await self.state.wait(handled, timeout, f"a heartbeat reporting sequence {target}")
 
     async def _identify(self, ws: web.WebSocketResponse, data: JSONDict) -> GatewaySession | None:
         state = self.state
