@@ -23,7 +23,7 @@ from orchestrator.app import App
 from orchestrator.memory import SQLiteStore
 from orchestrator.persona_bot import APOLOGY
 from orchestrator.sandbox.discord_server import RestFault
-from orchestrator.sandbox.openai_server import Fault, default_reply
+from orchestrator.sandbox.openai_server import Fault, echo_reply
 from orchestrator.streaming import CUT_NOTE
 from orchestrator.supervisor import BotState
 
@@ -343,7 +343,7 @@ async def test_database_trouble_still_answers_and_keeps_serving(
     two_bots(world)
     long_answer = " ".join(["memory"] * 1500)  # needs new database pages, so a page limit bites
     world.openai.set_reply(
-        lambda body: long_answer if body["messages"][-1]["content"] == "during the fault" else default_reply(body)
+        lambda body: long_answer if body["messages"][-1]["content"] == "during the fault" else echo_reply(body)
     )
     async with world.running() as app:
         store = store_of(app)

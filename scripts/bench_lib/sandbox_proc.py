@@ -129,7 +129,9 @@ class Helper:
             raise ValueError(f"unknown topology {topology!r}")
         self.discord = BenchDiscord()
         await self.discord.start()
-        self.openai = BenchOpenAI(api_keys=[api_key], latency=latency, rate_limit_per_minute=rate_limit_per_minute)
+        self.openai = BenchOpenAI(
+            api_keys=[api_key], latency=latency, rate_limit_per_minute=rate_limit_per_minute, echo=True
+        )
         await self.openai.start()
         if topology == "shared":
             self.bot_ids = {token: self.discord.add_bot(token, name) for token, name in bots}
