@@ -146,9 +146,12 @@ def cmd_usage(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .sandbox.demo import run_demo
+    from .demo import run_until_interrupted
 
-    return anyio.run(run_demo, args.config, args.message, args.provider_url, backend="asyncio")
+    try:
+        return anyio.run(run_until_interrupted, args.config, args.message, args.provider_url, backend="asyncio")
+    except KeyboardInterrupt:  # Ctrl-C while the demo's own handler is not installed yet, or no more
+        return 130
 
 
 def health_url(args: argparse.Namespace) -> str:

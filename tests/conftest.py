@@ -42,7 +42,7 @@ async def discord_server() -> AsyncIterator[DiscordSandbox]:
 
 @pytest.fixture
 async def openai_server() -> AsyncIterator[OpenAISandbox]:
-    async with OpenAISandbox(api_keys=[API_KEY]) as server:
+    async with OpenAISandbox(api_keys=[API_KEY], echo=True) as server:
         yield server
 
 

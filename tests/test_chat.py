@@ -10,7 +10,7 @@ import pytest
 from orchestrator.app import App
 from orchestrator.persona.replies import BUSY, EMPTY_ANSWER
 from orchestrator.runtime.supervisor import BotState
-from orchestrator.sandbox.openai_server import Fault, default_reply, said
+from orchestrator.sandbox.openai_server import Fault, echo_reply, said
 
 from .conftest import FAST, World
 
@@ -43,8 +43,8 @@ async def test_two_bots_answer_with_their_own_persona_model_and_parameters(world
     assert second.body["max_tokens"] == 77
     assert [m.author_id for m in sage_reply] == [world.bot_ids["sage"]]
     assert [m.author_id for m in hafez_reply] == [world.bot_ids["hafez"]]
-    assert sage_reply[0].content == default_reply(first.body)
-    assert hafez_reply[0].content == default_reply(second.body)
+    assert sage_reply[0].content == echo_reply(first.body)
+    assert hafez_reply[0].content == echo_reply(second.body)
 
 
 async def test_typing_indicator_is_shown_while_answering(world: World) -> None:

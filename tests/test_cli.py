@@ -1,18 +1,16 @@
-"""The command line, run as a real process: check, models, demo, and run's graceful SIGTERM."""
+"""The command line, run as a real process: check, models, usage, run's graceful SIGTERM (demo: test_demo.py)."""
 
 from __future__ import annotations
 
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import anyio
 import pytest
 
 from orchestrator.memory import ConversationKey, SQLiteStore
-from orchestrator.sandbox.openai_server import said
 
 from .conftest import API_KEY, World, token_for
 
@@ -82,19 +80,6 @@ def test_check_warns_when_two_bots_answer_the_same_command(tmp_path: Path) -> No
     assert f"warning: {tmp_path / 'bots.yaml'}:{line}: bots[1] (bot 'hafez'): bots 'sage' and 'hafez' both answer '!chat'" in result.stdout
 
 
-def test_demo_runs_without_accounts_and_personas_answer() -> None:
-    result = orchestrator("demo", "bots.yaml", "-m", "!chat hello", "-m", "?chat سلام", env=base_env())
-    assert result.returncode == 0, result.stderr
-    assert "sage: [gpt-4o-mini] You are Sage" in result.stdout
-    assert "hafez: [gpt-4o-mini] تو «حافظ» هستی" in result.stdout
-
-
-def test_demo_reads_messages_from_stdin() -> None:
-    result = orchestrator("demo", "bots.yaml", env=base_env(), input="!chat one\n!chat two\n")
-    assert result.returncode == 0, result.stderr
-    assert "| turns=1 | one" in result.stdout and "| turns=2 | two" in result.stdout
-
-
 async def test_models_lists_the_providers_models(world: World) -> None:
     world.write([{"name": "sage"}])
     result = await anyio.to_thread.run_sync(lambda: orchestrator("models", str(world.path), env=base_env() | world.env()))
@@ -136,51 +121,6 @@ async def test_sigterm_mid_answer_delivers_the_answer_and_exits_zero(world: Worl
     key = ConversationKey("sage", world.discord.channel_id, world.discord.default_user_id)
     assert [turn.content for turn in await store.history(key, 10)] == ["are you still there?", reply.content]
     store.close()
-
-
-def test_demo_is_interactive_in_a_terminal() -> None:
-    import os
-    import pty
-    import select
-
-    controller, terminal = pty.openpty()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "orchestrator", "--log-level", "WARNING", "demo", "bots.yaml"],
-        cwd=ROOT, env=base_env(), stdin=terminal, stdout=terminal, stderr=terminal, close_fds=True,
-    )
-    os.close(terminal)
-    seen = b""
-
-    def read_until(marker: bytes, limit: float = 60.0) -> None:
-        nonlocal seen
-        deadline = time.monotonic() + limit
-        while marker not in seen:
-            remaining = deadline - time.monotonic()
-            assert remaining > 0, f"no {marker!r} in {seen.decode(errors='replace')!r}"
-            ready, _, _ = select.select([controller], [], [], remaining)
-            if ready:
-                seen += os.read(controller, 4096)
-
-    try:
-        read_until(b"you> ")
-        os.write(controller, "?chat سلام\n".encode())
-        read_until("hafez: [gpt-4o-mini]".encode())
-        os.write(controller, b"\x04")  # Ctrl-D ends the session
-        assert process.wait(timeout=30) == 0
-    finally:
-        process.kill()
-        os.close(controller)
-    assert "| سلام".encode() in seen
-
-
-async def test_demo_can_use_a_real_provider_while_discord_stays_local(world: World) -> None:
-    env = base_env() | {"DEMO_API_KEY": API_KEY}
-    result = await anyio.to_thread.run_sync(
-        lambda: orchestrator("demo", "bots.yaml", "--provider-url", world.openai.base_url, "-m", "!chat via provider", env=env)
-    )
-    assert result.returncode == 0, result.stderr
-    [request] = world.openai.chat_requests
-    assert request.api_key == API_KEY and said(request.body["messages"][-1]) == "via provider"
 
 
 async def test_usage_command_shows_todays_tokens_per_bot_and_user(world: World) -> None:

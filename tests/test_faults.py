@@ -27,7 +27,7 @@ from orchestrator.persona import bot as persona_bot
 from orchestrator.persona.replies import APOLOGY
 from orchestrator.runtime.supervisor import BotState
 from orchestrator.sandbox.discord_server import RestFault
-from orchestrator.sandbox.openai_server import Fault, default_reply, said
+from orchestrator.sandbox.openai_server import Fault, echo_reply, said
 
 from .conftest import World, token_for
 
@@ -345,7 +345,7 @@ async def test_database_trouble_still_answers_and_keeps_serving(
     two_bots(world)
     long_answer = " ".join(["memory"] * 1500)  # needs new database pages, so a page limit bites
     world.openai.set_reply(
-        lambda body: long_answer if said(body["messages"][-1]) == "during the fault" else default_reply(body)
+        lambda body: long_answer if said(body["messages"][-1]) == "during the fault" else echo_reply(body)
     )
     async with world.running() as app:
         store = store_of(app)

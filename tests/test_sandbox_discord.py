@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import logging
 import signal
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -474,3 +475,51 @@ async def test_cli_prints_urls_and_exits_cleanly_on_sigterm() -> None:
             assert await process.wait() == 0
     assert "api_url=http://127.0.0.1:" in output and "/api/v10" in output
     assert "gateway_url=ws://127.0.0.1:" in output
+
+
+async def test_heartbeat_latency_is_a_round_trip_not_an_interval(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """discord.py's keep-alive thread records a heartbeat as sent only once it has the GIL again. An
+    ACK read before that (sent at once by a sandbox in the same process) was measured against the
+    previous heartbeat: a latency of a whole interval, and "Can't keep up, ... 41.3s behind" with
+    Discord's 41.25 s interval. That warning needs a latency over 10 s; with short intervals the
+    latency itself shows it."""
+    caplog.set_level(logging.WARNING, logger="discord.gateway")
+    interval = 0.3
+    latencies = await heartbeat_latencies(monkeypatch, interval)
+    assert max(latencies) < interval / 2, latencies
+    assert not [r.getMessage() for r in caplog.records if "Can't keep up" in r.getMessage()]
+
+
+async def heartbeat_latencies(monkeypatch: pytest.MonkeyPatch, interval: float) -> list[float]:
+    """``client.latency`` of eight clients after each of their keep-alive threads' first heartbeats
+    (they beat together, so the threads wait for the GIL while the loop handles the others)."""
+    async with DiscordSandbox(heartbeat_interval_ms=int(interval * 1000)) as sandbox:
+        monkeypatch.setattr(discord.http.Route, "BASE", sandbox.api_url)
+        monkeypatch.setattr(discord.gateway.DiscordWebSocket, "DEFAULT_GATEWAY", yarl.URL(sandbox.gateway_url))
+        bots = [(make_bot(), f"token-{i}") for i in range(8)]
+        for i, (_, token) in enumerate(bots):
+            sandbox.add_bot(token, f"bot{i}")
+        latencies: list[float] = []
+        async with running(sandbox, *bots):
+            for beat in range(2, 6):  # the keep-alive thread's heartbeats (the first follows IDENTIFY)
+                for bot, token in bots:
+                    session = sandbox.sessions[token]
+                    await sandbox.state.wait(lambda: session.heartbeats >= beat or None, 5, "a heartbeat")
+                    latencies.append(bot.latency)  # the previous heartbeat's ACK has been read by now
+    return latencies
+
+
+async def test_round_trip_returns_once_the_client_has_read_what_was_dispatched(sandbox: DiscordSandbox) -> None:
+    bot = make_bot()
+    sandbox.add_bot(TOKEN_A, "alpha")
+    inbox = Inbox(bot)
+    with pytest.raises(LookupError):
+        await sandbox.round_trip(TOKEN_A)
+    async with running(sandbox, (bot, TOKEN_A)):
+        await sandbox.post("one")
+        await sandbox.post("two")
+        await sandbox.round_trip(TOKEN_A)
+        assert bot.ws.sequence == sandbox.sessions[TOKEN_A].seq
+        assert [message.content for message in inbox.messages] == ["one", "two"]

@@ -29,7 +29,7 @@ ANSWER = "[gpt-4o-mini] You are Ada. | T=0.7 | turns=2 | how are you?"
 
 @pytest.fixture
 async def sandbox() -> AsyncIterator[OpenAISandbox]:
-    async with OpenAISandbox() as sb:
+    async with OpenAISandbox(echo=True) as sb:
         yield sb
 
 
@@ -61,8 +61,36 @@ async def test_plain_completion(sandbox: OpenAISandbox, client: openai.AsyncOpen
     assert recorded.headers["x-stainless-retry-count"] == "0"
 
 
-async def test_default_reply_without_persona_or_temperature(client: openai.AsyncOpenAI) -> None:
+async def test_echo_reply_without_persona_or_temperature(client: openai.AsyncOpenAI) -> None:
     assert await ask(client, "yo") == "[gpt-4o-mini] - | T=- | turns=1 | yo"
+
+
+async def test_echo_reply_is_short_labelled_and_shows_what_reached_the_model() -> None:
+    async with (
+        OpenAISandbox() as sb,
+        openai.AsyncOpenAI(base_url=sb.base_url, api_key="sk-sandbox", max_retries=0) as client,
+    ):
+        reply = await client.chat.completions.create(model=MODEL, messages=MESSAGES, temperature=0.7, top_p=0.9)
+        bare = await ask(client, "  line one\n  line two ")
+    assert reply.choices[0].message.content == (
+        '(sandbox model, not a real LLM) Ada here — you said "how are you?". '
+        "[persona: Ada · gpt-4o-mini · T=0.7 top_p=0.9 · 1 earlier turn]"
+    )
+    assert bare == '(sandbox model, not a real LLM) You said "line one line two". [persona: none · gpt-4o-mini · no earlier turns]'
+
+
+async def test_echo_reply_keeps_a_long_or_unnamed_persona_short() -> None:
+    persona = "تو «حافظ» هستی، یک همراه مهربان که همیشه به زبان فارسی پاسخ می‌دهد و شعر می‌خواند و قصه می‌گوید."
+    messages = [{"role": "system", "content": persona + "\nSecond line."}, {"role": "user", "content": "x" * 500}]
+    async with (
+        OpenAISandbox() as sb,
+        openai.AsyncOpenAI(base_url=sb.base_url, api_key="sk-sandbox", max_retries=0) as client,
+    ):
+        reply = await client.chat.completions.create(model=MODEL, messages=messages)
+    content = reply.choices[0].message.content or ""
+    assert content.startswith('(sandbox model, not a real LLM) You said "' + "x" * 199 + '…".')
+    assert f"[persona: {persona[:79]}… · gpt-4o-mini · no earlier turns]" in content
+    assert "Second line" not in content and len(content) < 400
 
 
 async def test_streaming_matches_plain_answer_and_reports_usage(client: openai.AsyncOpenAI) -> None:
@@ -81,7 +109,7 @@ async def test_streaming_matches_plain_answer_and_reports_usage(client: openai.A
 
 async def test_stream_pacing() -> None:
     async with (
-        OpenAISandbox(first_token_delay=0.05, tokens_per_second=100) as sb,
+        OpenAISandbox(echo=True, first_token_delay=0.05, tokens_per_second=100) as sb,
         openai.AsyncOpenAI(base_url=sb.base_url, api_key="sk-sandbox", max_retries=0) as client,
     ):
         started = time.monotonic()
@@ -152,7 +180,7 @@ async def test_malformed_json_raises_json_decode_error(sandbox: OpenAISandbox, c
 async def test_delay_beyond_client_timeout(caplog: pytest.LogCaptureFixture) -> None:
     """The handler of a timed-out request is cancelled quietly and does not hold up ``stop()``."""
     started = time.monotonic()
-    async with OpenAISandbox() as sb:
+    async with OpenAISandbox(echo=True) as sb:
         async with openai.AsyncOpenAI(base_url=sb.base_url, api_key="sk-sandbox", max_retries=0, timeout=0.1) as client:
             sb.inject(Fault.timeout(60.0))
             with pytest.raises(openai.APITimeoutError):
@@ -232,13 +260,14 @@ async def test_max_in_flight() -> None:
     assert (sb.max_in_flight, sb.in_flight) == (5, 0)
 
 
-async def test_cli_serves_until_signal() -> None:
-    command = [sys.executable, "-m", "orchestrator.sandbox.openai_server", "--api-key", "k1", "--latency", "0.01"]
+@pytest.mark.parametrize(("flags", "answer"), [((), 'You said "hi"'), (("--echo",), "| hi")], ids=["default", "echo"])
+async def test_cli_serves_until_signal(flags: tuple[str, ...], answer: str) -> None:
+    command = [sys.executable, "-m", "orchestrator.sandbox.openai_server", "--api-key", "k1", "--latency", "0.01", *flags]
     async with await anyio.open_process(command) as process:
         assert process.stdout is not None
         base_url = (await process.stdout.receive()).decode().strip()
         assert re.fullmatch(r"http://127\.0\.0\.1:\d+/v1", base_url)
         async with openai.AsyncOpenAI(base_url=base_url, api_key="k1", max_retries=0) as client:
-            assert "| hi" in (await ask(client) or "")
+            assert answer in (await ask(client) or "")
         process.send_signal(signal.SIGINT)
         assert await process.wait() == 0

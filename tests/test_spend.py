@@ -13,7 +13,7 @@ from orchestrator.errors import ConfigError
 from orchestrator.llm.quota import utc_day
 from orchestrator.llm.spend import SpendBook, SpendCapReached, format_usd
 from orchestrator.memory import SQLiteStore
-from orchestrator.sandbox.openai_server import RecordedRequest, default_reply
+from orchestrator.sandbox.openai_server import RecordedRequest, echo_reply
 
 from .conftest import World
 from .inprocess import run_cli
@@ -28,7 +28,7 @@ NOON = 1_750_000_000.0 - 1_750_000_000.0 % 86400 + 43200  # 12:00 UTC on some da
 def reported_usage(request: RecordedRequest) -> tuple[int, int]:
     """The sandbox's usage for a request it answered with its default reply (its documented formula)."""
     prompt = sum(len(m["content"]) // 4 + 4 for m in request.body["messages"])
-    return prompt, len(default_reply(request.body)) // 4 + 1
+    return prompt, len(echo_reply(request.body)) // 4 + 1
 
 
 def expected_spend(requests: list[RecordedRequest], price: ModelPrice) -> float:

@@ -19,7 +19,7 @@ BODY = {"model": "gpt-4o-mini", "messages": [{"role": "system", "content": "You 
 
 @pytest.fixture
 async def sandbox() -> AsyncIterator[OpenAISandbox]:
-    async with OpenAISandbox(api_keys=["sk-good"]) as sb:
+    async with OpenAISandbox(api_keys=["sk-good"], echo=True) as sb:
         yield sb
 
 

@@ -4,8 +4,14 @@ Serves ``POST /v1/chat/completions`` (JSON and ``stream: true`` SSE), ``GET /v1/
 ``GET /v1/models/{id}`` well enough for the real ``openai`` SDK, records every request, and can
 inject faults (HTTP errors, delays, cut streams, malformed bodies) and enforce a rate limit.
 
-The default answer is a deterministic function of the request, so tests can see what reached
-the server::
+Answers are a deterministic function of the request, so tests and the demo can see what
+reached the server. By default they are short and say they come from the sandbox::
+
+    (sandbox model, not a real LLM) Sage here — you said "hello". [persona: Sage, a calm philosophy tutor · gpt-4o-mini · T=0.3 · no earlier turns]
+
+(the persona is the first sentence of the first ``system`` or ``developer`` message, the name comes
+from its ``You are <Name>``; the sampling parameters sent and the number of earlier user turns
+show what the model received). With ``echo=True`` (what the tests use) the answer is instead::
 
     [{model}] {persona} | T={temperature} | turns={user_messages} | {last_user_message}
 
@@ -139,11 +145,13 @@ class OpenAISandbox:
     empty, e.g. ``59.98s``). Chat requests are checked in this order:
     API key (401), body (400), model (404), rate limit (429), then the next injected fault.
     ``api_keys=None`` serves without keys, as local model servers do (any ``Authorization`` or none).
+    ``echo`` selects :func:`echo_reply` over :func:`sandbox_reply` as the answer text.
     """
 
     def __init__(
         self,
         *,
+        echo: bool = False,
         api_keys: Iterable[str] | None = ("sk-sandbox",),
         models: Iterable[str] = ("gpt-4o-mini", "sandbox-small"),
         latency: float = 0.0,
@@ -153,6 +161,7 @@ class OpenAISandbox:
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
+        self.echo = echo
         self.api_keys = None if api_keys is None else set(api_keys)
         self.models = list(models)
         self.latency = latency
@@ -188,7 +197,7 @@ class OpenAISandbox:
         self._faults.extend(faults)
 
     def set_reply(self, fn: Callable[[dict[str, Any]], str] | None) -> None:
-        """Answer with ``fn(request_body)`` instead of the default text; ``None`` restores it."""
+        """Answer with ``fn(request_body)`` instead of the usual text; ``None`` restores it."""
         self._reply_fn = fn
 
     def queue_replies(self, *texts: str) -> None:
@@ -358,7 +367,7 @@ class OpenAISandbox:
     def _next_reply(self, body: dict[str, Any]) -> str:
         if self._replies:
             return self._replies.popleft()
-        return (self._reply_fn or default_reply)(body)
+        return (self._reply_fn or (echo_reply if self.echo else sandbox_reply))(body)
 
     def _take_rate_slot(self) -> tuple[int, dict[str, str]]:
         """Admit one request into the sliding window; returns (200 or 429, x-ratelimit headers)."""
@@ -382,10 +391,10 @@ class OpenAISandbox:
         return 429, {**headers, **_retry_after(oldest + _WINDOW - now)}
 
 
-def default_reply(body: Mapping[str, Any]) -> str:
-    """The default answer text for a chat request body (format in the module docstring)."""
+def echo_reply(body: Mapping[str, Any]) -> str:
+    """The ``echo=True`` answer text for a chat request body (format in the module docstring)."""
     messages = body.get("messages") or []
-    system = next((m for m in messages if m.get("role") in ("system", "developer")), None)
+    system = _system_message(messages)
     persona = _text(system.get("content")).split("\n", 1)[0] if system else "-"
     users = [said(m) for m in messages if m.get("role") == "user"]
     temperature = body.get("temperature")
@@ -399,6 +408,41 @@ def said(message: Mapping[str, Any]) -> str:
     if message.get("name") and ": " in text:
         return text.split(": ", 1)[1]
     return text
+
+
+_SAMPLING = (("temperature", "T"), ("top_p", "top_p"), ("frequency_penalty", "frequency_penalty"),
+             ("presence_penalty", "presence_penalty"))
+_YOU_ARE = re.compile(r"you are\s+", re.IGNORECASE)
+_NAME = re.compile(r"[^\W\d_][\w'-]*")
+
+
+def sandbox_reply(body: Mapping[str, Any]) -> str:
+    """The default answer text: short, labelled as the sandbox's, showing the persona, the model and
+    sampling parameters, and how many earlier user turns (memory) reached the server."""
+    messages = body.get("messages") or []
+    system = _system_message(messages)
+    first_line = " ".join(_text(system.get("content")).split("\n", 1)[0].split()) if system else ""
+    persona = _clip(re.split(r"(?<=[.!?])\s", first_line, maxsplit=1)[0].rstrip("."), 80)
+    name = None
+    if (you_are := _YOU_ARE.match(persona)) is not None:
+        persona = persona[you_are.end():]
+        name = found.group() if (found := _NAME.match(persona)) else None
+    users = [" ".join(said(m).split()) for m in messages if m.get("role") == "user"]
+    heard = f'you said "{_clip(users[-1], 200)}".' if users else "you said nothing."
+    greeting = f"{name} here — {heard}" if name else heard[0].upper() + heard[1:]
+    params = " ".join(f"{label}={body[key]}" for key, label in _SAMPLING if body.get(key) is not None)
+    earlier = len(users) - 1 if users else 0
+    memory = {0: "no earlier turns", 1: "1 earlier turn"}.get(earlier, f"{earlier} earlier turns")
+    facts = " · ".join(part for part in (f"persona: {persona or 'none'}", str(body.get("model")), params, memory) if part)
+    return f"(sandbox model, not a real LLM) {greeting} [{facts}]"
+
+
+def _system_message(messages: list[Any]) -> Mapping[str, Any] | None:
+    return next((m for m in messages if isinstance(m, dict) and m.get("role") in ("system", "developer")), None)
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _text(content: object) -> str:
@@ -474,8 +518,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rate-limit-per-minute", type=int, default=None)
     parser.add_argument("--api-key", action="append", dest="api_keys", help="accepted key, repeatable")
     parser.add_argument("--model", action="append", dest="models", help="served model (repeatable)")
+    parser.add_argument("--echo", action="store_true", help="answer in the tests' echo format")
     args = parser.parse_args(argv)
     sandbox = OpenAISandbox(
+        echo=args.echo,
         api_keys=args.api_keys or ("sk-sandbox",),
         models=args.models or ("gpt-4o-mini", "sandbox-small"),
         latency=args.latency,

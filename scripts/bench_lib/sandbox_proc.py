@@ -36,7 +36,7 @@ from typing import Any
 
 from aiohttp import web
 
-from orchestrator.sandbox.discord_server import DiscordSandbox, GatewaySession
+from orchestrator.sandbox.discord_server import DiscordSandbox, GatewaySession, SentMessage
 from orchestrator.sandbox.openai_server import OpenAISandbox
 
 TAG = re.compile(r"#m(\d+)\b")
@@ -44,7 +44,7 @@ PERSONA = re.compile(r"You are ([A-Za-z0-9_-]+)")
 
 
 class BenchDiscord(DiscordSandbox):
-    """DiscordSandbox that timestamps dispatches, READYs and bot replies."""
+    """DiscordSandbox that timestamps dispatches, READYs and bot replies (through its hooks)."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -54,40 +54,26 @@ class BenchDiscord(DiscordSandbox):
         self.awaiting: set[int] = set()
         self.progress = asyncio.Event()
         self.message_events = 0  # MESSAGE_CREATE frames written to any bot (humans' and bots' messages)
+        self.gateway.on_ready = self._on_ready
+        self.gateway.on_dispatch = self._on_dispatch
+        self.rest.on_message_created = self._on_message_created
 
-    async def _identify(self, ws: web.WebSocketResponse, data: dict[str, Any]) -> GatewaySession | None:
-        session = await super()._identify(ws, data)
-        if session is not None and session.ready:
-            self.ready_at.setdefault(session.token, time.monotonic())
-        return session
+    def _on_ready(self, session: GatewaySession) -> None:
+        self.ready_at.setdefault(session.token, time.monotonic())
 
-    async def _send_dispatch(
-        self, session: GatewaySession, event: str, data: dict[str, Any], encoded: str | None = None
-    ) -> None:
-        await super()._send_dispatch(session, event, data, encoded)
+    def _on_dispatch(self, session: GatewaySession, event: str, data: dict[str, Any]) -> None:
         if event == "MESSAGE_CREATE":
             self.message_events += 1
-            if not data.get("author", {}).get("bot"):
+            if data and not data.get("author", {}).get("bot"):
                 self.dispatched[(session.token, int(data["id"]))] = time.monotonic()
 
-    async def _create_message(self, request: web.Request) -> web.Response:
-        arrived = time.monotonic()
-        reference = None
-        payload: dict[str, Any] = {}
-        if not request.content_type.startswith("multipart/"):
-            try:
-                payload = await request.json()  # aiohttp caches the body: the real handler reads it again
-                reference = int((payload.get("message_reference") or {})["message_id"])
-            except (ValueError, KeyError, TypeError, AttributeError):
-                reference = None
-        response = await super()._create_message(request)
-        if reference is not None and response.status == 200:
-            content = str(payload.get("content") or "")
-            self.replies.setdefault(reference, []).append((arrived, content[:300]))
-            if reference in self.awaiting:
-                self.awaiting.discard(reference)
-                self.progress.set()
-        return response
+    def _on_message_created(self, sent: SentMessage, arrived: float) -> None:
+        if sent.reference_id is None:
+            return
+        self.replies.setdefault(sent.reference_id, []).append((arrived, sent.content[:300]))
+        if sent.reference_id in self.awaiting:
+            self.awaiting.discard(sent.reference_id)
+            self.progress.set()
 
 
 class BenchOpenAI(OpenAISandbox):
@@ -152,7 +138,10 @@ class Helper:
         self.discord = BenchDiscord(heartbeat_interval_ms=heartbeat_interval_ms)
         await self.discord.start()
         self.channels = [self.discord.channel_id] + [self.discord.add_channel(f"c{i}") for i in range(1, channels)]
-        self.openai = BenchOpenAI(api_keys=[api_key], latency=latency, rate_limit_per_minute=rate_limit_per_minute)
+        self.openai = BenchOpenAI(
+            api_keys=[api_key], latency=latency, rate_limit_per_minute=rate_limit_per_minute,
+            echo=True,
+        )
         await self.openai.start()
         if topology == "shared":
             self.bot_ids = {token: self.discord.add_bot(token, name) for token, name in bots}

@@ -1,0 +1,124 @@
+"""One exchange of the demo: post what the user typed, wait until every bot has handled it and
+finished what it took on, print what the bots sent.
+
+"Handled" is known, not guessed: after posting, each bot's client is asked for a gateway round trip
+(:meth:`DiscordSandbox.round_trip`), which returns once the client has read the message; a bot that
+took it has a job in its mailbox by then. So a message nobody answers is reported at once, and only
+an answer in progress is waited for (up to ``answer_timeout``, for a slow real provider).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import anyio
+
+from ..config import BotSpec
+from ..sandbox.discord_server import DiscordSandbox, SentMessage
+from ..runtime.supervisor import Supervisor
+from .syntax import Kind, Line, parse_line
+
+HANDLED_TIMEOUT = 10.0  # seconds for a bot's client to read a posted message (a loopback round trip)
+
+
+@dataclass(frozen=True)
+class Persona:
+    """A bot of the demo as the sandbox knows it."""
+
+    spec: BotSpec
+    token: str
+    user_id: int
+
+
+class Conversation:
+    """The demo's user ("you") talking to the bots in the sandbox's #general and in DMs."""
+
+    def __init__(
+        self,
+        server: DiscordSandbox,
+        supervisor: Supervisor,
+        personas: dict[str, Persona],
+        user_id: int,
+        *,
+        config_name: str,
+        answer_timeout: float,
+    ) -> None:
+        self.server = server
+        self.supervisor = supervisor
+        self.personas = personas
+        self.user_id = user_id
+        self.config_name = config_name
+        self.answer_timeout = answer_timeout
+        self._by_user_id = {persona.user_id: persona for persona in personas.values()}
+        self._last_answer: SentMessage | None = None
+
+    async def exchange(self, text: str) -> list[str]:
+        """Post ``text`` as typed (see ``syntax.py``); returns the lines to show the user."""
+        try:
+            line = parse_line(text, self.personas)
+        except ValueError as exc:
+            return [f"  ({exc})"]
+        before = len(self.server.sent)
+        if not await self._post(line):
+            return ["  (nothing to reply to yet: talk to a persona first, e.g. '!chat hello')"]
+        if not await self._wait_until_handled():
+            return [f"  (no answer within {self.answer_timeout:g} s)"]
+        answers = self.server.sent[before:]
+        if not answers:
+            return [f"  ({self._unanswered(line)})"]
+        self._last_answer = answers[-1]
+        return [self._show(message) for message in answers]
+
+    async def _post(self, line: Line) -> bool:
+        """Post ``line`` as the user; False if it replies while there is nothing to reply to."""
+        if line.kind is Kind.DM:
+            assert line.bot is not None
+            await self.server.post(line.text, author_id=self.user_id, guild=False, dm_to=self.personas[line.bot].token)
+        elif line.kind is Kind.MENTION:
+            assert line.bot is not None
+            bot_id = self.personas[line.bot].user_id
+            content = f"<@{bot_id}> {line.text}".rstrip()
+            await self.server.post(content, author_id=self.user_id, mentions=[bot_id])
+        elif line.kind is Kind.REPLY:
+            answer = self._last_answer
+            if answer is None:
+                return False
+            if answer.channel_id == self.server.channel_id:
+                await self.server.post(line.text, author_id=self.user_id, reply_to=answer.id)
+            else:  # the answer was a DM: reply in that DM
+                token = self._by_user_id[answer.author_id].token
+                await self.server.post(line.text, author_id=self.user_id, guild=False, dm_to=token, reply_to=answer.id)
+        else:
+            await self.server.post(line.text, author_id=self.user_id)
+        return True
+
+    async def _wait_until_handled(self) -> bool:
+        """Wait until every connected bot has read the message and finished every job it has;
+        False after ``answer_timeout``."""
+        with anyio.move_on_after(self.answer_timeout):
+            for persona in self.personas.values():
+                try:
+                    await self.server.round_trip(persona.token, timeout=HANDLED_TIMEOUT)
+                except (LookupError, TimeoutError):
+                    continue  # not connected (failed, restarting): it did not take the message
+            for child in self.supervisor.children.values():
+                await child.mailbox.wait_idle()
+            return True
+        return False
+
+    def _unanswered(self, line: Line) -> str:
+        if line.kind is Kind.DM and line.bot is not None:
+            spec = self.personas[line.bot].spec
+            if not spec.access.dms:
+                return f"{spec.name} does not answer DMs: its access.dms is false in {self.config_name}"
+        first = next(iter(self.personas.values())).spec
+        return (
+            f"no persona answered; address one with its prefix ('{first.prefix}chat hello'), a mention "
+            f"('@{first.name} hello'), a reply ('> text') or a DM ('/dm {first.name} hello')"
+        )
+
+    def _show(self, message: SentMessage) -> str:
+        persona = self._by_user_id.get(message.author_id)
+        name = persona.spec.name if persona is not None else "?"
+        where = "" if message.channel_id == self.server.channel_id else " (DM)"
+        return f"{name}{where}: {message.content}"
