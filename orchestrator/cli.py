@@ -29,10 +29,14 @@ log = logging.getLogger(__name__)
 DEFAULT_CONFIG = "bots.yaml"
 
 
-def _load(path: str, *, require_tokens: bool = True, require_api_keys: bool = True) -> Config:
+def _load(
+    path: str, *, require_tokens: bool = True, require_api_keys: bool = True, require_redis: bool = False
+) -> Config:
     """Load ``path`` checking the secrets the command needs; on error print every problem and exit 2."""
     try:
-        return load_config(path, require_tokens=require_tokens, require_api_keys=require_api_keys)
+        return load_config(
+            path, require_tokens=require_tokens, require_api_keys=require_api_keys, require_redis=require_redis
+        )
     except ConfigError as exc:
         print(redactor.redact(str(exc)), file=sys.stderr)
         raise SystemExit(2) from None
@@ -42,7 +46,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .app import App, config_secrets
     from .ops.health import HealthPortError
 
-    config = _load(args.config)
+    config = _load(args.config, require_redis=True)
     redactor.update(config_secrets(config))
     for warning in config.warnings:
         log.warning("%s", warning)

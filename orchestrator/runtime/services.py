@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..llm.pool import LLMPool
@@ -22,12 +23,16 @@ class RuntimeOptions:
 
 @dataclass
 class Services:
-    """What every bot shares: the provider pool, the memory store and runtime options."""
+    """What every bot shares: the provider pool, the memory store and runtime options.
+
+    ``may_post(bot)`` (fleet mode) tells whether this node may post as ``bot`` now: a local check of
+    its lease's deadline, without I/O (orchestrator/fleet/)."""
 
     pool: LLMPool
     store: ConversationStore
     options: RuntimeOptions = RuntimeOptions()
     metrics: Metrics | None = None
+    may_post: Callable[[str], bool] | None = None
 
 
 @dataclass
