@@ -164,7 +164,7 @@ class FleetSettings(_Model):
 
     redis_url: str | None = None  # without a password; one with a password goes in the environment
     redis_url_env: str | None = None
-    node_id: str | None = Field(None, pattern=r"^[A-Za-z0-9_.:-]{1,100}$")  # default: hostname-pid
+    node_id: str | None = None  # unique in the fleet; default: ORCHESTRATOR_NODE_ID, else hostname-pid
     lease_ttl: float = Field(6.0, ge=0.3, le=600)  # seconds a node keeps a bot without reaching Redis
     key_prefix: str = Field("default", pattern=r"^[A-Za-z0-9_.-]{1,64}$")  # one fleet's keys: fleet:<key_prefix>:...
 
@@ -642,6 +642,7 @@ def _resolve(
 
 
 _REDIS_SCHEMES = ("redis", "rediss", "unix")
+_NODE_ID = re.compile(r"[A-Za-z0-9_.:-]{1,100}")
 
 
 def _resolve_fleet(
@@ -672,7 +673,11 @@ def _resolve_fleet(
     if url and urlsplit(url).scheme not in _REDIS_SCHEMES:
         issue(where, f"the Redis URL must start with redis://, rediss:// or unix://, not {urlsplit(url).scheme or 'no scheme'}://")
         return None
-    node_id = fleet.node_id or f"{socket.gethostname()}-{os.getpid()}"
+    node_id = secrets.env.get("ORCHESTRATOR_NODE_ID") or fleet.node_id or f"{socket.gethostname()}-{os.getpid()}"
+    if not _NODE_ID.fullmatch(node_id):
+        issue((*loc, "node_id"), f"node id {node_id[:100]!r} (from ORCHESTRATOR_NODE_ID, node_id or the host name) "
+              "must be 1-100 letters, digits and . _ : -; set node_id or ORCHESTRATOR_NODE_ID")
+        return None
     return FleetSpec(SecretStr(url), node_id, fleet.lease_ttl, fleet.key_prefix)
 
 

@@ -34,6 +34,8 @@ from .placement import place
 
 log = logging.getLogger(__name__)
 
+NOT_YET = "not reached yet"
+
 
 class BotRunner(Protocol):
     """What the coordinator drives: the :class:`~orchestrator.runtime.supervisor.Supervisor`."""
@@ -63,7 +65,7 @@ class FleetCoordinator:
         self.interval = store.lease_ttl / 3
         self.leases: dict[str, Lease] = {}
         self.live_nodes: list[str] = []
-        self.redis_error: str | None = "not reached yet"  # why Redis could not be used, None while it answers
+        self.redis_error: str | None = NOT_YET  # why Redis could not be used, None while it answers
         self.acquisitions: Counter[str] = Counter()  # by bot
         self.losses: Counter[str] = Counter()  # leases lost without letting go of them
         self.failovers: Counter[str] = Counter()  # bots taken over from a node that never released them
@@ -99,12 +101,15 @@ class FleetCoordinator:
     async def tick(self) -> None:
         """One round: heartbeat, renew, place. Redis being unreachable is logged once per outage."""
         try:
-            self.live_nodes = await self.store.heartbeat(list(self.leases))
+            live = sorted(await self.store.heartbeat(list(self.leases)))
+            if live != self.live_nodes:
+                log.info("fleet: %d live node(s): %s (this one: %s)", len(live), ", ".join(live), self.node_id)
+            self.live_nodes = live
             await self._renew()
             if not self.runner.stop_requested:
                 await self._place()
         except REDIS_ERRORS as exc:
-            if self.redis_error is None:
+            if self.redis_error in (None, NOT_YET):
                 held = ", ".join(sorted(self.leases)) or "none"
                 log.warning(
                     "fleet: cannot reach Redis (%s); the bots held here (%s) keep running until their leases "
@@ -113,9 +118,8 @@ class FleetCoordinator:
                 )
             self.redis_error = _describe(exc)
             return
-        if self.redis_error is not None:
-            log.info("fleet: node %s is in the fleet with %d node(s): %s", self.node_id, len(self.live_nodes),
-                     ", ".join(self.live_nodes))
+        if self.redis_error is not None and self.redis_error != NOT_YET:
+            log.info("fleet: Redis answers again")
         self.redis_error = None
 
     async def _renew(self) -> None:
@@ -182,7 +186,8 @@ class FleetCoordinator:
         del self.leases[lease.bot]
         self.losses[lease.bot] += 1
         self._deadlines_changed()
-        log.error("fleet: bot %s stops at once on this node: %s (another node takes it over)", lease.bot, why)
+        log.error("fleet: bot %s stops at once on this node: %s; it starts again on the node that takes its "
+                  "lease next", lease.bot, why)
         self._stopping.add(lease.bot)
         assert self._tg is not None
         self._tg.start_soon(self._stop_at_once, lease.bot, name=f"fleet stop {lease.bot}")

@@ -280,6 +280,10 @@ class DiscordSandbox:
         self.identify_count: defaultdict[str, int] = defaultdict(int)  # IDENTIFYs received per token
         self.resume_count: defaultdict[str, int] = defaultdict(int)  # RESUMEs received per token
         self.sessions: dict[str, GatewaySession] = {}  # token -> current (possibly disconnected) session
+        # token -> the most gateway connections identified as that bot open at one time (Discord allows
+        # one per bot and shard: two mean two processes ran the bot at once)
+        self.peak_connections: defaultdict[str, int] = defaultdict(int)
+        self._identified: dict[web.WebSocketResponse, str] = {}  # open connection -> the token it identified
         self.faults: list[RestFault] = []  # pending injected faults, FIFO
         self.rest_log: list[tuple[str, str, int]] = []  # (method, path, status) per REST request
         self.rest_times: list[float] = []  # time.monotonic() of each rest_log entry
@@ -744,6 +748,7 @@ class DiscordSandbox:
             pass  # the client went away mid-send
         finally:
             self._sockets.discard(ws)
+            self._identified.pop(ws, None)
             self._deflaters.pop(ws, None)
             if session is not None and session.ws is ws:
                 session.ws, session.ready = None, False
@@ -761,6 +766,7 @@ class DiscordSandbox:
             return None
         session = GatewaySession(token, user_id, uuid.uuid4().hex, int(data.get("intents", 0)), ws=ws)
         self.sessions[token] = session
+        self._count_connection(ws, token)
         guilds = [guild for guild in self._guilds.values() if self._users[user_id].member_of(guild.id)]
         ready: JSONDict = {
             "v": 10,
@@ -793,6 +799,7 @@ class DiscordSandbox:
         if session is None or session.session_id != data.get("session_id"):
             await self._send_frame(ws, json.dumps({"op": _INVALID_SESSION, "d": False}))
             return None
+        self._count_connection(ws, token)
         async with session.lock:
             session.ws = ws
             missed, session.missed = session.missed, []
@@ -802,6 +809,11 @@ class DiscordSandbox:
             session.ready = True
         await self._notify()
         return session
+
+    def _count_connection(self, ws: web.WebSocketResponse, token: str) -> None:
+        self._identified[ws] = token
+        open_now = sum(1 for other, known in self._identified.items() if known == token and not other.closed)
+        self.peak_connections[token] = max(self.peak_connections[token], open_now)
 
     async def _send_dispatch(
         self, session: GatewaySession, event: str, data: JSONDict, encoded: str | None = None

@@ -1,0 +1,131 @@
+"""Fleet mode with the real app and real discord.py against the loopback Discord: two nodes share the
+bots with one gateway connection per bot, a stopping node hands its bots on (what arrives meanwhile
+is answered once, by one node or the other), a node whose lease ran out does not post, and /healthz,
+/metrics and ``orchestrator status`` show the fleet."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator
+
+import aiohttp
+import anyio
+import pytest
+
+from orchestrator import cli
+from orchestrator.app import App
+from orchestrator.fleet.placement import place
+from orchestrator.runtime.supervisor import BotState
+from tests.conftest import FAST, World, token_for
+from tests.fleet_helpers import key_prefix, until  # noqa: F401
+from tests.fleet_services import redis_url  # noqa: F401
+
+PREFIXES = {"sage": "!", "hafez": "?", "rumi": "$", "khayyam": "%"}  # node-a: sage, hafez; node-b: the others
+NODES = ["node-a", "node-b"]
+
+
+def write_fleet(world: World, redis_url: str, key_prefix: str, bots: dict[str, str] = PREFIXES, ttl: float = 1.0) -> None:
+    world.write(
+        [{"name": name, "prefix": prefix} for name, prefix in bots.items()],
+        fleet={"redis_url": redis_url, "lease_ttl": ttl, "key_prefix": key_prefix},
+    )
+
+
+@contextlib.asynccontextmanager
+async def nodes(world: World, *names: str) -> AsyncIterator[dict[str, App]]:
+    """One app per node name, in this process, each with its own database; stopped at the end."""
+    apps = {
+        name: App(
+            world.load({"ORCHESTRATOR_NODE_ID": name, "ORCHESTRATOR_DATABASE": str(world.tmp_path / f"{name}.db")}),
+            options=FAST, handle_signals=False, watch=False, health_port=0,
+        )
+        for name in names
+    }
+    async with anyio.create_task_group() as tg:
+        for app in apps.values():
+            await tg.start(app.run)
+        yield apps
+        for app in apps.values():
+            app.request_stop()
+
+
+def running(app: App) -> set[str]:
+    assert app.supervisor is not None
+    return {name for name, child in app.supervisor.children.items() if child.state is BotState.RUNNING}
+
+
+async def answered_once(world: World, message: dict, bot: str) -> None:
+    """Wait for the reply to ``message`` from ``bot``, then check it is the only one."""
+    message_id = int(message["id"])
+    await world.discord.wait_for_sent(predicate=lambda m: m.reference_id == message_id, timeout=15)
+    replies = [m for m in world.discord.sent if m.reference_id == message_id]
+    assert [m.author_id for m in replies] == [world.bot_ids[bot]], f"{message['content']!r} answered {len(replies)}x"
+
+
+async def healthz(app: App) -> dict:
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"http://127.0.0.1:{app.health_port_bound}/healthz") as response:
+            return json.loads(await response.text())
+
+
+async def test_two_nodes_share_the_bots_one_connection_each_and_a_stopping_node_hands_its_bots_on(
+    world: World, redis_url: str, key_prefix: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_fleet(world, redis_url, key_prefix)
+    desired = place(PREFIXES, NODES)
+    async with nodes(world, *NODES) as apps:
+        a, b = apps["node-a"], apps["node-b"]
+        await until(lambda: running(a) == {"sage", "hafez"} and running(b) == {"rumi", "khayyam"})
+        for bot, prefix in PREFIXES.items():
+            await answered_once(world, await world.discord.post(f"{prefix}chat hello {bot}"), bot)
+        assert {bot: node for node, app in apps.items() for bot in running(app)} == desired
+
+        report = await healthz(a)
+        assert report["status"] == "ok" and report["node"] == "node-a"
+        assert report["fleet"]["nodes"] == NODES and set(report["fleet"]["leases"]) == {"sage", "hafez"}
+        metrics = a.metrics.exposition().decode()
+        assert 'orchestrator_node_info{node="node-a"} 1.0' in metrics
+        assert 'orchestrator_fleet_lease_acquisitions_total{bot="sage"} 1.0' in metrics
+        args = cli.build_parser().parse_args(["status", "--health-port", str(a.health_port_bound), str(world.path)])
+        assert await anyio.to_thread.run_sync(args.func, args) == 0
+        out = capsys.readouterr().out
+        assert "(node node-a)" in out and f"fleet {key_prefix!r} at {redis_url}: 2 live node(s)" in out
+        assert any(line.split()[:2] == ["sage", "node-a"] for line in out.splitlines()), out
+
+        a.request_stop()  # node-a leaves: its bots move to node-b
+        meanwhile = [await world.discord.post(f"{PREFIXES[bot]}chat while moving, {bot}") for bot in ("sage", "hafez")]
+        await until(lambda: running(b) == set(PREFIXES))
+        for message, bot in zip(meanwhile, ("sage", "hafez"), strict=True):
+            await answered_once(world, message, bot)
+        assert b.fleet is not None and not any(b.fleet.failovers.values()), "node-a released its leases"
+        await answered_once(world, await world.discord.post("!chat and now?"), "sage")
+    assert all(world.discord.peak_connections[token_for(bot)] == 1 for bot in PREFIXES), dict(
+        world.discord.peak_connections
+    )
+
+
+async def test_a_node_whose_lease_ran_out_does_not_post(
+    world: World, redis_url: str, key_prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    write_fleet(world, redis_url, key_prefix, {"sage": "!"}, ttl=60.0)  # the watchdog stays out of the way
+    world.openai.latency = 0.5
+    async with nodes(world, "node-a") as apps:
+        a = apps["node-a"]
+        await until(lambda: running(a) == {"sage"})
+        assert a.fleet is not None
+
+        async def paused(*args: object) -> dict[str, bool]:  # as if the process stopped running for a while
+            await anyio.sleep_forever()
+            raise AssertionError
+
+        a.fleet.store.renew = paused  # type: ignore[method-assign]
+        question = await world.discord.post("!chat are you still the one?")
+        await world.openai.wait_for_requests(1)
+        a.fleet.leases["sage"].valid_until = 0.0  # ... long enough for the lease to run out
+        assert a.supervisor is not None and a.supervisor.children["sage"].actor is not None
+        with caplog.at_level(logging.WARNING):
+            await a.supervisor.children["sage"].actor.wait_idle()
+    assert not [m for m in world.discord.sent if m.reference_id == int(question["id"])]
+    assert f"bot 'sage': this node's lease on the bot has expired; not posting: message {question['id']}" in caplog.text
