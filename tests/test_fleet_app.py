@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 import anyio
 import pytest
+from redis.asyncio import Redis
 
 from orchestrator import cli
 from orchestrator.app import App
@@ -57,11 +58,14 @@ def running(app: App) -> set[str]:
 
 
 async def answered_once(world: World, message: dict, bot: str) -> None:
-    """Wait for the reply to ``message`` from ``bot``, then check it is the only one."""
+    """Wait for the reply to ``message`` from ``bot``, then check it is the only one, and an answer (the
+    sandbox's model echoes the question), not a notice such as "restarting"."""
     message_id = int(message["id"])
     await world.discord.wait_for_sent(predicate=lambda m: m.reference_id == message_id, timeout=15)
     replies = [m for m in world.discord.sent if m.reference_id == message_id]
     assert [m.author_id for m in replies] == [world.bot_ids[bot]], f"{message['content']!r} answered {len(replies)}x"
+    question = message["content"].split(" ", 1)[1]
+    assert replies[0].content.endswith(f"| {question}"), replies[0].content
 
 
 async def healthz(app: App) -> dict:
@@ -129,3 +133,22 @@ async def test_a_node_whose_lease_ran_out_does_not_post(
             await a.supervisor.children["sage"].actor.wait_idle()
     assert not [m for m in world.discord.sent if m.reference_id == int(question["id"])]
     assert f"bot 'sage': this node's lease on the bot has expired; not posting: message {question['id']}" in caplog.text
+
+
+async def test_a_bot_taken_over_catches_up_where_its_last_holder_left_off_skipping_what_it_answered(
+    world: World, redis_url: str, key_prefix: str
+) -> None:
+    write_fleet(world, redis_url, key_prefix, {"sage": "!"})
+    sage = world.bot_ids["sage"]
+    answered = await world.discord.post("!chat answered by the node before")
+    await world.discord.post("an answer", author_id=sage, reply_to=int(answered["id"]))
+    unanswered = await world.discord.post("!chat sent while no node ran sage")
+    redis = Redis.from_url(redis_url)
+    try:  # what the node that ran sage before saved: every message up to the one before these was done
+        await redis.hset(f"fleet:{key_prefix}:catch_up:sage", str(world.discord.channel_id), int(answered["id"]) - 1)
+    finally:
+        await redis.aclose()
+    async with nodes(world, "node-a") as apps:
+        await until(lambda: running(apps["node-a"]) == {"sage"})
+        await answered_once(world, unanswered, "sage")
+    assert not [m for m in world.discord.sent if m.reference_id == int(answered["id"])], "answered once before"
