@@ -5,9 +5,11 @@ a node off from Redis, and waiting on conditions with a bound."""
 from __future__ import annotations
 
 import contextlib
+import inspect
 import time
-from collections.abc import AsyncIterator, Callable, Collection, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import anyio
@@ -47,6 +49,7 @@ class FakeRunner:
     stop_requested: bool = False
     running: dict[str, dict[int, int]] = field(default_factory=dict)  # bot -> the catch-up it started with
     positions: dict[str, dict[int, int]] = field(default_factory=dict)  # bot -> where it would be caught up
+    drain: float = 0.0  # how long a graceful stop takes (answers in flight finishing)
 
     def running_bots(self) -> list[str]:
         return list(self.running)
@@ -57,7 +60,10 @@ class FakeRunner:
         self.timeline.append((time.monotonic(), self.node, name, "start"))
 
     async def stop_bot(self, name: str, *, at_once: bool = False) -> dict[int, int]:
-        await anyio.lowlevel.checkpoint()  # a stop lets others run, as a drain does
+        if at_once:
+            await anyio.lowlevel.checkpoint()
+        else:
+            await anyio.sleep(self.drain)  # stands for the answers in flight: other nodes go on meanwhile
         if self.running.pop(name, None) is not None:
             self.timeline.append((time.monotonic(), self.node, name, "stop"))
         return self.catch_up_positions(name)
@@ -77,37 +83,44 @@ class Node:
 @contextlib.asynccontextmanager
 async def fleet(url: str, key_prefix: str, ttl: float) -> AsyncIterator[Callable[..., Node]]:
     """Start nodes with ``start(node_id, bots, timeline)``; each runs until the block ends or its
-    ``scope`` is cancelled (as if the process died: its leases are not released)."""
-    async with anyio.create_task_group() as tg:
-        clients: list[Redis] = []
-
-        def start(node_id: str, bots: Collection[str], timeline: list[Event], *, via: str | None = None) -> Node:
-            redis = open_redis(via or url, timeout=ttl / 6)
-            clients.append(redis)
-            runner = FakeRunner(node_id, list(bots), timeline)
-            coordinator = FleetCoordinator(LeaseStore(redis, key_prefix, node_id, ttl), runner)
-            scope = anyio.CancelScope()
-
-            async def run() -> None:
-                with scope:
-                    await coordinator.run()
-
-            tg.start_soon(run)
-            return Node(coordinator, runner, scope, redis)
-
-        try:
-            yield start
-        finally:
+    ``scope`` is cancelled (as if the process died: its fake bots never stop, so it releases no lease)."""
+    clients: list[Redis] = []
+    try:
+        async with anyio.create_task_group() as tg:
+            yield partial(_start, tg, clients, url, key_prefix, ttl)
             tg.cancel_scope.cancel()
-    for client in clients:
-        await client.aclose()
+    finally:
+        for client in clients:
+            await client.aclose()
 
 
-async def until(condition: Callable[[], bool], timeout: float = 15.0, step: float = 0.02) -> None:
-    """Wait until ``condition()`` holds (the nodes act on Redis' timers, which no event announces)."""
-    with anyio.fail_after(timeout):
-        while not condition():
-            await anyio.sleep(step)
+def _start(
+    tg: anyio.abc.TaskGroup, clients: list[Redis], url: str, key_prefix: str, ttl: float,
+    node_id: str, bots: Collection[str], timeline: list[Event], *, via: str | None = None,
+) -> Node:
+    redis = open_redis(via or url, timeout=ttl / 6)
+    clients.append(redis)
+    runner = FakeRunner(node_id, list(bots), timeline)
+    coordinator = FleetCoordinator(LeaseStore(redis, key_prefix, node_id, ttl), runner)
+    scope = anyio.CancelScope()
+
+    async def run() -> None:
+        with scope:
+            await coordinator.run()
+
+    tg.start_soon(run)
+    return Node(coordinator, runner, scope, redis)
+
+
+async def until(condition: Callable[[], bool | Awaitable[bool]], within: float = 15.0) -> None:
+    """Wait until ``condition()`` (or what it returns, awaited) holds, looking every 20 ms: the nodes act
+    on Redis' timers and on other processes, which no event here announces."""
+    with anyio.fail_after(within):
+        while True:
+            held = condition()
+            if await held if inspect.isawaitable(held) else held:
+                return
+            await anyio.sleep(0.02)
 
 
 def holders(timeline: list[Event]) -> Iterator[tuple[str, set[str]]]:
@@ -144,10 +157,10 @@ class RedisProxy:
         self._scope.cancel()
 
     async def _pipe(self, client: anyio.abc.SocketStream) -> None:
-        async with client, await anyio.connect_tcp("127.0.0.1", self.target_port) as server:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(_copy, client, server, tg.cancel_scope)
-                await _copy(server, client, tg.cancel_scope)
+        server = await anyio.connect_tcp("127.0.0.1", self.target_port)
+        async with client, server, anyio.create_task_group() as tg:
+            tg.start_soon(_copy, client, server, tg.cancel_scope)
+            await _copy(server, client, tg.cancel_scope)
 
 
 async def _copy(source: anyio.abc.SocketStream, sink: anyio.abc.SocketStream, done: anyio.CancelScope) -> None:

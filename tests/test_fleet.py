@@ -10,10 +10,10 @@ import time
 import anyio
 import pytest
 
-from orchestrator.fleet.leases import LOCAL_SHARE
+from orchestrator.fleet.connection import open_redis
+from orchestrator.fleet.leases import LOCAL_SHARE, Acquired, LeaseStore
 from orchestrator.fleet.placement import owner, place
-from tests.fleet_helpers import Event, RedisProxy, fleet, holders, key_prefix, until  # noqa: F401
-from tests.fleet_services import redis_url  # noqa: F401
+from tests.fleet_helpers import Event, RedisProxy, fleet, holders, until
 
 TTL = 1.0
 FOUR = ["sage", "hafez", "rumi", "khayyam"]  # node-a runs sage and hafez, node-b rumi and khayyam
@@ -41,10 +41,48 @@ def test_rendezvous_placement_moves_only_the_bots_of_the_node_that_joins_or_leav
         owner("bot0", [])
 
 
+# ---------------------------------------------------------------- the lease operations
+
+
+async def test_a_lease_is_taken_once_renewed_only_by_its_holder_and_released_only_if_still_held(
+    redis_url: str, key_prefix: str
+) -> None:
+    redis = open_redis(redis_url, timeout=1.0)
+    try:
+        a, b = (LeaseStore(redis, key_prefix, node, 0.3) for node in ("node-a", "node-b"))
+        first = (await a.acquire(["sage"]))["sage"]
+        assert first.lease is not None and first.holder == ""
+        refused = (await b.acquire(["sage"]))["sage"]
+        assert refused.lease is None and refused.holder == "node-a"
+        assert await a.renew([first.lease], {"sage": {7: 70}}) == {"sage": True}
+        tries: list[Acquired] = []
+
+        async def taken_by_b() -> bool:  # node-a stops renewing: its lease runs out in Redis
+            tries.append((await b.acquire(["sage"]))["sage"])
+            return tries[-1].lease is not None
+
+        await until(taken_by_b, within=5)
+        taken = tries[-1]
+        assert taken.lease is not None and taken.lease.token > first.lease.token
+        assert taken.holder == "node-a", "a holder that never released is named: a failover"
+        assert taken.catch_up == {7: 70}
+        assert await a.renew([first.lease], {}) == {"sage": False}, "a lost lease is not renewed"
+        assert not await a.release(first.lease, {7: 71}), "nor released: it is node-b's now"
+        assert (await a.acquire(["sage"]))["sage"].holder == "node-b"
+        assert await b.release(taken.lease, {7: 72})
+        again = (await a.acquire(["sage"]))["sage"]
+        assert again.lease is not None and again.holder == "" and again.catch_up == {7: 72}
+        assert again.lease.token > taken.lease.token
+    finally:
+        await redis.aclose()
+
+
 # ---------------------------------------------------------------- leases between nodes
 
 
-async def test_two_nodes_split_the_bots_and_a_dead_nodes_bots_move_to_the_other(redis_url: str, key_prefix: str) -> None:
+async def test_two_nodes_split_the_bots_and_a_dead_nodes_bots_move_to_the_other(
+    redis_url: str, key_prefix: str
+) -> None:
     timeline: list[Event] = []
     async with fleet(redis_url, key_prefix, TTL) as start:
         a = start("node-a", FOUR, timeline)
@@ -101,6 +139,7 @@ async def test_a_joining_node_takes_its_share_without_two_nodes_ever_running_a_b
     async with fleet(redis_url, key_prefix, TTL) as start:
         a = start("node-a", bots, timeline)
         await until(lambda: set(a.runner.running) == set(bots))
+        a.runner.drain = TTL  # several of node-b's rounds happen while node-a's bots drain
         for bot in bots:  # where each bot's next holder catches up from (the channel, the last message done)
             a.runner.positions[bot] = {100: 1000 + len(bot)}
         b = start("node-b", bots, timeline)

@@ -20,14 +20,15 @@ from orchestrator.app import App
 from orchestrator.fleet.placement import place
 from orchestrator.runtime.supervisor import BotState
 from tests.conftest import FAST, World, token_for
-from tests.fleet_helpers import key_prefix, until  # noqa: F401
-from tests.fleet_services import redis_url  # noqa: F401
+from tests.fleet_helpers import until
 
 PREFIXES = {"sage": "!", "hafez": "?", "rumi": "$", "khayyam": "%"}  # node-a: sage, hafez; node-b: the others
 NODES = ["node-a", "node-b"]
 
 
-def write_fleet(world: World, redis_url: str, key_prefix: str, bots: dict[str, str] = PREFIXES, ttl: float = 1.0) -> None:
+def write_fleet(
+    world: World, redis_url: str, key_prefix: str, bots: dict[str, str] = PREFIXES, ttl: float = 1.0
+) -> None:
     world.write(
         [{"name": name, "prefix": prefix} for name, prefix in bots.items()],
         fleet={"redis_url": redis_url, "lease_ttl": ttl, "key_prefix": key_prefix},
@@ -69,9 +70,9 @@ async def answered_once(world: World, message: dict, bot: str) -> None:
 
 
 async def healthz(app: App) -> dict:
-    async with aiohttp.ClientSession() as session:
-        async with session.get(f"http://127.0.0.1:{app.health_port_bound}/healthz") as response:
-            return json.loads(await response.text())
+    url = f"http://127.0.0.1:{app.health_port_bound}/healthz"
+    async with aiohttp.ClientSession() as session, session.get(url) as response:
+        return json.loads(await response.text())
 
 
 async def test_two_nodes_share_the_bots_one_connection_each_and_a_stopping_node_hands_its_bots_on(

@@ -9,6 +9,7 @@ import signal
 import sys
 import time
 from collections.abc import AsyncIterator
+from functools import partial
 from pathlib import Path
 
 import anyio
@@ -19,8 +20,7 @@ from redis.asyncio import Redis
 from orchestrator.fleet.leases import LeaseStore
 from orchestrator.fleet.placement import place
 from tests.conftest import ROOT, World, token_for
-from tests.fleet_helpers import key_prefix  # noqa: F401
-from tests.fleet_services import redis_url  # noqa: F401
+from tests.fleet_helpers import until
 from tests.test_faults import base_env
 from tests.test_fleet_app import NODES, PREFIXES, answered_once, write_fleet
 
@@ -33,7 +33,8 @@ FAILOVER_LIMIT = 10.0
 @contextlib.asynccontextmanager
 async def node_process(world: World, node: str) -> AsyncIterator[Process]:
     log = world.tmp_path / f"{node}.log"
-    env = base_env() | world.env({"ORCHESTRATOR_NODE_ID": node, "ORCHESTRATOR_DATABASE": str(world.tmp_path / f"{node}.db")})
+    database = str(world.tmp_path / f"{node}.db")
+    env = base_env() | world.env({"ORCHESTRATOR_NODE_ID": node, "ORCHESTRATOR_DATABASE": database})
     with log.open("ab") as output:
         process = await anyio.open_process(
             [sys.executable, "-m", "orchestrator", "run", str(world.path), "--no-watch"],
@@ -49,18 +50,11 @@ async def node_process(world: World, node: str) -> AsyncIterator[Process]:
                 await process.aclose()
 
 
-async def settled(world: World, store: LeaseStore, desired: dict[str, str]) -> None:
-    """Wait until Redis shows every bot held by its desired node, and every bot online."""
-    with anyio.fail_after(30):
-        while True:
-            view = await store.view(list(desired))
-            holders = {bot.bot: bot.holder for bot in view.bots}
-            online = all(
-                (session := world.discord.sessions.get(token_for(bot))) is not None and session.ready for bot in desired
-            )
-            if holders == desired and online:
-                return
-            await anyio.sleep(0.05)
+async def settled(world: World, store: LeaseStore, desired: dict[str, str]) -> bool:
+    """Whether Redis shows every bot held by its desired node, and every bot is online."""
+    view = await store.view(list(desired))
+    online = all((session := world.discord.sessions.get(token_for(bot))) and session.ready for bot in desired)
+    return online and {bot.bot: bot.holder for bot in view.bots} == desired
 
 
 def logs(world: World) -> str:
@@ -77,24 +71,30 @@ async def test_sigkill_of_a_node_moves_its_bots_to_the_other_within_ten_seconds_
     store = LeaseStore(redis, key_prefix, "test", TTL)
     try:
         async with node_process(world, "node-a") as a, node_process(world, "node-b") as b:
-            await settled(world, store, desired)
+            await until(partial(settled, world, store, desired), within=30)
             before = [(await world.discord.post(f"{PREFIXES[bot]}chat before, {bot}"), bot) for bot in PREFIXES]
             for message, bot in before:
                 await answered_once(world, message, bot)
             channel = str(world.discord.channel_id).encode()
-            with anyio.fail_after(10):  # node-a has saved where each of its bots would be caught up from
-                while not all([channel in await redis.hgetall(store.key("catch_up", bot)) for bot in victims]):
-                    await anyio.sleep(0.05)
+
+            async def saved() -> bool:  # where each of node-a's bots would be caught up from
+                return all([channel in await redis.hgetall(store.key("catch_up", bot)) for bot in victims])
+
+            await until(saved, within=10)
             identified = {bot: world.discord.identify_count[token_for(bot)] for bot in victims}
 
             a.kill()
             killed = time.monotonic()
             meanwhile = [(await world.discord.post(f"{PREFIXES[bot]}chat meanwhile, {bot}"), bot) for bot in victims]
-            with anyio.fail_after(FAILOVER_LIMIT):
-                for bot in victims:
-                    token = token_for(bot)
-                    while not (world.discord.identify_count[token] > identified[bot] and world.discord.sessions[token].ready):
-                        await anyio.sleep(0.01)
+
+            def back() -> bool:  # a new session for each of node-a's bots
+                return all(
+                    world.discord.identify_count[token_for(bot)] > identified[bot]
+                    and world.discord.sessions[token_for(bot)].ready
+                    for bot in victims
+                )
+
+            await until(back, within=FAILOVER_LIMIT)
             failover = time.monotonic() - killed
             for message, bot in meanwhile:
                 await answered_once(world, message, bot)
