@@ -11,7 +11,7 @@ import anyio
 import pytest
 
 from orchestrator.fleet.connection import open_redis
-from orchestrator.fleet.leases import LOCAL_SHARE, Acquired, LeaseStore
+from orchestrator.fleet.leases import LOCAL_SHARE, Acquired, LeaseStore, node_of
 from orchestrator.fleet.placement import owner, place
 from tests.fleet_helpers import Event, RedisProxy, fleet, holders, until
 
@@ -53,7 +53,7 @@ async def test_a_lease_is_taken_once_renewed_only_by_its_holder_and_released_onl
         first = (await a.acquire(["sage"]))["sage"]
         assert first.lease is not None and first.holder == ""
         refused = (await b.acquire(["sage"]))["sage"]
-        assert refused.lease is None and refused.holder == "node-a"
+        assert refused.lease is None and node_of(refused.holder) == "node-a"
         assert await a.renew([first.lease], {"sage": {7: 70}}) == {"sage": True}
         tries: list[Acquired] = []
 
@@ -64,11 +64,11 @@ async def test_a_lease_is_taken_once_renewed_only_by_its_holder_and_released_onl
         await until(taken_by_b, within=5)
         taken = tries[-1]
         assert taken.lease is not None and taken.lease.token > first.lease.token
-        assert taken.holder == "node-a", "a holder that never released is named: a failover"
+        assert taken.holder == a.holder, "a holder that never released is named: a failover"
         assert taken.catch_up == {7: 70}
         assert await a.renew([first.lease], {}) == {"sage": False}, "a lost lease is not renewed"
         assert not await a.release(first.lease, {7: 71}), "nor released: it is node-b's now"
-        assert (await a.acquire(["sage"]))["sage"].holder == "node-b"
+        assert (await a.acquire(["sage"]))["sage"].holder == b.holder
         assert await b.release(taken.lease, {7: 72})
         again = (await a.acquire(["sage"]))["sage"]
         assert again.lease is not None and again.holder == "" and again.catch_up == {7: 72}
@@ -188,4 +188,17 @@ async def test_a_stopping_node_hands_its_bots_on_at_once(redis_url: str, key_pre
         a.scope.cancel()
         await until(lambda: set(b.runner.running) == set(FOUR))
         assert not any(b.coordinator.failovers.values()), "released, not expired"
+    never_two_at_once(timeline)
+
+
+async def test_two_processes_given_one_node_id_by_mistake_never_run_one_bot_and_say_so(
+    redis_url: str, key_prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    timeline: list[Event] = []
+    async with fleet(redis_url, key_prefix, TTL) as start:
+        first = start("box-1", FOUR, timeline)
+        await until(lambda: set(first.runner.running) == set(FOUR))
+        second = start("box-1", FOUR, timeline)  # the same node_id, copied into every node's bots.yaml
+        await until(lambda: "another process also uses node id box-1" in caplog.text)
+        assert not second.runner.running and set(first.runner.running) == set(FOUR)
     never_two_at_once(timeline)

@@ -2,12 +2,14 @@
 
 Keys, all under ``fleet:<key_prefix>:``:
 
-    lease:<bot>      "<node>/<token>", expires after lease_ttl unless renewed: who runs the bot
+    lease:<bot>      "<holder>/<token>", expires after lease_ttl unless renewed: who runs the bot; the holder
+                     is "<node id>#<instance>", one per process, so two processes given the same node id
+                     by mistake still never hold one lease together
     fence:<bot>      the bot's fencing token counter, incremented for every new holder
-    holder:<bot>     {node, token, since}: the holder as of its taking the lease; deleted on release, so
+    holder:<bot>     {node: holder, token, since}: the holder as of its taking the lease; deleted on release, so
                      a holder found here by the next taker never released it (a failover)
     catch_up:<bot>   {channel: message id}: where the next holder reads what the bot may not have answered
-    node:<id>        {"bots": [...]}, expires after lease_ttl: a live node and the bots it holds
+    node:<id>        {"bots": [...], "instance": ...}, expires after lease_ttl: a live node and the bots it holds
     nodes            sorted set of node ids by last heartbeat (Redis' clock, ms): how nodes find each other
 
 Times that leave a node are Redis' own (``TIME``), never the node's clock. A node counts on a lease
@@ -18,6 +20,7 @@ clock drift and closing the bot's Discord connection before another node may tak
 from __future__ import annotations
 
 import json
+import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -27,7 +30,7 @@ from redis.asyncio import Redis
 
 LOCAL_SHARE = 0.9
 
-# KEYS: lease, fence, holder, catch_up. ARGV: node, ttl ms.
+# KEYS: lease, fence, holder, catch_up. ARGV: holder, ttl ms.
 # Returns {token, previous holder that never released ('' if none), catch_up as a flat list}, or
 # {0, current holder, {}} when another node holds the lease.
 _ACQUIRE = """
@@ -75,14 +78,16 @@ end
 return 1
 """
 
-# KEYS: node, nodes. ARGV: node id, ttl ms, node JSON. Returns the live node ids.
+# KEYS: node, nodes. ARGV: node id, ttl ms, node JSON. Returns {the node's JSON as it was ('' if none),
+# the live node ids}.
 _HEARTBEAT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local previous = redis.call('GET', KEYS[1]) or ''
 redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[2])
 redis.call('ZADD', KEYS[2], string.format('%d', now), ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', string.format('%d', now - tonumber(ARGV[2])))
-return redis.call('ZRANGE', KEYS[2], 0, -1)
+return {previous, redis.call('ZRANGE', KEYS[2], 0, -1)}
 """
 
 # KEYS: node, nodes. ARGV: node id. A node leaving on a clean stop.
@@ -148,6 +153,8 @@ class LeaseStore:
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.redis = redis
         self.node_id = node_id
+        self.instance = secrets.token_hex(4)
+        self.holder = f"{node_id}#{self.instance}"
         self.key_prefix = key_prefix
         self.lease_ttl = lease_ttl
         self._ttl_ms = max(1, round(lease_ttl * 1000))
@@ -172,7 +179,7 @@ class LeaseStore:
         """Try to take each bot's lease (or confirm it is ours)."""
         pipe = self.redis.pipeline(transaction=False)
         for bot in bots:
-            await self._acquire(self._bot_keys(bot), [self.node_id, self._ttl_ms], client=pipe)
+            await self._acquire(self._bot_keys(bot), [self.holder, self._ttl_ms], client=pipe)
         asked = self._clock()
         replies = await pipe.execute()
         results = {}
@@ -181,7 +188,7 @@ class LeaseStore:
             catch_up = {int(_text(k)): int(_text(v)) for k, v in zip(flat[::2], flat[1::2], strict=True)}
             lease = None
             if token:
-                lease = Lease(bot, int(token), f"{self.node_id}/{int(token)}", self._valid_from(asked))
+                lease = Lease(bot, int(token), f"{self.holder}/{int(token)}", self._valid_from(asked))
             results[bot] = Acquired(lease, holder, catch_up)
         return results
 
@@ -207,12 +214,14 @@ class LeaseStore:
         keys = [self.key("lease", lease.bot), self.key("holder", lease.bot), self.key("catch_up", lease.bot)]
         return bool(await self._release(keys, [lease.value, *_flat(catch_up)]))
 
-    async def heartbeat(self, bots: Sequence[str]) -> list[str]:
-        """Say this node is alive and which bots it holds; returns the live node ids (this one too)."""
-        document = json.dumps({"bots": sorted(bots)})
+    async def heartbeat(self, bots: Sequence[str]) -> tuple[list[str], str | None]:
+        """Say this node is alive and which bots it holds; returns the live node ids (this one too) and
+        the process that heartbeat as this node before, if it was another one."""
+        document = json.dumps({"bots": sorted(bots), "instance": self.instance})
         keys = [self.key("node", self.node_id), self.key("nodes")]
-        live = await self._heartbeat(keys, [self.node_id, self._ttl_ms, document])
-        return [_text(node) for node in live]
+        previous, live = await self._heartbeat(keys, [self.node_id, self._ttl_ms, document])
+        instance = json.loads(previous).get("instance") if previous else None
+        return [_text(node) for node in live], (instance if instance != self.instance else None)
 
     async def leave(self) -> None:
         await self._leave([self.key("node", self.node_id), self.key("nodes")], [self.node_id])
@@ -243,11 +252,16 @@ class LeaseStore:
             if not value:
                 bot_views.append(BotView(bot, None, None, None, None))
                 continue
-            holder_node, _, token = _text(value).rpartition("/")
-            since = holder.get(b"since") if holder and _text(holder.get(b"node", b"")) == holder_node else None
+            holding, _, token = _text(value).rpartition("/")
+            since = holder.get(b"since") if holder and _text(holder.get(b"node", b"")) == holding else None
             expires = ttl if ttl >= 0 else None
-            bot_views.append(BotView(bot, holder_node, int(token), int(since) if since else None, expires))
+            bot_views.append(BotView(bot, node_of(holding), int(token), int(since) if since else None, expires))
         return FleetView(now_ms, node_views, bot_views)
+
+
+def node_of(holder: str) -> str:
+    """The node id of a lease holder (``<node id>#<instance>``)."""
+    return holder.partition("#")[0]
 
 
 def _flat(positions: Mapping[int, int]) -> list[str]:

@@ -29,7 +29,7 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from ..config import FleetSpec
 from .connection import REDIS_ERRORS, open_redis
-from .leases import Lease, LeaseStore
+from .leases import Lease, LeaseStore, node_of
 from .placement import place
 
 log = logging.getLogger(__name__)
@@ -73,6 +73,8 @@ class FleetCoordinator:
         self._stopping: set[str] = set()  # bots whose stop is under way here: not to be taken again yet
         self._tg: TaskGroup | None = None
         self._deadlines = anyio.Event()  # set when a lease is taken, renewed or dropped
+        self._heartbeats = 0
+        self._warned_twin = False
 
     def may_post(self, bot: str) -> bool:
         """Whether this node may post as ``bot`` now: its lease is held and within its local deadline."""
@@ -101,7 +103,13 @@ class FleetCoordinator:
     async def tick(self) -> None:
         """One round: heartbeat, renew, place. Redis being unreachable is logged once per outage."""
         try:
-            live = sorted(await self.store.heartbeat(list(self.leases)))
+            nodes, other = await self.store.heartbeat(list(self.leases))
+            if other is not None and self._heartbeats and not self._warned_twin:
+                self._warned_twin = True
+                log.error("fleet: another process also uses node id %s: give each node its own node_id (or "
+                          "ORCHESTRATOR_NODE_ID); the leases still keep each bot on one process", self.node_id)
+            self._heartbeats += 1
+            live = sorted(nodes)
             if live != self.live_nodes:
                 log.info("fleet: %d live node(s): %s (this one: %s)", len(live), ", ".join(live), self.node_id)
             self.live_nodes = live
@@ -153,10 +161,10 @@ class FleetCoordinator:
                 continue
             self.leases[bot] = got.lease
             self.acquisitions[bot] += 1
-            if got.holder and got.holder != self.node_id:
+            if got.holder and got.holder != self.store.holder:
                 self.failovers[bot] += 1
                 log.warning("fleet: bot %s taken over from node %s, whose lease ran out without being released",
-                            bot, got.holder)
+                            bot, node_of(got.holder))
             log.info("fleet: bot %s starts on this node (lease token %d)", bot, got.lease.token)
             self.runner.start_bot(bot, got.catch_up)
         self._deadlines_changed()
