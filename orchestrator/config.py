@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 import yaml
 from dotenv import dotenv_values
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from redis.asyncio.connection import parse_url as parse_redis_url
 
 from .errors import ConfigError, ConfigIssue
 
@@ -671,7 +672,14 @@ def _resolve_fleet(
             return None
     where = (*loc, "redis_url" if fleet.redis_url is not None else "redis_url_env")
     if url and urlsplit(url).scheme not in _REDIS_SCHEMES:
-        issue(where, f"the Redis URL must start with redis://, rediss:// or unix://, not {urlsplit(url).scheme or 'no scheme'}://")
+        scheme = urlsplit(url).scheme or "no scheme"
+        issue(where, f"the Redis URL must start with redis://, rediss:// or unix://, not {scheme}://")
+        return None
+    try:
+        if url:
+            parse_redis_url(url)
+    except ValueError as exc:  # its message names the part, never the password
+        issue(where, f"not a valid Redis URL: {exc}")
         return None
     node_id = secrets.env.get("ORCHESTRATOR_NODE_ID") or fleet.node_id or f"{socket.gethostname()}-{os.getpid()}"
     if not _NODE_ID.fullmatch(node_id):

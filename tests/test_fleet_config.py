@@ -53,6 +53,7 @@ def test_a_password_in_the_file_is_refused_without_being_echoed() -> None:
         ("fleet: {}\n", "bots.yaml:22: fleet: fleet needs the Redis server: set either 'redis_url'"),
         ("fleet: {redis_url: a, redis_url_env: B}\n", "fleet needs the Redis server: set either"),
         ("fleet: {redis_url: 'http://h:6379'}\n", "must start with redis://, rediss:// or unix://, not http://"),
+        ("fleet: {redis_url: 'redis://h:port/0'}\n", "fleet.redis_url: not a valid Redis URL: Port could not be cast"),
         ("fleet: {redis_url_env: 'redis://h'}\n", "fleet.redis_url_env: must be the *name* of an environment variable"),
         ("fleet: {redis_url_env: NOT_SET_HERE}\n", "environment variable NOT_SET_HERE is not set; put the Redis URL"),
         ("fleet: {redis_ur: 'redis://h'}\n", "fleet.redis_ur: unknown key 'redis_ur'; did you mean 'redis_url'?"),

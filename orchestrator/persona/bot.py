@@ -248,7 +248,7 @@ class PersonaBot:
             self.mailbox.put(job)
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):
             if self._handing_over:
-                log.debug("bot %s: message %s is left to the node that runs the bot next", self.spec.name, job.message.id)
+                log.debug("bot %s: message %s is left to the node that runs it next", self.spec.name, job.message.id)
                 return
             self._notify(job.message, RESTARTING)
 
