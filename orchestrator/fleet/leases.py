@@ -159,7 +159,7 @@ class LeaseStore:
         self.lease_ttl = lease_ttl
         self._ttl_ms = max(1, round(lease_ttl * 1000))
         self._base = f"fleet:{key_prefix}:"
-        self._clock = clock
+        self.clock = clock  # monotonic: the local deadlines of leases
         self._acquire = redis.register_script(_ACQUIRE)
         self._renew = redis.register_script(_RENEW)
         self._release = redis.register_script(_RELEASE)
@@ -180,7 +180,7 @@ class LeaseStore:
         pipe = self.redis.pipeline(transaction=False)
         for bot in bots:
             await self._acquire(self._bot_keys(bot), [self.holder, self._ttl_ms], client=pipe)
-        asked = self._clock()
+        asked = self.clock()
         replies = await pipe.execute()
         results = {}
         for bot, (token, holder, flat) in zip(bots, replies, strict=True):
@@ -199,7 +199,7 @@ class LeaseStore:
         for lease in leases:
             keys = [self.key("lease", lease.bot), self.key("catch_up", lease.bot)]
             await self._renew(keys, [lease.value, self._ttl_ms, *_flat(catch_up.get(lease.bot, {}))], client=pipe)
-        asked = self._clock()
+        asked = self.clock()
         replies = await pipe.execute()
         kept = {}
         for lease, ok in zip(leases, replies, strict=True):

@@ -19,9 +19,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Collection, Mapping
+from collections.abc import AsyncIterator, Collection, Mapping
 from typing import Any, Protocol
 
 import anyio
@@ -58,7 +57,7 @@ class BotRunner(Protocol):
 class FleetCoordinator:
     """Runs this node's part of the fleet; ``run`` until cancelled (it then releases what it holds)."""
 
-    def __init__(self, store: LeaseStore, runner: BotRunner, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, store: LeaseStore, runner: BotRunner) -> None:
         self.store = store
         self.runner = runner
         self.node_id = store.node_id
@@ -69,7 +68,7 @@ class FleetCoordinator:
         self.acquisitions: Counter[str] = Counter()  # by bot
         self.losses: Counter[str] = Counter()  # leases lost without letting go of them
         self.failovers: Counter[str] = Counter()  # bots taken over from a node that never released them
-        self._clock = clock
+        self._clock = store.clock  # the one the leases' deadlines are on
         self._stopping: set[str] = set()  # bots whose stop is under way here: not to be taken again yet
         self._tg: TaskGroup | None = None
         self._deadlines = anyio.Event()  # set when a lease is taken, renewed or dropped
