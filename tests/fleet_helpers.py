@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -27,8 +28,9 @@ Event = tuple[float, str, str, str]  # (monotonic time, node, bot, "start" | "st
 
 @pytest.fixture
 async def key_prefix(tmp_path: Path, redis_url: str) -> AsyncIterator[str]:
-    """A key prefix of this test's own; its keys are deleted afterwards."""
-    prefix = f"test-{tmp_path.name}"
+    """A key prefix of this test's own (also apart from the same test in another run); its keys are
+    deleted afterwards."""
+    prefix = f"test-{tmp_path.name}-{secrets.token_hex(3)}"
     yield prefix
     redis = Redis.from_url(redis_url)
     try:
