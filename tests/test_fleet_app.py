@@ -35,12 +35,17 @@ def write_fleet(
     )
 
 
+def node_env(world: World, node: str) -> dict[str, str]:
+    """What tells one node from another on this machine: its id, and its own database file."""
+    return {"ORCHESTRATOR_NODE_ID": node, "ORCHESTRATOR_DATABASE": str(world.tmp_path / f"{node}.db")}
+
+
 @contextlib.asynccontextmanager
 async def nodes(world: World, *names: str) -> AsyncIterator[dict[str, App]]:
     """One app per node name, in this process, each with its own database; stopped at the end."""
     apps = {
         name: App(
-            world.load({"ORCHESTRATOR_NODE_ID": name, "ORCHESTRATOR_DATABASE": str(world.tmp_path / f"{name}.db")}),
+            world.load(node_env(world, name)),
             options=FAST, handle_signals=False, watch=False, health_port=0,
         )
         for name in names

@@ -22,7 +22,7 @@ from orchestrator.fleet.placement import place
 from tests.conftest import ROOT, World, token_for
 from tests.fleet_helpers import until
 from tests.test_faults import base_env
-from tests.test_fleet_app import NODES, PREFIXES, answered_once, write_fleet
+from tests.test_fleet_app import NODES, PREFIXES, answered_once, node_env, write_fleet
 
 pytestmark = pytest.mark.fault
 
@@ -33,8 +33,7 @@ FAILOVER_LIMIT = 10.0
 @contextlib.asynccontextmanager
 async def node_process(world: World, node: str) -> AsyncIterator[Process]:
     log = world.tmp_path / f"{node}.log"
-    database = str(world.tmp_path / f"{node}.db")
-    env = base_env() | world.env({"ORCHESTRATOR_NODE_ID": node, "ORCHESTRATOR_DATABASE": database})
+    env = base_env() | world.env(node_env(world, node))
     with log.open("ab") as output:
         process = await anyio.open_process(
             [sys.executable, "-m", "orchestrator", "run", str(world.path), "--no-watch"],
