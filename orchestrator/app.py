@@ -6,7 +6,8 @@
     └── task group
         ├── HealthServer.serve     /healthz and /metrics on 127.0.0.1 (when a health port is set)
         ├── QuotaBook.follow_days  each UTC day's token usage, read in a worker thread
-        ├── Supervisor.run         every bot (see supervisor.py)
+        ├── Supervisor.run         every bot (see supervisor.py); in fleet mode the bots this node holds
+        ├── FleetCoordinator.run   fleet mode: heartbeats, leases, placement (see fleet/node.py)
         ├── signal handler         SIGINT/SIGTERM → graceful stop (a second one: stop now), SIGHUP → reload
         ├── config watcher         bots.yaml / .env saved → reload
         ├── start-up GC freeze     once every bot has started
@@ -15,12 +16,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import signal
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import anyio
 import watchfiles
@@ -28,6 +31,8 @@ from anyio.abc import TaskStatus
 
 from .config import Config, PostgresURL, load_config, read_environment
 from .errors import ConfigError
+from .fleet.connection import shown
+from .fleet.node import FleetCoordinator, fleet_node
 from .ops.health import DEFAULT_HOST, HealthServer
 from .llm.pool import LLMPool
 from .llm.quota import QuotaBook
@@ -48,10 +53,14 @@ STARTUP_GRACE = 60.0  # bots still connecting after this are not waited for befo
 
 
 def config_secrets(config: Config) -> list[str]:
-    database = config.database.secrets() if isinstance(config.database, PostgresURL) else []
-    return [bot.token.get_secret_value() for bot in config.bots.values()] + [
+    secrets = [bot.token.get_secret_value() for bot in config.bots.values()] + [
         provider.api_key.get_secret_value() for provider in config.providers.values()
-    ] + database
+    ]
+    if isinstance(config.database, PostgresURL):
+        secrets += config.database.secrets()
+    if config.fleet is not None:
+        secrets.append(urlsplit(config.fleet.redis_url.get_secret_value()).password or "")
+    return secrets
 
 
 class App:
@@ -86,6 +95,7 @@ class App:
         self.sentry_dsn = sentry_dsn
         self.sentry_transport = sentry_transport
         self.supervisor: Supervisor | None = None
+        self.fleet: FleetCoordinator | None = None  # fleet mode only
         self.pool: LLMPool | None = None
         self.health: HealthServer | None = None
         self.metrics = Metrics()
@@ -120,8 +130,8 @@ class App:
                 self.pool = pool
                 services = Services(pool, store, self.options, metrics=self.metrics)
                 services.community.configure(bot.context.channel_messages for bot in config.bots.values())
-                self.supervisor = supervisor = Supervisor(config, services)
-                async with anyio.create_task_group() as tg:
+                self.supervisor = supervisor = Supervisor(config, services, placed=config.fleet is not None)
+                async with self._fleet_node(supervisor) as fleet, anyio.create_task_group() as tg:
                     self._scope = tg.cancel_scope
                     port = self.health_port if self.health_port is not None else config.health_port
                     if port is not None:
@@ -131,6 +141,9 @@ class App:
                     await tg.start(pool.quotas.follow_days)  # today's token usage, before any bot answers
                     await tg.start(services.community.panels.run)
                     await tg.start(self._supervise, supervisor, tg.cancel_scope)
+                    if fleet is not None:
+                        services.may_post = fleet.may_post
+                        await tg.start(fleet.run)
                     if self.handle_signals:
                         tg.start_soon(self._handle_signals)
                     if self.watch:
@@ -143,11 +156,26 @@ class App:
             await flush_sentry()
         log.info("all bots stopped; bye")
 
+    @contextlib.asynccontextmanager
+    async def _fleet_node(self, supervisor: Supervisor) -> AsyncIterator[FleetCoordinator | None]:
+        """The fleet coordinator in fleet mode (None otherwise), for as long as the app runs."""
+        if self.config.fleet is None:
+            yield None
+            return
+        async with fleet_node(self.config.fleet, supervisor) as coordinator:
+            self.fleet = coordinator
+            yield coordinator
+
     def _start_up_line(self) -> str:
         """``starting 2 bots: sage, hafez; health on 127.0.0.1:8080``: what this process will run."""
         count = len(self.config.bots)
         health = f"health on {self.health.host}:{self.health.port}" if self.health is not None else "no health port"
-        return f"starting {count} bot{'s' if count != 1 else ''}: {', '.join(self.config.bots)}; {health}"
+        bots = f"{count} bot{'s' if count != 1 else ''}: {', '.join(self.config.bots)}"
+        fleet = self.config.fleet
+        if fleet is None:
+            return f"starting {bots}; {health}"
+        return (f"node {fleet.node_id} joins fleet {fleet.key_prefix!r} at {shown(fleet.redis_url.get_secret_value())} "
+                f"and runs its share of {bots}; {health}")
 
     @staticmethod
     async def _supervise(
@@ -177,7 +205,7 @@ class App:
         """Re-read bots.yaml and reconcile; a broken file is rejected and the running bots keep going."""
         async with self._reload_lock:
             try:
-                config = load_config(self.config.path)
+                config = load_config(self.config.path, require_redis=self.config.fleet is not None)
             except ConfigError as exc:
                 self.last_reload_error = str(exc)
                 log.error("rejected the edited configuration; the bots keep running with the last good one.\n%s", exc)
@@ -186,6 +214,8 @@ class App:
             redactor.update(config_secrets(config))
             for warning in config.warnings:
                 log.warning("%s", warning)
+            if config.fleet != self.config.fleet:
+                log.warning("the fleet section of %s changed; restart the process to apply it", config.path)
             assert self.supervisor is not None
             self.supervisor.services.community.configure(bot.context.channel_messages for bot in config.bots.values())
             await self.supervisor.reconcile(config)

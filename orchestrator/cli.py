@@ -12,7 +12,8 @@ import urllib.error
 import urllib.request
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import urlsplit
 
 import anyio
 
@@ -31,10 +32,14 @@ log = logging.getLogger(__name__)
 DEFAULT_CONFIG = "bots.yaml"
 
 
-def _load(path: str, *, require_tokens: bool = True, require_api_keys: bool = True) -> Config:
+def _load(
+    path: str, *, require_tokens: bool = True, require_api_keys: bool = True, require_redis: bool = False
+) -> Config:
     """Load ``path`` checking the secrets the command needs; on error print every problem and exit 2."""
     try:
-        return load_config(path, require_tokens=require_tokens, require_api_keys=require_api_keys)
+        return load_config(
+            path, require_tokens=require_tokens, require_api_keys=require_api_keys, require_redis=require_redis
+        )
     except ConfigError as exc:
         print(redactor.redact(str(exc)), file=sys.stderr)
         raise SystemExit(2) from None
@@ -44,7 +49,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .app import App, config_secrets
     from .ops.health import HealthPortError
 
-    config = _load(args.config)
+    config = _load(args.config, require_redis=True)
     redactor.update(config_secrets(config))
     for warning in config.warnings:
         log.warning("%s", warning)
@@ -196,21 +201,54 @@ def format_status(report: dict) -> list[str]:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    url = health_url(args)
-    try:
-        code, report = fetch_health(url)
-    except (OSError, ValueError) as exc:
-        print(f"cannot read {url}: {exc}", file=sys.stderr)
+    """The running orchestrator's bots (from /healthz), and the fleet (from Redis) with ``--fleet`` or
+    when /healthz has a fleet section."""
+    code, report = 200, dict[str, Any]()
+    if args.health_port is not None or args.url:
+        url = health_url(args)
+        try:
+            code, report = fetch_health(url)
+        except (OSError, ValueError) as exc:
+            print(f"cannot read {url}: {exc}", file=sys.stderr)
+            return 2
+        node = f" (node {report['node']})" if report.get("node") else ""
+        print(f"{url}: {report.get('status', code)}{node}")
+        if report.get("reason"):
+            print(f"reason: {report['reason']}")
+        for line in format_status(report):
+            print(line)
+        if report.get("last_reload_error"):
+            print(f"the last edit of bots.yaml was rejected:\n{report['last_reload_error']}")
+    elif not args.fleet:
+        print("say where to look: --health-port PORT or --url URL (a running orchestrator), and/or --fleet",
+              file=sys.stderr)
         return 2
-    print(f"{url}: {report.get('status', code)}")
-    if report.get("reason"):
-        print(f"reason: {report['reason']}")
-    for line in format_status(report):
-        print(line)
-    if report.get("last_reload_error"):
-        print(f"the last edit of bots.yaml was rejected:\n{report['last_reload_error']}")
+    if (args.fleet or "fleet" in report) and not _print_fleet(args.config):
+        return 2
     failed = [name for name, bot in report.get("bots", {}).items() if bot.get("state") == "failed"]
     return 0 if code == 200 and not failed else 1
+
+
+def _print_fleet(path: str) -> bool:
+    """Print the fleet of bots.yaml at ``path`` as Redis sees it; False (and why, on stderr) if it cannot."""
+    from .fleet.connection import REDIS_ERRORS, shown
+    from .fleet.status import format_fleet, read_fleet
+
+    config = _load(path, require_tokens=False, require_api_keys=False, require_redis=True)
+    fleet = config.fleet
+    if fleet is None:
+        print(f"{path} has no 'fleet:' section: its bots run in one process, not as a fleet", file=sys.stderr)
+        return False
+    redactor.update([urlsplit(fleet.redis_url.get_secret_value()).password or ""])
+    try:
+        view = anyio.run(read_fleet, fleet, list(config.bots), backend="asyncio")
+    except REDIS_ERRORS as exc:
+        where = shown(fleet.redis_url.get_secret_value())
+        print(redactor.redact(f"cannot read the fleet from Redis at {where}: {exc}"), file=sys.stderr)
+        return False
+    for line in format_fleet(fleet, view):
+        print(line)
+    return True
 
 
 def cmd_invite(args: argparse.Namespace) -> int:
@@ -445,10 +483,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     usage.set_defaults(func=cmd_usage)
 
-    status = add_command("status", help="each bot's state, uptime, restarts and usage, from a running orchestrator")
-    where = status.add_mutually_exclusive_group(required=True)
+    status = add_command(
+        "status", help="each bot's state, uptime, restarts and usage, from a running orchestrator; the fleet"
+    )
+    where = status.add_mutually_exclusive_group()
     where.add_argument("--health-port", type=int, metavar="PORT", help="the --health-port of the running orchestrator")
     where.add_argument("--url", help="its /healthz URL, e.g. http://127.0.0.1:8080/healthz")
+    status.add_argument(
+        "--fleet", action="store_true",
+        help="also the fleet, read from the Redis of bots.yaml: nodes, and each bot's holder and lease age "
+        "(shown without it too when /healthz has a fleet section)",
+    )
+    status.add_argument("config", nargs="?", default=DEFAULT_CONFIG, help="bots.yaml, read for --fleet")
     status.set_defaults(func=cmd_status)
 
     demo = add_command("demo", help="run the bots against the bundled loopback Discord and OpenAI servers")

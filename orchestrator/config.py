@@ -12,16 +12,19 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import socket
+import types
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 from urllib.parse import unquote, urlsplit
 
 import yaml
 from dotenv import dotenv_values
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from redis.asyncio.connection import parse_url as parse_redis_url
 
 from .errors import ConfigError, ConfigIssue
 
@@ -128,15 +131,6 @@ class RestartSettings(_Model):
     backoff_max: float = Field(60.0, ge=0)
 
 
-class FleetSettings(_Model):
-    """Several orchestrator processes (nodes) sharing one set of bots through Redis."""
-
-    redis_url: str | None = None
-    redis_url_env: str | None = None
-    node_id: str | None = None
-    lease_ttl: float = Field(6.0, gt=0)
-
-
 class Defaults(_Model):
     provider: str | None = None
     model: str = "gpt-4o-mini"
@@ -179,6 +173,16 @@ class BotSettings(_Model):
         if value is not None and not value.strip():
             raise ValueError("prefix must contain a visible character")
         return value
+
+
+class FleetSettings(_Model):
+    """``fleet:``: several ``orchestrator run`` processes share the bots through Redis (orchestrator/fleet/)."""
+
+    redis_url: str | None = None  # without a password; one with a password goes in the environment
+    redis_url_env: str | None = None
+    node_id: str | None = None  # unique in the fleet; default: ORCHESTRATOR_NODE_ID, else hostname-pid
+    lease_ttl: float = Field(6.0, ge=0.3, le=600)  # seconds a node keeps a bot without reaching Redis
+    key_prefix: str = Field("default", pattern=r"^[A-Za-z0-9_.-]{1,64}$")  # one fleet's keys: fleet:<key_prefix>:...
 
 
 class FileSettings(_Model):
@@ -284,6 +288,16 @@ class PostgresURL:
 
 
 @dataclass(frozen=True)
+class FleetSpec:
+    """Fleet mode, resolved: the Redis URL read (it may carry a password), this node's id."""
+
+    redis_url: SecretStr  # empty when the command did not ask for it (``require_redis``)
+    node_id: str
+    lease_ttl: float
+    key_prefix: str
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path
     discord: DiscordSettings
@@ -293,7 +307,7 @@ class Config:
     health_port: int | None
     restart: RestartSettings
     warnings: list[str] = field(default_factory=list, compare=False)
-    fleet: FleetSettings | None = None
+    fleet: FleetSpec | None = None  # None: one process runs every bot
 
 
 # ---------------------------------------------------------------- loading
@@ -305,6 +319,7 @@ def load_config(
     *,
     require_tokens: bool = True,
     require_api_keys: bool = True,
+    require_redis: bool = False,
 ) -> Config:
     """Read, validate and resolve ``path``. ``env`` defaults to the process environment over the
     ``.env`` beside ``path`` (only that one, wherever the command is run from)."""
@@ -320,7 +335,7 @@ def load_config(
         env = _environment_over(dotenv)
     return parse_config(
         raw, name, env, base_dir=path.parent, dotenv=dotenv,
-        require_tokens=require_tokens, require_api_keys=require_api_keys,
+        require_tokens=require_tokens, require_api_keys=require_api_keys, require_redis=require_redis,
     )
 
 
@@ -351,19 +366,23 @@ def parse_config(
     dotenv: Path | None = None,
     require_tokens: bool = True,
     require_api_keys: bool = True,
+    require_redis: bool = False,
 ) -> Config:
     """Validate YAML text. Every problem found is reported at once in one :class:`ConfigError`.
 
     ``dotenv`` is the ``.env`` file whose values ``env`` includes (named in messages). Without
     ``require_tokens`` a bot's unset Discord token is no error (its token is then empty: such a
-    config cannot run bots); likewise ``require_api_keys`` for the providers' keys.
+    config cannot run bots); likewise ``require_api_keys`` for the providers' keys. Only the commands
+    that use Redis (``run``, ``status --fleet``) ask for the URL of ``fleet.redis_url_env`` (``require_redis``).
     """
     data, lines = _read_yaml(raw, name)
     try:
         settings = FileSettings.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_issues_from_pydantic(exc.errors(), data, lines, name)) from None
-    secrets = _SecretSource(env, dotenv, (base_dir or Path(".")) / ".env", require_tokens, require_api_keys)
+    secrets = _SecretSource(
+        env, dotenv, (base_dir or Path(".")) / ".env", require_tokens, require_api_keys, require_redis
+    )
     return _resolve(settings, lines, name, secrets, base_dir or Path("."))
 
 
@@ -377,6 +396,7 @@ class _SecretSource:
     dotenv_expected: Path  # where one is read from
     require_tokens: bool
     require_api_keys: bool
+    require_redis: bool
 
     def not_set(self, variable: str, what: str) -> str:
         if self.dotenv is not None:
@@ -495,6 +515,8 @@ def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
             continue
         info = model.model_fields.get(part)
         annotation = info.annotation if info else None
+        if isinstance(annotation, types.UnionType):  # an optional section: ``FleetSettings | None``
+            annotation = next((arg for arg in get_args(annotation) if arg is not type(None)), None)
         model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
     return model
 
@@ -664,6 +686,7 @@ def _resolve(
     database = _database(settings, env, secrets, base_dir, issue)
     if database is not None and (problem := fleet_needs_postgres(settings.fleet, database)):
         issue(("fleet",), problem)
+    fleet = _resolve_fleet(settings.fleet, secrets, issue) if settings.fleet is not None else None
     if issues or database is None:
         raise ConfigError(issues)
 
@@ -688,7 +711,7 @@ def _resolve(
         health_port=settings.health_port,
         restart=settings.restart,
         warnings=warnings,
-        fleet=settings.fleet,
+        fleet=fleet,
     )
 
 
@@ -739,6 +762,53 @@ def fleet_needs_postgres(fleet: FleetSettings | None, database: Path | PostgresU
         return None
     return (f"a fleet needs PostgreSQL: its nodes share memory, and SQLite ({database.name}) is a file on one "
             "machine; set 'database_env' (or 'database') to a postgresql:// URL")
+
+
+_REDIS_SCHEMES = ("redis", "rediss", "unix")
+_NODE_ID = re.compile(r"[A-Za-z0-9_.:-]{1,100}")
+
+
+def _resolve_fleet(
+    fleet: FleetSettings, secrets: _SecretSource, issue: Callable[[tuple[Any, ...], str], None]
+) -> FleetSpec | None:
+    """The fleet section with its Redis URL read from the file or the environment."""
+    loc = ("fleet",)
+    url = ""
+    if (fleet.redis_url is None) == (fleet.redis_url_env is None):
+        issue(loc, "fleet needs the Redis server: set either 'redis_url' (e.g. redis://10.0.0.5:6379/0) or "
+                   "'redis_url_env' (the name of an environment variable holding it, for a URL with a password)")
+        return None
+    if fleet.redis_url is not None:
+        url = fleet.redis_url
+        if urlsplit(url).password is not None:  # never echo it
+            issue((*loc, "redis_url"), "this URL has a password, which does not belong in bots.yaml: put the URL in "
+                  "the environment or in the .env beside bots.yaml and write the variable's name under 'redis_url_env'")
+            return None
+    elif fleet.redis_url_env is not None and not _ENV_NAME.fullmatch(fleet.redis_url_env):
+        issue((*loc, "redis_url_env"), _NOT_A_NAME)
+        return None
+    elif fleet.redis_url_env is not None:
+        url = secrets.env.get(fleet.redis_url_env, "")
+        if not url and secrets.require_redis:
+            issue((*loc, "redis_url_env"), secrets.not_set(fleet.redis_url_env, "the Redis URL of the fleet"))
+            return None
+    where = (*loc, "redis_url" if fleet.redis_url is not None else "redis_url_env")
+    if url and urlsplit(url).scheme not in _REDIS_SCHEMES:
+        scheme = urlsplit(url).scheme or "no scheme"
+        issue(where, f"the Redis URL must start with redis://, rediss:// or unix://, not {scheme}://")
+        return None
+    try:
+        if url:
+            parse_redis_url(url)
+    except ValueError as exc:  # its message names the part, never the password
+        issue(where, f"not a valid Redis URL: {exc}")
+        return None
+    node_id = secrets.env.get("ORCHESTRATOR_NODE_ID") or fleet.node_id or f"{socket.gethostname()}-{os.getpid()}"
+    if not _NODE_ID.fullmatch(node_id):
+        issue((*loc, "node_id"), f"node id {node_id[:100]!r} (from ORCHESTRATOR_NODE_ID, node_id or the host name) "
+              "must be 1-100 letters, digits and . _ : -; set node_id or ORCHESTRATOR_NODE_ID")
+        return None
+    return FleetSpec(SecretStr(url), node_id, fleet.lease_ttl, fleet.key_prefix)
 
 
 def _describe(bot: BotSettings, limit: int = 200) -> str:

@@ -3,6 +3,7 @@
     OrchestratorError
     ├── ConfigError              bots.yaml or the environment is wrong (carries every ConfigIssue)
     ├── BotFatalError            a bot cannot run until ops fix something (bad token, missing intent)
+    ├── LeaseExpired             fleet mode: this node may no longer post as the bot (its lease ran out)
     └── ProviderError            a model provider call failed; ``user_message`` is safe to show in Discord
         ├── ProviderAuthError      401/403: the key was refused (never retried)
         ├── ProviderModelNotFound  the provider does not serve the bot's model
@@ -55,6 +56,15 @@ class BotFatalError(OrchestratorError):
         self.bot = bot
         self.reason = reason
         super().__init__(f"bot {bot!r}: {reason}")
+
+
+class LeaseExpired(OrchestratorError):
+    """Fleet mode: this node's lease on the bot has run out, so another node may run it now; posting
+    could answer a message twice. The node that holds the lease answers instead."""
+
+    def __init__(self, bot: str) -> None:
+        self.bot = bot
+        super().__init__(f"bot {bot!r}: this node's lease on the bot has expired; not posting")
 
 
 class ProviderError(OrchestratorError):

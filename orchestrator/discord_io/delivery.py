@@ -1,6 +1,6 @@
 """Posting a bot's messages: after any typing POST in flight in that channel, retried once more
 than discord.py would after a server error, and with one nonce per message so a retry never posts
-it twice."""
+it twice. In fleet mode, only while this node's lease on the bot is valid."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import aiohttp
 import anyio
 import discord
 
+from ..errors import LeaseExpired
 from . import internals
 from .client import NO_MENTIONS
 from .typing_indicator import TypingIndicator
@@ -64,10 +65,14 @@ async def retry_server_errors(
 class Delivery:
     """How one incarnation of a bot posts: through its own client, in step with its typing keeper."""
 
-    def __init__(self, client: discord.Client, typing: TypingIndicator, bot: str) -> None:
+    def __init__(
+        self, client: discord.Client, typing: TypingIndicator, bot: str, may_post: Callable[[], bool] | None = None
+    ) -> None:
+        """``may_post`` (fleet mode) tells, without any I/O, whether this node may still post as the bot."""
         self._client = client
         self._typing = typing
         self._bot = bot
+        self._may_post = may_post
 
     def channel(self, message: discord.Message) -> discord.PartialMessageable:
         """Where to answer ``message`` through this client (a job handed over after a crash carries a
@@ -77,8 +82,11 @@ class Delivery:
 
     async def deliver(self, channel_id: int, send: Callable[[], Awaitable[_T]]) -> _T:
         """Post one message with ``send()``: after any typing POST in flight there (so none lands after
-        it), retried after a server error, and reported to the typing keeper."""
+        it), retried after a server error, and reported to the typing keeper. Raises
+        :class:`LeaseExpired` instead when this node may no longer post as the bot (fleet mode)."""
         await self._typing.settle(channel_id)
+        if self._may_post is not None and not self._may_post():
+            raise LeaseExpired(self._bot)
         sent = await retry_server_errors(send)
         self._typing.sent(channel_id)
         return sent
@@ -108,6 +116,11 @@ class Delivery:
         ``raise_errors``."""
         try:
             return await self.post(message, text, reply=True, mention=mention)
+        except LeaseExpired as exc:
+            if raise_errors:
+                raise
+            log.warning("%s", exc)
+            return None
         except discord.HTTPException as exc:
             if raise_errors:
                 raise

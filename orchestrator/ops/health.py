@@ -11,6 +11,10 @@ bots.yaml; off otherwise) and runs as one task of the app's task group, so it st
                        "provider": "openai", "model": "gpt-4o-mini",
                        "usage": {"requests_last_minute": 2, "tokens_last_minute": 80, "tokens_today": 80}}},
      "last_reload_error": null}
+
+In fleet mode the body also carries ``"node"`` (this node's id) and ``"fleet"``: the live nodes, the
+leases held here (token, seconds left, draining) and why Redis cannot be used, if it cannot. A node
+that holds no bot is healthy (a standby) while it reaches Redis.
 """
 
 from __future__ import annotations
@@ -84,17 +88,27 @@ def health_report(app: App) -> tuple[int, dict[str, Any]]:
                 "tokens_today": usage.tokens_today,
             }
         bots[name] = entry
+    fleet = app.fleet
+    reason: str | None
     if supervisor.stop_requested:
         status, reason = "stopping", "the process is stopping"
+    elif fleet is not None and not supervisor.children:
+        reason = f"cannot reach Redis: {fleet.redis_error}" if fleet.redis_error else None
+        status = "ok" if reason is None else "unhealthy"
     else:
         reason = unhealthy_reason(supervisor.children)
         status = "ok" if reason is None else "unhealthy"
-    body = {
+    body: dict[str, Any] = {
         "status": status,
         "reason": redactor.redact(reason) if reason else None,
         "bots": bots,
         "last_reload_error": redactor.redact(app.last_reload_error) if app.last_reload_error else None,
     }
+    if fleet is not None:
+        body["node"] = fleet.node_id
+        report = fleet.report()
+        report["redis_error"] = redactor.redact(report["redis_error"]) if report["redis_error"] else None
+        body["fleet"] = report
     return (200 if status == "ok" else 503), body
 
 

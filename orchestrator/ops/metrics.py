@@ -29,6 +29,16 @@ Every :class:`Metrics` has its own registry: two apps in one process (tests) nev
     orchestrator_tokens_total{bot,provider}             tokens used, as counted by the providers
     orchestrator_spend_usd_total{bot}                   USD spent (provider-reported usage × bots.yaml prices)
     orchestrator_config_reload_failed                   1 while the last edit of bots.yaml was rejected
+
+In fleet mode (orchestrator/fleet/), also:
+
+    orchestrator_node_info{node}                        1, labelled with this node's id
+    orchestrator_fleet_nodes                            live nodes this node sees (itself included)
+    orchestrator_fleet_redis_up                         1 while the last round with Redis succeeded
+    orchestrator_fleet_leases_held                      bot leases this node holds
+    orchestrator_fleet_lease_acquisitions_total{bot}    leases taken by this node
+    orchestrator_fleet_lease_losses_total{bot}          leases lost without releasing them (not renewed in time)
+    orchestrator_fleet_failovers_total{bot}             bots taken over from a node whose lease ran out
 """
 
 from __future__ import annotations
@@ -43,6 +53,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
+    from ..fleet.node import FleetCoordinator
     from ..llm.pool import LLMPool
     from ..runtime.supervisor import Supervisor
 
@@ -61,6 +72,7 @@ class MetricsSource(Protocol):
 
     supervisor: Supervisor | None
     pool: LLMPool | None
+    fleet: FleetCoordinator | None
     last_reload_error: str | None
 
 
@@ -122,6 +134,8 @@ class _LiveCollector(Collector):
         )
         reload_failed.add_metric([], 1.0 if source.last_reload_error else 0.0)
         yield reload_failed
+        if source.fleet is not None:
+            yield from self._fleet(source.fleet)
 
     @staticmethod
     def _bots(supervisor: Supervisor | None) -> Iterator[Metric]:
@@ -158,6 +172,33 @@ class _LiveCollector(Collector):
             for field_name, family in counters.items():
                 family.add_metric([name], getattr(child.counters, field_name))
         yield from (state, state_seconds, restarts, *counters.values())
+
+    @staticmethod
+    def _fleet(fleet: FleetCoordinator) -> Iterator[Metric]:
+        node = GaugeMetricFamily("orchestrator_node_info", "This node of the fleet.", labels=["node"])
+        node.add_metric([fleet.node_id], 1.0)
+        nodes = GaugeMetricFamily("orchestrator_fleet_nodes", "Live nodes this node sees, itself included.")
+        nodes.add_metric([], len(set(fleet.live_nodes) | {fleet.node_id}))
+        redis_up = GaugeMetricFamily("orchestrator_fleet_redis_up", "1 while the last round with Redis succeeded.")
+        redis_up.add_metric([], 0.0 if fleet.redis_error else 1.0)
+        held = GaugeMetricFamily("orchestrator_fleet_leases_held", "Bot leases this node holds.")
+        held.add_metric([], len(fleet.leases))
+        counters = {
+            "acquisitions": CounterMetricFamily(
+                "orchestrator_fleet_lease_acquisitions", "Bot leases taken by this node.", labels=["bot"]
+            ),
+            "losses": CounterMetricFamily(
+                "orchestrator_fleet_lease_losses", "Bot leases lost without releasing them (not renewed in time).",
+                labels=["bot"],
+            ),
+            "failovers": CounterMetricFamily(
+                "orchestrator_fleet_failovers", "Bots taken over from a node whose lease ran out.", labels=["bot"]
+            ),
+        }
+        for attribute, family in counters.items():
+            for bot, count in sorted(getattr(fleet, attribute).items()):
+                family.add_metric([bot], count)
+        yield from (node, nodes, redis_up, held, *counters.values())
 
     @staticmethod
     def _pool(pool: LLMPool | None) -> Iterator[Metric]:

@@ -32,7 +32,7 @@ from ..discord_io.delivery import Delivery, retry_server_errors
 from ..discord_io.streaming import EditBudgets, StreamingReply
 from ..discord_io.text import clean_user_text, neutralize_mentions, split_message
 from ..discord_io.typing_indicator import TypingIndicator, Work
-from ..errors import BotFatalError, ProviderBadResponse, ProviderError
+from ..errors import BotFatalError, LeaseExpired, ProviderBadResponse, ProviderError
 from ..llm.pool import ChatCall
 from ..community.panel import PanelTurn
 from ..memory import SHARED, ConversationKey, Turn, fit_context
@@ -93,7 +93,10 @@ class PersonaBot:
             refresh=services.options.typing_refresh,
             min_interval=services.options.typing_min_interval,
         )
-        self._delivery = Delivery(self.client, self._typing, spec.name)
+        gate = services.may_post
+        may_post = None if gate is None else partial(gate, spec.name)
+        self._delivery = Delivery(self.client, self._typing, spec.name, may_post=may_post)
+        self._handing_over = False
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -101,10 +104,13 @@ class PersonaBot:
         """Apply settings that need no reconnect (persona, model, parameters, quotas, prefix, access)."""
         self.spec = spec
 
-    def stop(self) -> None:
-        """Stop taking new messages; queued and in-flight answers finish, then the client closes."""
+    def stop(self, *, hand_over: bool = False) -> None:
+        """Stop taking new messages; queued and in-flight answers finish, then the client closes.
+        With ``hand_over`` (fleet mode: another node runs the bot next) new messages are left to that
+        node's catch-up instead of being told "restarting"."""
         self._stopping = self._stop_requested = True
-        self.mailbox.send.close()
+        self._handing_over = hand_over
+        self.mailbox.close_send()
         if not self._ready.is_set() and self._scope is not None:
             self._scope.cancel()  # still connecting: nothing to drain
 
@@ -287,6 +293,9 @@ class PersonaBot:
         try:
             self.mailbox.put(job)
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            if self._handing_over:
+                log.debug("bot %s: message %s is left to the node that runs it next", self.spec.name, job.message.id)
+                return
             self._notify(job.message, RESTARTING)
 
     def _notify(self, message: discord.Message, text: str) -> None:
@@ -339,6 +348,8 @@ class PersonaBot:
         except anyio.get_cancelled_exc_class():
             handed_over = self._hand_over(job)
             raise
+        except LeaseExpired as exc:  # the node that takes the bot over answers it (catch-up)
+            log.warning("%s: message %s is left to the node that takes the bot over", exc, job.message.id)
         except Exception:  # noqa: BLE001 - one bad message must not stop the bot
             handed_over = self._hand_over(job)
             if not handed_over:

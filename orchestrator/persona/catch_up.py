@@ -1,5 +1,8 @@
 """Catching up after a new session: Discord replays nothing to a new session (only to a resumed
-one), so a bot reads the channels where it took messages before, from the newest one it took."""
+one), so a bot reads the channels where it took messages before, from the newest one it took.
+
+A message the bot has already replied to is skipped: in fleet mode the node that ran the bot before
+may have answered messages after the position it last saved."""
 
 from __future__ import annotations
 
@@ -23,17 +26,26 @@ async def catch_up(
     bot: str,
 ) -> None:
     """Hand ``take`` every message after the newest one taken in each channel of ``taken``, oldest
-    first, skipping those older than ``window`` seconds. A channel that cannot be read is logged and
-    left. REST messages carry no member data, so a bot restricted to roles cannot check them."""
+    first, skipping those older than ``window`` seconds and those the bot has replied to. A channel
+    that cannot be read is logged and left. REST messages carry no member data, so a bot restricted
+    to roles cannot check them."""
     oldest = discord.utils.time_snowflake(discord.utils.utcnow() - timedelta(seconds=window))
+    me = client.user.id if client.user is not None else None
     for channel_id, after in taken.items():
         known = client.get_channel(channel_id)
         guild = getattr(known, "guild", None)
         channel = client.get_partial_messageable(channel_id, guild_id=guild.id if guild is not None else None)
         try:
-            async for message in channel.history(
+            messages = [message async for message in channel.history(
                 limit=CATCH_UP_LIMIT, after=discord.Object(max(after, oldest)), oldest_first=True
-            ):
-                take(message)
+            )]  # fmt: skip
         except (discord.HTTPException, aiohttp.ClientError) as exc:
             log.warning("bot %s: could not read channel %s for messages missed without a session (%s)", bot, channel_id, exc)
+            continue
+        answered = {
+            message.reference.message_id for message in messages
+            if message.author.id == me and message.reference is not None
+        }
+        for message in messages:
+            if message.id not in answered:
+                take(message)

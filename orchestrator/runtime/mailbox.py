@@ -1,7 +1,8 @@
 """A bot's bounded mailbox of jobs, which outlives each incarnation of the bot.
 
-It also remembers which messages were taken (so one that arrives twice is answered once) and the
-newest taken per channel (where a new session catches up on what it missed).
+It also remembers which messages were taken (so one that arrives twice is answered once), the
+newest taken per channel (where a new session catches up on what it missed), and the messages not
+answered yet (where another node that takes the bot over catches up from: fleet mode).
 """
 
 from __future__ import annotations
@@ -46,6 +47,32 @@ class Mailbox:
         # message both caught up and delivered by the gateway is taken once.
         self.last_taken: dict[int, int] = {}
         self._taken: dict[int, None] = {}  # an ordered set, oldest first
+        self._unfinished: dict[int, set[int]] = {}  # channel -> ids of accepted jobs not done yet
+        self._positions_at_close: dict[int, int] | None = None
+
+    def seed(self, positions: dict[int, int]) -> None:
+        """Catch up from ``positions`` (channel -> message id) on the first session: where the node that
+        ran the bot before left off."""
+        for channel_id, message_id in positions.items():
+            if message_id > self.last_taken.get(channel_id, 0):
+                self.last_taken[channel_id] = message_id
+
+    def catch_up_positions(self) -> dict[int, int]:
+        """Per channel, a message id up to which every message taken was finished: where another node
+        reads on from if it takes the bot over (skipping what was answered after it). Once the mailbox
+        is closed, as it was when it closed: what comes later is left to the next node."""
+        if self._positions_at_close is not None:
+            return dict(self._positions_at_close)
+        positions = dict(self.last_taken)
+        for channel_id, ids in self._unfinished.items():
+            positions[channel_id] = min(ids) - 1
+        return positions
+
+    def close_send(self) -> None:
+        """Accept no more jobs; those accepted stay to be answered."""
+        if self._positions_at_close is None:
+            self._positions_at_close = self.catch_up_positions()
+        self.send.close()
 
     def take_once(self, channel_id: int, message_id: int) -> bool:
         """Record ``message_id`` as taken; False if it was taken before."""
@@ -70,12 +97,18 @@ class Mailbox:
         self.in_flight += 1
         user = job.message.author.id
         self.per_user[user] = self.per_user.get(user, 0) + 1
+        self._unfinished.setdefault(job.message.channel.id, set()).add(job.message.id)
 
     def requeue(self, job: Job) -> None:
         """Give a job that a crashing client could not finish to the next incarnation (still counted)."""
         self.send.send_nowait(job)
 
     def done(self, job: Job) -> None:
+        ids = self._unfinished.get(job.message.channel.id)
+        if ids is not None:
+            ids.discard(job.message.id)
+            if not ids:
+                del self._unfinished[job.message.channel.id]
         user = job.message.author.id
         self.per_user[user] -= 1
         if not self.per_user[user]:
@@ -90,5 +123,5 @@ class Mailbox:
             await self._idle.wait()
 
     def close(self) -> None:
-        self.send.close()
+        self.close_send()
         self.receive.close()

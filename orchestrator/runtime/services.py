@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..community import Community
@@ -23,13 +24,17 @@ class RuntimeOptions:
 
 @dataclass
 class Services:
-    """What every bot shares: the provider pool, the memory store, the community and runtime options."""
+    """What every bot shares: the provider pool, the memory store, the community and runtime options.
+
+    ``may_post(bot)`` (fleet mode) tells whether this node may post as ``bot`` now: a local check of
+    its lease's deadline, without I/O (orchestrator/fleet/)."""
 
     pool: LLMPool
     store: ConversationStore
     options: RuntimeOptions = RuntimeOptions()
     metrics: Metrics | None = None
     community: Community = field(default_factory=Community)
+    may_post: Callable[[str], bool] | None = None
 
 
 @dataclass

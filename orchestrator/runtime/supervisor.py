@@ -7,6 +7,10 @@ the child is marked FAILED and stays down until the next reload. Fatal configura
 token, missing intent) fail the child at once. Discord being unreachable is not a crash: the
 child stays UNREACHABLE and tries again after the same capped backoff, for as long as it takes.
 :meth:`Supervisor.reconcile` applies a new configuration and restarts the children that are down.
+
+In fleet mode (``placed``) the supervisor runs only the bots this node holds a lease on: it starts
+none by itself, and the fleet coordinator (orchestrator/fleet/node.py) calls :meth:`start_bot` and
+:meth:`stop_bot`. Its graceful stops are hand-overs: what arrives meanwhile is left to the next node.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import logging
 import random
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import anyio
@@ -86,10 +90,14 @@ class Child:
 
 
 class Supervisor:
-    def __init__(self, config: Config, services: Services, *, policy: RestartPolicy | None = None) -> None:
+    def __init__(
+        self, config: Config, services: Services, *, policy: RestartPolicy | None = None, placed: bool = False
+    ) -> None:
+        """``placed``: fleet mode, the bots to run are chosen from outside (:meth:`start_bot`)."""
         self.config = config
         self.services = services
         self.policy = policy or RestartPolicy.from_settings(config.restart)
+        self.placed = placed
         self.children: dict[str, Child] = {}
         self._tg: TaskGroup | None = None
         self._changed = anyio.Event()
@@ -102,8 +110,9 @@ class Supervisor:
         """Run every bot until :meth:`request_stop`; then stop them all gracefully."""
         async with anyio.create_task_group() as tg:
             self._tg = tg
-            for spec in self.config.bots.values():
-                self._start_child(spec)
+            if not self.placed:
+                for spec in self.config.bots.values():
+                    self._start_child(spec)
             task_status.started(self)
             await self._stop.wait()
             await self._stop_children(list(self.children.values()))
@@ -116,9 +125,55 @@ class Supervisor:
     def stop_requested(self) -> bool:
         return self._stop.is_set()
 
-    def _start_child(self, spec: BotSpec) -> None:
+    # ------------------------------------------------------------------ fleet mode: one bot at a time
+
+    @property
+    def bot_names(self) -> list[str]:
+        """Every bot of the configuration, running here or not."""
+        return list(self.config.bots)
+
+    def running_bots(self) -> list[str]:
+        """The bots whose child has not ended (its Discord connection may be open)."""
+        return [name for name, child in self.children.items() if not child.done.is_set()]
+
+    def start_bot(self, name: str, catch_up_from: Mapping[int, int] | None = None) -> None:
+        """Start bot ``name`` of the configuration; its first session catches up from ``catch_up_from``
+        (channel -> message id: where the node that ran it before left off)."""
+        if name in self.children:
+            raise RuntimeError(f"bot {name} is already running here")
+        self._start_child(self.config.bots[name], catch_up_from)
+        self._notify()
+
+    async def stop_bot(self, name: str, *, at_once: bool = False) -> dict[int, int]:
+        """Stop bot ``name`` and forget it; returns where the next node to run it catches up from.
+        Graceful (answers in flight finish) unless ``at_once``, which also cuts a graceful stop short."""
+        child = self.children.get(name)
+        if child is None:
+            return {}
+        if at_once:
+            child.stopping = True
+            child.scope.cancel()
+            with anyio.CancelScope(shield=True):
+                await child.done.wait()
+        else:
+            await self._stop_children([child])
+        if self.children.get(name) is child:
+            del self.children[name]
+            self._notify()
+        return child.mailbox.catch_up_positions()
+
+    def catch_up_positions(self, name: str) -> dict[int, int]:
+        """Where another node would catch up from, were it to take bot ``name`` over now."""
+        child = self.children.get(name)
+        return child.mailbox.catch_up_positions() if child is not None else {}
+
+    # ------------------------------------------------------------------ children
+
+    def _start_child(self, spec: BotSpec, catch_up_from: Mapping[int, int] | None = None) -> None:
         assert self._tg is not None, "the supervisor is not running"
         child = Child(spec)
+        if catch_up_from:
+            child.mailbox.seed(dict(catch_up_from))
         self.children[spec.name] = child
         self._tg.start_soon(self._supervise, child, name=f"bot:{spec.name}")
 
@@ -128,7 +183,7 @@ class Supervisor:
             if child.state not in (BotState.FAILED, BotState.STOPPED):
                 self._set_state(child, BotState.STOPPING)
             if child.actor is not None:
-                child.actor.stop()
+                child.actor.stop(hand_over=self.placed)
             else:
                 child.scope.cancel()
         grace = self.services.options.drain_timeout + self.services.options.close_timeout + 1
@@ -248,13 +303,14 @@ class Supervisor:
 
         Bots that are down (failed, unreachable) start again even when their settings did not
         change: a reload is how an operator says the cause is fixed. Changed Discord URLs restart every
-        bot, because discord.py's URLs are process-wide."""
+        bot, because discord.py's URLs are process-wide. In fleet mode new bots are not started here
+        (the coordinator places them) and a restarted bot catches up where it stopped."""
         old = self.config
         self.config = config
         await self.services.pool.update_providers(config.providers)
         urls = (config.discord.api_url, config.discord.gateway_url)
         discord_changed = urls != (old.discord.api_url, old.discord.gateway_url)
-        added = [name for name in config.bots if name not in self.children]
+        added = [] if self.placed else [name for name in config.bots if name not in self.children]
         removed = [name for name in self.children if name not in config.bots]
         restarted, updated = [], []
         for name, spec in config.bots.items():
@@ -270,17 +326,19 @@ class Supervisor:
             child.spec = config.bots[name]
             if child.actor is not None:
                 child.actor.update(child.spec)
-        gone = [self.children[name] for name in removed + restarted]
+        gone = {name: self.children[name] for name in removed + restarted}
         async with anyio.create_task_group() as tg:
-            for child in gone:
+            for child in gone.values():
                 tg.start_soon(self._stop_children, [child])
         for name in removed:
             del self.children[name]
         if discord_changed:  # every old client is closed by now
             configure_discord(config.discord)
             log.warning("the Discord URLs changed: every bot reconnects to %s", config.discord.api_url)
-        for name in added + restarted:
+        for name in added:
             self._start_child(config.bots[name])
+        for name in restarted:  # in fleet mode what arrived while it was down was left to its catch-up
+            self._start_child(config.bots[name], gone[name].mailbox.catch_up_positions() if self.placed else None)
         self._notify()
         changes = {"added": added, "removed": removed, "restarted": restarted, "updated": updated}
         log.info("configuration reloaded: %s", ", ".join(f"{k} {v}" for k, v in changes.items() if v) or "no changes")

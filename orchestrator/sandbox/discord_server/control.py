@@ -84,6 +84,11 @@ class DiscordSandbox:
         return self.gateway.resume_count
 
     @property
+    def peak_connections(self) -> defaultdict[str, int]:
+        """token -> the most gateway connections open at one time as that bot (two: it ran twice)."""
+        return self.gateway.peak_connections
+
+    @property
     def reject_identify(self) -> dict[str, int]:
         """token -> close code sent instead of READY (crash loops)."""
         return self.gateway.reject_identify

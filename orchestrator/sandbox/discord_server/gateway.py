@@ -74,6 +74,10 @@ class Gateway:
         self.identify_count: defaultdict[str, int] = defaultdict(int)  # IDENTIFYs received per token
         self.resume_count: defaultdict[str, int] = defaultdict(int)  # RESUMEs received per token
         self.sessions: dict[str, GatewaySession] = {}  # token -> current (possibly disconnected) session
+        # token -> the most gateway connections identified as that bot open at one time (Discord allows
+        # one per bot and shard: two mean two processes ran the bot at once)
+        self.peak_connections: defaultdict[str, int] = defaultdict(int)
+        self._identified: dict[web.WebSocketResponse, str] = {}  # open connection -> the token it identified
         self.on_ready: Callable[[GatewaySession], None] | None = None
         self.on_dispatch: Callable[[GatewaySession, str, JSONDict], None] | None = None
 
@@ -115,6 +119,7 @@ class Gateway:
             pass  # the client went away mid-send
         finally:
             self.sockets.discard(ws)
+            self._identified.pop(ws, None)
             self.deflaters.pop(ws, None)
             if session is not None and session.ws is ws:
                 session.ws, session.ready = None, False
@@ -160,6 +165,7 @@ class Gateway:
             return None
         session = GatewaySession(token, user_id, uuid.uuid4().hex, int(data.get("intents", 0)), ws=ws)
         self.sessions[token] = session
+        self._count_connection(ws, token)
         guilds = [guild for guild in state.guilds.values() if state.users[user_id].member_of(guild.id)]
         ready: JSONDict = {
             "v": 10,
@@ -184,6 +190,11 @@ class Gateway:
         await state.notify()
         return session
 
+    def _count_connection(self, ws: web.WebSocketResponse, token: str) -> None:
+        self._identified[ws] = token
+        open_now = sum(1 for other, known in self._identified.items() if known == token and not other.closed)
+        self.peak_connections[token] = max(self.peak_connections[token], open_now)
+
     async def _resume(self, ws: web.WebSocketResponse, data: JSONDict) -> GatewaySession | None:
         token = data.get("token", "")
         self.resume_count[token] += 1
@@ -194,6 +205,7 @@ class Gateway:
         if session is None or session.session_id != data.get("session_id"):
             await self.send_frame(ws, json.dumps({"op": _INVALID_SESSION, "d": False}))
             return None
+        self._count_connection(ws, token)
         async with session.lock:
             session.ws = ws
             missed, session.missed = session.missed, []

@@ -1,0 +1,166 @@
+"""Fleet mode with the real app and real discord.py against the loopback Discord: two nodes share the
+bots with one gateway connection per bot, a stopping node hands its bots on (what arrives meanwhile
+is answered once, by one node or the other), a node whose lease ran out does not post, and /healthz,
+/metrics and ``orchestrator status`` show the fleet."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator
+
+import aiohttp
+import anyio
+import pytest
+from redis.asyncio import Redis
+
+from orchestrator import cli
+from orchestrator.app import App
+from orchestrator.fleet.placement import place
+from orchestrator.runtime.supervisor import BotState
+from tests.conftest import FAST, World, token_for
+from tests.fleet_helpers import until
+
+PREFIXES = {"sage": "!", "hafez": "?", "rumi": "$", "khayyam": "%"}  # node-a: sage, hafez; node-b: the others
+NODES = ["node-a", "node-b"]
+
+
+def write_fleet(
+    world: World, redis_url: str, key_prefix: str, bots: dict[str, str] = PREFIXES, ttl: float = 1.0
+) -> None:
+    world.write(
+        [{"name": name, "prefix": prefix} for name, prefix in bots.items()],
+        fleet={"redis_url": redis_url, "lease_ttl": ttl, "key_prefix": key_prefix},
+    )
+
+
+@pytest.fixture(autouse=True)
+def shared_memory(world: World, postgres_url: str) -> None:
+    """A fleet's nodes share their memory in PostgreSQL (a schema of its own per test)."""
+    world.database = postgres_url
+
+
+def node_env(world: World, node: str) -> dict[str, str]:
+    """What tells one node from another on this machine: its id."""
+    return {"ORCHESTRATOR_NODE_ID": node}
+
+
+@contextlib.asynccontextmanager
+async def nodes(world: World, *names: str) -> AsyncIterator[dict[str, App]]:
+    """One app per node name, in this process; stopped at the end."""
+    apps = {
+        name: App(
+            world.load(node_env(world, name)),
+            options=FAST, handle_signals=False, watch=False, health_port=0,
+        )
+        for name in names
+    }
+    async with anyio.create_task_group() as tg:
+        for app in apps.values():
+            await tg.start(app.run)
+        yield apps
+        for app in apps.values():
+            app.request_stop()
+
+
+def running(app: App) -> set[str]:
+    assert app.supervisor is not None
+    return {name for name, child in app.supervisor.children.items() if child.state is BotState.RUNNING}
+
+
+async def answered_once(world: World, message: dict, bot: str) -> None:
+    """Wait for the reply to ``message`` from ``bot``, then check it is the only one, and an answer (the
+    sandbox's model echoes the question), not a notice such as "restarting"."""
+    message_id = int(message["id"])
+    await world.discord.wait_for_sent(predicate=lambda m: m.reference_id == message_id, timeout=15)
+    replies = [m for m in world.discord.sent if m.reference_id == message_id]
+    assert [m.author_id for m in replies] == [world.bot_ids[bot]], f"{message['content']!r} answered {len(replies)}x"
+    question = message["content"].split(" ", 1)[1]
+    assert replies[0].content.endswith(f"| {question}"), replies[0].content
+
+
+async def healthz(app: App) -> dict:
+    url = f"http://127.0.0.1:{app.health_port_bound}/healthz"
+    async with aiohttp.ClientSession() as session, session.get(url) as response:
+        return json.loads(await response.text())
+
+
+async def test_two_nodes_share_the_bots_one_connection_each_and_a_stopping_node_hands_its_bots_on(
+    world: World, redis_url: str, key_prefix: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_fleet(world, redis_url, key_prefix)
+    desired = place(PREFIXES, NODES)
+    async with nodes(world, *NODES) as apps:
+        a, b = apps["node-a"], apps["node-b"]
+        await until(lambda: running(a) == {"sage", "hafez"} and running(b) == {"rumi", "khayyam"})
+        for bot, prefix in PREFIXES.items():
+            await answered_once(world, await world.discord.post(f"{prefix}chat hello {bot}"), bot)
+        assert {bot: node for node, app in apps.items() for bot in running(app)} == desired
+
+        report = await healthz(a)
+        assert report["status"] == "ok" and report["node"] == "node-a"
+        assert report["fleet"]["nodes"] == NODES and set(report["fleet"]["leases"]) == {"sage", "hafez"}
+        metrics = a.metrics.exposition().decode()
+        assert 'orchestrator_node_info{node="node-a"} 1.0' in metrics
+        assert 'orchestrator_fleet_lease_acquisitions_total{bot="sage"} 1.0' in metrics
+        args = cli.build_parser().parse_args(["status", "--health-port", str(a.health_port_bound), str(world.path)])
+        assert await anyio.to_thread.run_sync(args.func, args) == 0
+        out = capsys.readouterr().out
+        assert "(node node-a)" in out and f"fleet {key_prefix!r} at {redis_url}: 2 live node(s)" in out
+        assert any(line.split()[:2] == ["sage", "node-a"] for line in out.splitlines()), out
+
+        a.request_stop()  # node-a leaves: its bots move to node-b
+        meanwhile = [await world.discord.post(f"{PREFIXES[bot]}chat while moving, {bot}") for bot in ("sage", "hafez")]
+        await until(lambda: running(b) == set(PREFIXES))
+        for message, bot in zip(meanwhile, ("sage", "hafez"), strict=True):
+            await answered_once(world, message, bot)
+        assert b.fleet is not None and not any(b.fleet.failovers.values()), "node-a released its leases"
+        await answered_once(world, await world.discord.post("!chat and now?"), "sage")
+    assert all(world.discord.peak_connections[token_for(bot)] == 1 for bot in PREFIXES), dict(
+        world.discord.peak_connections
+    )
+
+
+async def test_a_node_whose_lease_ran_out_does_not_post(
+    world: World, redis_url: str, key_prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    write_fleet(world, redis_url, key_prefix, {"sage": "!"}, ttl=60.0)  # the watchdog stays out of the way
+    world.openai.latency = 0.5
+    async with nodes(world, "node-a") as apps:
+        a = apps["node-a"]
+        await until(lambda: running(a) == {"sage"})
+        assert a.fleet is not None
+
+        async def paused(*args: object) -> dict[str, bool]:  # as if the process stopped running for a while
+            await anyio.sleep_forever()
+            raise AssertionError
+
+        a.fleet.store.renew = paused  # type: ignore[method-assign]
+        question = await world.discord.post("!chat are you still the one?")
+        await world.openai.wait_for_requests(1)
+        a.fleet.leases["sage"].valid_until = 0.0  # ... long enough for the lease to run out
+        assert a.supervisor is not None and a.supervisor.children["sage"].actor is not None
+        with caplog.at_level(logging.WARNING):
+            await a.supervisor.children["sage"].actor.wait_idle()
+    assert not [m for m in world.discord.sent if m.reference_id == int(question["id"])]
+    assert f"bot 'sage': this node's lease on the bot has expired; not posting: message {question['id']}" in caplog.text
+
+
+async def test_a_bot_taken_over_catches_up_where_its_last_holder_left_off_skipping_what_it_answered(
+    world: World, redis_url: str, key_prefix: str
+) -> None:
+    write_fleet(world, redis_url, key_prefix, {"sage": "!"})
+    sage = world.bot_ids["sage"]
+    answered = await world.discord.post("!chat answered by the node before")
+    await world.discord.post("an answer", author_id=sage, reply_to=int(answered["id"]))
+    unanswered = await world.discord.post("!chat sent while no node ran sage")
+    redis = Redis.from_url(redis_url)
+    try:  # what the node that ran sage before saved: every message up to the one before these was done
+        await redis.hset(f"fleet:{key_prefix}:catch_up:sage", str(world.discord.channel_id), int(answered["id"]) - 1)
+    finally:
+        await redis.aclose()
+    async with nodes(world, "node-a") as apps:
+        await until(lambda: running(apps["node-a"]) == {"sage"})
+        await answered_once(world, unanswered, "sage")
+    assert not [m for m in world.discord.sent if m.reference_id == int(answered["id"])], "answered once before"

@@ -1,0 +1,112 @@
+"""Two real ``orchestrator run`` processes as one fleet against the loopback Discord and the real Redis:
+every bot has one gateway connection; SIGKILL one node and its bots are back on the other within
+10 s, answering what was sent meanwhile, and nothing is answered twice."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator
+from functools import partial
+from pathlib import Path
+
+import anyio
+import pytest
+from anyio.abc import Process
+from redis.asyncio import Redis
+
+from orchestrator.fleet.leases import LeaseStore
+from orchestrator.fleet.placement import place
+from tests.conftest import ROOT, World, token_for
+from tests.test_fleet_app import shared_memory  # noqa: F401 - autouse: the nodes share PostgreSQL
+from tests.fleet_helpers import until
+from tests.test_faults import base_env
+from tests.test_fleet_app import NODES, PREFIXES, answered_once, node_env, write_fleet
+
+pytestmark = pytest.mark.fault
+
+TTL = 2.0
+FAILOVER_LIMIT = 10.0
+
+
+@contextlib.asynccontextmanager
+async def node_process(world: World, node: str) -> AsyncIterator[Process]:
+    log = world.tmp_path / f"{node}.log"
+    env = base_env() | world.env(node_env(world, node))
+    with log.open("ab") as output:
+        process = await anyio.open_process(
+            [sys.executable, "-m", "orchestrator", "run", str(world.path), "--no-watch"],
+            cwd=ROOT, env=env, stdout=output, stderr=output,
+        )
+        try:
+            yield process
+        finally:
+            if process.returncode is None:
+                process.kill()
+            with anyio.CancelScope(shield=True):
+                await process.wait()
+                await process.aclose()
+
+
+async def settled(world: World, store: LeaseStore, desired: dict[str, str]) -> bool:
+    """Whether Redis shows every bot held by its desired node, and every bot is online."""
+    view = await store.view(list(desired))
+    online = all((session := world.discord.sessions.get(token_for(bot))) and session.ready for bot in desired)
+    return online and {bot.bot: bot.holder for bot in view.bots} == desired
+
+
+def logs(world: World) -> str:
+    return "\n".join(path.read_text(errors="replace") for path in sorted(Path(world.tmp_path).glob("node-*.log")))
+
+
+async def test_sigkill_of_a_node_moves_its_bots_to_the_other_within_ten_seconds_answering_each_message_once(
+    world: World, redis_url: str, key_prefix: str
+) -> None:
+    write_fleet(world, redis_url, key_prefix, ttl=TTL)
+    desired = place(PREFIXES, NODES)
+    victims = [bot for bot, node in desired.items() if node == "node-a"]
+    redis = Redis.from_url(redis_url)
+    store = LeaseStore(redis, key_prefix, "test", TTL)
+    try:
+        async with node_process(world, "node-a") as a, node_process(world, "node-b") as b:
+            await until(partial(settled, world, store, desired), within=30)
+            before = [(await world.discord.post(f"{PREFIXES[bot]}chat before, {bot}"), bot) for bot in PREFIXES]
+            for message, bot in before:
+                await answered_once(world, message, bot)
+            channel = str(world.discord.channel_id).encode()
+
+            async def saved() -> bool:  # where each of node-a's bots would be caught up from
+                return all([channel in await redis.hgetall(store.key("catch_up", bot)) for bot in victims])
+
+            await until(saved, within=10)
+            identified = {bot: world.discord.identify_count[token_for(bot)] for bot in victims}
+
+            a.kill()
+            killed = time.monotonic()
+            meanwhile = [(await world.discord.post(f"{PREFIXES[bot]}chat meanwhile, {bot}"), bot) for bot in victims]
+
+            def back() -> bool:  # a new session for each of node-a's bots
+                return all(
+                    world.discord.identify_count[token_for(bot)] > identified[bot]
+                    and world.discord.sessions[token_for(bot)].ready
+                    for bot in victims
+                )
+
+            await until(back, within=FAILOVER_LIMIT)
+            failover = time.monotonic() - killed
+            for message, bot in meanwhile:
+                await answered_once(world, message, bot)
+            for message, bot in before:
+                await answered_once(world, message, bot)
+            view = await store.view(list(PREFIXES))
+            b.send_signal(signal.SIGTERM)
+            with anyio.fail_after(30):
+                assert await b.wait() == 0, logs(world)
+    finally:
+        await redis.aclose()
+    print(f"\nfailover after SIGKILL with lease_ttl {TTL}s: {failover:.2f}s for {len(victims)} bots")
+    assert {bot.bot: bot.holder for bot in view.bots} == dict.fromkeys(PREFIXES, "node-b")
+    assert all(world.discord.peak_connections[token_for(bot)] == 1 for bot in PREFIXES), logs(world)
+    assert "taken over from node node-a, whose lease ran out" in logs(world)
