@@ -130,4 +130,5 @@ def test_bench_rejects_bad_channel_message_counts() -> None:
         [sys.executable, str(ROOT / "scripts" / "bench"), "--scenarios", "context", "--channel-messages", "0,x"],
         cwd=ROOT, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
-    assert run.returncode == 2 and "--channel-messages takes comma-separated counts of at least 0, e.g. 0,20" in run.stderr
+    assert run.returncode == 2
+    assert "--channel-messages takes comma-separated counts of at least 0, e.g. 0,20" in run.stderr

@@ -140,12 +140,12 @@ async def test_an_exchange_lasts_until_its_panel_has_ended(capsys: pytest.Captur
     assert out.index(answers[-1]) < out.index("you: !chat after the panel")
 
 
-async def test_without_channel_context_an_unaddressed_line_is_not_heard(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+async def test_without_channel_context_an_unaddressed_line_is_not_heard(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
     config = tmp_path / "deaf.yaml"
-    config.write_text(
-        (ROOT / "bots.yaml").read_text(encoding="utf-8").replace('  prefix: "!"\n', '  prefix: "!"\n  context: {channel_messages: 0}\n'),
-        encoding="utf-8",
-    )
+    text = (ROOT / "bots.yaml").read_text(encoding="utf-8")
+    config.write_text(text.replace('  prefix: "!"\n', '  prefix: "!"\n  context: {channel_messages: 0}\n'), encoding="utf-8")
     out = await run(capsys, "hello there", "!chat what did I just say?", config=str(config))
     assert "  (no persona answered; address one with its prefix ('!chat hello'), a mention" in out[-4]
     assert out[-1].endswith("· no earlier turns]")

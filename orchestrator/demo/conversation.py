@@ -122,8 +122,9 @@ class Conversation:
                 return f"{spec.name} does not answer DMs: its access.dms is false in {self.config_name}"
         first = next(iter(self.personas.values())).spec
         heard = line.kind is Kind.CHANNEL and any(p.spec.context.channel_messages for p in self.personas.values())
+        note = " — they heard it, as context for what they say next" if heard else ""
         return (
-            f"no persona answered{' — they heard it, as context for what they say next' if heard else ''}; address one with its prefix ('{first.prefix}chat hello'), a mention "
+            f"no persona answered{note}; address one with its prefix ('{first.prefix}chat hello'), a mention "
             f"('@{first.name} hello'), a reply ('> text') or a DM ('/dm {first.name} hello')"
         )
 

@@ -40,8 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--quick", action="store_true", help="small sizes, under a minute in all")
     parser.add_argument("--scenarios", default=",".join(DEFAULT_SCENARIOS),
-                        help=f"comma-separated subset of {','.join(SCENARIOS)} (fleet = memory + start-up; context, not "
-                        f"run by default: the shared-channel burst at each --channel-messages) "
+                        help=f"comma-separated subset of {','.join(SCENARIOS)} (fleet = memory + start-up; "
+                        "context, not run by default: the shared-channel burst at each --channel-messages) "
                         f"(default {','.join(DEFAULT_SCENARIOS)})")  # fmt: skip
     parser.add_argument("--channel-messages", default="0,20", metavar="N,M",
                         help="the context scenario: context.channel_messages values compared, alternated trial by "
