@@ -105,3 +105,30 @@ def test_bench_quick_produces_every_scenario_with_sane_numbers(tmp_path: Path) -
     assert "concurrency wall <= 1.25 x L (2 bots sharing a channel)" in names
     assert "concurrency wall <= 1.25 x L (2 bots, own guild each)" in names
     assert any(target["passed"] is not None for target in targets)
+
+
+def test_bench_context_compares_channel_context_settings(tmp_path: Path) -> None:
+    """``--scenarios context``: the shared-channel burst at each --channel-messages, trial by trial."""
+    output = tmp_path / "bench.json"
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench"), "--quick", "--scenarios", "context", "--bots", "2",
+         "--messages", "10", "--trials", "2", "--channel-messages", "0,20", "--no-chart", "--output", str(output)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,  # a hang guard, not a speed assertion
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "channel context, CPU per !chat by context.channel_messages: 0: " in run.stdout
+    context = json.loads(output.read_text())["scenarios"]["context"]
+    for n in ("0", "20"):
+        figures = context["channel_messages"][n]
+        assert figures["replies"] == {"answer": 10} and len(figures["cpu_ms_per_chat_trials"]) == 2
+        assert finite(figures["cpu_ms_per_chat"]) and finite(figures["repeat_cpu_ms_per_chat"])
+    assert finite(context["last_over_first_cpu"]) or context["last_over_first_cpu"] is None
+
+
+def test_bench_rejects_bad_channel_message_counts() -> None:
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench"), "--scenarios", "context", "--channel-messages", "0,x"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert run.returncode == 2
+    assert "--channel-messages takes comma-separated counts of at least 0, e.g. 0,20" in run.stderr

@@ -25,7 +25,7 @@ from .test_cli import base_env, orchestrator
 ROOT = Path(__file__).resolve().parent.parent
 BOTS_YAML = str(ROOT / "bots.yaml")
 SAGE_SAYS = "sage: (sandbox model, not a real LLM) Sage here — "
-NO_ANSWER = "(no persona answered; address one with its prefix ('!chat hello')"
+NO_ANSWER = "(no persona answered — they heard it, as context for what they say next; address one with its prefix ('!chat hello')"
 
 
 async def run(capsys: pytest.CaptureFixture[str], *messages: str, config: str = BOTS_YAML) -> list[str]:
@@ -88,7 +88,7 @@ async def test_a_mention_and_a_reply_reach_the_bot(capsys: pytest.CaptureFixture
     out = await run(capsys, "@sage what is virtue?", "> and vice?", "?chat سلام", ">خوبی؟")
     answers = [line for line in out if ": (sandbox model" in line]
     assert answers[0] == SAGE_SAYS + 'you said "what is virtue?". [persona: Sage, a calm philosophy tutor · gpt-4o-mini · T=0.3 · no earlier turns]'
-    assert answers[1].startswith(SAGE_SAYS + 'you said "and vice?".') and answers[1].endswith("· 1 earlier turn]")
+    assert answers[1].startswith(SAGE_SAYS + 'you said "and vice?".') and answers[1].endswith('· 1 earlier turn, the last: "what is virtue?"]')
     assert answers[3].startswith('hafez: (sandbox model, not a real LLM) You said "خوبی؟".'), "a reply goes to the last answer's bot"
     assert out.count("you: > and vice?") == 1
 
@@ -109,6 +109,46 @@ async def test_a_dm_is_answered_when_the_bot_takes_dms(capsys: pytest.CaptureFix
 async def test_a_dm_to_a_bot_without_dms_says_so(capsys: pytest.CaptureFixture[str]) -> None:
     out = await run(capsys, "/dm sage !chat hello")
     assert out[-1] == f"  (sage does not answer DMs: its access.dms is false in {BOTS_YAML})"
+
+
+async def test_the_sample_script_shows_the_room_heard_and_a_panel(capsys: pytest.CaptureFixture[str]) -> None:
+    """With nothing typed, the built-in script: a line addressed to nobody reaches the persona asked
+    about it next (the stand-in model quotes the last earlier turn), and a panel of both personas."""
+    with open(os.devnull, "rb") as empty, anyio.fail_after(ANSWER_TIMEOUT / 4):
+        assert await run_demo(BOTS_YAML, None, None, input_fd=empty.fileno()) == 0
+    out = capsys.readouterr().out.splitlines()
+    owl = out.index("you: I think the owl is the wisest of birds.")
+    assert out[owl + 1].startswith("  (no persona answered — they heard it, as context for what they say next; ")
+    assert out[owl + 3] == "you: !chat what did I just say?"
+    assert out[owl + 4].startswith(SAGE_SAYS + 'you said "what did I just say?".')
+    assert out[owl + 4].endswith(' earlier turns, the last: "I think the owl is the wisest of birds."]')
+    panel = out[out.index("you: !panel is wisdom learned or given?") + 1 :]
+    assert panel[0] == 'sage: Panel on "is wisdom learned or given?": sage, hafez, 1 round. `!stop` ends it.'
+    topic = 'you said "Panel discussion. Topic: is wisdom learned or given? Round 1 of 1. The other panelists: '
+    assert panel[1].startswith(SAGE_SAYS + topic + "hafez.")
+    assert panel[2].startswith('hafez: (sandbox model, not a real LLM) Y' + topic[1:] + "sage.")
+    assert len(panel) == 3
+
+
+async def test_an_exchange_lasts_until_its_panel_has_ended(capsys: pytest.CaptureFixture[str]) -> None:
+    """A panel answers turn after turn from its own task, after the line's jobs are done: every round
+    is shown under the line that started it."""
+    out = await run(capsys, "!panel 2 is wisdom learned?", "!chat after the panel")
+    answers = [line for line in out if "Topic: is wisdom learned? Round" in line]
+    rounds = [(line.split(":", 1)[0], line.split(" Round ", 1)[1][:6]) for line in answers]
+    assert rounds == [("sage", "1 of 2"), ("hafez", "1 of 2"), ("sage", "2 of 2"), ("hafez", "2 of 2")]
+    assert out.index(answers[-1]) < out.index("you: !chat after the panel")
+
+
+async def test_without_channel_context_an_unaddressed_line_is_not_heard(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    config = tmp_path / "deaf.yaml"
+    text = (ROOT / "bots.yaml").read_text(encoding="utf-8")
+    config.write_text(text.replace('  prefix: "!"\n', '  prefix: "!"\n  context: {channel_messages: 0}\n'), encoding="utf-8")
+    out = await run(capsys, "hello there", "!chat what did I just say?", config=str(config))
+    assert "  (no persona answered; address one with its prefix ('!chat hello'), a mention" in out[-4]
+    assert out[-1].endswith("· no earlier turns]")
 
 
 @pytest.mark.bad_input
@@ -147,7 +187,7 @@ def test_demo_reads_messages_from_stdin() -> None:
     result = orchestrator("demo", "bots.yaml", env=base_env(), input="!chat one\n!chat two\n")
     assert result.returncode == 0, result.stderr
     assert 'you said "one". [persona: Sage, a calm philosophy tutor · gpt-4o-mini · T=0.3 · no earlier turns]' in result.stdout
-    assert 'you said "two". [persona: Sage, a calm philosophy tutor · gpt-4o-mini · T=0.3 · 1 earlier turn]' in result.stdout
+    assert 'you said "two". [persona: Sage, a calm philosophy tutor · gpt-4o-mini · T=0.3 · 1 earlier turn, the last: "one"]' in result.stdout
 
 
 def test_scripts_demo_takes_another_file_as_first_argument(tmp_path: Path) -> None:

@@ -74,14 +74,18 @@ async def test_echo_reply_is_short_labelled_and_shows_what_reached_the_model() -
         bare = await ask(client, "  line one\n  line two ")
     assert reply.choices[0].message.content == (
         '(sandbox model, not a real LLM) Ada here — you said "how are you?". '
-        "[persona: Ada · gpt-4o-mini · T=0.7 top_p=0.9 · 1 earlier turn]"
+        "[persona: Ada · gpt-4o-mini · T=0.7 top_p=0.9 · 1 earlier turn, the last: \"hello\"]"
     )
     assert bare == '(sandbox model, not a real LLM) You said "line one line two". [persona: none · gpt-4o-mini · no earlier turns]'
 
 
 async def test_echo_reply_keeps_a_long_or_unnamed_persona_short() -> None:
     persona = "تو «حافظ» هستی، یک همراه مهربان که همیشه به زبان فارسی پاسخ می‌دهد و شعر می‌خواند و قصه می‌گوید."
-    messages = [{"role": "system", "content": persona + "\nSecond line."}, {"role": "user", "content": "x" * 500}]
+    messages = [
+        {"role": "system", "content": persona + "\nSecond line."},
+        {"role": "user", "content": "y" * 100},
+        {"role": "user", "content": "x" * 500},
+    ]
     async with (
         OpenAISandbox() as sb,
         openai.AsyncOpenAI(base_url=sb.base_url, api_key="sk-sandbox", max_retries=0) as client,
@@ -89,8 +93,8 @@ async def test_echo_reply_keeps_a_long_or_unnamed_persona_short() -> None:
         reply = await client.chat.completions.create(model=MODEL, messages=messages)
     content = reply.choices[0].message.content or ""
     assert content.startswith('(sandbox model, not a real LLM) You said "' + "x" * 199 + '…".')
-    assert f"[persona: {persona[:79]}… · gpt-4o-mini · no earlier turns]" in content
-    assert "Second line" not in content and len(content) < 400
+    assert f'[persona: {persona[:79]}… · gpt-4o-mini · 1 earlier turn, the last: "{"y" * 59}…"]' in content
+    assert "Second line" not in content and len(content) < 500
 
 
 async def test_streaming_matches_plain_answer_and_reports_usage(client: openai.AsyncOpenAI) -> None:

@@ -4,7 +4,8 @@ finished what it took on, print what the bots sent.
 "Handled" is known, not guessed: after posting, each bot's client is asked for a gateway round trip
 (:meth:`DiscordSandbox.round_trip`), which returns once the client has read the message; a bot that
 took it has a job in its mailbox by then. So a message nobody answers is reported at once, and only
-an answer in progress is waited for (up to ``answer_timeout``, for a slow real provider).
+an answer in progress is waited for (up to ``answer_timeout``, for a slow real provider). A panel
+(``!panel``) answers turn after turn from its own task: the exchange lasts until it has ended.
 """
 
 from __future__ import annotations
@@ -93,18 +94,26 @@ class Conversation:
         return True
 
     async def _wait_until_handled(self) -> bool:
-        """Wait until every connected bot has read the message and finished every job it has;
-        False after ``answer_timeout``."""
+        """Wait until every connected bot has read the message and finished every job it has, and
+        until a panel it started in #general has ended; False after ``answer_timeout``."""
+        panels = self.supervisor.services.community.panels
         with anyio.move_on_after(self.answer_timeout):
-            for persona in self.personas.values():
-                try:
-                    await self.server.round_trip(persona.token, timeout=HANDLED_TIMEOUT)
-                except (LookupError, TimeoutError):
-                    continue  # not connected (failed, restarting): it did not take the message
-            for child in self.supervisor.children.values():
-                await child.mailbox.wait_idle()
+            await self._settle()
+            while panels.running(self.server.channel_id):
+                await panels.wait_ended(self.server.channel_id)
+                await self._settle()  # the last answer may address a persona: that answer too
             return True
         return False
+
+    async def _settle(self) -> None:
+        """Every connected bot has read what was posted so far and has no job left."""
+        for persona in self.personas.values():
+            try:
+                await self.server.round_trip(persona.token, timeout=HANDLED_TIMEOUT)
+            except (LookupError, TimeoutError):
+                continue  # not connected (failed, restarting): it did not take the message
+        for child in self.supervisor.children.values():
+            await child.mailbox.wait_idle()
 
     def _unanswered(self, line: Line) -> str:
         if line.kind is Kind.DM and line.bot is not None:
@@ -112,8 +121,10 @@ class Conversation:
             if not spec.access.dms:
                 return f"{spec.name} does not answer DMs: its access.dms is false in {self.config_name}"
         first = next(iter(self.personas.values())).spec
+        heard = line.kind is Kind.CHANNEL and any(p.spec.context.channel_messages for p in self.personas.values())
+        note = " — they heard it, as context for what they say next" if heard else ""
         return (
-            f"no persona answered; address one with its prefix ('{first.prefix}chat hello'), a mention "
+            f"no persona answered{note}; address one with its prefix ('{first.prefix}chat hello'), a mention "
             f"('@{first.name} hello'), a reply ('> text') or a DM ('/dm {first.name} hello')"
         )
 

@@ -171,8 +171,16 @@ def _print_banner(config: Config, provider_url: str | None, interactive: bool) -
 
 
 def _sample_messages(config: Config) -> list[str]:
+    """Greet each persona, say something to nobody in particular, ask a persona about it (it heard the
+    room), then hold a panel of every persona present."""
     samples = {0: "hello! who are you?", 1: "سلام! حالت چطوره؟"}
-    return [f"{bot.prefix}chat {samples.get(i % 2)}" for i, bot in enumerate(config.bots.values())]
+    prefix = next(iter(config.bots.values())).prefix
+    return [
+        *(f"{bot.prefix}chat {samples[i % 2]}" for i, bot in enumerate(config.bots.values())),
+        "I think the owl is the wisest of birds.",
+        f"{prefix}chat what did I just say?",
+        f"{prefix}panel is wisdom learned or given?",
+    ]
 
 
 def _point_providers(config: Config, sandbox_url: str, provider_url: str | None) -> Config:

@@ -10,8 +10,9 @@ reached the server. By default they are short and say they come from the sandbox
     (sandbox model, not a real LLM) Sage here — you said "hello". [persona: Sage, a calm philosophy tutor · gpt-4o-mini · T=0.3 · no earlier turns]
 
 (the persona is the first sentence of the first ``system`` or ``developer`` message, the name comes
-from its ``You are <Name>``; the sampling parameters sent and the number of earlier user turns
-show what the model received). With ``echo=True`` (what the tests use) the answer is instead::
+from its ``You are <Name>``; the sampling parameters sent, the number of earlier user turns and
+the last of them, clipped, show what the model received). With ``echo=True`` (what the tests use)
+the answer is instead::
 
     [{model}] {persona} | T={temperature} | turns={user_messages} | {last_user_message}
 
@@ -418,7 +419,8 @@ _NAME = re.compile(r"[^\W\d_][\w'-]*")
 
 def sandbox_reply(body: Mapping[str, Any]) -> str:
     """The default answer text: short, labelled as the sandbox's, showing the persona, the model and
-    sampling parameters, and how many earlier user turns (memory) reached the server."""
+    sampling parameters, and how many earlier user turns (memory, channel context) reached the server,
+    quoting the last of them."""
     messages = body.get("messages") or []
     system = _system_message(messages)
     first_line = " ".join(_text(system.get("content")).split("\n", 1)[0].split()) if system else ""
@@ -433,6 +435,8 @@ def sandbox_reply(body: Mapping[str, Any]) -> str:
     params = " ".join(f"{label}={body[key]}" for key, label in _SAMPLING if body.get(key) is not None)
     earlier = len(users) - 1 if users else 0
     memory = {0: "no earlier turns", 1: "1 earlier turn"}.get(earlier, f"{earlier} earlier turns")
+    if earlier:
+        memory += f', the last: "{_clip(users[-2], 60)}"'
     facts = " · ".join(part for part in (f"persona: {persona or 'none'}", str(body.get("model")), params, memory) if part)
     return f"(sandbox model, not a real LLM) {greeting} [{facts}]"
 

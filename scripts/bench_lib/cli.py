@@ -22,7 +22,7 @@ from typing import Any
 from . import instructions, procfs, report
 from .callgrind import CallgrindMissing
 from .runner import GUILD_READY_TIMEOUT, PYCACHE, ROOT, Children, guild_ready_timeout_in_config, warm_bytecode_cache
-from .scenarios import SCENARIOS, TOPOLOGIES, Bench
+from .scenarios import DEFAULT_SCENARIOS, SCENARIOS, TOPOLOGIES, Bench
 
 FULL = {"messages": 200, "latency": 1.0, "duration": 10.0, "warmup": 5.0, "users": 100, "fleet": "10,50,100", "rate": 200.0,
         "overhead_bots": "1,{bots}", "low_rate": 50.0, "capacity_rate": 650.0,
@@ -39,8 +39,13 @@ def build_parser() -> argparse.ArgumentParser:
         "Discord and OpenAI sandboxes. Full mode takes about 5-10 minutes; --quick under a minute.",
     )
     parser.add_argument("--quick", action="store_true", help="small sizes, under a minute in all")
-    parser.add_argument("--scenarios", default=",".join(SCENARIOS),
-                        help=f"comma-separated subset of {','.join(SCENARIOS)} (fleet = memory + start-up)")  # fmt: skip
+    parser.add_argument("--scenarios", default=",".join(DEFAULT_SCENARIOS),
+                        help=f"comma-separated subset of {','.join(SCENARIOS)} (fleet = memory + start-up; "
+                        "context, not run by default: the shared-channel burst at each --channel-messages) "
+                        f"(default {','.join(DEFAULT_SCENARIOS)})")  # fmt: skip
+    parser.add_argument("--channel-messages", default="0,20", metavar="N,M",
+                        help="the context scenario: context.channel_messages values compared, alternated trial by "
+                        "trial (0,20: no listener versus the default)")  # fmt: skip
     parser.add_argument("--bots", type=int, default=10, help="bots in the concurrency/overhead scenarios (10)")
     parser.add_argument("--messages", type=int, help="simultaneous !chat in the concurrency scenario (200; quick 50)")
     parser.add_argument("--latency", type=float, help="provider latency in the concurrency scenario, s (1; quick 0.25)")
@@ -102,6 +107,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     counts = args.instructions_messages
     if len(counts) != 2 or not 0 < counts[0] < counts[1]:
         parser.error("--instructions-messages takes two message counts N1,N2 with 0 < N1 < N2, e.g. 50,250")
+    try:
+        args.channel_messages = [int(n) for n in args.channel_messages.split(",") if n.strip()]
+    except ValueError:
+        args.channel_messages = []
+    if not args.channel_messages or min(args.channel_messages) < 0:
+        parser.error("--channel-messages takes comma-separated counts of at least 0, e.g. 0,20")
     args.scenarios = [name.strip() for name in args.scenarios.split(",") if name.strip()]
     unknown = set(args.scenarios) - set(SCENARIOS)
     if unknown:

@@ -224,6 +224,12 @@ def table(results: dict[str, Any], goal: list[dict[str, Any]]) -> str:
         sign = "<=" if t["kind"] == "max" else ">="
         note = f"  ({t['note']})" if t["note"] else ""
         lines.append(f"{mark:<5} {t['target']:<50} measured {_fmt(t['value'])} {t['unit']} ({sign} {t['limit']:g}){note}")
+    context = results.get("scenarios", {}).get("context")
+    if isinstance(context, dict) and "channel_messages" in context:
+        per = ", ".join(f"{n}: {f['cpu_ms_per_chat']:.2f} ms (repeat {f['repeat_cpu_ms_per_chat']:.2f})"
+                        for n, f in context["channel_messages"].items())  # fmt: skip
+        lines.append(f"channel context, CPU per !chat by context.channel_messages: {per}; last / first "
+                     f"{_fmt(context['last_over_first_cpu'])} (repeat {_fmt(context['last_over_first_repeat_cpu'])})")
     for name, scenario in results.get("scenarios", {}).items():
         if isinstance(scenario, dict) and "error" in scenario:
             lines.append(f"ERROR in {name}: {scenario['error']}")

@@ -18,6 +18,7 @@ import functools
 import math
 import shutil
 import sqlite3
+import statistics
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -386,6 +387,12 @@ async def median_trial(bench: Bench, key: str, run: Callable[[], Awaitable[dict[
     return {**chosen, "trials": {"key": key, "values": [value(r) for r in results]}}
 
 
+def burst_limits(B: int, K: int) -> dict[str, int]:
+    """The orchestrator's limits for a burst of K !chat to B bots, raised so that they allow it."""
+    return {"max_concurrency": max(16, K), "concurrency": max(4, math.ceil(K / B)),
+            "mailbox_size": max(32, 2 * math.ceil(K / B))}  # fmt: skip
+
+
 async def concurrency(bench: Bench) -> dict[str, Any]:
     """B bots, K simultaneous !chat, provider latency L; once per topology in --topology.
 
@@ -403,7 +410,7 @@ async def concurrency(bench: Bench) -> dict[str, Any]:
     users = max(20, math.ceil(K / B))
     bots = make_bots(B)
     topologies = list(getattr(args, "topology", None) or TOPOLOGIES)
-    limits = {"max_concurrency": max(16, K), "concurrency": max(4, math.ceil(K / B)), "mailbox_size": max(32, 2 * math.ceil(K / B))}
+    limits = burst_limits(B, K)
     result: dict[str, Any] = {
         "params": {"bots": B, "messages": K, "latency_s": L, "users": users, "orchestrator_limits": limits,
                    "topologies": {name: TOPOLOGIES[name] for name in topologies}},
@@ -422,19 +429,55 @@ async def concurrency(bench: Bench) -> dict[str, Any]:
     return result
 
 
+async def channel_context(bench: Bench) -> dict[str, Any]:
+    """The cost of channel context on the gateway path: the shared-channel burst of the concurrency
+    scenario (every bot receives every message), orchestrator only, with ``context.channel_messages``
+    at each value of ``--channel-messages``, the values alternated trial by trial so that the machine's
+    noise falls on each alike. With 0 no persona listens: each bot's gateway filter drops what does
+    not concern it; with more, one listener per guild decodes every message and keeps it."""
+    args = bench.args
+    B, K = args.bots, args.messages
+    users = max(20, math.ceil(K / B))
+    bots = make_bots(B)
+    limits = burst_limits(B, K)
+    trials: dict[int, list[dict[str, Any]]] = {n: [] for n in args.channel_messages}
+    for _ in range(args.trials):
+        for n in args.channel_messages:
+            run = await _concurrency_side(bench, "shared", "orchestrator", bots, users, limits, channel_messages=n)
+            trials[n].append(run)
+    figures: dict[str, Any] = {}
+    for n, runs in trials.items():
+        cpu = sorted(run["cpu_ms_per_chat"] for run in runs)
+        repeat = statistics.median(run["repeat_burst"]["cpu_ms_per_chat"] for run in runs)
+        figures[str(n)] = {"cpu_ms_per_chat": cpu[len(cpu) // 2], "cpu_ms_per_chat_trials": cpu,
+                           "repeat_cpu_ms_per_chat": repeat, "replies": runs[0]["replies"],
+                           "message_events_per_chat": runs[0]["message_events_per_chat"]}  # fmt: skip
+    first, last = (figures[str(n)] for n in (args.channel_messages[0], args.channel_messages[-1]))
+    return {
+        "params": {"bots": B, "messages": K, "latency_s": args.latency, "trials": args.trials, "topology": "shared"},
+        "channel_messages": figures,
+        "last_over_first_cpu": last["cpu_ms_per_chat"] / first["cpu_ms_per_chat"] if first["cpu_ms_per_chat"] else None,
+        "last_over_first_repeat_cpu": (last["repeat_cpu_ms_per_chat"] / first["repeat_cpu_ms_per_chat"]
+                                       if first["repeat_cpu_ms_per_chat"] else None),
+    }  # fmt: skip
+
+
 async def _concurrency_side(
-    bench: Bench, topology: str, side: str, bots: list[BotDef], users: int, limits: dict[str, int]
-) -> dict[str, Any]:
+    bench: Bench, topology: str, side: str, bots: list[BotDef], users: int, limits: dict[str, int],
+    *, channel_messages: int | None = None,
+) -> dict[str, Any]:  # fmt: skip
     args = bench.args
     B, K, L = len(bots), args.messages, args.latency
     where = "sharing one channel" if topology == "shared" else "each in its own guild"
-    bench.say(f"concurrency: {side}, {B} bots {where}, {K} simultaneous !chat, provider latency {L} s")
+    context = "" if channel_messages is None else f", context.channel_messages {channel_messages}"
+    bench.say(f"concurrency: {side}, {B} bots {where}, {K} simultaneous !chat, provider latency {L} s{context}")
     label = "concurrency" if topology == "shared" else f"concurrency-{topology}"
     async with World(bench, label, side, bots, users, topology=topology) as world:
         await world.launch(
             provider={"max_concurrency": limits["max_concurrency"], "timeout": 60 + K / B * L},
             defaults={"concurrency": limits["concurrency"], "mailbox_size": limits["mailbox_size"],
-                      "user_quota": {"requests_per_minute": 1000}},
+                      "user_quota": {"requests_per_minute": 1000},
+                      **({} if channel_messages is None else {"context": {"channel_messages": channel_messages}})},
         )  # fmt: skip
         await world.ready(timeout=60 + 2 * B)
         await warm_up(world, bots, users, first_tag=1_000_000)
@@ -795,4 +838,6 @@ SCENARIOS = {
     "overhead": overhead,
     "fleet": fleet,  # memory + start-up (+ latency by bot count)
     "fairness": fairness,
+    "context": channel_context,  # not run by default: --scenarios context --channel-messages 0,20
 }
+DEFAULT_SCENARIOS = ("concurrency", "overhead", "fleet", "fairness")
