@@ -30,6 +30,7 @@ from orchestrator.sandbox.discord_server import RestFault
 from orchestrator.sandbox.openai_server import Fault, echo_reply, said
 
 from .conftest import World, token_for
+from .fake_time import FakeTime
 
 pytestmark = pytest.mark.fault
 
@@ -258,12 +259,14 @@ async def test_circuit_breaker_closes_again_whatever_its_probe_met(world: World,
     cooldown = 0.3
     two_bots(world, max_retries=0, breaker_threshold=1, breaker_cooldown=cooldown)
     world.openai.inject(Fault.server_error(500), probe_fault)
-    async with world.running():
+    async with world.running() as app:
+        assert app.pool is not None
+        fake = FakeTime().install(app.pool)
         [opened] = await world.chat("!chat the provider fails")
         [fast] = await world.chat("!chat while the circuit is open")
-        await anyio.sleep(cooldown)  # the breaker's cool-down is a time, not an event
+        fake.advance(cooldown)
         [probed] = await world.chat("!chat the probe")
-        await anyio.sleep(2 * cooldown)
+        fake.advance(cooldown)  # a failed probe opened the circuit again
         [after] = await world.chat("!chat the provider is fine again")
     assert "busy" in opened.content and "unavailable" in fast.content
     assert "unavailable" not in probed.content, "the probe reached the provider"
