@@ -15,7 +15,6 @@ from orchestrator.sandbox.openai_server import Fault
 
 from .conftest import World, token_for
 
-
 HEAR = {"channel_messages": 20}  # the default; the test fixture turns channel context off
 
 

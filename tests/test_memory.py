@@ -17,6 +17,7 @@ from orchestrator.sandbox.openai_server import said
 
 from .conftest import World
 from .stores import StoreKind
+from .waiting import until
 
 
 def contents(request) -> list[str]:  # type: ignore[no-untyped-def]
@@ -249,9 +250,7 @@ async def test_a_locked_database_keeps_exchanges_in_memory_and_writes_them_once_
     assert len(warnings) == 1 and str(db) in warnings[0] and "in memory and retrying" in warnings[0], warnings
     blocker.rollback()
     blocker.close()
-    with anyio.fail_after(30):  # the writer thread retries on its own
-        while turns_on_disk(db) != expected:
-            await anyio.sleep(0.01)
+    await until(lambda: turns_on_disk(db) == expected, within=30)  # the writer thread retries on its own timer
     await store.flush()  # the writer has finished its attempt, log line included
     assert any(r.levelno == logging.INFO and "works again" in r.getMessage() for r in caplog.records)
     store.close()
