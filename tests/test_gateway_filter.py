@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import anyio
 import pytest
 
 from orchestrator.discord_io.gateway_filter import may_concern

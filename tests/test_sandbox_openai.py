@@ -7,7 +7,6 @@ import logging
 import re
 import signal
 import sys
-import time
 from collections.abc import AsyncIterator
 
 import anyio
