@@ -126,7 +126,9 @@ async def test_gateway_drop_is_survived_and_the_sibling_never_reconnects(
         pytest.param(False, RestFault(503, "POST", "/messages"), id="send-503"),
         pytest.param(False, RestFault(503, "POST", "/messages", after_handling=True), id="send-503-after-creating"),
         pytest.param(True, RestFault(503, "POST", "/messages"), id="stream-first-send-503"),
-        pytest.param(True, RestFault(503, "POST", "/messages", after_handling=True), id="stream-first-send-503-after-creating"),
+        pytest.param(
+            True, RestFault(503, "POST", "/messages", after_handling=True), id="stream-first-send-503-after-creating"
+        ),
         pytest.param(True, RestFault(429, "PATCH", "/messages/"), id="stream-edit-429"),
         pytest.param(True, RestFault(502, "PATCH", "/messages/"), id="stream-edit-502"),
         pytest.param(True, RestFault(503, "PATCH", "/messages/"), id="stream-edit-503"),
@@ -155,7 +157,9 @@ async def test_discord_rate_limits_and_server_errors_still_deliver_the_answer(
 @pytest.mark.parametrize(
     ("error", "failures", "delivered"),
     [
-        pytest.param(aiohttp.ClientConnectionError("Connection reset by peer"), 1, True, id="connection-reset-is-retried"),
+        pytest.param(
+            aiohttp.ClientConnectionError("Connection reset by peer"), 1, True, id="connection-reset-is-retried"
+        ),
         pytest.param(RuntimeError("Session is closed"), 2, False, id="send-and-apology-both-fail"),
     ],
 )
@@ -397,7 +401,10 @@ async def orchestrator_process(world: World, log: Path):  # type: ignore[no-unty
     with log.open("ab") as stderr:
         process = await anyio.open_process(
             [sys.executable, "-m", "orchestrator", "run", str(world.path), "--no-watch"],
-            cwd=ROOT, env=base_env() | world.env(), stdout=stderr, stderr=stderr,
+            cwd=ROOT,
+            env=base_env() | world.env(),
+            stdout=stderr,
+            stderr=stderr,
         )
         try:
             for name in world.bot_ids:
@@ -454,7 +461,9 @@ async def test_sigkill_mid_answer_keeps_every_written_exchange_and_nothing_half_
         process.kill()
         await process.wait()
     assert [said(m) for m in world.openai.chat_requests[2].body["messages"][1:]] == [
-        "first question", one.content, "second question"
+        "first question",
+        one.content,
+        "second question",
     ], "the first exchange was committed before the next question was asked"
     before_restart = turns_in(db)
     assert_whole_exchanges(db)
@@ -468,7 +477,9 @@ async def test_sigkill_mid_answer_keeps_every_written_exchange_and_nothing_half_
         with anyio.fail_after(30):
             assert await process.wait() == 0
     assert [said(m) for m in world.openai.chat_requests[-1].body["messages"][1:]] == [
-        "first question", one.content, "third question"
+        "first question",
+        one.content,
+        "third question",
     ]
     assert_whole_exchanges(db)
 
@@ -532,7 +543,8 @@ async def test_a_second_sigint_while_draining_stops_at_once_and_quietly(world: W
 
     async with await anyio.open_process(
         [sys.executable, "-m", "orchestrator", "run", str(world.path), "--no-watch"],
-        cwd=ROOT, env=base_env() | world.env(),
+        cwd=ROOT,
+        env=base_env() | world.env(),
     ) as process:
         await read_until(process, "bot sage is online")
         slow = await world.discord.post("!chat a slow question")

@@ -59,7 +59,9 @@ async def test_bots_sharing_a_channel_decode_only_what_concerns_them(world: Worl
         [four] = await world.chat("?chat four")
         # hafez: "!chat two", sage's reply, the mention of sage and sage's reply to it dropped
         assert hafez.counters.dropped == 4
-        assert [m.author_id for m in (one, two, three, four)] == [world.bot_ids[n] for n in ("hafez", "sage", "sage", "hafez")]
+        assert [m.author_id for m in (one, two, three, four)] == [
+            world.bot_ids[n] for n in ("hafez", "sage", "sage", "hafez")
+        ]
         # a dropped event still moves the session's sequence number on (discord.py resumes with it)
         for actor, name in ((sage, "sage"), (hafez, "hafez")):
             await world.discord.round_trip(token_for(name), timeout=5)  # the client has handled every event

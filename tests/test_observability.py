@@ -59,9 +59,11 @@ DSN = "https://0123456789abcdef@sentry.invalid/42"
 async def get(app: App, path: str) -> tuple[int, str, str]:
     """GET ``path`` from the app's health server: (status, content type, body)."""
     assert app.health_port_bound is not None
-    async with aiohttp.ClientSession() as session:
-        async with session.get(f"http://127.0.0.1:{app.health_port_bound}{path}") as response:
-            return response.status, response.headers["Content-Type"], await response.text()
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"http://127.0.0.1:{app.health_port_bound}{path}") as response,
+    ):
+        return response.status, response.headers["Content-Type"], await response.text()
 
 
 def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -196,7 +198,8 @@ async def test_metrics_count_chats_latency_provider_errors_quota_and_tokens(worl
     assert value(parsed, "orchestrator_answer_latency_seconds_bucket", bot="sage", le="+Inf") == 2
     assert value(parsed, "orchestrator_provider_errors_total", provider="openai", kind="busy") == 1
     assert value(parsed, "orchestrator_provider_requests_total") == 3
-    assert value(parsed, "orchestrator_quota_rejections_total", bot="hafez", scope="bot", limit="requests_per_minute") == 1
+    rejections = {"bot": "hafez", "scope": "bot", "limit": "requests_per_minute"}
+    assert value(parsed, "orchestrator_quota_rejections_total", **rejections) == 1
     assert value(parsed, "orchestrator_tokens_total", bot="sage", provider="openai") > 0
     assert ("orchestrator_tokens_total", frozenset({("bot", "hafez"), ("provider", "openai")})) not in parsed
     assert value(parsed, "orchestrator_bot_state", bot="sage", state="running") == 1
@@ -208,8 +211,14 @@ async def test_metrics_count_chats_latency_provider_errors_quota_and_tokens(worl
 
 
 def test_error_kinds_are_short_snake_case() -> None:
-    names = ("ProviderAuthError", "ProviderBusy", "ProviderBadResponse", "ProviderTimeout", "ProviderModelNotFound",
-             "ProviderRefused")
+    names = (
+        "ProviderAuthError",
+        "ProviderBusy",
+        "ProviderBadResponse",
+        "ProviderTimeout",
+        "ProviderModelNotFound",
+        "ProviderRefused",
+    )
     assert [error_kind(n) for n in names] == ["auth", "busy", "bad_response", "timeout", "model_not_found", "refused"]
 
 
@@ -251,7 +260,13 @@ async def test_healthz_reports_every_bot_and_status_prints_them(
     assert lines[1].split()[:4] == ["BOT", "STATE", "UPTIME", "RESTARTS"]
     assert lines[2].split()[:2] == ["bad", "failed"] and "refused the token (401)" in lines[2]
     good_line = lines[3].split()
-    assert good_line[:2] == ["good", "running"] and good_line[-5:] == ["0", "1", "1", "1", str(good["usage"]["tokens_today"])]
+    assert good_line[:2] == ["good", "running"] and good_line[-5:] == [
+        "0",
+        "1",
+        "1",
+        "1",
+        str(good["usage"]["tokens_today"]),
+    ]
     assert BAD_TOKEN not in out
 
 
@@ -321,8 +336,11 @@ async def test_no_secret_in_any_log_record_even_through_foreign_handlers(
 ) -> None:
     caplog.set_level(logging.DEBUG)
     world.write(
-        [{"name": "sage", "provider": "openai"}, {"name": "hafez", "prefix": "?", "provider": "other"},
-         {"name": "bad", "prefix": "$", "provider": "openai"}],
+        [
+            {"name": "sage", "provider": "openai"},
+            {"name": "hafez", "prefix": "?", "provider": "other"},
+            {"name": "bad", "prefix": "$", "provider": "openai"},
+        ],
         providers={
             "openai": {"base_url": world.openai.base_url, "api_key_env": "OPENAI_API_KEY"},
             "other": {"base_url": world.openai.base_url, "api_key_env": "OTHER_KEY"},

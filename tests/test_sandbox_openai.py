@@ -75,7 +75,11 @@ async def test_echo_reply_is_short_labelled_and_shows_what_reached_the_model() -
         '(sandbox model, not a real LLM) Ada here — you said "how are you?". '
         "[persona: Ada · gpt-4o-mini · T=0.7 top_p=0.9 · 1 earlier turn]"
     )
-    assert bare == '(sandbox model, not a real LLM) You said "line one line two". [persona: none · gpt-4o-mini · no earlier turns]'
+    assert (
+        bare
+        == '(sandbox model, not a real LLM) You said "line one line two". '
+        "[persona: none · gpt-4o-mini · no earlier turns]"
+    )
 
 
 async def test_echo_reply_keeps_a_long_or_unnamed_persona_short() -> None:
@@ -277,7 +281,16 @@ async def test_max_in_flight() -> None:
 
 @pytest.mark.parametrize(("flags", "answer"), [((), 'You said "hi"'), (("--echo",), "| hi")], ids=["default", "echo"])
 async def test_cli_serves_until_signal(flags: tuple[str, ...], answer: str) -> None:
-    command = [sys.executable, "-m", "orchestrator.sandbox.openai_server", "--api-key", "k1", "--latency", "0.01", *flags]
+    command = [
+        sys.executable,
+        "-m",
+        "orchestrator.sandbox.openai_server",
+        "--api-key",
+        "k1",
+        "--latency",
+        "0.01",
+        *flags,
+    ]
     async with await anyio.open_process(command) as process:
         assert process.stdout is not None
         base_url = (await process.stdout.receive()).decode().strip()
