@@ -168,7 +168,9 @@ _RELIABILITY = pytest.StashKey[dict[str, int]]()
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "fault: injects a failure the orchestrator must survive (counted in the summary)")
+    config.addinivalue_line(
+        "markers", "fault: injects a failure the orchestrator must survive (counted in the summary)"
+    )
     config.addinivalue_line("markers", "bad_input: feeds malformed or hostile input (counted in the summary)")
     config.stash[_RELIABILITY] = {"fault": 0, "bad_input": 0, "generated": 0}
 

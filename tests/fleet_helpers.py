@@ -5,10 +5,9 @@ a node off from Redis, and waiting on conditions with a bound."""
 from __future__ import annotations
 
 import contextlib
-import inspect
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -112,17 +111,6 @@ def _start(
 
     tg.start_soon(run)
     return Node(coordinator, runner, scope, redis)
-
-
-async def until(condition: Callable[[], bool | Awaitable[bool]], within: float = 15.0) -> None:
-    """Wait until ``condition()`` (or what it returns, awaited) holds, looking every 20 ms: the nodes act
-    on Redis' timers and on other processes, which no event here announces."""
-    with anyio.fail_after(within):
-        while True:
-            held = condition()
-            if await held if inspect.isawaitable(held) else held:
-                return
-            await anyio.sleep(0.02)
 
 
 def holders(timeline: list[Event]) -> Iterator[tuple[str, set[str]]]:

@@ -58,9 +58,11 @@ def dm_by_default(world: World) -> tuple[dict, dict, dict]:
 
 def dm_with_guild_lists(world: World) -> tuple[dict, dict, dict]:
     bots_only = world.discord.add_channel("bots-only")
-    return {"channels": [bots_only], "guilds": [world.discord.guild_id]}, {"guild": False, "dm_to": token_for("sage")}, {
-        "channel_id": bots_only
-    }
+    return (
+        {"channels": [bots_only], "guilds": [world.discord.guild_id]},
+        {"guild": False, "dm_to": token_for("sage")},
+        {"channel_id": bots_only},
+    )
 
 
 def role_of_another_guild(world: World) -> tuple[dict, dict, dict]:
@@ -204,7 +206,7 @@ async def test_users_never_see_or_reset_each_others_conversation(world: World) -
         await world.chat("!chat bob: after my reset", author_id=bob)
         await world.chat("!chat alice: still there?")
     requests = [r.body["messages"][1:] for r in world.openai.chat_requests]
-    for messages, asker in zip(requests, ["alice", "bob", "bob", "bob", "bob", "alice"]):
+    for messages, asker in zip(requests, ["alice", "bob", "bob", "bob", "bob", "alice"], strict=True):
         users = [said(m) for m in messages if m["role"] == "user"]
         assert all(text.startswith(f"{asker}:") for text in users), users
         answers = [said(m) for m in messages if m["role"] == "assistant"]
@@ -264,7 +266,12 @@ def check(path: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("DISCORD_", "OPENAI_", "TOKEN_"))}
     return subprocess.run(
         [sys.executable, "-m", "orchestrator", "--log-level", "DEBUG", "check", str(path)],
-        cwd=ROOT, env=clean | env, capture_output=True, text=True, timeout=60, check=False,
+        cwd=ROOT,
+        env=clean | env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
 
 

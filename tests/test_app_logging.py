@@ -11,7 +11,9 @@ import watchfiles
 from .conftest import World
 
 
-async def test_start_up_line_names_the_bots_and_the_health_address(world: World, caplog: pytest.LogCaptureFixture) -> None:
+async def test_start_up_line_names_the_bots_and_the_health_address(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
     world.write([{"name": "sage"}, {"name": "hafez", "prefix": "?"}])
     with caplog.at_level(logging.INFO, logger="orchestrator.app"):
         async with world.running(health_port=0) as app:
@@ -42,7 +44,9 @@ async def test_the_watcher_ignores_other_files_in_the_config_directory_and_watch
         world.path.write_text(world.path.read_text().replace("You are Sage.", "You are Sage, edited."))
         with anyio.fail_after(10):
             await supervisor.wait_until(lambda s: s.children["sage"].spec.persona == "You are Sage, edited.")
-    assert [r.getMessage() for r in caplog.records if "changed on disk" in r.getMessage()] == ["bots.yaml changed on disk: reloading"]
+    assert [r.getMessage() for r in caplog.records if "changed on disk" in r.getMessage()] == [
+        "bots.yaml changed on disk: reloading"
+    ]
     assert [r.getMessage() for r in caplog.records if r.name.startswith("watchfiles")] == []
 
 
@@ -50,7 +54,9 @@ async def test_stopping_does_not_wait_for_the_watchers_timeout(world: World, mon
     """The watcher thread returns on its own only after ``rust_timeout``: make that a minute, and a
     stop must still end the watcher at once (it used to wait the whole timeout, 5 s by default)."""
     real_awatch = watchfiles.awatch
-    monkeypatch.setattr(watchfiles, "awatch", lambda *paths, **options: real_awatch(*paths, **options, rust_timeout=60_000))
+    monkeypatch.setattr(
+        watchfiles, "awatch", lambda *paths, **options: real_awatch(*paths, **options, rust_timeout=60_000)
+    )
     world.write([{"name": "sage"}])
     with anyio.fail_after(20):  # fails after the minute, when the thread lets the cancellation through
         async with world.running(watch=True):

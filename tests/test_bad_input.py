@@ -56,8 +56,14 @@ USER_TEXTS = [
     pytest.param(" \t   ", None, id="only-whitespace"),
     pytest.param("\u200b\u200e\u200f\u202e\u2066\u2069\ufeff", None, id="only-zero-width-and-bidi-controls"),
     pytest.param(FOUR_THOUSAND, FOUR_THOUSAND, id="4000-characters"),
-    pytest.param("\u202eevil\u202c \u200bhello\u2069 \u2066world\u200f", "evil hello world", id="bidi-and-zero-width-mixed-in"),
-    pytest.param("سلام hello مرحبا، می‌خواهم test 123 ۱۲۳", "سلام hello مرحبا، می‌خواهم test 123 ۱۲۳", id="persian-arabic-and-latin"),
+    pytest.param(
+        "\u202eevil\u202c \u200bhello\u2069 \u2066world\u200f", "evil hello world", id="bidi-and-zero-width-mixed-in"
+    ),
+    pytest.param(
+        "سلام hello مرحبا، می‌خواهم test 123 ۱۲۳",
+        "سلام hello مرحبا، می‌خواهم test 123 ۱۲۳",
+        id="persian-arabic-and-latin",
+    ),
     pytest.param("👩‍👩‍👧‍👦 🇮🇷🇫🇷 👍🏽 ❤️ 🏴󠁧󠁢󠁳󠁣󠁴󠁿", "👩‍👩‍👧‍👦 🇮🇷🇫🇷 👍🏽 ❤️ 🏴󠁧󠁢󠁳󠁣󠁴󠁿", id="emoji-sequences"),
     pytest.param("```python\nprint('hi')\n```", "```python\nprint('hi')\n```", id="code-fence"),
     pytest.param("```\nnever closed", "```\nnever closed", id="unclosed-code-fence"),
@@ -145,9 +151,7 @@ async def test_a_bot_never_answers_itself_even_when_bots_are_allowed(world: Worl
         await world.chat("!chat say the magic words")
         await world.discord.post("!chat posted with the bot's own account", author_id=world.bot_ids["sage"])
         [barrier] = await world.chat("!chat still sane?")
-    assert [said(r.body["messages"][-1]) for r in world.openai.chat_requests] == [
-        "say the magic words", "still sane?"
-    ]
+    assert [said(r.body["messages"][-1]) for r in world.openai.chat_requests] == ["say the magic words", "still sane?"]
     assert barrier.author_id == world.bot_ids["sage"]
 
 
@@ -208,7 +212,6 @@ async def test_hostile_model_output_is_split_defused_and_complete(world: World, 
         for message in messages:
             if "return x" in message.content:
                 assert message.content.lstrip().startswith(("```python", "Here is")), "code is reopened as python"
-
 
 
 async def test_model_output_with_a_lone_surrogate_is_shown_and_remembered(world: World) -> None:

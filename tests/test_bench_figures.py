@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-from bench_lib.scenarios import histogram_summary_ms, median_trial  # noqa: E402
+from bench_lib.scenarios import histogram_summary_ms, median_trial
 
 
 @pytest.mark.parametrize(

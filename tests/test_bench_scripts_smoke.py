@@ -71,8 +71,19 @@ def test_burst_benchmark_refuses_bad_sizes(tmp_path: Path) -> None:
 def test_rooms_benchmark_produces_its_figures(tmp_path: Path) -> None:
     output = tmp_path / "bench_rooms.json"
     result = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "bench_rooms"), "--bots", "2", "--channels", "5", "--output", str(output)],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "bench_rooms"),
+            "--bots",
+            "2",
+            "--channels",
+            "5",
+            "--output",
+            str(output),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     figures = json.loads(output.read_text())

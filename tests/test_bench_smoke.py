@@ -59,13 +59,20 @@ def test_bench_quick_produces_every_scenario_with_sane_numbers(tmp_path: Path) -
         assert repeat["replies"].get("answer") == 10 and positive(repeat["wall_over_latency"])
         assert where["baseline"]["repeat_burst"] is None
     # The fan-out: with 2 bots in one channel each bot gets every message and reply; alone, only its own.
-    assert concurrency["orchestrator"]["message_events_per_chat"] > concurrency["separate"]["orchestrator"]["message_events_per_chat"]
+    assert (
+        concurrency["orchestrator"]["message_events_per_chat"]
+        > concurrency["separate"]["orchestrator"]["message_events_per_chat"]
+    )
     assert "[shared channel:" in run.stdout and "[own guild each:" in run.stdout
 
     [run_2_bots, capacity] = scenarios["overhead"]["runs"]
     assert run_2_bots["bots"] == 2 and not run_2_bots.get("capacity")
-    assert capacity["capacity"] and capacity["bots"] == 1 and capacity["rate_per_s"] == 60 and "baseline" not in capacity
-    assert positive(capacity["orchestrator"]["cpu_ms_per_answer"]) and positive(capacity["orchestrator"]["throughput_per_s"])
+    assert (
+        capacity["capacity"] and capacity["bots"] == 1 and capacity["rate_per_s"] == 60 and "baseline" not in capacity
+    )
+    assert positive(capacity["orchestrator"]["cpu_ms_per_answer"]) and positive(
+        capacity["orchestrator"]["throughput_per_s"]
+    )
     for side in ("orchestrator", "baseline"):
         figures = run_2_bots[side]
         assert figures["answered"] > 0 and positive(figures["throughput_per_s"])

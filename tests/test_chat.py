@@ -39,7 +39,11 @@ async def test_two_bots_answer_with_their_own_persona_model_and_parameters(world
     assert (first.body["temperature"], first.body["top_p"], first.body["max_tokens"]) == (0.3, 0.5, 200)
     assert second.body["model"] == "sandbox-small"
     assert second.body["messages"][0]["content"].startswith("تو حافظ هستی.\n\n")
-    assert (second.body["temperature"], second.body["frequency_penalty"], second.body["presence_penalty"]) == (1.1, 0.4, -0.2)
+    assert (second.body["temperature"], second.body["frequency_penalty"], second.body["presence_penalty"]) == (
+        1.1,
+        0.4,
+        -0.2,
+    )
     assert second.body["max_tokens"] == 77
     assert [m.author_id for m in sage_reply] == [world.bot_ids["sage"]]
     assert [m.author_id for m in hafez_reply] == [world.bot_ids["hafez"]]
@@ -138,9 +142,10 @@ async def test_provider_refusing_the_key_is_explained_without_the_key(world: Wor
 
 
 async def test_overloaded_provider_is_retried_then_explained(world: World) -> None:
-    world.write([{"name": "sage"}], providers={
-        "openai": {"base_url": world.openai.base_url, "api_key_env": "OPENAI_API_KEY", "max_retries": 2}
-    })
+    world.write(
+        [{"name": "sage"}],
+        providers={"openai": {"base_url": world.openai.base_url, "api_key_env": "OPENAI_API_KEY", "max_retries": 2}},
+    )
     world.openai.inject(*[Fault.server_error(503)] * 3)
     async with world.running():
         [reply] = await world.chat("!chat hi")
@@ -149,10 +154,17 @@ async def test_overloaded_provider_is_retried_then_explained(world: World) -> No
 
 
 async def test_timeout_is_explained(world: World) -> None:
-    world.write([{"name": "sage"}], providers={
-        "openai": {"base_url": world.openai.base_url, "api_key_env": "OPENAI_API_KEY", "timeout": 0.3,
-                   "max_retries": 0}
-    })
+    world.write(
+        [{"name": "sage"}],
+        providers={
+            "openai": {
+                "base_url": world.openai.base_url,
+                "api_key_env": "OPENAI_API_KEY",
+                "timeout": 0.3,
+                "max_retries": 0,
+            }
+        },
+    )
     world.openai.inject(Fault.timeout(5))
     async with world.running():
         [reply] = await world.chat("!chat hi")

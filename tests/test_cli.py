@@ -33,14 +33,22 @@ def base_env() -> dict[str, str]:
 
 
 def test_check_accepts_the_example_and_names_the_bots() -> None:
-    env = base_env() | {"OPENAI_API_KEY": "sk-check-000000", "DISCORD_TOKEN_SAGE": "t-sage-00000", "DISCORD_TOKEN_HAFEZ": "t-hafez-0000"}
+    env = base_env() | {
+        "OPENAI_API_KEY": "sk-check-000000",
+        "DISCORD_TOKEN_SAGE": "t-sage-00000",
+        "DISCORD_TOKEN_HAFEZ": "t-hafez-0000",
+    }
     result = orchestrator("check", "bots.yaml", env=env)
     assert result.returncode == 0, result.stderr
     assert "OK, 2 bot(s): sage (!chat" in result.stdout and "hafez (?chat" in result.stdout
 
 
 def test_check_fails_with_file_and_line_and_never_prints_secrets(tmp_path: Path) -> None:
-    text = (ROOT / "bots.yaml").read_text(encoding="utf-8").replace("params: {temperature: 0.3}", "params: {temprature: 0.3}")
+    text = (
+        (ROOT / "bots.yaml")
+        .read_text(encoding="utf-8")
+        .replace("params: {temperature: 0.3}", "params: {temprature: 0.3}")
+    )
     (tmp_path / "bots.yaml").write_text(text, encoding="utf-8")
     env = base_env() | {"OPENAI_API_KEY": "sk-secret-value-123", "DISCORD_TOKEN_SAGE": "secret-sage-token"}
     result = orchestrator("check", str(tmp_path / "bots.yaml"), env=env)
@@ -56,9 +64,13 @@ def test_check_reads_the_dotenv_beside_bots_yaml_from_any_directory_and_says_whi
     config_dir.mkdir()
     elsewhere.mkdir()
     (config_dir / "bots.yaml").write_text((ROOT / "bots.yaml").read_text(encoding="utf-8"), encoding="utf-8")
-    (config_dir / ".env").write_text("OPENAI_API_KEY=sk-beside-0000\nDISCORD_TOKEN_SAGE=t-sage-beside\nDISCORD_TOKEN_HAFEZ=t-hafez-beside\n")
+    (config_dir / ".env").write_text(
+        "OPENAI_API_KEY=sk-beside-0000\nDISCORD_TOKEN_SAGE=t-sage-beside\nDISCORD_TOKEN_HAFEZ=t-hafez-beside\n"
+    )
     # a different .env in the working directory: same token for both bots, which check would refuse
-    (elsewhere / ".env").write_text("OPENAI_API_KEY=sk-cwd-0000\nDISCORD_TOKEN_SAGE=t-same\nDISCORD_TOKEN_HAFEZ=t-same\n")
+    (elsewhere / ".env").write_text(
+        "OPENAI_API_KEY=sk-cwd-0000\nDISCORD_TOKEN_SAGE=t-same\nDISCORD_TOKEN_HAFEZ=t-same\n"
+    )
     result = orchestrator("check", str(config_dir / "bots.yaml"), env=base_env(), cwd=elsewhere)
     assert result.returncode == 0, result.stderr
     assert f"read {config_dir / '.env'} (the environment wins over it)" in result.stdout
@@ -66,23 +78,36 @@ def test_check_reads_the_dotenv_beside_bots_yaml_from_any_directory_and_says_whi
     result = orchestrator("check", str(config_dir / "bots.yaml"), env=base_env(), cwd=elsewhere)
     assert result.returncode == 2
     assert f"no .env in {config_dir}: secrets come from the environment only" in result.stdout
-    assert f"DISCORD_TOKEN_SAGE is not set; put the Discord token of bot 'sage' in the environment or in {config_dir / '.env'}" in result.stderr
+    assert (
+        "DISCORD_TOKEN_SAGE is not set; put the Discord token of bot 'sage' in the environment"
+        f" or in {config_dir / '.env'}"
+        in result.stderr
+    )
     assert "t-same" not in result.stdout + result.stderr
 
 
 def test_check_warns_when_two_bots_answer_the_same_command(tmp_path: Path) -> None:
     text = (ROOT / "bots.yaml").read_text(encoding="utf-8").replace('prefix: "?"', 'prefix: "!"')
     (tmp_path / "bots.yaml").write_text(text, encoding="utf-8")
-    env = base_env() | {"OPENAI_API_KEY": "sk-check-000000", "DISCORD_TOKEN_SAGE": "t-sage-00000", "DISCORD_TOKEN_HAFEZ": "t-hafez-0000"}
+    env = base_env() | {
+        "OPENAI_API_KEY": "sk-check-000000",
+        "DISCORD_TOKEN_SAGE": "t-sage-00000",
+        "DISCORD_TOKEN_HAFEZ": "t-hafez-0000",
+    }
     result = orchestrator("check", str(tmp_path / "bots.yaml"), env=env)
     assert result.returncode == 0
     line = text.splitlines().index("  - name: hafez") + 1
-    assert f"warning: {tmp_path / 'bots.yaml'}:{line}: bots[1] (bot 'hafez'): bots 'sage' and 'hafez' both answer '!chat'" in result.stdout
+    assert (
+        f"warning: {tmp_path / 'bots.yaml'}:{line}: bots[1] (bot 'hafez'): bots 'sage' and 'hafez' both answer '!chat'"
+        in result.stdout
+    )
 
 
 async def test_models_lists_the_providers_models(world: World) -> None:
     world.write([{"name": "sage"}])
-    result = await anyio.to_thread.run_sync(lambda: orchestrator("models", str(world.path), env=base_env() | world.env()))
+    result = await anyio.to_thread.run_sync(
+        lambda: orchestrator("models", str(world.path), env=base_env() | world.env())
+    )
     assert result.returncode == 0, result.stderr
     assert "  gpt-4o-mini" in result.stdout and "  sandbox-small" in result.stdout
 
@@ -127,12 +152,16 @@ async def test_usage_command_shows_todays_tokens_per_bot_and_user(world: World) 
     world.write([{"name": "sage", "quota": {"tokens_per_day": 100000}}, {"name": "hafez", "prefix": "?"}])
     async with world.running():
         await world.chat("!chat count these tokens")
-    result = await anyio.to_thread.run_sync(lambda: orchestrator("usage", str(world.path), env=base_env() | world.env()))
+    result = await anyio.to_thread.run_sync(
+        lambda: orchestrator("usage", str(world.path), env=base_env() | world.env())
+    )
     assert result.returncode == 0, result.stderr
     [sage_line] = [line for line in result.stdout.splitlines() if line.strip().startswith("sage")]
     used = int(sage_line.split()[1])
     assert used > 0 and "% of 100000" in sage_line
-    assert any(line.split() == ["user", str(world.discord.default_user_id), str(used)] for line in result.stdout.splitlines())
+    assert any(
+        line.split() == ["user", str(world.discord.default_user_id), str(used)] for line in result.stdout.splitlines()
+    )
     assert any(line.strip().startswith("hafez") and line.split()[1] == "0" for line in result.stdout.splitlines())
 
 

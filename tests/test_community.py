@@ -15,7 +15,6 @@ from orchestrator.sandbox.openai_server import Fault
 
 from .conftest import World, token_for
 
-
 HEAR = {"channel_messages": 20}  # the default; the test fixture turns channel context off
 
 
@@ -180,7 +179,15 @@ async def test_only_a_persona_present_is_mentioned_by_a_model(world: World) -> N
 @pytest.mark.bad_input
 @pytest.mark.parametrize(
     ("display", "expected"),
-    [("Alice", "Alice"), ("Zoë K.", "Zoe_K"), ("a" * 80, "a" * 64), ("🦊🦊", None), ("حافظ", None), ("x\u202ey", "xy"), ("a b", "a_b")],
+    [
+        ("Alice", "Alice"),
+        ("Zoë K.", "Zoe_K"),
+        ("a" * 80, "a" * 64),
+        ("🦊🦊", None),
+        ("حافظ", None),
+        ("x\u202ey", "xy"),
+        ("a b", "a_b"),
+    ],
 )
 def test_speaker_names_are_sanitised_for_the_name_field(display: str, expected: str | None) -> None:
     name = speaker_name(display)
@@ -217,7 +224,9 @@ def test_the_loop_guard_counts_by_message_order_per_channel_and_per_minute() -> 
     assert guard.grant(1, 13, 3, 100, to_persona=True) is not None
     guard.persona_spoke(1, 15)
     assert guard.grant(1, 15, 3, 100, to_persona=True) is None, "a new allowance after the human message"
-    assert guard.grant(2, 13, 1, 100, to_persona=True) is not None and guard.grant(2, 13, 2, 100, to_persona=True) is None
+    assert (
+        guard.grant(2, 13, 1, 100, to_persona=True) is not None and guard.grant(2, 13, 2, 100, to_persona=True) is None
+    )
     guard.human_spoke(3, 1)
     assert guard.grant(3, 2, 50, 2, to_persona=True) is None
     assert guard.grant(3, 3, 50, 2, to_persona=False) is None, "an answer to a human is never held back"
@@ -242,7 +251,6 @@ def three_personas(world: World, **defaults: object) -> None:
     )
 
 
-
 async def test_a_panel_of_three_answers_in_turn_each_seeing_the_earlier_answers(world: World) -> None:
     three_personas(world)
     async with world.running():
@@ -263,7 +271,9 @@ async def test_a_panel_of_mentioned_personas_for_two_rounds(world: World) -> Non
     async with world.running():
         command = await world.discord.post(f"?panel 2 <@{rumi}> <@{hafez}> tea or coffee", mentions=[rumi, hafez])
         answers = await world.discord.wait_for_sent(5, predicate=lambda m: m.reference_id == int(command["id"]))
-    assert [m.author_id for m in answers[1:]] == [rumi, hafez, rumi, hafez], "\n".join(f"{m.author_id} {m.reference_id} {m.content[:70]}" for m in world.discord.sent)
+    assert [m.author_id for m in answers[1:]] == [rumi, hafez, rumi, hafez], "\n".join(
+        f"{m.author_id} {m.reference_id} {m.content[:70]}" for m in world.discord.sent
+    )
     assert "Round 2 of 2" in world.openai.chat_requests[-1].body["messages"][-1]["content"]
 
 

@@ -104,15 +104,29 @@ HOSTILE = [
     pytest.param(b"bots: &a [*a]", "", id="recursive-alias"),
     pytest.param(b"bots:\n- name: a\n  name: b\n  token_env: TOKEN_A\n  persona: p\n", "", id="duplicate-keys"),
     pytest.param(dump({**VALID, "bots": [{**VALID["bots"][0], "persona": "x" * 900_000}]}), "", id="900k-persona"),
-    pytest.param(dump({**VALID, "bots": [{"name": "a" * 10_000, "token_env": "T", "persona": "p"}]}), "", id="huge-name"),
+    pytest.param(
+        dump({**VALID, "bots": [{"name": "a" * 10_000, "token_env": "T", "persona": "p"}]}), "", id="huge-name"
+    ),
     pytest.param(dump({**VALID, "defaults": {"access": {"guilds": list(range(10_000))}}}), "", id="10k-guild-ids"),
-    pytest.param(dump({**VALID, "bots": [{**VALID["bots"][0], "name": f"b{i}", "token_env": f"T{i}"} for i in range(500)]}),
-                 "", id="500-bots"),
-    pytest.param(dump({**VALID, "providers": {"openai": {**VALID["providers"]["openai"], "timeout": math.nan}}}), "",
-                 id="nan-timeout"),
-    pytest.param(dump({**VALID, "restart": {"window": math.inf, "backoff_max": math.inf}}), "", id="infinite-restart-window"),
+    pytest.param(
+        dump({**VALID, "bots": [{**VALID["bots"][0], "name": f"b{i}", "token_env": f"T{i}"} for i in range(500)]}),
+        "",
+        id="500-bots",
+    ),
+    pytest.param(
+        dump({**VALID, "providers": {"openai": {**VALID["providers"]["openai"], "timeout": math.nan}}}),
+        "",
+        id="nan-timeout",
+    ),
+    pytest.param(
+        dump({**VALID, "restart": {"window": math.inf, "backoff_max": math.inf}}), "", id="infinite-restart-window"
+    ),
     pytest.param(dump({**VALID, "providers": {1: {"base_url": "x"}, None: {}}}), "", id="non-string-provider-names"),
-    pytest.param(dump({**VALID, "bots": [{**VALID["bots"][0], "token_env": "sk-pasted.secret/value"}]}), "name", id="secret-in-token_env"),
+    pytest.param(
+        dump({**VALID, "bots": [{**VALID["bots"][0], "token_env": "sk-pasted.secret/value"}]}),
+        "name",
+        id="secret-in-token_env",
+    ),
     pytest.param(dump({**VALID, "bots": {"a": VALID["bots"][0]}}), "", id="bots-as-mapping"),
     pytest.param(dump({**VALID, "defaults": [1, 2, 3]}), "", id="defaults-as-list"),
     pytest.param(b"\xef\xbb\xbf" + dump(VALID), None, id="utf-8-bom-is-fine"),
@@ -132,16 +146,64 @@ def test_hostile_file_is_refused_with_a_clear_message(raw: bytes, says: str | No
 # ---------------------------------------------------------------- generated files
 
 HUGE = st.sampled_from(
-    [10**30, -(10**30), 2**63, 10**4000, 1e308, -1e308, math.inf, -math.inf, math.nan, 0, -1, "", " ", "\x00",
-     "x" * 50_000, "\u202e" * 100, "../../../etc/passwd", "${OPENAI_API_KEY}", "{{ 7*7 }}", "null", "~", "yes"]
+    [
+        10**30,
+        -(10**30),
+        2**63,
+        10**4000,
+        1e308,
+        -1e308,
+        math.inf,
+        -math.inf,
+        math.nan,
+        0,
+        -1,
+        "",
+        " ",
+        "\x00",
+        "x" * 50_000,
+        "\u202e" * 100,
+        "../../../etc/passwd",
+        "${OPENAI_API_KEY}",
+        "{{ 7*7 }}",
+        "null",
+        "~",
+        "yes",
+    ]
 )
 SCALARS = st.one_of(
-    st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=40), HUGE,
-    st.dates(), st.binary(max_size=20),
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(),
+    st.text(max_size=40),
+    HUGE,
+    st.dates(),
+    st.binary(max_size=20),
 )
 KEYS = st.one_of(
-    st.sampled_from(["name", "token_env", "persona", "bots", "providers", "defaults", "params", "access", "quota",
-                     "memory", "prefix", "model", "stream", "weight", "guilds", "roles", "<<", "temperature"]),
+    st.sampled_from(
+        [
+            "name",
+            "token_env",
+            "persona",
+            "bots",
+            "providers",
+            "defaults",
+            "params",
+            "access",
+            "quota",
+            "memory",
+            "prefix",
+            "model",
+            "stream",
+            "weight",
+            "guilds",
+            "roles",
+            "<<",
+            "temperature",
+        ]
+    ),
     st.text(max_size=12),
     st.integers(),
 )
@@ -195,7 +257,9 @@ def mangled_text(draw: st.DrawFn) -> bytes:
     for _ in range(draw(st.integers(1, 6))):
         at = draw(st.integers(0, len(raw)))
         kind = draw(st.sampled_from(["insert", "delete", "replace"]))
-        junk = draw(st.binary(min_size=1, max_size=8) | st.sampled_from([b"[", b"{", b"&a", b"*a", b"!!", b"\t", b": ", b"- "]))
+        junk = draw(
+            st.binary(min_size=1, max_size=8) | st.sampled_from([b"[", b"{", b"&a", b"*a", b"!!", b"\t", b": ", b"- "])
+        )
         if kind == "insert":
             raw[at:at] = junk
         elif kind == "delete":
@@ -205,7 +269,9 @@ def mangled_text(draw: st.DrawFn) -> bytes:
     return bytes(raw)
 
 
-FUZZ = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+FUZZ = settings(
+    max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
+)
 
 
 @FUZZ

@@ -49,7 +49,8 @@ def write_config(tmp_path: Path, database: Path) -> Path:
     path.write_text(
         "providers: {local: {base_url: 'http://127.0.0.1:9/v1', api_key_env: KEY}}\n"
         f"database: {database}\n"
-        "bots:\n  - {name: sage, token_env: TOKEN_SAGE, persona: p}\n  - {name: hafez, token_env: TOKEN_HAFEZ, persona: p}\n",
+        "bots:\n  - {name: sage, token_env: TOKEN_SAGE, persona: p}\n"
+        "  - {name: hafez, token_env: TOKEN_HAFEZ, persona: p}\n",
         encoding="utf-8",
     )
     return path
@@ -61,17 +62,19 @@ def write_config(tmp_path: Path, database: Path) -> Path:
 async def test_forget_deletes_one_users_turns_and_usage_and_nothing_else(store_kind: StoreKind) -> None:
     async with store_kind.open() as store:
         await seed(store)
-        assert (await store.history(ConversationKey("sage", 1, ALICE), 10))  # cached
+        assert await store.history(ConversationKey("sage", 1, ALICE), 10)  # cached
         assert await store.forget_user(ALICE, "sage") == Forgotten(turns=2, usage_days=1)
         assert await store.history(ConversationKey("sage", 1, ALICE), 10) == []  # not from the cache either
         assert len(await store.history(ConversationKey("hafez", 2, ALICE), 10)) == 2
         assert await store.forget_user(ALICE) == Forgotten(turns=2, usage_days=1)
         assert await store.forget_user(ALICE) == Forgotten(turns=0, usage_days=0)
     assert [(bot, user, content) for bot, _channel, user, _role, content in await store_kind.turns()] == [
-        ("sage", BOB, "bob to sage"), ("sage", BOB, "sage to bob")
+        ("sage", BOB, "bob to sage"),
+        ("sage", BOB, "sage to bob"),
     ]
     assert [(bot, user, tokens) for _day, bot, user, tokens, _usd in await store_kind.usage()] == [
-        ("sage", "*", 40), ("sage", str(BOB), 30)
+        ("sage", "*", 40),
+        ("sage", str(BOB), 30),
     ]
 
 
@@ -88,8 +91,10 @@ async def test_export_has_every_turn_with_bot_channel_role_content_and_time(stor
         await seed(store)
         data = await store.export_user(ALICE)
     assert [(t.bot, t.channel, t.role, t.content) for t in data.turns] == [
-        ("sage", 1, "user", "alice to sage"), ("sage", 1, "assistant", "sage to alice"),
-        ("hafez", 2, "user", "alice to hafez"), ("hafez", 2, "assistant", "hafez to alice"),
+        ("sage", 1, "user", "alice to sage"),
+        ("sage", 1, "assistant", "sage to alice"),
+        ("hafez", 2, "user", "alice to hafez"),
+        ("hafez", 2, "assistant", "hafez to alice"),
     ]
     assert all(t.user == ALICE and t.created > 1e9 for t in data.turns)
     assert [(u.bot, u.tokens, u.usd) for u in data.usage] == [("hafez", 20, 0.0), ("sage", 10, 0.25)]
@@ -176,14 +181,17 @@ async def test_backup_export_and_forget_while_run_is_running(
         exported = json.loads(capsys.readouterr().out)
         assert exported["user"] == user
         assert [(t["bot"], t["role"], t["content"]) for t in exported["turns"]][::2] == [
-            ("sage", "user", "remember me"), ("hafez", "user", "and me")
+            ("sage", "user", "remember me"),
+            ("hafez", "user", "and me"),
         ]
         turn = exported["turns"][0]
         assert turn["channel"] == str(world.discord.channel_id)
         assert datetime.fromisoformat(turn["time"]).utcoffset() is not None
         assert {u["bot"] for u in exported["usage"]} == {"sage", "hafez"}
 
-        code = await anyio.to_thread.run_sync(lambda: run_cli("memory", "forget", "--user", user, "--bot", "sage", str(world.path)))
+        code = await anyio.to_thread.run_sync(
+            lambda: run_cli("memory", "forget", "--user", user, "--bot", "sage", str(world.path))
+        )
         assert code == 0
         out, err = capsys.readouterr()
         assert f"forgot user {user} (bot 'sage'): 2 turn(s), 1 daily usage record(s)" in out
@@ -204,11 +212,13 @@ def test_a_user_id_must_be_a_discord_id(user: str, capsys: pytest.CaptureFixture
 
 
 @pytest.mark.bad_input
-def test_a_missing_database_is_reported_and_not_created(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_a_missing_database_is_reported_and_not_created(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     config = write_config(tmp_path, tmp_path / "nope.sqlite3")
-    for command in (["export", "--user", str(ALICE)], ["forget", "--user", str(ALICE)], ["backup", str(tmp_path / "b")]):
+    for command in (
+        ["export", "--user", str(ALICE)],
+        ["forget", "--user", str(ALICE)],
+        ["backup", str(tmp_path / "b")],
+    ):
         assert run_cli("memory", *command[:1], *command[1:], str(config)) == 1
         assert f"no database at {tmp_path / 'nope.sqlite3'}" in capsys.readouterr().err
     assert not (tmp_path / "nope.sqlite3").exists() and not (tmp_path / "b").exists()

@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import anyio
@@ -18,7 +18,7 @@ from orchestrator.llm.quota import QuotaBook
 from orchestrator.memory import SQLiteStore
 
 NONE = QuotaSettings()
-BEFORE_MIDNIGHT = datetime(2025, 6, 15, 23, 59, 59, tzinfo=timezone.utc).timestamp()
+BEFORE_MIDNIGHT = datetime(2025, 6, 15, 23, 59, 59, tzinfo=UTC).timestamp()
 DAY1, DAY2 = "2025-06-15", "2025-06-16"
 
 

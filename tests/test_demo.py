@@ -25,7 +25,10 @@ from .test_cli import base_env, orchestrator
 ROOT = Path(__file__).resolve().parent.parent
 BOTS_YAML = str(ROOT / "bots.yaml")
 SAGE_SAYS = "sage: (sandbox model, not a real LLM) Sage here — "
-NO_ANSWER = "(no persona answered — they heard it, as context for what they say next; address one with its prefix ('!chat hello')"
+NO_ANSWER = (
+    "(no persona answered — they heard it, as context for what they say next; "
+    "address one with its prefix ('!chat hello')"
+)
 
 
 async def run(capsys: pytest.CaptureFixture[str], *messages: str, config: str = BOTS_YAML) -> list[str]:
@@ -79,7 +82,9 @@ async def test_unanswered_lines_are_reported_at_once(capsys: pytest.CaptureFixtu
     """No persona takes these: the demo knows once each bot's client has read the message (a gateway
     round trip), instead of waiting ANSWER_TIMEOUT for an answer that never comes."""
     out = await run(capsys, "hello there", "!nosuchcommand", "!chat hello")
-    assert out.count("  " + NO_ANSWER + ", a mention ('@sage hello'), a reply ('> text') or a DM ('/dm sage hello'))") == 2
+    assert (
+        out.count("  " + NO_ANSWER + ", a mention ('@sage hello'), a reply ('> text') or a DM ('/dm sage hello'))") == 2
+    )
     assert out[-1].startswith(SAGE_SAYS + 'you said "hello".')
 
 
@@ -87,22 +92,41 @@ async def test_a_mention_and_a_reply_reach_the_bot(capsys: pytest.CaptureFixture
     """Neither line has a prefix: sage answers only because one mentions it and the other replies to it."""
     out = await run(capsys, "@sage what is virtue?", "> and vice?", "?chat سلام", ">خوبی؟")
     answers = [line for line in out if ": (sandbox model" in line]
-    assert answers[0] == SAGE_SAYS + 'you said "what is virtue?". [persona: Sage, a calm philosophy tutor · gpt-4o-mini · T=0.3 · no earlier turns]'
-    assert answers[1].startswith(SAGE_SAYS + 'you said "and vice?".') and answers[1].endswith('· 1 earlier turn, the last: "what is virtue?"]')
-    assert answers[3].startswith('hafez: (sandbox model, not a real LLM) You said "خوبی؟".'), "a reply goes to the last answer's bot"
+    assert (
+        answers[0]
+        == SAGE_SAYS
+        + 'you said "what is virtue?". '
+        + "[persona: Sage, a calm philosophy tutor · gpt-4o-mini · T=0.3 · no earlier turns]"
+    )
+    assert answers[1].startswith(SAGE_SAYS + 'you said "and vice?".') and answers[1].endswith(
+        '· 1 earlier turn, the last: "what is virtue?"]'
+    )
+    assert answers[3].startswith('hafez: (sandbox model, not a real LLM) You said "خوبی؟".'), (
+        "a reply goes to the last answer's bot"
+    )
     assert out.count("you: > and vice?") == 1
 
 
 async def test_a_dm_is_answered_when_the_bot_takes_dms(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     config = tmp_path / "dms.yaml"
     config.write_text(
-        (ROOT / "bots.yaml").read_text(encoding="utf-8").replace("    params: {temperature: 0.3}\n", "    params: {temperature: 0.3}\n    access: {dms: true}\n"),
+        (ROOT / "bots.yaml")
+        .read_text(encoding="utf-8")
+        .replace("    params: {temperature: 0.3}\n", "    params: {temperature: 0.3}\n    access: {dms: true}\n"),
         encoding="utf-8",
     )
-    out = await run(capsys, "/dm sage a secret", "/dm sage !chat a secret", "> another", "/dm hafez ?chat سلام", config=str(config))
-    secrets = [line for line in out if line.startswith('sage (DM): (sandbox model, not a real LLM) Sage here — you said "a secret".')]
+    out = await run(
+        capsys, "/dm sage a secret", "/dm sage !chat a secret", "> another", "/dm hafez ?chat سلام", config=str(config)
+    )
+    secrets = [
+        line
+        for line in out
+        if line.startswith('sage (DM): (sandbox model, not a real LLM) Sage here — you said "a secret".')
+    ]
     assert len(secrets) == 2, "a DM needs no prefix"
-    assert any(line.startswith('sage (DM): (sandbox model, not a real LLM) Sage here — you said "another".') for line in out)
+    assert any(
+        line.startswith('sage (DM): (sandbox model, not a real LLM) Sage here — you said "another".') for line in out
+    )
     assert f"  (hafez does not answer DMs: its access.dms is false in {config})" in out
 
 
@@ -114,7 +138,7 @@ async def test_a_dm_to_a_bot_without_dms_says_so(capsys: pytest.CaptureFixture[s
 async def test_the_sample_script_shows_the_room_heard_and_a_panel(capsys: pytest.CaptureFixture[str]) -> None:
     """With nothing typed, the built-in script: a line addressed to nobody reaches the persona asked
     about it next (the stand-in model quotes the last earlier turn), and a panel of both personas."""
-    with open(os.devnull, "rb") as empty, anyio.fail_after(ANSWER_TIMEOUT / 4):
+    with open(os.devnull, "rb") as empty, anyio.fail_after(ANSWER_TIMEOUT / 4):  # noqa: ASYNC230 - /dev/null
         assert await run_demo(BOTS_YAML, None, None, input_fd=empty.fileno()) == 0
     out = capsys.readouterr().out.splitlines()
     owl = out.index("you: I think the owl is the wisest of birds.")
@@ -145,7 +169,8 @@ async def test_without_channel_context_an_unaddressed_line_is_not_heard(
 ) -> None:
     config = tmp_path / "deaf.yaml"
     text = (ROOT / "bots.yaml").read_text(encoding="utf-8")
-    config.write_text(text.replace('  prefix: "!"\n', '  prefix: "!"\n  context: {channel_messages: 0}\n'), encoding="utf-8")
+    deaf = text.replace('  prefix: "!"\n', '  prefix: "!"\n  context: {channel_messages: 0}\n')
+    config.write_text(deaf, encoding="utf-8")
     out = await run(capsys, "hello there", "!chat what did I just say?", config=str(config))
     assert "  (no persona answered; address one with its prefix ('!chat hello'), a mention" in out[-4]
     assert out[-1].endswith("· no earlier turns]")
@@ -177,7 +202,10 @@ def test_demo_runs_without_accounts_and_personas_answer() -> None:
     assert result.returncode == 0, result.stderr
     assert "answers come from the sandbox model (not a real LLM)" in result.stdout
     assert "Memory starts empty on each run" in result.stdout
-    assert "@<bot> <text> mentions a bot, '> <text>' replies to the last answer, /dm <bot> <text> sends a DM" in result.stdout
+    assert (
+        "@<bot> <text> mentions a bot, '> <text>' replies to the last answer, /dm <bot> <text> sends a DM"
+        in result.stdout
+    )
     assert SAGE_SAYS + 'you said "hello".' in result.stdout
     assert 'hafez: (sandbox model, not a real LLM) You said "سلام". [persona: تو «حافظ» هستی' in result.stdout
     assert result.stdout.count("!chat hello") == 1, "each line is shown once"
@@ -186,8 +214,15 @@ def test_demo_runs_without_accounts_and_personas_answer() -> None:
 def test_demo_reads_messages_from_stdin() -> None:
     result = orchestrator("demo", "bots.yaml", env=base_env(), input="!chat one\n!chat two\n")
     assert result.returncode == 0, result.stderr
-    assert 'you said "one". [persona: Sage, a calm philosophy tutor · gpt-4o-mini · T=0.3 · no earlier turns]' in result.stdout
-    assert 'you said "two". [persona: Sage, a calm philosophy tutor · gpt-4o-mini · T=0.3 · 1 earlier turn, the last: "one"]' in result.stdout
+    assert (
+        'you said "one". [persona: Sage, a calm philosophy tutor · gpt-4o-mini · T=0.3 · no earlier turns]'
+        in result.stdout
+    )
+    assert (
+        'you said "two". [persona: Sage, a calm philosophy tutor · gpt-4o-mini · T=0.3 · '
+        '1 earlier turn, the last: "one"]'
+        in result.stdout
+    )
 
 
 def test_scripts_demo_takes_another_file_as_first_argument(tmp_path: Path) -> None:
@@ -207,7 +242,10 @@ def test_scripts_demo_takes_another_file_as_first_argument(tmp_path: Path) -> No
     assert default.returncode == 0, default.stderr
     assert SAGE_SAYS + 'you said "hi".' in default.stdout
     missing = scripts_demo("missing.yaml", "-m", "!chat hi")
-    assert (missing.returncode, missing.stderr) == (2, f"cannot read {tmp_path / 'missing.yaml'}: No such file or directory\n")
+    assert (missing.returncode, missing.stderr) == (
+        2,
+        f"cannot read {tmp_path / 'missing.yaml'}: No such file or directory\n",
+    )
 
 
 class Terminal:
@@ -217,7 +255,12 @@ class Terminal:
         self.controller, terminal = pty.openpty()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "orchestrator", "--log-level", "WARNING", "demo", "bots.yaml"],
-            cwd=ROOT, env=base_env(), stdin=terminal, stdout=terminal, stderr=terminal, close_fds=True,
+            cwd=ROOT,
+            env=base_env(),
+            stdin=terminal,
+            stdout=terminal,
+            stderr=terminal,
+            close_fds=True,
         )
         os.close(terminal)
         self.seen = b""
@@ -281,7 +324,11 @@ def test_one_ctrl_c_ends_the_demo_in_a_terminal_at_once_and_quietly() -> None:
 def test_ctrl_c_ends_the_demo_reading_a_pipe_that_stays_open() -> None:
     process = subprocess.Popen(
         [sys.executable, "-m", "orchestrator", "--log-level", "WARNING", "demo", "bots.yaml"],
-        cwd=ROOT, env=base_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        cwd=ROOT,
+        env=base_env(),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
     try:
         assert process.stdout is not None and process.stderr is not None
@@ -305,7 +352,9 @@ def test_ctrl_c_ends_the_demo_reading_a_pipe_that_stays_open() -> None:
 async def test_demo_can_use_a_real_provider_while_discord_stays_local(world: World) -> None:
     env = base_env() | {"DEMO_API_KEY": API_KEY}
     result = await anyio.to_thread.run_sync(
-        lambda: orchestrator("demo", "bots.yaml", "--provider-url", world.openai.base_url, "-m", "!chat via provider", env=env)
+        lambda: orchestrator(
+            "demo", "bots.yaml", "--provider-url", world.openai.base_url, "-m", "!chat via provider", env=env
+        )
     )
     assert result.returncode == 0, result.stderr
     assert f"answers come from the model server at {world.openai.base_url}" in result.stdout

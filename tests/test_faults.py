@@ -30,6 +30,8 @@ from orchestrator.sandbox.discord_server import RestFault
 from orchestrator.sandbox.openai_server import Fault, echo_reply, said
 
 from .conftest import World, token_for
+from .fake_time import FakeTime
+from .waiting import until
 
 pytestmark = pytest.mark.fault
 
@@ -124,7 +126,9 @@ async def test_gateway_drop_is_survived_and_the_sibling_never_reconnects(
         pytest.param(False, RestFault(503, "POST", "/messages"), id="send-503"),
         pytest.param(False, RestFault(503, "POST", "/messages", after_handling=True), id="send-503-after-creating"),
         pytest.param(True, RestFault(503, "POST", "/messages"), id="stream-first-send-503"),
-        pytest.param(True, RestFault(503, "POST", "/messages", after_handling=True), id="stream-first-send-503-after-creating"),
+        pytest.param(
+            True, RestFault(503, "POST", "/messages", after_handling=True), id="stream-first-send-503-after-creating"
+        ),
         pytest.param(True, RestFault(429, "PATCH", "/messages/"), id="stream-edit-429"),
         pytest.param(True, RestFault(502, "PATCH", "/messages/"), id="stream-edit-502"),
         pytest.param(True, RestFault(503, "PATCH", "/messages/"), id="stream-edit-503"),
@@ -153,7 +157,9 @@ async def test_discord_rate_limits_and_server_errors_still_deliver_the_answer(
 @pytest.mark.parametrize(
     ("error", "failures", "delivered"),
     [
-        pytest.param(aiohttp.ClientConnectionError("Connection reset by peer"), 1, True, id="connection-reset-is-retried"),
+        pytest.param(
+            aiohttp.ClientConnectionError("Connection reset by peer"), 1, True, id="connection-reset-is-retried"
+        ),
         pytest.param(RuntimeError("Session is closed"), 2, False, id="send-and-apology-both-fail"),
     ],
 )
@@ -258,12 +264,14 @@ async def test_circuit_breaker_closes_again_whatever_its_probe_met(world: World,
     cooldown = 0.3
     two_bots(world, max_retries=0, breaker_threshold=1, breaker_cooldown=cooldown)
     world.openai.inject(Fault.server_error(500), probe_fault)
-    async with world.running():
+    async with world.running() as app:
+        assert app.pool is not None
+        fake = FakeTime().install(app.pool)
         [opened] = await world.chat("!chat the provider fails")
         [fast] = await world.chat("!chat while the circuit is open")
-        await anyio.sleep(cooldown)  # the breaker's cool-down is a time, not an event
+        fake.advance(cooldown)
         [probed] = await world.chat("!chat the probe")
-        await anyio.sleep(2 * cooldown)
+        fake.advance(cooldown)  # a failed probe opened the circuit again
         [after] = await world.chat("!chat the provider is fine again")
     assert "busy" in opened.content and "unavailable" in fast.content
     assert "unavailable" not in probed.content, "the probe reached the provider"
@@ -393,7 +401,10 @@ async def orchestrator_process(world: World, log: Path):  # type: ignore[no-unty
     with log.open("ab") as stderr:
         process = await anyio.open_process(
             [sys.executable, "-m", "orchestrator", "run", str(world.path), "--no-watch"],
-            cwd=ROOT, env=base_env() | world.env(), stdout=stderr, stderr=stderr,
+            cwd=ROOT,
+            env=base_env() | world.env(),
+            stdout=stderr,
+            stderr=stderr,
         )
         try:
             for name in world.bot_ids:
@@ -445,13 +456,14 @@ async def test_sigkill_mid_answer_keeps_every_written_exchange_and_nothing_half_
         world.openai.tokens_per_second = 4  # ...and hafez is half-way through streaming
         partial = await world.discord.post("?chat streamed second", author_id=bob)
         await world.discord.wait_for_sent(predicate=lambda m: m.reference_id == int(partial["id"]), timeout=20)
-        with anyio.fail_after(10):  # exchanges are written behind: on disk within the store's flush_interval
-            while sorted(len(turns) for turns in turns_in(db).values()) != [2, 2]:
-                await anyio.sleep(0.01)
+        # exchanges are written behind, by another process: on disk within the store's flush_interval
+        await until(lambda: sorted(len(turns) for turns in turns_in(db).values()) == [2, 2], within=10)
         process.kill()
         await process.wait()
     assert [said(m) for m in world.openai.chat_requests[2].body["messages"][1:]] == [
-        "first question", one.content, "second question"
+        "first question",
+        one.content,
+        "second question",
     ], "the first exchange was committed before the next question was asked"
     before_restart = turns_in(db)
     assert_whole_exchanges(db)
@@ -465,7 +477,9 @@ async def test_sigkill_mid_answer_keeps_every_written_exchange_and_nothing_half_
         with anyio.fail_after(30):
             assert await process.wait() == 0
     assert [said(m) for m in world.openai.chat_requests[-1].body["messages"][1:]] == [
-        "first question", one.content, "third question"
+        "first question",
+        one.content,
+        "third question",
     ]
     assert_whole_exchanges(db)
 
@@ -529,7 +543,8 @@ async def test_a_second_sigint_while_draining_stops_at_once_and_quietly(world: W
 
     async with await anyio.open_process(
         [sys.executable, "-m", "orchestrator", "run", str(world.path), "--no-watch"],
-        cwd=ROOT, env=base_env() | world.env(),
+        cwd=ROOT,
+        env=base_env() | world.env(),
     ) as process:
         await read_until(process, "bot sage is online")
         slow = await world.discord.post("!chat a slow question")

@@ -13,7 +13,8 @@ import pytest
 from orchestrator.fleet.connection import open_redis
 from orchestrator.fleet.leases import LOCAL_SHARE, Acquired, LeaseStore, node_of
 from orchestrator.fleet.placement import owner, place
-from tests.fleet_helpers import Event, RedisProxy, fleet, holders, until
+from tests.fleet_helpers import Event, RedisProxy, fleet, holders
+from tests.waiting import until
 
 TTL = 1.0
 FOUR = ["sage", "hafez", "rumi", "khayyam"]  # node-a runs sage and hafez, node-b rumi and khayyam

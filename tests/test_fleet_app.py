@@ -20,7 +20,7 @@ from orchestrator.app import App
 from orchestrator.fleet.placement import place
 from orchestrator.runtime.supervisor import BotState
 from tests.conftest import FAST, World, token_for
-from tests.fleet_helpers import until
+from tests.waiting import until
 
 PREFIXES = {"sage": "!", "hafez": "?", "rumi": "$", "khayyam": "%"}  # node-a: sage, hafez; node-b: the others
 NODES = ["node-a", "node-b"]

@@ -20,10 +20,16 @@ from redis.asyncio import Redis
 from orchestrator.fleet.leases import LeaseStore
 from orchestrator.fleet.placement import place
 from tests.conftest import ROOT, World, token_for
-from tests.test_fleet_app import shared_memory  # noqa: F401 - autouse: the nodes share PostgreSQL
-from tests.fleet_helpers import until
 from tests.test_faults import base_env
-from tests.test_fleet_app import NODES, PREFIXES, answered_once, node_env, write_fleet
+from tests.test_fleet_app import (
+    NODES,
+    PREFIXES,
+    answered_once,
+    node_env,
+    shared_memory,  # noqa: F401 - autouse: the nodes share PostgreSQL
+    write_fleet,
+)
+from tests.waiting import until
 
 pytestmark = pytest.mark.fault
 

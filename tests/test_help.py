@@ -68,7 +68,9 @@ def test_a_description_longer_than_300_characters_is_refused() -> None:
     from orchestrator.errors import ConfigError
 
     text = PROVIDERS + "bots:\n  - {name: sage, token_env: T, persona: p, description: '" + "x" * 301 + "'}\n"
-    with pytest.raises(ConfigError, match=r"bots.yaml:3: bots\[0\] \(bot 'sage'\).description: String should have at most 300"):
+    with pytest.raises(
+        ConfigError, match=r"bots.yaml:3: bots\[0\] \(bot 'sage'\).description: String should have at most 300"
+    ):
         parse_config(text, "bots.yaml", {"T": "token-0123456789"}, require_api_keys=False)
 
 

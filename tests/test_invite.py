@@ -20,12 +20,19 @@ APP_ID = 1234567890123456789
 
 def portal_token(user_id: int) -> str:
     """A token shaped like the developer portal's: base64 user id, timestamp, HMAC."""
-    return base64.b64encode(str(user_id).encode()).decode().rstrip("=") + ".GabcDe.0123456789abcdefghijklmnopqrstuvwxyz_-AB"
+    return (
+        base64.b64encode(str(user_id).encode()).decode().rstrip("=")
+        + ".GabcDe.0123456789abcdefghijklmnopqrstuvwxyz_-AB"
+    )
 
 
 def test_permissions_are_exactly_what_the_bot_uses() -> None:
     expected = discord.Permissions(
-        view_channel=True, send_messages=True, send_messages_in_threads=True, read_message_history=True, attach_files=True
+        view_channel=True,
+        send_messages=True,
+        send_messages_in_threads=True,
+        read_message_history=True,
+        attach_files=True,
     )
     assert required_permissions() == expected
     assert not required_permissions().embed_links and not required_permissions().administrator

@@ -157,7 +157,8 @@ def test_a_max_concurrency_below_one_is_refused_with_its_file_and_line() -> None
     with pytest.raises(ConfigError) as info:
         parse_config(provider_yaml("    max_concurrency: 0\n"), "bots.yaml", {"TOKEN": "token-aaaaaaaa"})
     [problem] = [str(issue) for issue in info.value.issues]
-    assert problem.startswith("bots.yaml:4: providers.openai.max_concurrency:") and "greater than or equal to 1" in problem
+    assert problem.startswith("bots.yaml:4: providers.openai.max_concurrency:")
+    assert "greater than or equal to 1" in problem
 
 
 # ---------------------------------------------------------------- end to end, real SDK and discord.py
@@ -192,7 +193,9 @@ async def test_a_burst_above_the_limit_teaches_it_the_bursts_size(openai_server:
     async with LLMPool({"openai": spec}) as pool:
 
         async def ask(user: int) -> None:
-            await pool.complete(ChatCall("sage", str(user), "openai", "gpt-4o-mini", [{"role": "user", "content": "hi"}]))
+            await pool.complete(
+                ChatCall("sage", str(user), "openai", "gpt-4o-mini", [{"role": "user", "content": "hi"}])
+            )
 
         async with anyio.create_task_group() as tg:
             for user in range(20):

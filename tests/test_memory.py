@@ -17,6 +17,7 @@ from orchestrator.sandbox.openai_server import said
 
 from .conftest import World
 from .stores import StoreKind
+from .waiting import until
 
 
 def contents(request) -> list[str]:  # type: ignore[no-untyped-def]
@@ -245,17 +246,21 @@ async def test_a_locked_database_keeps_exchanges_in_memory_and_writes_them_once_
         await store.flush()  # fails: the exchanges stay in memory
     assert blocker.execute("SELECT count(*) FROM turns").fetchone() == (0,)
     assert [t.content for t in await store.history(key, 10)] == ["q0", "a0", "q1", "a1", "q2", "a2"]
-    warnings = [r.getMessage() for r in caplog.records if r.name == "orchestrator.memory.sqlite" and r.levelno >= logging.WARNING]
+    warnings = [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "orchestrator.memory.sqlite" and r.levelno >= logging.WARNING
+    ]
     assert len(warnings) == 1 and str(db) in warnings[0] and "in memory and retrying" in warnings[0], warnings
     blocker.rollback()
     blocker.close()
-    with anyio.fail_after(30):  # the writer thread retries on its own
-        while turns_on_disk(db) != expected:
-            await anyio.sleep(0.01)
+    await until(lambda: turns_on_disk(db) == expected, within=30)  # the writer thread retries on its own timer
     await store.flush()  # the writer has finished its attempt, log line included
     assert any(r.levelno == logging.INFO and "works again" in r.getMessage() for r in caplog.records)
     store.close()
-    errors = [r.getMessage() for r in caplog.records if r.name == "orchestrator.memory.sqlite" and r.levelno >= logging.ERROR]
+    errors = [
+        r.getMessage() for r in caplog.records if r.name == "orchestrator.memory.sqlite" and r.levelno >= logging.ERROR
+    ]
     assert not errors
 
 
@@ -307,8 +312,8 @@ async def test_a_sqlite_database_from_before_speakers_is_migrated(tmp_path: Path
     db = tmp_path / "old.sqlite3"
     old = sqlite3.connect(db)
     old.executescript(
-        "CREATE TABLE turns (id INTEGER PRIMARY KEY, bot TEXT NOT NULL, channel INTEGER NOT NULL, user INTEGER NOT NULL,"
-        " role TEXT NOT NULL, content TEXT NOT NULL, created REAL NOT NULL);"
+        "CREATE TABLE turns (id INTEGER PRIMARY KEY, bot TEXT NOT NULL, channel INTEGER NOT NULL,"
+        " user INTEGER NOT NULL, role TEXT NOT NULL, content TEXT NOT NULL, created REAL NOT NULL);"
         "INSERT INTO turns (bot, channel, user, role, content, created) VALUES ('sage', 1, 2, 'user', 'old q', 0),"
         " ('sage', 1, 2, 'assistant', 'old a', 0);"
     )
@@ -321,6 +326,9 @@ async def test_a_sqlite_database_from_before_speakers_is_migrated(tmp_path: Path
     store.close()
     reopened = SQLiteStore(db)
     assert await reopened.history(key, 10) == [
-        Turn("user", "old q"), Turn("assistant", "old a"), Turn("user", "new q", "Alice", (5,)), Turn("assistant", "new a", "", (6,))
+        Turn("user", "old q"),
+        Turn("assistant", "old a"),
+        Turn("user", "new q", "Alice", (5,)),
+        Turn("assistant", "new a", "", (6,)),
     ]
     reopened.close()

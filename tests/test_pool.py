@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import anyio
@@ -16,6 +15,7 @@ from orchestrator.memory import SQLiteStore
 from orchestrator.sandbox.openai_server import Fault, said
 
 from .conftest import World
+from .fake_time import FakeTime
 
 NONE = QuotaSettings()
 
@@ -170,17 +170,17 @@ async def test_usage_command_shows_the_callers_share(world: World) -> None:
 
 async def test_rate_limited_request_is_retried_after_retry_after(world: World) -> None:
     world.write([{"name": "sage"}], providers=provider(world, max_retries=2))
-    world.openai.inject(Fault.rate_limited(retry_after=0.3))
-    async with world.running():
-        started = time.monotonic()
+    world.openai.inject(Fault.rate_limited(retry_after=3.0))  # far from the backoff's 0.25-0.5 s
+    async with world.running() as app:
+        assert app.pool is not None
+        fake = FakeTime().install(app.pool)
         [reply] = await world.chat("!chat hi")
-        elapsed = time.monotonic() - started
     assert reply.content.endswith("| hi")
     assert [r.status for r in world.openai.chat_requests] == [429, 200]
     assert [r.headers.get("x-stainless-retry-count") for r in world.openai.chat_requests] == ["0", "1"], (
         "the pool is the only retry owner, and it reports its retries as the SDK would"
     )
-    assert elapsed >= 0.3
+    assert fake.slept == [pytest.approx(3.0)], "one wait, as long as the provider asked"
 
 
 async def test_circuit_breaker_opens_fails_fast_then_closes(world: World) -> None:
@@ -189,14 +189,16 @@ async def test_circuit_breaker_opens_fails_fast_then_closes(world: World) -> Non
     async with world.running() as app:
         assert app.supervisor is not None
         pool = app.supervisor.services.pool
+        fake = FakeTime().install(pool)
         first_client = pool.client("openai")
         await world.chat("!chat 1")
         await world.chat("!chat 2")
         assert pool.client("openai") is not first_client, "the failing client was rebuilt"
+        fake.advance(0.49)
         [fast] = await world.chat("!chat 3")
-        assert len(world.openai.chat_requests) == 2, "open circuit: no provider call"
+        assert len(world.openai.chat_requests) == 2, "open circuit: no provider call until the cool-down is over"
         assert "unavailable" in fast.content
-        await anyio.sleep(0.6)  # the cool-down itself is what is under test
+        fake.advance(0.01)
         [probe] = await world.chat("!chat 4")
         [after] = await world.chat("!chat 5")
     assert probe.content.endswith("| 4") and after.content.endswith("| 5")
@@ -255,11 +257,15 @@ async def test_usage_is_logged_per_bot_for_ops(world: World, caplog: pytest.LogC
 async def test_a_probe_answered_with_429_closes_the_circuit(world: World) -> None:
     world.write([{"name": "sage"}], providers=provider(world, max_retries=0, breaker_threshold=1, breaker_cooldown=0.3))
     world.openai.inject(Fault.server_error(500), Fault.rate_limited(retry_after=0.01))
-    async with world.running():
+    async with world.running() as app:
+        assert app.pool is not None
+        fake = FakeTime().install(app.pool)
         await world.chat("!chat opens the circuit")
-        await anyio.sleep(0.35)  # the cool-down itself is what is under test
+        [refused] = await world.chat("!chat still cooling down")
+        fake.advance(0.3)
         [probe] = await world.chat("!chat probe")
         [after] = await world.chat("!chat after")
+    assert "unavailable" in refused.content
     assert "busy" in probe.content, "the probe reached the provider, which answered 429"
     assert after.content.endswith("| after"), "a provider that answers is up: the circuit closed"
 

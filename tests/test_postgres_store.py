@@ -364,4 +364,7 @@ async def test_turns_keep_their_speaker_and_message_ids(postgres_url: str) -> No
     async with PostgresStore.open(postgres_url) as store:
         await store.append_exchange(key, "hi", "hello", speaker="Alice", question_id=11, answer_ids=(12, 13))
     async with PostgresStore.open(postgres_url) as reopened:
-        assert await reopened.history(key, 10) == [Turn("user", "hi", "Alice", (11,)), Turn("assistant", "hello", "", (12, 13))]
+        assert await reopened.history(key, 10) == [
+            Turn("user", "hi", "Alice", (11,)),
+            Turn("assistant", "hello", "", (12, 13)),
+        ]

@@ -43,20 +43,30 @@ def error_counts(world: World) -> dict[str, int]:
     ("fault", "says", "kind", "logged"),
     [
         pytest.param(
-            Fault.model_not_found(), "The model `gpt-4o-mini` is not available from the provider `openai`.",
-            "model_not_found", "unknown model 'gpt-4o-mini' (HTTP 404: The model `gpt-4o-mini` does not exist",
+            Fault.model_not_found(),
+            "The model `gpt-4o-mini` is not available from the provider `openai`.",
+            "model_not_found",
+            "unknown model 'gpt-4o-mini' (HTTP 404: The model `gpt-4o-mini` does not exist",
             id="404-model-not-found",
         ),
         pytest.param(
-            Fault.bad_request("No connected db."), "The model provider refused the request: No connected db.",
-            "refused", "request refused (HTTP 400: No connected db.)", id="400-gateway-message",
+            Fault.bad_request("No connected db."),
+            "The model provider refused the request: No connected db.",
+            "refused",
+            "request refused (HTTP 400: No connected db.)",
+            id="400-gateway-message",
         ),
         pytest.param(
-            Fault.error_page(NGINX_400), "The model provider refused the request: 400 Bad Request.", "refused",
-            "request refused (HTTP 400: 400 Bad Request)", id="400-not-json",
+            Fault.error_page(NGINX_400),
+            "The model provider refused the request: 400 Bad Request.",
+            "refused",
+            "request refused (HTTP 400: 400 Bad Request)",
+            id="400-not-json",
         ),
         pytest.param(Fault(status=403), "API key was refused", "auth", "refused the API key (HTTP 403)", id="403-key"),
-        pytest.param(Fault.malformed_json(), "could not read", "bad_response", "Expecting property name", id="unparseable"),
+        pytest.param(
+            Fault.malformed_json(), "could not read", "bad_response", "Expecting property name", id="unparseable"
+        ),
     ],
 )
 async def test_each_refusal_is_told_as_what_it_is_and_not_retried(
@@ -108,7 +118,11 @@ def status_error(status: int, body: object) -> openai.APIStatusError:
     [
         (404, {"message": 'model "llama9" not found, try pulling it first'}, True),  # Ollama
         (404, {"message": "The model `llama9` does not exist.", "code": 404}, True),  # vLLM
-        (400, {"message": "Invalid model name passed in model=llama9. Call `/v1/models` to view available models"}, True),
+        (
+            400,
+            {"message": "Invalid model name passed in model=llama9. Call `/v1/models` to view available models"},
+            True,
+        ),
         (400, {"message": "llama9 is not a valid model ID", "code": 400}, True),  # OpenRouter
         (400, {"message": "'messages' must contain the word 'json'", "type": "invalid_request_error"}, False),
         (400, {"message": "max_tokens is too large for llama9: 99999 > 8192"}, False),

@@ -77,7 +77,9 @@ async def test_removed_bot_finishes_its_answer_in_flight(live: World) -> None:
     assert reply.author_id == world.bot_ids["leave"]
 
 
-async def test_broken_edit_is_rejected_and_every_bot_keeps_answering(live: World, caplog: pytest.LogCaptureFixture) -> None:
+async def test_broken_edit_is_rejected_and_every_bot_keeps_answering(
+    live: World, caplog: pytest.LogCaptureFixture
+) -> None:
     world = live
     world.write([{"name": "sage"}, {"name": "hafez", "prefix": "?"}])
     write_dotenv(world)
@@ -89,7 +91,9 @@ async def test_broken_edit_is_rejected_and_every_bot_keeps_answering(live: World
         assert app.last_reload_error is not None and "did you mean 'persona'" in app.last_reload_error
         assert f"{world.path}:" in app.last_reload_error
         world.path.write_text(good)
-        world.write([{"name": "sage"}, {"name": "hafez", "prefix": "?"}, {"name": "extra", "token_env": "MISSING_TOKEN"}])
+        world.write(
+            [{"name": "sage"}, {"name": "hafez", "prefix": "?"}, {"name": "extra", "token_env": "MISSING_TOKEN"}]
+        )
         assert not await app.reload()
         assert "MISSING_TOKEN is not set" in (app.last_reload_error or "")
         [a] = await world.chat("!chat still alive?")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
 import pytest
@@ -17,7 +17,7 @@ NOW = 1_750_000_000.0
 
 
 def http_date(seconds_from_now: float) -> str:
-    return format_datetime(datetime.fromtimestamp(NOW + seconds_from_now, timezone.utc), usegmt=True)
+    return format_datetime(datetime.fromtimestamp(NOW + seconds_from_now, UTC), usegmt=True)
 
 
 @pytest.mark.parametrize(
@@ -85,7 +85,7 @@ async def test_a_wait_beyond_the_deadline_fails_at_once_and_names_it(
 @pytest.mark.fault
 async def test_an_http_date_beyond_the_deadline_fails_at_once(world: World) -> None:
     sage(world)
-    later = format_datetime(datetime.now(timezone.utc) + timedelta(minutes=2), usegmt=True)
+    later = format_datetime(datetime.now(UTC) + timedelta(minutes=2), usegmt=True)
     world.openai.inject(Fault(status=503, headers={"retry-after": later}))
     async with world.running():
         [reply] = await world.chat("!chat hi")

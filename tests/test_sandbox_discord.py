@@ -22,7 +22,7 @@ import yarl
 from anyio.streams.text import TextReceiveStream
 from discord.ext import commands
 
-from orchestrator.sandbox.discord_server import DiscordSandbox, RestFault
+from orchestrator.sandbox.discord_server import DiscordSandbox, GatewaySession, RestFault
 
 TOKEN_A = "token-alpha"
 TOKEN_B = "token-beta"
@@ -506,7 +506,11 @@ async def heartbeat_latencies(monkeypatch: pytest.MonkeyPatch, interval: float) 
             for beat in range(2, 6):  # the keep-alive thread's heartbeats (the first follows IDENTIFY)
                 for bot, token in bots:
                     session = sandbox.sessions[token]
-                    await sandbox.state.wait(lambda: session.heartbeats >= beat or None, 5, "a heartbeat")
+
+                    def beaten(session: GatewaySession = session, beat: int = beat) -> bool | None:
+                        return session.heartbeats >= beat or None
+
+                    await sandbox.state.wait(beaten, 5, "a heartbeat")
                     latencies.append(bot.latency)  # the previous heartbeat's ACK has been read by now
     return latencies
 

@@ -7,7 +7,6 @@ import logging
 import re
 import signal
 import sys
-import time
 from collections.abc import AsyncIterator
 
 import anyio
@@ -76,7 +75,11 @@ async def test_echo_reply_is_short_labelled_and_shows_what_reached_the_model() -
         '(sandbox model, not a real LLM) Ada here — you said "how are you?". '
         "[persona: Ada · gpt-4o-mini · T=0.7 top_p=0.9 · 1 earlier turn, the last: \"hello\"]"
     )
-    assert bare == '(sandbox model, not a real LLM) You said "line one line two". [persona: none · gpt-4o-mini · no earlier turns]'
+    assert (
+        bare
+        == '(sandbox model, not a real LLM) You said "line one line two". '
+        "[persona: none · gpt-4o-mini · no earlier turns]"
+    )
 
 
 async def test_echo_reply_keeps_a_long_or_unnamed_persona_short() -> None:
@@ -112,15 +115,20 @@ async def test_streaming_matches_plain_answer_and_reports_usage(client: openai.A
 
 
 async def test_stream_pacing() -> None:
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
     async with (
         OpenAISandbox(echo=True, first_token_delay=0.05, tokens_per_second=100) as sb,
         openai.AsyncOpenAI(base_url=sb.base_url, api_key="sk-sandbox", max_retries=0) as client,
     ):
-        started = time.monotonic()
+        sb.sleep = sleep
         stream = await client.chat.completions.create(model=MODEL, messages=MESSAGES, temperature=0.7, stream=True)
-        async for _ in stream:
-            pass
-    assert time.monotonic() - started >= 0.05 + (len(ANSWER.split(" ")) - 1) / 100
+        chunks = [chunk async for chunk in stream]
+    assert len([c for c in chunks if c.choices and c.choices[0].delta.content]) == len(ANSWER.split(" "))
+    assert slept == [0.0, 0.05] + [0.01] * (len(ANSWER.split(" ")) - 1), "no latency, the first token, then 100/s"
 
 
 async def test_models(sandbox: OpenAISandbox, client: openai.AsyncOpenAI) -> None:
@@ -183,15 +191,16 @@ async def test_malformed_json_raises_json_decode_error(sandbox: OpenAISandbox, c
 
 async def test_delay_beyond_client_timeout(caplog: pytest.LogCaptureFixture) -> None:
     """The handler of a timed-out request is cancelled quietly and does not hold up ``stop()``."""
-    started = time.monotonic()
-    async with OpenAISandbox(echo=True) as sb:
-        async with openai.AsyncOpenAI(base_url=sb.base_url, api_key="sk-sandbox", max_retries=0, timeout=0.1) as client:
+    with anyio.fail_after(30):  # stop() must not wait for the 60 s handler
+        async with (
+            OpenAISandbox(echo=True) as sb,
+            openai.AsyncOpenAI(base_url=sb.base_url, api_key="sk-sandbox", max_retries=0, timeout=0.1) as client,
+        ):
             sb.inject(Fault.timeout(60.0))
             with pytest.raises(openai.APITimeoutError):
                 await ask(client)
             patient = client.with_options(timeout=30)  # a loaded machine may need more than 0.1 s
             assert await ask(patient, "after") == "[gpt-4o-mini] - | T=- | turns=1 | after"
-    assert time.monotonic() - started < 30, "stop() did not wait for the 60 s handler"
     assert sb.in_flight == 0
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
@@ -254,10 +263,20 @@ async def test_rate_limit_per_minute() -> None:
 
 
 async def test_max_in_flight() -> None:
+    arrived, all_in = 0, anyio.Event()
+
+    async def hold(_seconds: float) -> None:  # each answer waits until all five are in flight
+        nonlocal arrived
+        arrived += 1
+        if arrived == 5:
+            all_in.set()
+        await all_in.wait()
+
     async with (
-        OpenAISandbox(latency=0.05) as sb,
+        OpenAISandbox() as sb,
         openai.AsyncOpenAI(base_url=sb.base_url, api_key="sk-sandbox", max_retries=0) as client,
     ):
+        sb.sleep = hold
         async with anyio.create_task_group() as tg:
             for i in range(5):
                 tg.start_soon(ask, client, f"q{i}")
@@ -266,7 +285,16 @@ async def test_max_in_flight() -> None:
 
 @pytest.mark.parametrize(("flags", "answer"), [((), 'You said "hi"'), (("--echo",), "| hi")], ids=["default", "echo"])
 async def test_cli_serves_until_signal(flags: tuple[str, ...], answer: str) -> None:
-    command = [sys.executable, "-m", "orchestrator.sandbox.openai_server", "--api-key", "k1", "--latency", "0.01", *flags]
+    command = [
+        sys.executable,
+        "-m",
+        "orchestrator.sandbox.openai_server",
+        "--api-key",
+        "k1",
+        "--latency",
+        "0.01",
+        *flags,
+    ]
     async with await anyio.open_process(command) as process:
         assert process.stdout is not None
         base_url = (await process.stdout.receive()).decode().strip()

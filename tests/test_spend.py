@@ -136,7 +136,8 @@ def test_a_spend_cap_without_a_price_is_refused_with_its_line() -> None:
     with pytest.raises(ConfigError) as refused:
         parse_config(text, "bots.yaml", ENV)
     [issue] = refused.value.issues
-    assert issue.line == 10 and "bot 'free' has a daily spend limit (usd_per_day) but no price for its model 'llama3'" in str(issue)
+    assert issue.line == 10
+    assert "bot 'free' has a daily spend limit (usd_per_day) but no price for its model 'llama3'" in str(issue)
 
 
 @pytest.mark.bad_input
@@ -149,7 +150,7 @@ def test_a_spend_cap_without_a_price_is_refused_with_its_line() -> None:
     ],
 )
 def test_bad_prices_and_caps_are_refused(change: str, message: str) -> None:
-    with pytest.raises(ConfigError, match="bots.yaml:"):
+    with pytest.raises(ConfigError, match=r"bots\.yaml:"):
         parse_config(CONFIG.replace(change, message), "bots.yaml", ENV)
 
 
@@ -165,7 +166,9 @@ def write(world: World, *, cap: float | None = None, price: ModelPrice = MINI) -
         ],
         providers={
             "openai": {
-                "base_url": world.openai.base_url, "api_key_env": "OPENAI_API_KEY", "timeout": 10,
+                "base_url": world.openai.base_url,
+                "api_key_env": "OPENAI_API_KEY",
+                "timeout": 10,
                 "prices": {"sandbox-small": {"input": 3, "output": 15}},
             }
         },
@@ -248,8 +251,10 @@ def test_a_database_from_before_spend_gains_the_column_and_keeps_its_tokens(tmp_
 
     path = tmp_path / "old.sqlite3"
     with sqlite3.connect(path) as db:
-        db.execute("CREATE TABLE daily_usage (day TEXT NOT NULL, bot TEXT NOT NULL, user TEXT NOT NULL, "
-                   "tokens INTEGER NOT NULL, PRIMARY KEY (day, bot, user))")
+        db.execute(
+            "CREATE TABLE daily_usage (day TEXT NOT NULL, bot TEXT NOT NULL, user TEXT NOT NULL, "
+            "tokens INTEGER NOT NULL, PRIMARY KEY (day, bot, user))"
+        )
         db.execute("INSERT INTO daily_usage VALUES (?, 'sage', '*', 1234)", (utc_day(NOON),))
     db.close()
     store = SQLiteStore(path)

@@ -11,7 +11,7 @@ from .conftest import World
 def writes_per_window(world: World, channel_id: int, window: float = 5.0) -> int:
     """The most message sends + edits in ``channel_id`` within any ``window`` seconds."""
     times = sorted(
-        t for (method, path, status), t in zip(world.discord.rest_log, world.discord.rest_times)
+        t for (method, path, status), t in zip(world.discord.rest_log, world.discord.rest_times, strict=True)
         if method in ("POST", "PATCH") and path.endswith(("/messages", "/messages/" + path.rsplit("/", 1)[-1]))
         and f"/channels/{channel_id}/" in path and status < 300
     )

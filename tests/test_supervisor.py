@@ -171,9 +171,7 @@ async def test_messages_older_than_the_catch_up_window_are_left_alone(world: Wor
     flaky_and_steady(world)
     async with world.running(options=replace(FAST, catch_up_window=0.0)) as app:
         missed = await crash_and_post(world, app, "!chat long ago")
-        with anyio.fail_after(5):
-            while listed not in [(method, path) for method, path, _ in world.discord.rest_log]:
-                await anyio.sleep(0.01)
+        await world.discord.wait_for_rest(*listed, timeout=5)
         await world.chat("!chat and now?")
     assert replies_to(world, missed) == []
 

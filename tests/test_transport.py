@@ -14,7 +14,10 @@ from openai.types.chat import ChatCompletion
 from orchestrator.llm.transport import ChatTransport
 from orchestrator.sandbox.openai_server import Fault, OpenAISandbox
 
-BODY = {"model": "gpt-4o-mini", "messages": [{"role": "system", "content": "You are Ada."}, {"role": "user", "content": "hi"}]}
+BODY = {
+    "model": "gpt-4o-mini",
+    "messages": [{"role": "system", "content": "You are Ada."}, {"role": "user", "content": "hi"}],
+}
 
 
 @pytest.fixture
@@ -100,7 +103,11 @@ async def test_a_streamed_request_is_sent_like_the_sdks_own(sandbox: OpenAISandb
         assert answer.headers["content-type"].startswith("text/event-stream")
     assert text == "[gpt-4o-mini] You are Ada. | T=- | turns=1 | hi"
     [request] = sandbox.chat_requests
-    assert request.api_key == "sk-good" and request.body == {**BODY, "stream": True, "stream_options": {"include_usage": True}}
+    assert request.api_key == "sk-good" and request.body == {
+        **BODY,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     assert request.headers["x-stainless-retry-count"] == "1"
 
 

@@ -154,7 +154,9 @@ async def keeper(
     *, refresh: float = 60.0, min_interval: float = 0.05, settle_timeout: float = 5.0
 ) -> AsyncIterator[tuple[TypingIndicator, FakeTyping]]:
     fake = FakeTyping()
-    typing = TypingIndicator(fake.send_typing, refresh=refresh, min_interval=min_interval, settle_timeout=settle_timeout)
+    typing = TypingIndicator(
+        fake.send_typing, refresh=refresh, min_interval=min_interval, settle_timeout=settle_timeout
+    )
     async with anyio.create_task_group() as tg:
         tg.start_soon(typing.run)
         with anyio.fail_after(5):

@@ -64,9 +64,11 @@ async def started(world: World) -> AsyncIterator[App]:
 
 
 async def healthz(app: App) -> tuple[int, dict]:
-    async with aiohttp.ClientSession() as session:
-        async with session.get(f"http://127.0.0.1:{app.health_port_bound}/healthz") as response:
-            return response.status, json.loads(await response.text())
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"http://127.0.0.1:{app.health_port_bound}/healthz") as response,
+    ):
+        return response.status, json.loads(await response.text())
 
 
 async def wait_for_attempts(supervisor: Supervisor, name: str, attempts: int) -> None:

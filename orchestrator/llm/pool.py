@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -93,15 +93,16 @@ def _unhealthy(exc: openai.OpenAIError) -> bool:
 class _Provider:
     """Everything the pool keeps per provider."""
 
-    def __init__(self, spec: ProviderSpec, breaker: CircuitBreaker) -> None:
+    def __init__(self, spec: ProviderSpec, breaker: CircuitBreaker, clock: Callable[[], float]) -> None:
         self.spec = spec
+        self.clock = clock
         self.client = self._build()
         self.transport = ChatTransport(self.client)
         cap = spec.settings.max_concurrency  # a hard cap, and then also the start
-        self.concurrency = AIMDLimit(spec.name, initial=cap or INITIAL, ceiling=cap or CEILING)
+        self.concurrency = AIMDLimit(spec.name, initial=cap or INITIAL, ceiling=cap or CEILING, clock=clock)
         self.limiter = FairLimiter(self.concurrency.limit, spec.settings.max_queue)
         self.breaker = breaker
-        self.paused_until = 0.0  # time.monotonic() until which no request is sent ...
+        self.paused_until = 0.0  # clock() until which no request is sent ...
         self.pause_asked = False  # ... because the provider said so (else our own guess)
         self.spent_pauses = 0  # answers in a row that said a limit is used up, without a reset time
         self.in_flight = 0
@@ -130,7 +131,7 @@ class _Provider:
 
     def pause(self, seconds: float, *, asked: bool) -> None:
         """Hold every request to this provider for ``seconds`` (a longer pause already set stays)."""
-        until = time.monotonic() + seconds
+        until = self.clock() + seconds
         if until > self.paused_until:
             self.paused_until, self.pause_asked = until, asked
 
@@ -159,7 +160,13 @@ class LLMPool:
         spend: SpendBook | None = None,
         *,
         near_limit_fraction: float = 0.02,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
     ) -> None:
+        # Pauses, the breakers' cool-downs and retry waits read ``clock`` and wait with ``sleep``;
+        # both may be replaced at any time (tests advance a fake clock instead of sleeping).
+        self.clock = clock
+        self.sleep = sleep
         self.quotas = quotas or QuotaBook()
         self.spend = spend or SpendBook()
         self.stats = PoolStats()
@@ -171,8 +178,8 @@ class LLMPool:
     def _add_providers(self, providers: Mapping[str, ProviderSpec]) -> None:
         for name, spec in providers.items():
             if name not in self._providers:
-                breaker = CircuitBreaker(spec.settings.breaker_threshold, spec.settings.breaker_cooldown)
-                self._providers[name] = _Provider(spec, breaker)
+                breaker = CircuitBreaker(spec.settings.breaker_threshold, spec.settings.breaker_cooldown, self._now)
+                self._providers[name] = _Provider(spec, breaker, self._now)
 
     async def update_providers(self, providers: Mapping[str, ProviderSpec]) -> None:
         """Apply a new provider configuration. A replaced client closes once its last request ends."""
@@ -183,6 +190,9 @@ class LLMPool:
                 if not state.in_flight:
                     await state.close()
         self._add_providers(providers)
+
+    def _now(self) -> float:
+        return self.clock()
 
     async def __aenter__(self) -> LLMPool:
         return self
@@ -286,7 +296,7 @@ class LLMPool:
                         delay = self._retry_delay(error, attempt, settings.max_retries)
                         if delay is None:
                             raise
-                        delay = max(delay, state.paused_until - time.monotonic())  # a provider-wide pause holds it too
+                        delay = max(delay, state.paused_until - self.clock())  # a provider-wide pause holds it too
                         if anyio.current_time() + delay >= deadline:
                             if isinstance(error, ProviderBusy) and error.asked:
                                 log.info(
@@ -300,7 +310,7 @@ class LLMPool:
                         )
                         self.stats.retries += 1
                         attempt += 1
-                        await anyio.sleep(delay)
+                        await self.sleep(delay)
                 yield answer, attempt + 1, reservation
         finally:
             self.quotas.settle(reservation, 0)  # a no-op when the caller settled the real usage
@@ -333,24 +343,24 @@ class LLMPool:
         if wait is not None:
             raise ProviderUnavailable(call.provider, "circuit breaker is open", retry_after=wait)
         while True:
-            pause = state.paused_until - time.monotonic()
+            pause = state.paused_until - self.clock()
             if pause > 0:
                 if anyio.current_time() + pause >= deadline:
                     raise ProviderBusy(
                         call.provider, "provider is rate limited", retry_after=pause, asked=state.pause_asked
                     )
-                await anyio.sleep(pause)
+                await self.sleep(pause)
             remaining = deadline - anyio.current_time()
             try:
                 await state.limiter.acquire(call.bot, call.weight, min(remaining, state.spec.settings.queue_timeout))
             except (QueueFull, QueueTimeout) as exc:
                 raise ProviderBusy(call.provider, f"pool queue {type(exc).__name__}") from None
-            if state.paused_until <= time.monotonic():
+            if state.paused_until <= self.clock():
                 break
             state.limiter.release()  # a pause began while we queued: wait it out before sending
         try:
             remaining = deadline - anyio.current_time()
-            sent_at, sent_saturated = time.monotonic(), state.limiter.saturated
+            sent_at, sent_saturated = self.clock(), state.limiter.saturated
             try:
                 if open_stream is None:
                     answer: Completion | CompletionStream = await state.transport.create(

@@ -36,7 +36,7 @@ import re
 import signal
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -140,7 +140,8 @@ class OpenAISandbox:
 
     ``latency`` (settable any time) is slept before every chat answer, before the first stream
     event; ``first_token_delay`` before the first content chunk of a stream; ``tokens_per_second``
-    paces later content chunks. ``rate_limit_per_minute`` (settable) enforces a sliding 60 s limit
+    paces later content chunks; ``sleep`` (settable) does these waits, so a test may record them.
+    ``rate_limit_per_minute`` (settable) enforces a sliding 60 s limit
     on admitted chat requests: over it, 429 with ``retry-after`` (until a slot frees); every chat
     answer then carries ``x-ratelimit-limit|remaining|reset-requests`` (reset: until the window is
     empty, e.g. ``59.98s``). Chat requests are checked in this order:
@@ -168,6 +169,7 @@ class OpenAISandbox:
         self.latency = latency
         self.first_token_delay = first_token_delay
         self.tokens_per_second = tokens_per_second
+        self.sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
         self.rate_limit_per_minute = rate_limit_per_minute
         self.base_url = ""
         self.requests: list[RecordedRequest] = []
@@ -295,7 +297,7 @@ class OpenAISandbox:
         text = self._next_reply(body) if status == 200 else ""
         await self._record(request, body, status)
         headers = {**headers, **fault.headers, **_retry_after(fault.retry_after)}
-        await asyncio.sleep(self.latency + fault.delay)
+        await self.sleep(self.latency + fault.delay)
         if status == 0:
             _drop(request)
             return web.Response()
@@ -333,11 +335,11 @@ class OpenAISandbox:
             return [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]
 
         await send(choice({"role": "assistant", "content": ""}))
-        await asyncio.sleep(self.first_token_delay)
+        await self.sleep(self.first_token_delay)
         pieces = [p for p in re.split(r"(?<= )", text) if p]
         for i, piece in enumerate(pieces[: fault.cut_stream_after]):
             if i and self.tokens_per_second:
-                await asyncio.sleep(1 / self.tokens_per_second)
+                await self.sleep(1 / self.tokens_per_second)
             await send(choice({"content": piece}))
         if fault.cut_stream_after is not None:
             _drop(request)

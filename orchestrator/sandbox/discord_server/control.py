@@ -280,6 +280,14 @@ class DiscordSandbox:
         (matches,) = await self.state.wait(check, timeout, f"{n} sent message(s)")
         return matches
 
+    async def wait_for_rest(self, method: str, path: str, timeout: float = 10.0) -> None:
+        """Wait until a REST request ``method path`` has been answered."""
+
+        def check() -> bool | None:
+            return True if any((m, p) == (method, path) for m, p, _status in self.rest_log) else None
+
+        await self.state.wait(check, timeout, f"a {method} {path} request")
+
     async def wait_for_ready(self, token: str, timeout: float = 10.0) -> GatewaySession:
         """Wait until ``token`` has a connected session that sent READY (or RESUMED after a resume)."""
 

@@ -159,6 +159,7 @@ class RestApi:
             )
         self.rest_log.append((request.method, request.path, response.status))
         self.rest_times.append(time.monotonic())
+        await self.state.notify()
         return response
 
     def _take_fault(self, request: web.Request) -> RestFault | None:
