@@ -24,9 +24,9 @@ from ..app import App
 from ..config import Config, parse_config
 from ..errors import ConfigError
 from ..runtime.services import RuntimeOptions
+from ..runtime.supervisor import BotState
 from ..sandbox.discord_server import DiscordSandbox
 from ..sandbox.openai_server import OpenAISandbox
-from ..runtime.supervisor import BotState
 from .console import LineReader
 from .conversation import Conversation, Persona
 from .syntax import USAGE

@@ -22,7 +22,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 import anyio
@@ -114,11 +114,11 @@ class UsageReport:
 
 def utc_day(now: float | None = None) -> str:
     """The UTC calendar day daily budgets count in, as ``YYYY-MM-DD``."""
-    return datetime.fromtimestamp(time.time() if now is None else now, timezone.utc).strftime("%Y-%m-%d")
+    return datetime.fromtimestamp(time.time() if now is None else now, UTC).strftime("%Y-%m-%d")
 
 
 def _seconds_to_midnight(now: float) -> float:
-    current = datetime.fromtimestamp(now, timezone.utc)
+    current = datetime.fromtimestamp(now, UTC)
     midnight = (current + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
     return (midnight - current).total_seconds()
 
@@ -195,7 +195,7 @@ class QuotaBook:
         assert self._sink is not None
         try:
             persisted = await anyio.to_thread.run_sync(self._sink.load_daily_usage, day)
-        except Exception:  # noqa: BLE001 - the bots keep answering; today's budgets count from now
+        except Exception:
             log.exception("could not read the token usage of %s; daily budgets count from zero until the next day", day)
             persisted = {}
         if day != self._day:

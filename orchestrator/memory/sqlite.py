@@ -286,7 +286,7 @@ class SQLiteStore:
     def _delete(self, where: str, args: tuple[object, ...], doomed: Callable[[ConversationKey], bool]) -> int:
         """Delete the matching turns, and the matching exchanges still pending (a failing database)."""
         with self._db:
-            removed = self._db.execute(f"DELETE FROM turns WHERE {where}", args).rowcount  # noqa: S608 - fixed clauses
+            removed = self._db.execute(f"DELETE FROM turns WHERE {where}", args).rowcount
         with self._pending_cv:
             kept = [e for e in self._pending if not doomed(e.key)]
             removed += 2 * (len(self._pending) - len(kept))
@@ -356,7 +356,7 @@ class SQLiteStore:
         match, extra = ("user = ?", ()) if bot is None else ("user = ? AND bot = ?", (bot,))
         turns = self._delete(match, (user, *extra), lambda k: k.user == user and bot in (None, k.bot))
         with self._db:
-            usage = self._db.execute(f"DELETE FROM daily_usage WHERE {match}", (str(user), *extra)).rowcount  # noqa: S608
+            usage = self._db.execute(f"DELETE FROM daily_usage WHERE {match}", (str(user), *extra)).rowcount
         with self._pending_cv:
             for key in [k for k in self._pending_usage if k[2] == str(user) and bot in (None, k[1])]:
                 del self._pending_usage[key]

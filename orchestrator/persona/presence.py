@@ -16,13 +16,12 @@ import aiohttp
 import discord
 
 from ..community import Community
+from ..community.panel import MAX_TOPIC_CHARS, Deliver, Note, Panelist
 from ..community.prompt import mention_personas, where_prompt
-from ..community.panel import MAX_TOPIC_CHARS, Deliver, Panelist
+from ..community.rooms import Heard
 from ..community.roster import Member
 from ..community.speakers import heard_from_message, heard_from_payload
 from ..config import BotSpec
-from ..community.panel import Note
-from ..community.rooms import Heard
 from ..memory import Turn
 from .commands import parse_command
 
