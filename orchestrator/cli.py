@@ -408,17 +408,23 @@ def _discord_id(text: str) -> int:
 def _add_memory(add_command: Callable[..., argparse.ArgumentParser], global_options: argparse.ArgumentParser) -> None:
     memory = add_command("memory", help="back up the database; export or forget one user's data")
     commands = memory.add_subparsers(dest="memory_command", required=True)
-    backup = commands.add_parser("backup", parents=[global_options], help="a consistent copy of the database, safe while `run` runs")
+    backup = commands.add_parser(
+        "backup", parents=[global_options], help="a consistent copy of the database, safe while `run` runs"
+    )
     backup.add_argument("file", help="where to write the copy")
     backup.add_argument("config", nargs="?", default=DEFAULT_CONFIG)
     backup.add_argument("--force", action="store_true", help="replace FILE if it exists")
     backup.set_defaults(func=cmd_memory_backup)
-    forget = commands.add_parser("forget", parents=[global_options], help="delete one user's turns and usage; prints the counts")
+    forget = commands.add_parser(
+        "forget", parents=[global_options], help="delete one user's turns and usage; prints the counts"
+    )
     forget.add_argument("--user", type=_discord_id, required=True, metavar="ID", help="the user's Discord id")
     forget.add_argument("--bot", metavar="NAME", help="only their data with this bot")
     forget.add_argument("config", nargs="?", default=DEFAULT_CONFIG)
     forget.set_defaults(func=cmd_memory_forget)
-    export = commands.add_parser("export", parents=[global_options], help="one user's turns and usage as JSON on stdout")
+    export = commands.add_parser(
+        "export", parents=[global_options], help="one user's turns and usage as JSON on stdout"
+    )
     export.add_argument("--user", type=_discord_id, required=True, metavar="ID", help="the user's Discord id")
     export.add_argument("config", nargs="?", default=DEFAULT_CONFIG)
     export.set_defaults(func=cmd_memory_export)

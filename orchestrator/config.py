@@ -65,7 +65,8 @@ class ModelPrice(_Model):
 class ProviderSettings(_Model):
     base_url: str
     api_key_env: str | None = None
-    # requests in flight: the limit adapts to the provider (llm/aimd.py) from 16 up to 256, or from this hard cap below it
+    # requests in flight: the limit adapts to the provider (llm/aimd.py) from 16 up to 256,
+    # or from this hard cap below it
     max_concurrency: int | None = Field(None, ge=1, le=1024)
     max_queue: int = Field(256, ge=0, le=100_000)
     queue_timeout: float = Field(30.0, gt=0, le=3600)
@@ -457,7 +458,8 @@ def _describe_yaml_error(exc: yaml.YAMLError, text: str) -> tuple[str, int | Non
     mark = getattr(exc, "problem_mark", None)
     opened = getattr(exc, "context_mark", None)
     context = getattr(exc, "context", None) or ""
-    if opened is not None and mark is not None and context.startswith(("while parsing a flow", "while scanning a quoted")):
+    unclosed = context.startswith(("while parsing a flow", "while scanning a quoted"))
+    if opened is not None and mark is not None and unclosed:
         opener = repr(text[opened.index]) if opened.index < len(text) else "bracket"
         where = f"line {mark.line + 1}: " if mark.line != opened.line else ""
         return f"not valid YAML: the {opener} opened here is not closed properly ({where}{problem})", opened.line + 1
@@ -566,7 +568,8 @@ def _issue_from_pydantic(err: Any, data: Any, lines: dict[tuple[Any, ...], int],
         message = f"unknown key {key!r}"
         if parent is not None and f"{key}_env" in parent.model_fields:
             message += (f"; did you mean {key + '_env'!r}? Do not paste secrets into bots.yaml: put the value in the "
-                        f"environment or in the .env beside bots.yaml and write the variable's name under {key + '_env'!r}")
+                        "environment or in the .env beside bots.yaml and write the variable's name under "
+                        f"{key + '_env'!r}")
         elif parent is not None:
             close = difflib.get_close_matches(key, list(parent.model_fields), n=1)
             if close:

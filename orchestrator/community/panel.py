@@ -134,7 +134,8 @@ class Panels:
             panel.ended.set()
 
     async def _turn(self, panel: _Panel, panelist: Panelist, round_number: int) -> None:
-        turn = PanelTurn(turn_prompt(panel.topic, round_number, panel.rounds, panel.panelists, panelist.bot), panel.message)
+        prompt = turn_prompt(panel.topic, round_number, panel.rounds, panel.panelists, panelist.bot)
+        turn = PanelTurn(prompt, panel.message)
         if not panelist.deliver(turn):
             await self._skip(panel, f"({panelist.display} cannot take a turn right now and is skipped.)")
             return

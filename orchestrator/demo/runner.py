@@ -111,7 +111,8 @@ async def run_demo(
                 for name in config.bots:
                     await supervisor.wait_for_state(name, BotState.RUNNING, BotState.FAILED)
                 conversation = Conversation(
-                    discord_server, supervisor, personas, user_id, config_name=config_path, answer_timeout=answer_timeout
+                    discord_server, supervisor, personas, user_id,
+                    config_name=config_path, answer_timeout=answer_timeout,
                 )
                 await _talk(conversation, config, messages, input_fd, provider_url)
                 app.request_stop()

@@ -215,7 +215,8 @@ class SQLiteStore:
             "INSERT INTO turns (bot, channel, user, role, content, created, speaker, message_ids) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (
-                (e.key.bot, e.key.channel, e.key.user, t.role, t.content, e.created, t.speaker, _ids_text(t.message_ids))
+                (e.key.bot, e.key.channel, e.key.user, t.role, t.content, e.created, t.speaker,
+                 _ids_text(t.message_ids))
                 for e in exchanges
                 for t in (e.question, e.answer)
             ),

@@ -167,7 +167,9 @@ class PersonaBot:
     def _build_client(self) -> discord.Client:
         options = self.services.options
         client = build_client(
-            self._take_message, guild_ready_timeout=options.guild_ready_timeout, reidentify_delay=options.reidentify_delay
+            self._take_message,
+            guild_ready_timeout=options.guild_ready_timeout,
+            reidentify_delay=options.reidentify_delay,
         )
         # discord.py would build a full Message for every message in every channel the bot sees ...
         internals.filter_message_creates(client, self._addressed)
@@ -288,7 +290,9 @@ class PersonaBot:
         """Accept a job, or answer "busy" when the bot, or this user, already has too many waiting."""
         if not self.mailbox.accepts(job.message.author.id):
             self.counters.busy += 1
-            log.warning("bot %s: too many messages waiting (%d), answering busy", self.spec.name, self.mailbox.in_flight)
+            log.warning(
+                "bot %s: too many messages waiting (%d), answering busy", self.spec.name, self.mailbox.in_flight
+            )
             self._notify(job.message, BUSY)
             return
         try:
@@ -393,16 +397,24 @@ class PersonaBot:
             await self._delivery.reply(job.message, self._presence.stop_panel(job.message))
         elif job.kind == "reset":
             removed = await self.services.store.reset(key)
-            await self._delivery.reply(job.message, f"Our conversation is cleared ({removed // 2} exchanges forgotten).")
+            await self._delivery.reply(
+                job.message, f"Our conversation is cleared ({removed // 2} exchanges forgotten)."
+            )
         elif job.kind == "reset_channel":
             if not access.is_admin(self.spec.access, job.message):
-                await self._delivery.reply(job.message, "Only an admin of this bot can clear the whole channel's memory.")
+                await self._delivery.reply(
+                    job.message, "Only an admin of this bot can clear the whole channel's memory."
+                )
                 return
             removed = await self.services.store.reset_channel(self.spec.name, job.message.channel.id)
-            await self._delivery.reply(job.message, f"This channel's conversations with me are cleared ({removed} messages).")
+            await self._delivery.reply(
+                job.message, f"This channel's conversations with me are cleared ({removed} messages)."
+            )
         elif job.kind == "usage":
             pool = self.services.pool
-            await self._delivery.reply(job.message, usage_text(self.spec, pool.quotas, pool.spend, job.message.author.id))
+            await self._delivery.reply(
+                job.message, usage_text(self.spec, pool.quotas, pool.spend, job.message.author.id)
+            )
         elif job.kind == "help":
             await self._delivery.reply(job.message, help_text(self.spec))
 
@@ -430,7 +442,11 @@ class PersonaBot:
                 provider=spec.provider,
                 model=spec.model,
                 messages=fit_context(
-                    self._presence.system_prompt(spec.persona, message), history, question, spec.memory.context_tokens, room
+                    self._presence.system_prompt(spec.persona, message),
+                    history,
+                    question,
+                    spec.memory.context_tokens,
+                    room,
                 ),
                 params=spec.params,
                 weight=spec.weight,
@@ -498,7 +514,8 @@ class PersonaBot:
         self.counters.errors += 1
         log.warning(
             "bot %s: could not update a streamed answer (%s); the next update shows the text",
-            self.spec.name, describe_error(exc),
+            self.spec.name,
+            describe_error(exc),
         )
 
     async def _answer_streaming(self, message: discord.Message, call: ChatCall, work: Work) -> Answer | None:

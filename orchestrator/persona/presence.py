@@ -178,7 +178,8 @@ class Presence:
             return f"The topic is too long ({len(topic)} characters; at most {MAX_TOPIC_CHARS})."
         if rounds > max_rounds:
             return f"A panel has at most {max_rounds} rounds here (group.max_panel_rounds)."
-        present = [m for m in self._community.roster.present(message.guild.id) if m.accepts is None or m.accepts(message)]
+        roster = self._community.roster.present(message.guild.id)
+        present = [m for m in roster if m.accepts is None or m.accepts(message)]
         by_id = {m.user_id: m for m in present}
         unknown = [user_id for user_id in mentioned if user_id not in by_id]
         if unknown:
@@ -191,7 +192,7 @@ class Presence:
             return refusal
         names = ", ".join(p.display for p in panelists)
         plural = "s" if rounds > 1 else ""
-        return f"Panel on \"{topic}\": {names}, {rounds} round{plural}. `{self._spec().prefix}stop` ends it."
+        return f'Panel on "{topic}": {names}, {rounds} round{plural}. `{self._spec().prefix}stop` ends it.'
 
     def stop_panel(self, message: discord.Message) -> str:
         if self._community.panels.stop(message.channel.id):
@@ -209,10 +210,16 @@ class Presence:
         group = self._spec().group
         to_persona = self.is_persona(message.author.id)
         refusal = self._community.guard.grant(
-            message.channel.id, message.id, group.max_bot_turns, group.max_bot_messages_per_minute, to_persona=to_persona
+            message.channel.id,
+            message.id,
+            group.max_bot_turns,
+            group.max_bot_messages_per_minute,
+            to_persona=to_persona,
         )
         if refusal is not None:
-            log.info("bot %s: not answering %s in channel %s: %s", self._bot, message.author, message.channel.id, refusal)
+            log.info(
+                "bot %s: not answering %s in channel %s: %s", self._bot, message.author, message.channel.id, refusal
+            )
         return refusal is None
 
 

@@ -98,7 +98,9 @@ class Gateway:
             self.deflaters[ws] = zlib.compressobj()
         session: GatewaySession | None = None
         try:
-            await self.send_frame(ws, json.dumps({"op": _HELLO, "d": {"heartbeat_interval": self.heartbeat_interval_ms}}))
+            await self.send_frame(
+                ws, json.dumps({"op": _HELLO, "d": {"heartbeat_interval": self.heartbeat_interval_ms}})
+            )
             async with asyncio.TaskGroup() as acks:  # delayed ACKs, while later frames are handled
                 async for frame in ws:
                     if frame.type is not WSMsgType.TEXT:
@@ -235,7 +237,9 @@ class Gateway:
         await self.send_frame(ws, json.dumps({"op": _INVALID_SESSION, "d": False}))
         await ws.close()
 
-    async def send_dispatch(self, session: GatewaySession, event: str, data: JSONDict, encoded: str | None = None) -> None:
+    async def send_dispatch(
+        self, session: GatewaySession, event: str, data: JSONDict, encoded: str | None = None
+    ) -> None:
         """Send one dispatch on the session's socket; the caller holds ``session.lock``.
 
         ``encoded`` is ``json.dumps(data)`` when the caller already has it (one encoding per broadcast)."""
