@@ -198,7 +198,8 @@ def format_status(report: dict[str, Any]) -> list[str]:
         ))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
     return [
-        "  ".join([cell.ljust(width) for cell, width in zip(row, widths)] + [row[-1]]).rstrip() for row in rows
+        "  ".join([cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=True)] + [row[-1]]).rstrip()
+        for row in rows
     ]
 
 

@@ -167,7 +167,7 @@ class QuotaExceeded(ProviderError):
 
 def format_duration(seconds: float) -> str:
     """Human-friendly duration: ``45s``, ``3m 20s``, ``2h 5m``."""
-    seconds = max(0, int(round(seconds)))
+    seconds = max(0, round(seconds))
     if seconds < 60:
         return f"{seconds}s"
     minutes, secs = divmod(seconds, 60)

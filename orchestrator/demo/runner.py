@@ -81,7 +81,7 @@ async def run_demo(
     """Run the demo; returns the exit status (2: the file cannot be read or is not valid)."""
     path = Path(config_path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = await anyio.Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         print(f"cannot read {config_path}: {getattr(exc, 'strerror', None) or exc}", file=sys.stderr)
         return 2

@@ -276,9 +276,8 @@ class QuotaBook:
         delta = actual_tokens - reservation.estimate
         now = self._clock()
         self._roll_day()
-        for (window, event), key in zip(
-            reservation.token_events, ((reservation.bot, self.ALL_USERS), (reservation.bot, reservation.user))
-        ):
+        keys = ((reservation.bot, self.ALL_USERS), (reservation.bot, reservation.user))
+        for (window, event), key in zip(reservation.token_events, keys, strict=True):
             window.correct(event, delta, now)  # a window forgotten meanwhile was empty, so this changes nothing
             self._daily[key] = max(0, self._daily.get(key, 0) + delta)
         if actual_tokens:

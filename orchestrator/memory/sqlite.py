@@ -161,10 +161,8 @@ class SQLiteStore:
         while self._wait_for_pending(delay):
             with self._lock:
                 error = self._flush()
-            if error is None:
-                delay = self._flush_interval
-            else:
-                delay = min(max(2 * delay, _FIRST_RETRY_DELAY), _MAX_RETRY_DELAY)
+            retry_delay = min(max(2 * delay, _FIRST_RETRY_DELAY), _MAX_RETRY_DELAY)
+            delay = self._flush_interval if error is None else retry_delay
 
     def _wait_for_pending(self, delay: float) -> bool:
         """Sleep until something is pending, then ``delay`` more; False as soon as the store closes."""

@@ -141,10 +141,8 @@ def machine() -> dict[str, Any]:
     except OSError:
         pass
     memory = None
-    try:
+    with contextlib.suppress(OSError, ValueError, IndexError):
         memory = int(Path("/proc/meminfo").read_text().split()[1]) // 1024
-    except (OSError, ValueError, IndexError):
-        pass
 
     def version(name: str) -> str | None:
         try:
@@ -205,7 +203,7 @@ async def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
                 else:
                     if name != "fleet":
                         produced = {name: produced}
-                for key, value in produced.items():
+                for value in produced.values():
                     if isinstance(value, dict):
                         value["elapsed_s"] = time.monotonic() - t0
                         value["load_average_1min"] = {"before": load_before, "after": procfs.loadavg()}

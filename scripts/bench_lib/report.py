@@ -45,10 +45,7 @@ def targets(results: dict[str, Any], args: Any) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
 
     def add(name: str, value: Any, limit: float, kind: str, unit: str, note: str = "", trials: Any = None) -> None:
-        if not _ok(value):
-            passed = None
-        else:
-            passed = value <= limit if kind == "max" else value >= limit
+        passed = None if not _ok(value) else value <= limit if kind == "max" else value >= limit
         values = _get(trials, "values") or []
         if len(values) > 1:  # see scenarios.median_trial
             spread = f"median of {len(values)} trials: {' / '.join(_fmt(v) for v in values)}"
@@ -132,7 +129,7 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, Any, Any]]:
         p = s["concurrency"].get("params", {})
         label = f"{p.get('bots')} bots, {p.get('messages')} msgs, L={p.get('latency_s')} s"
 
-        def side(metric: str, *path: str) -> None:
+        def side(metric: str, *path: str, figures: Any = figures) -> None:
             r.append(("concurrency", metric, _get(figures, "orchestrator", *path), _get(figures, "baseline", *path)))
 
         side(f"[{TOPOLOGY_LABELS[topology]}: {label}] wall s", "wall_s")
@@ -150,7 +147,7 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, Any, Any]]:
     if "overhead" in s:
         p = s["overhead"].get("params", {})
         for run in s["overhead"].get("runs") or []:
-            def pair(metric: str, *path: str) -> None:
+            def pair(metric: str, *path: str, run: Any = run) -> None:
                 r.append(("overhead", metric, _get(run, "orchestrator", *path), _get(run, "baseline", *path)))
 
             run_rate = run.get("rate_per_s", p.get("rate_per_s"))

@@ -171,7 +171,7 @@ def exchanges(load: dict[str, Any], messages: list[dict[str, Any]], bots: list[B
             by_tag[tag] = (arrived, answered)
     names = {bot.token: bot.name for bot in bots}
     out = []
-    for spec, record in zip(messages, load["messages"]):
+    for spec, record in zip(messages, load["messages"], strict=True):
         provider = by_tag.get(spec["tag"])
         out.append(
             Exchange(
@@ -207,7 +207,7 @@ def linear_fit(xs: list[float], ys: list[float]) -> tuple[float, float] | None:
     if len(set(xs)) < 2:
         return None
     mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
-    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sum((x - mx) ** 2 for x in xs)
     return slope, my - slope * mx
 
 
@@ -646,9 +646,9 @@ async def start_profiler(
     if not bench.args.profile:
         return None
     py_spy = str(Path(sys.executable).parent / "py-spy")
-    if not Path(py_spy).exists():
+    if not Path(py_spy).exists():  # noqa: ASYNC240 - once, before profiling starts
         py_spy = shutil.which("py-spy") or py_spy
-    if not Path(py_spy).exists():
+    if not Path(py_spy).exists():  # noqa: ASYNC240 - once, before profiling starts
         bench.say("--profile: py-spy is not installed (pip install py-spy); not profiling")
         return None
     assert world.sandbox is not None

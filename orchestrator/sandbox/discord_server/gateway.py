@@ -18,6 +18,7 @@ heartbeat: a latency of one whole interval ("Can't keep up, ... websocket is 41.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
 import zlib
@@ -131,10 +132,8 @@ class Gateway:
         await asyncio.sleep(self.heartbeat_ack_delay)
         if ws.closed:
             return
-        try:
+        with contextlib.suppress(ConnectionResetError):  # closed meanwhile
             await self.send_frame(ws, json.dumps({"op": _HEARTBEAT_ACK}))
-        except ConnectionResetError:
-            pass  # closed meanwhile
 
     async def round_trip(self, token: str, timeout: float) -> None:
         """Ask the bot's client for a heartbeat now (op 1, as Discord may) and wait for it.
@@ -281,7 +280,5 @@ class Gateway:
                     session.missed.append((event, encoded[id(data)][1]))
                 continue
             async with session.lock:
-                try:
+                with contextlib.suppress(ConnectionResetError):  # disconnected meanwhile: lost (no replay)
                     await self.send_dispatch(session, event, data, encoded[id(data)][1])
-                except ConnectionResetError:
-                    pass  # disconnected meanwhile: the event is lost (no replay)
