@@ -170,76 +170,25 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, Any, Any]]:
             r[-1] = (r[-1][0], r[-1][1], _two(run, "orchestrator", *inside), None)
             pair("  sandbox cores used", "sandbox_cores_used")
             pair("  other processes' cores used (noise)", "other_processes_cores_used")
+    def sides(group: str, metric: str, point: Any, key: str) -> None:  # the orchestrator's figure and the baseline's
+        r.append((group, metric, _get(point, "orchestrator", key), _get(point, "baseline", key)))
+
     for point in _get(s, "memory", "points") or []:
-        n = point["bots"]
-        r.append(
-            ("memory", f"RSS MiB, {n} bots", _get(point, "orchestrator", "rss_mib"), _get(point, "baseline", "rss_mib"))
-        )
-        r.append(
-            ("memory", f"PSS MiB, {n} bots", _get(point, "orchestrator", "pss_mib"), _get(point, "baseline", "pss_mib"))
-        )
+        sides("memory", f"RSS MiB, {point['bots']} bots", point, "rss_mib")
+        sides("memory", f"PSS MiB, {point['bots']} bots", point, "pss_mib")
     if "memory" in s:
         m = s["memory"]
-        r.append(
-            (
-                "memory",
-                "RSS MiB per additional bot",
-                m.get("orchestrator_rss_per_bot_mib"),
-                m.get("baseline_rss_per_bot_mib"),
-            )
-        )
-        r.append(
-            (
-                "memory",
-                "PSS MiB per additional bot",
-                m.get("orchestrator_pss_per_bot_mib"),
-                m.get("baseline_pss_per_bot_mib"),
-            )
-        )
-        r.append(
-            (
-                "memory",
-                f"baseline/orchestrator RSS at {m.get('at_bots')}",
-                m.get("baseline_over_orchestrator_rss"),
-                None,
-            )
-        )
-        r.append(
-            (
-                "memory",
-                f"baseline/orchestrator PSS at {m.get('at_bots')}",
-                m.get("baseline_over_orchestrator_pss"),
-                None,
-            )
-        )
+        for kind in ("rss", "pss"):
+            r.append(("memory", f"{kind.upper()} MiB per additional bot", m.get(f"orchestrator_{kind}_per_bot_mib"),
+                      m.get(f"baseline_{kind}_per_bot_mib")))
+        for kind in ("rss", "pss"):
+            r.append(("memory", f"baseline/orchestrator {kind.upper()} at {m.get('at_bots')}",
+                      m.get(f"baseline_over_orchestrator_{kind}"), None))
     for point in _get(s, "startup", "points") or []:
-        n = point["bots"]
-        r.append(
-            (
-                "start-up",
-                f"{n} bots online s (on_ready)",
-                _get(point, "orchestrator", "online_s"),
-                _get(point, "baseline", "online_s"),
-            )
-        )
-        r.append(
-            (
-                "start-up",
-                f"{n} bots gateway READY s",
-                _get(point, "orchestrator", "gateway_ready_s"),
-                _get(point, "baseline", "gateway_ready_s"),
-            )
-        )
+        sides("start-up", f"{point['bots']} bots online s (on_ready)", point, "online_s")
+        sides("start-up", f"{point['bots']} bots gateway READY s", point, "gateway_ready_s")
     for point in _get(s, "latency_by_bots", "points") or []:
-        n = point["bots"]
-        r.append(
-            (
-                "latency",
-                f"1 !chat/bot at once, {n} bots, p99 ms",
-                _get(point, "orchestrator", "p99"),
-                _get(point, "baseline", "p99"),
-            )
-        )
+        sides("latency", f"1 !chat/bot at once, {point['bots']} bots, p99 ms", point, "p99")
     if "fairness" in s:
         both("fairness", "Jain index (share / weighted fair share)", "jain_index")
         for i, share in enumerate(_get(s, "fairness", "orchestrator", "shares") or []):
