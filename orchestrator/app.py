@@ -30,18 +30,18 @@ import watchfiles
 from anyio.abc import TaskStatus
 
 from .config import Config, PostgresURL, load_config, read_environment
+from .discord_io.client import configure_discord, install_reconnect_log_filter
 from .errors import ConfigError
 from .fleet.connection import shown
 from .fleet.node import FleetCoordinator, fleet_node
-from .ops.health import DEFAULT_HOST, HealthServer
 from .llm.pool import LLMPool
 from .llm.quota import QuotaBook
 from .llm.spend import SpendBook
 from .memory import ConversationStore, open_store
-from .ops.metrics import Metrics
+from .ops.health import DEFAULT_HOST, HealthServer
 from .ops.logs import install_log_redaction, redactor
+from .ops.metrics import Metrics
 from .ops.sentry import flush_sentry, init_sentry, set_bot_tag_source
-from .discord_io.client import configure_discord, install_reconnect_log_filter
 from .runtime.services import RuntimeOptions, Services
 from .runtime.supervisor import BotState, Supervisor
 
@@ -179,7 +179,7 @@ class App:
 
     @staticmethod
     async def _supervise(
-        supervisor: Supervisor, helpers: anyio.CancelScope, *, task_status: TaskStatus[None]
+        supervisor: Supervisor, helpers: anyio.CancelScope, *, task_status: TaskStatus[Supervisor]
     ) -> None:
         await supervisor.run(task_status=task_status)
         helpers.cancel()  # the bots are down: stop the watcher, signal handler and pruning too
@@ -286,7 +286,7 @@ class App:
                 max_age = bot.memory.max_age_days * 86400 if bot.memory.max_age_days else None
                 try:
                     removed = await store.prune(bot.name, max_age, bot.memory.max_turns)
-                except Exception:  # noqa: BLE001 - retention is housekeeping: never stop the bots for it
+                except Exception:
                     log.exception("retention: could not prune old turns of bot %s; trying again later", bot.name)
                     continue
                 if removed:

@@ -11,6 +11,7 @@ import sys
 import urllib.error
 import urllib.request
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
@@ -58,7 +59,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         anyio.run(app.run, backend="asyncio")
     except* HealthPortError as group:
-        log.error("%s", group.exceptions[0].strerror)
+        error = group.exceptions[0]  # a nested group only if a task group re-raised it
+        log.error("%s", error.strerror if isinstance(error, HealthPortError) else error)
         status = 1
     except* KeyboardInterrupt:  # Ctrl-C before the signal handler is installed, or after it is gone
         log.warning("interrupted: stopping now")
@@ -161,22 +163,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def health_url(args: argparse.Namespace) -> str:
     if args.url:
-        url = args.url.rstrip("/")
+        url: str = args.url.rstrip("/")
         return url if url.endswith("/healthz") else url + "/healthz"
     return f"http://127.0.0.1:{args.health_port}/healthz"
 
 
-def fetch_health(url: str, timeout: float = 5.0) -> tuple[int, dict]:
+def fetch_health(url: str, timeout: float = 5.0) -> tuple[int, dict[str, Any]]:
     """GET /healthz; a 503 (stopping) still carries the JSON report."""
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - an operator-given URL
+        with urllib.request.urlopen(url, timeout=timeout) as response:
             return response.status, json.load(response)
     except urllib.error.HTTPError as exc:
         with exc:
             return exc.code, json.load(exc)
 
 
-def format_status(report: dict) -> list[str]:
+def format_status(report: dict[str, Any]) -> list[str]:
     """One line per bot: state, uptime, restarts, chats/answers, usage and the last error."""
     header = ("BOT", "STATE", "UPTIME", "RESTARTS", "CHATS", "ANSWERED", "REQ/MIN", "TOKENS TODAY", "LAST ERROR")
     rows = [header]
@@ -196,7 +198,8 @@ def format_status(report: dict) -> list[str]:
         ))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
     return [
-        "  ".join([cell.ljust(width) for cell, width in zip(row, widths)] + [row[-1]]).rstrip() for row in rows
+        "  ".join([cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=True)] + [row[-1]]).rstrip()
+        for row in rows
     ]
 
 
@@ -374,7 +377,7 @@ def cmd_memory_forget(args: argparse.Namespace) -> int:
 
 def cmd_memory_export(args: argparse.Namespace) -> int:
     """Everything stored under one user id, as JSON on stdout (ids as strings: they exceed JSON's safe integers)."""
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     config = _load(args.config, require_tokens=False, require_api_keys=False)
     data = _with_store(config, lambda store: store.export_user(args.user))
@@ -386,7 +389,7 @@ def cmd_memory_export(args: argparse.Namespace) -> int:
                 "channel": str(turn.channel),
                 "role": turn.role,
                 "content": turn.content,
-                "time": datetime.fromtimestamp(turn.created, timezone.utc).isoformat(timespec="seconds"),
+                "time": datetime.fromtimestamp(turn.created, UTC).isoformat(timespec="seconds"),
             }
             for turn in data.turns
         ],
@@ -406,17 +409,23 @@ def _discord_id(text: str) -> int:
 def _add_memory(add_command: Callable[..., argparse.ArgumentParser], global_options: argparse.ArgumentParser) -> None:
     memory = add_command("memory", help="back up the database; export or forget one user's data")
     commands = memory.add_subparsers(dest="memory_command", required=True)
-    backup = commands.add_parser("backup", parents=[global_options], help="a consistent copy of the database, safe while `run` runs")
+    backup = commands.add_parser(
+        "backup", parents=[global_options], help="a consistent copy of the database, safe while `run` runs"
+    )
     backup.add_argument("file", help="where to write the copy")
     backup.add_argument("config", nargs="?", default=DEFAULT_CONFIG)
     backup.add_argument("--force", action="store_true", help="replace FILE if it exists")
     backup.set_defaults(func=cmd_memory_backup)
-    forget = commands.add_parser("forget", parents=[global_options], help="delete one user's turns and usage; prints the counts")
+    forget = commands.add_parser(
+        "forget", parents=[global_options], help="delete one user's turns and usage; prints the counts"
+    )
     forget.add_argument("--user", type=_discord_id, required=True, metavar="ID", help="the user's Discord id")
     forget.add_argument("--bot", metavar="NAME", help="only their data with this bot")
     forget.add_argument("config", nargs="?", default=DEFAULT_CONFIG)
     forget.set_defaults(func=cmd_memory_forget)
-    export = commands.add_parser("export", parents=[global_options], help="one user's turns and usage as JSON on stdout")
+    export = commands.add_parser(
+        "export", parents=[global_options], help="one user's turns and usage as JSON on stdout"
+    )
     export.add_argument("--user", type=_discord_id, required=True, metavar="ID", help="the user's Discord id")
     export.add_argument("config", nargs="?", default=DEFAULT_CONFIG)
     export.set_defaults(func=cmd_memory_export)
@@ -453,8 +462,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_global_options(global_options)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def add_command(name: str, **kwargs: str) -> argparse.ArgumentParser:
-        return sub.add_parser(name, parents=[global_options], **kwargs)
+    def add_command(name: str, help: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[global_options], help=help)
 
     run = add_command("run", help="run every bot of bots.yaml until SIGINT/SIGTERM")
     run.add_argument("config", nargs="?", default=DEFAULT_CONFIG)

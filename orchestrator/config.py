@@ -65,7 +65,8 @@ class ModelPrice(_Model):
 class ProviderSettings(_Model):
     base_url: str
     api_key_env: str | None = None
-    # requests in flight: the limit adapts to the provider (llm/aimd.py) from 16 up to 256, or from this hard cap below it
+    # requests in flight: the limit adapts to the provider (llm/aimd.py) from 16 up to 256,
+    # or from this hard cap below it
     max_concurrency: int | None = Field(None, ge=1, le=1024)
     max_queue: int = Field(256, ge=0, le=100_000)
     queue_timeout: float = Field(30.0, gt=0, le=3600)
@@ -415,8 +416,8 @@ def _read_yaml(raw: bytes | str, name: str) -> tuple[Any, dict[tuple[Any, ...], 
         try:
             text = raw.decode("utf-8-sig")
         except UnicodeDecodeError as exc:
-            line = raw[: exc.start].count(b"\n") + 1
-            raise fail("the file is not valid UTF-8 text; save it as UTF-8", line) from None
+            bad_line = raw[: exc.start].count(b"\n") + 1
+            raise fail("the file is not valid UTF-8 text; save it as UTF-8", bad_line) from None
     else:
         text = raw
     too_deep = "the file is nested too deeply; bots.yaml needs only a few levels of indentation or brackets"
@@ -438,7 +439,7 @@ def _read_yaml(raw: bytes | str, name: str) -> tuple[Any, dict[tuple[Any, ...], 
             raise fail(too_deep) from None
         raise fail(f"the file expands to more than {MAX_NODES} values (YAML anchors?)") from None
     try:
-        data = yaml.load(text, Loader=yaml.SafeLoader)  # noqa: S506 - SafeLoader
+        data = yaml.load(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
         raise fail(f"not valid YAML: {exc}") from None
     except RecursionError:
@@ -457,7 +458,8 @@ def _describe_yaml_error(exc: yaml.YAMLError, text: str) -> tuple[str, int | Non
     mark = getattr(exc, "problem_mark", None)
     opened = getattr(exc, "context_mark", None)
     context = getattr(exc, "context", None) or ""
-    if opened is not None and mark is not None and context.startswith(("while parsing a flow", "while scanning a quoted")):
+    unclosed = context.startswith(("while parsing a flow", "while scanning a quoted"))
+    if opened is not None and mark is not None and unclosed:
         opener = repr(text[opened.index]) if opened.index < len(text) else "bracket"
         where = f"line {mark.line + 1}: " if mark.line != opened.line else ""
         return f"not valid YAML: the {opener} opened here is not closed properly ({where}{problem})", opened.line + 1
@@ -488,7 +490,7 @@ def _line_for(lines: dict[tuple[Any, ...], int], loc: tuple[Any, ...]) -> int | 
     return None
 
 
-_KNOWN_KEYS: dict[str, type[BaseModel]] = {
+_KNOWN_KEYS: dict[str, type[_Model]] = {
     "params": SamplingParams,
     "quota": QuotaSettings,
     "user_quota": QuotaSettings,
@@ -514,7 +516,7 @@ def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
             model = _KNOWN_KEYS[part]
             continue
         info = model.model_fields.get(part)
-        annotation = info.annotation if info else None
+        annotation: object = info.annotation if info else None  # object: it may be a union, not only a type
         if isinstance(annotation, types.UnionType):  # an optional section: ``FleetSettings | None``
             annotation = next((arg for arg in get_args(annotation) if arg is not type(None)), None)
         model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
@@ -566,7 +568,8 @@ def _issue_from_pydantic(err: Any, data: Any, lines: dict[tuple[Any, ...], int],
         message = f"unknown key {key!r}"
         if parent is not None and f"{key}_env" in parent.model_fields:
             message += (f"; did you mean {key + '_env'!r}? Do not paste secrets into bots.yaml: put the value in the "
-                        f"environment or in the .env beside bots.yaml and write the variable's name under {key + '_env'!r}")
+                        "environment or in the .env beside bots.yaml and write the variable's name under "
+                        f"{key + '_env'!r}")
         elif parent is not None:
             close = difflib.get_close_matches(key, list(parent.model_fields), n=1)
             if close:
@@ -606,16 +609,16 @@ def _resolve(
     raw_view["bots"] = [bot.model_dump() for bot in settings.bots]
 
     providers: dict[str, ProviderSpec] = {}
-    for pname, provider in settings.providers.items():
+    for pname, pset in settings.providers.items():
         key = ""
-        if provider.api_key_env and not _ENV_NAME.fullmatch(provider.api_key_env):
+        if pset.api_key_env and not _ENV_NAME.fullmatch(pset.api_key_env):
             issue(("providers", pname, "api_key_env"), _NOT_A_NAME)
-        elif provider.api_key_env:
-            key = env.get(provider.api_key_env, "")
+        elif pset.api_key_env:
+            key = env.get(pset.api_key_env, "")
             if not key and secrets.require_api_keys:
                 issue(("providers", pname, "api_key_env"),
-                      secrets.not_set(provider.api_key_env, f"the API key of provider {pname!r}"))
-        providers[pname] = ProviderSpec(pname, provider.base_url.rstrip("/"), SecretStr(key), provider)
+                      secrets.not_set(pset.api_key_env, f"the API key of provider {pname!r}"))
+        providers[pname] = ProviderSpec(pname, pset.base_url.rstrip("/"), SecretStr(key), pset)
 
     defaults = settings.defaults
     if not settings.bots:
@@ -652,9 +655,9 @@ def _resolve(
         if not bot.persona.strip():
             issue((*loc, "persona"), "persona is empty; write the system prompt for this bot")
         merged: dict[str, Any] = {}
-        for section, model in _KNOWN_KEYS.items():
+        for section, section_model in _KNOWN_KEYS.items():
             try:
-                merged[section] = _merge(model, getattr(defaults, section), getattr(bot, section))
+                merged[section] = _merge(section_model, getattr(defaults, section), getattr(bot, section))
             except ValidationError as exc:
                 for err in exc.errors():
                     sub = {**err, "loc": (*loc, section, *err["loc"])}

@@ -161,12 +161,13 @@ class QuotaExceeded(ProviderError):
     @property
     def user_message(self) -> str:  # type: ignore[override]
         who = "You have" if self.scope == "user" else "This persona has"
-        return f"{who} reached the limit of {self.limit.replace('_', ' ')}; it resets in {format_duration(self.retry_after or 0)}."
+        limit = self.limit.replace("_", " ")
+        return f"{who} reached the limit of {limit}; it resets in {format_duration(self.retry_after or 0)}."
 
 
 def format_duration(seconds: float) -> str:
     """Human-friendly duration: ``45s``, ``3m 20s``, ``2h 5m``."""
-    seconds = max(0, int(round(seconds)))
+    seconds = max(0, round(seconds))
     if seconds < 60:
         return f"{seconds}s"
     minutes, secs = divmod(seconds, 60)

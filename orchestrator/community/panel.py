@@ -38,7 +38,7 @@ class PanelTurn:
 
 
 Deliver = Callable[[PanelTurn], bool]  # queue the turn in a persona's mailbox; False when it cannot take it
-Note = Callable[[str], Awaitable[None]]  # post a one-line note in the panel's channel
+Note = Callable[[str], Awaitable[object]]  # post a one-line note in the panel's channel (its result is unused)
 
 
 @dataclass(frozen=True)
@@ -127,14 +127,15 @@ class Panels:
                     if panel.stopped:
                         return
                     await self._turn(panel, panelist, round_number)
-        except Exception:  # noqa: BLE001 - one panel's failure must not end the others
+        except Exception:
             log.exception("the panel in channel %s failed", channel_id)
         finally:
             del self._running[channel_id]
             panel.ended.set()
 
     async def _turn(self, panel: _Panel, panelist: Panelist, round_number: int) -> None:
-        turn = PanelTurn(turn_prompt(panel.topic, round_number, panel.rounds, panel.panelists, panelist.bot), panel.message)
+        prompt = turn_prompt(panel.topic, round_number, panel.rounds, panel.panelists, panelist.bot)
+        turn = PanelTurn(prompt, panel.message)
         if not panelist.deliver(turn):
             await self._skip(panel, f"({panelist.display} cannot take a turn right now and is skipped.)")
             return

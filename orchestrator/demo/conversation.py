@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import anyio
 
 from ..config import BotSpec
-from ..sandbox.discord_server import DiscordSandbox, SentMessage
 from ..runtime.supervisor import Supervisor
+from ..sandbox.discord_server import DiscordSandbox, SentMessage
 from .syntax import Kind, Line, parse_line
 
 HANDLED_TIMEOUT = 10.0  # seconds for a bot's client to read a posted message (a loopback round trip)

@@ -24,9 +24,9 @@ from ..app import App
 from ..config import Config, parse_config
 from ..errors import ConfigError
 from ..runtime.services import RuntimeOptions
+from ..runtime.supervisor import BotState
 from ..sandbox.discord_server import DiscordSandbox
 from ..sandbox.openai_server import OpenAISandbox
-from ..runtime.supervisor import BotState
 from .console import LineReader
 from .conversation import Conversation, Persona
 from .syntax import USAGE
@@ -81,7 +81,7 @@ async def run_demo(
     """Run the demo; returns the exit status (2: the file cannot be read or is not valid)."""
     path = Path(config_path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = await anyio.Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         print(f"cannot read {config_path}: {getattr(exc, 'strerror', None) or exc}", file=sys.stderr)
         return 2
@@ -111,7 +111,8 @@ async def run_demo(
                 for name in config.bots:
                     await supervisor.wait_for_state(name, BotState.RUNNING, BotState.FAILED)
                 conversation = Conversation(
-                    discord_server, supervisor, personas, user_id, config_name=config_path, answer_timeout=answer_timeout
+                    discord_server, supervisor, personas, user_id,
+                    config_name=config_path, answer_timeout=answer_timeout,
                 )
                 await _talk(conversation, config, messages, input_fd, provider_url)
                 app.request_stop()

@@ -80,7 +80,9 @@ class PersonaClient(discord.Client):
     ``take_message`` as soon as they are built. ``dispatch`` is the extension point discord.py's own
     ``ext.commands.Bot`` overrides; without it discord.py starts a task per message for ``on_message``."""
 
-    def __init__(self, *, take_message: Callable[[discord.Message], None], reidentify_delay: float, **options: Any) -> None:
+    def __init__(
+        self, *, take_message: Callable[[discord.Message], None], reidentify_delay: float, **options: Any
+    ) -> None:
         super().__init__(**options)
         self._take_message = take_message
         self._reidentify_delay = reidentify_delay

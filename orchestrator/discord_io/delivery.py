@@ -126,7 +126,7 @@ class Delivery:
                 raise
             log.warning("bot %s: could not send a reply (HTTP %s)", self._bot, exc.status)
             return None
-        except Exception as exc:  # noqa: BLE001 - e.g. no connection, or the client is closing
+        except Exception as exc:
             if raise_errors:
                 raise
             log.warning("bot %s: could not send a reply (%s: %s)", self._bot, type(exc).__name__, exc)

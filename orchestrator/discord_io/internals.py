@@ -30,7 +30,9 @@ NO_PINGS = discord.AllowedMentions.none()
 
 
 
-def wrap_gateway_frames(client: discord.Client, wrap: Callable[[Any, Callable[[Any], Awaitable[None]]], Callable[[Any], Awaitable[None]]]) -> None:
+def wrap_gateway_frames(
+    client: discord.Client, wrap: Callable[[Any, Callable[[Any], Awaitable[None]]], Callable[[Any], Awaitable[None]]]
+) -> None:
     """On every gateway connection of ``client``, replace the websocket's frame handler with
     ``wrap(ws, original)``."""
     state = client._connection
@@ -69,7 +71,9 @@ def observe_parser(client: discord.Client, event: str, observe: Callable[[dict[s
     parsers[event] = observed
 
 
-def filter_message_creates(client: discord.Client, keep: Callable[[dict[str, Any]], bool]) -> Callable[[dict[str, Any]], None]:
+def filter_message_creates(
+    client: discord.Client, keep: Callable[[dict[str, Any]], bool]
+) -> Callable[[dict[str, Any]], None]:
     """Build a ``discord.Message`` only for MESSAGE_CREATE payloads that ``keep`` accepts; returns
     discord.py's own parser (it dispatches the message within the call)."""
     parsers = client._connection.parsers
@@ -96,8 +100,10 @@ async def post_message(
     a ``discord.Message`` from Discord's answer; only the users in ``mention`` are pinged. Returns the
     new message's id."""
     reference = reply_to.to_message_reference_dict() if reply_to is not None else MISSING
-    allowed = discord.AllowedMentions(everyone=False, roles=False, replied_user=False,
-                                      users=[discord.Object(user) for user in mention]) if mention else NO_PINGS  # fmt: skip
+    allowed = NO_PINGS
+    if mention:
+        users = [discord.Object(user) for user in mention]
+        allowed = discord.AllowedMentions(everyone=False, roles=False, replied_user=False, users=users)
     with handle_message_parameters(
         content=content,
         nonce=nonce,

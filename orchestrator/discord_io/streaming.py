@@ -51,7 +51,7 @@ class EditBudget:
         return stamp
 
     async def take(self) -> list[float]:
-        while (stamp := self.try_take()) is None:
+        while (stamp := self.try_take()) is None:  # noqa: ASYNC110 - waits for time to pass, not for an event
             await anyio.sleep(self.wait_time())
         return stamp
 

@@ -149,7 +149,7 @@ class TypingIndicator:
             await self._send_typing(channel_id)
         except (discord.HTTPException, aiohttp.ClientError) as exc:
             log.debug("typing indicator in channel %s failed: %s", channel_id, exc)
-        except Exception:  # noqa: BLE001 - a cosmetic indicator must never stop the bot
+        except Exception:
             log.warning("typing indicator in channel %s failed", channel_id, exc_info=True)
         finally:
             channel.sending = False

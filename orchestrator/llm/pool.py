@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,8 +30,8 @@ from ..errors import ProviderBadResponse, ProviderBusy, ProviderError, ProviderT
 from .aimd import CEILING, INITIAL, AIMDLimit
 from .breaker import CircuitBreaker
 from .failures import map_error
-from .messages import Message, estimate_tokens
 from .limiter import FairLimiter, LimiterStatistics, QueueFull, QueueTimeout
+from .messages import Message, estimate_tokens
 from .quota import QuotaBook, Reservation
 from .retry_hints import KINDS, parse_duration, rate_count, retry_after_from, used_up
 from .spend import SpendBook
@@ -243,7 +243,7 @@ class LLMPool:
                 answer.answered_at,
             )
 
-    async def stream(self, call: ChatCall) -> AsyncIterator[str]:
+    async def stream(self, call: ChatCall) -> AsyncGenerator[str, None]:
         """Yield the answer's text as it arrives. Use with ``contextlib.aclosing``."""
         async with self._call(call, stream=True) as (answer, _attempts, reservation):
             assert isinstance(answer, CompletionStream)
@@ -327,7 +327,7 @@ class LLMPool:
             return None
         if error.retry_after is not None:
             return error.retry_after
-        return min(8.0, 0.5 * 2**attempt) * self._random.uniform(0.5, 1.0)
+        return min(8.0, 0.5 * 2.0**attempt) * self._random.uniform(0.5, 1.0)
 
     async def _attempt(
         self,

@@ -22,7 +22,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 import anyio
@@ -114,11 +114,11 @@ class UsageReport:
 
 def utc_day(now: float | None = None) -> str:
     """The UTC calendar day daily budgets count in, as ``YYYY-MM-DD``."""
-    return datetime.fromtimestamp(time.time() if now is None else now, timezone.utc).strftime("%Y-%m-%d")
+    return datetime.fromtimestamp(time.time() if now is None else now, UTC).strftime("%Y-%m-%d")
 
 
 def _seconds_to_midnight(now: float) -> float:
-    current = datetime.fromtimestamp(now, timezone.utc)
+    current = datetime.fromtimestamp(now, UTC)
     midnight = (current + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
     return (midnight - current).total_seconds()
 
@@ -195,7 +195,7 @@ class QuotaBook:
         assert self._sink is not None
         try:
             persisted = await anyio.to_thread.run_sync(self._sink.load_daily_usage, day)
-        except Exception:  # noqa: BLE001 - the bots keep answering; today's budgets count from now
+        except Exception:
             log.exception("could not read the token usage of %s; daily budgets count from zero until the next day", day)
             persisted = {}
         if day != self._day:
@@ -276,9 +276,8 @@ class QuotaBook:
         delta = actual_tokens - reservation.estimate
         now = self._clock()
         self._roll_day()
-        for (window, event), key in zip(
-            reservation.token_events, ((reservation.bot, self.ALL_USERS), (reservation.bot, reservation.user))
-        ):
+        keys = ((reservation.bot, self.ALL_USERS), (reservation.bot, reservation.user))
+        for (window, event), key in zip(reservation.token_events, keys, strict=True):
             window.correct(event, delta, now)  # a window forgotten meanwhile was empty, so this changes nothing
             self._daily[key] = max(0, self._daily.get(key, 0) + delta)
         if actual_tokens:

@@ -83,7 +83,9 @@ class SpendBook:
                 self.rejections[(bot, scope)] = self.rejections.get((bot, scope), 0) + 1
                 raise SpendCapReached(provider, scope, cap, DAY - self._wall() % DAY)
 
-    def record(self, bot: str, user: str, price: ModelPrice | None, prompt_tokens: int, completion_tokens: int) -> float:
+    def record(
+        self, bot: str, user: str, price: ModelPrice | None, prompt_tokens: int, completion_tokens: int
+    ) -> float:
         """Add one answer's cost (0 without a price) and return it."""
         if price is None:
             return 0.0

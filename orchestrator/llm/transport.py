@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,10 +74,8 @@ def status_error(response: httpx2.Response) -> openai.APIStatusError:
     message = f"Error code: {response.status_code}"
     text = response.text.strip()
     body: object = text
-    try:
+    with suppress(ValueError):  # not JSON: the body is the text
         body = json.loads(text)
-    except ValueError:
-        pass
     if isinstance(body, dict):
         body = body.get("error", body)
         if isinstance(body, dict) and isinstance(body.get("message"), str) and body["message"]:

@@ -161,10 +161,8 @@ class SQLiteStore:
         while self._wait_for_pending(delay):
             with self._lock:
                 error = self._flush()
-            if error is None:
-                delay = self._flush_interval
-            else:
-                delay = min(max(2 * delay, _FIRST_RETRY_DELAY), _MAX_RETRY_DELAY)
+            retry_delay = min(max(2 * delay, _FIRST_RETRY_DELAY), _MAX_RETRY_DELAY)
+            delay = self._flush_interval if error is None else retry_delay
 
     def _wait_for_pending(self, delay: float) -> bool:
         """Sleep until something is pending, then ``delay`` more; False as soon as the store closes."""
@@ -215,7 +213,8 @@ class SQLiteStore:
             "INSERT INTO turns (bot, channel, user, role, content, created, speaker, message_ids) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (
-                (e.key.bot, e.key.channel, e.key.user, t.role, t.content, e.created, t.speaker, _ids_text(t.message_ids))
+                (e.key.bot, e.key.channel, e.key.user, t.role, t.content, e.created, t.speaker,
+                 _ids_text(t.message_ids))
                 for e in exchanges
                 for t in (e.question, e.answer)
             ),
@@ -286,7 +285,7 @@ class SQLiteStore:
     def _delete(self, where: str, args: tuple[object, ...], doomed: Callable[[ConversationKey], bool]) -> int:
         """Delete the matching turns, and the matching exchanges still pending (a failing database)."""
         with self._db:
-            removed = self._db.execute(f"DELETE FROM turns WHERE {where}", args).rowcount  # noqa: S608 - fixed clauses
+            removed = self._db.execute(f"DELETE FROM turns WHERE {where}", args).rowcount
         with self._pending_cv:
             kept = [e for e in self._pending if not doomed(e.key)]
             removed += 2 * (len(self._pending) - len(kept))
@@ -356,7 +355,7 @@ class SQLiteStore:
         match, extra = ("user = ?", ()) if bot is None else ("user = ? AND bot = ?", (bot,))
         turns = self._delete(match, (user, *extra), lambda k: k.user == user and bot in (None, k.bot))
         with self._db:
-            usage = self._db.execute(f"DELETE FROM daily_usage WHERE {match}", (str(user), *extra)).rowcount  # noqa: S608
+            usage = self._db.execute(f"DELETE FROM daily_usage WHERE {match}", (str(user), *extra)).rowcount
         with self._pending_cv:
             for key in [k for k in self._pending_usage if k[2] == str(user) and bot in (None, k[1])]:
                 del self._pending_usage[key]

@@ -27,8 +27,8 @@ import anyio
 from aiohttp import web
 from anyio.abc import TaskStatus
 
-from .metrics import CONTENT_TYPE_LATEST
 from .logs import redactor
+from .metrics import CONTENT_TYPE_LATEST
 
 if TYPE_CHECKING:
     from ..app import App

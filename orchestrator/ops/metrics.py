@@ -202,7 +202,9 @@ class _LiveCollector(Collector):
 
     @staticmethod
     def _pool(pool: LLMPool | None) -> Iterator[Metric]:
-        requests = CounterMetricFamily("orchestrator_provider_requests", "Requests sent to providers, retries included.")
+        requests = CounterMetricFamily(
+            "orchestrator_provider_requests", "Requests sent to providers, retries included."
+        )
         retries = CounterMetricFamily("orchestrator_provider_retries", "Retries after 429, 5xx or timeouts.")
         errors = CounterMetricFamily(
             "orchestrator_provider_errors", "Failed provider attempts by kind.", labels=["provider", "kind"]

@@ -10,9 +10,12 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .logs import current_bot, redactor
+
+if TYPE_CHECKING:
+    from sentry_sdk.types import Event, Hint
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +39,7 @@ def scrub(value: Any) -> Any:
     return value
 
 
-def _before_send(event: dict[str, Any], hint: dict[str, Any]) -> dict[str, Any]:
+def _before_send(event: Event, hint: Hint) -> Event:
     tags = event.setdefault("tags", {})
     bot = tags.get("bot") or current_bot.get()
     if bot != "-":
@@ -44,7 +47,8 @@ def _before_send(event: dict[str, Any], hint: dict[str, Any]) -> dict[str, Any]:
         if _bot_tags is not None:
             for key, value in _bot_tags(bot).items():
                 tags.setdefault(key, value)
-    return scrub(event)
+    scrubbed: Event = scrub(event)  # the same structure, strings redacted
+    return scrubbed
 
 
 def sentry_enabled() -> bool:

@@ -16,15 +16,16 @@ import contextlib
 import logging
 import re
 import time
+from collections.abc import Callable
 from contextlib import aclosing
 from functools import partial
-from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import anyio
 import discord
 from anyio.abc import TaskGroup, TaskStatus
 
+from ..community.panel import PanelTurn
 from ..config import BotSpec
 from ..discord_io import gateway_filter, internals
 from ..discord_io.client import DiscordUnreachable, build_client, describe_error, network_failure, typing_sender
@@ -34,15 +35,14 @@ from ..discord_io.text import clean_user_text, neutralize_mentions, split_messag
 from ..discord_io.typing_indicator import TypingIndicator, Work
 from ..errors import BotFatalError, LeaseExpired, ProviderBadResponse, ProviderError
 from ..llm.pool import ChatCall
-from ..community.panel import PanelTurn
 from ..memory import SHARED, ConversationKey, Turn, fit_context
 from ..ops.sentry import report_exception
 from ..runtime.mailbox import Job, JobKind, Mailbox
 from ..runtime.services import BotCounters, Services
 from . import access
 from .catch_up import catch_up
-from .presence import Presence
 from .commands import parse_command
+from .presence import Presence
 from .replies import APOLOGY, BUSY, EMPTY_ANSWER, RESTARTING, empty_chat, help_text, usage_text
 
 log = logging.getLogger(__name__)
@@ -167,7 +167,9 @@ class PersonaBot:
     def _build_client(self) -> discord.Client:
         options = self.services.options
         client = build_client(
-            self._take_message, guild_ready_timeout=options.guild_ready_timeout, reidentify_delay=options.reidentify_delay
+            self._take_message,
+            guild_ready_timeout=options.guild_ready_timeout,
+            reidentify_delay=options.reidentify_delay,
         )
         # discord.py would build a full Message for every message in every channel the bot sees ...
         internals.filter_message_creates(client, self._addressed)
@@ -177,7 +179,8 @@ class PersonaBot:
         )
         internals.observe_parser(client, "MESSAGE_UPDATE", self._presence.edited)
         client.on_guild_join = client.on_guild_available = self._on_guild  # type: ignore[attr-defined]
-        client.on_ready = self._on_ready  # type: ignore[method-assign]
+        # discord.py finds event handlers as client attributes; its stubs declare only some of them
+        client.on_ready = self._on_ready  # type: ignore[attr-defined]
         client.on_disconnect = self._on_disconnect  # type: ignore[attr-defined]
         client.on_resumed = self._on_resumed  # type: ignore[attr-defined]
         client.on_error = self._on_error  # type: ignore[method-assign]
@@ -242,7 +245,7 @@ class PersonaBot:
             job = self._job_for(message, received=self._decoded_at)
             if job is not None:
                 self._enqueue(job)
-        except Exception:  # noqa: BLE001 - one message must not take the bot's connection down
+        except Exception:
             log.exception("bot %s: could not take message %s", self.spec.name, message.id)
             report_exception(bot=self.spec.name, provider=self.spec.provider, model=self.spec.model)
 
@@ -287,7 +290,9 @@ class PersonaBot:
         """Accept a job, or answer "busy" when the bot, or this user, already has too many waiting."""
         if not self.mailbox.accepts(job.message.author.id):
             self.counters.busy += 1
-            log.warning("bot %s: too many messages waiting (%d), answering busy", self.spec.name, self.mailbox.in_flight)
+            log.warning(
+                "bot %s: too many messages waiting (%d), answering busy", self.spec.name, self.mailbox.in_flight
+            )
             self._notify(job.message, BUSY)
             return
         try:
@@ -350,7 +355,7 @@ class PersonaBot:
             raise
         except LeaseExpired as exc:  # the node that takes the bot over answers it (catch-up)
             log.warning("%s: message %s is left to the node that takes the bot over", exc, job.message.id)
-        except Exception:  # noqa: BLE001 - one bad message must not stop the bot
+        except Exception:
             handed_over = self._hand_over(job)
             if not handed_over:
                 self.counters.errors += 1
@@ -392,16 +397,24 @@ class PersonaBot:
             await self._delivery.reply(job.message, self._presence.stop_panel(job.message))
         elif job.kind == "reset":
             removed = await self.services.store.reset(key)
-            await self._delivery.reply(job.message, f"Our conversation is cleared ({removed // 2} exchanges forgotten).")
+            await self._delivery.reply(
+                job.message, f"Our conversation is cleared ({removed // 2} exchanges forgotten)."
+            )
         elif job.kind == "reset_channel":
             if not access.is_admin(self.spec.access, job.message):
-                await self._delivery.reply(job.message, "Only an admin of this bot can clear the whole channel's memory.")
+                await self._delivery.reply(
+                    job.message, "Only an admin of this bot can clear the whole channel's memory."
+                )
                 return
             removed = await self.services.store.reset_channel(self.spec.name, job.message.channel.id)
-            await self._delivery.reply(job.message, f"This channel's conversations with me are cleared ({removed} messages).")
+            await self._delivery.reply(
+                job.message, f"This channel's conversations with me are cleared ({removed} messages)."
+            )
         elif job.kind == "usage":
             pool = self.services.pool
-            await self._delivery.reply(job.message, usage_text(self.spec, pool.quotas, pool.spend, job.message.author.id))
+            await self._delivery.reply(
+                job.message, usage_text(self.spec, pool.quotas, pool.spend, job.message.author.id)
+            )
         elif job.kind == "help":
             await self._delivery.reply(job.message, help_text(self.spec))
 
@@ -429,7 +442,11 @@ class PersonaBot:
                 provider=spec.provider,
                 model=spec.model,
                 messages=fit_context(
-                    self._presence.system_prompt(spec.persona, message), history, question, spec.memory.context_tokens, room
+                    self._presence.system_prompt(spec.persona, message),
+                    history,
+                    question,
+                    spec.memory.context_tokens,
+                    room,
                 ),
                 params=spec.params,
                 weight=spec.weight,
@@ -461,7 +478,7 @@ class PersonaBot:
                 await store.append_exchange(
                     key, text, answer.text, speaker=speaker, question_id=message.id, answer_ids=answer.message_ids
                 )
-            except Exception:  # noqa: BLE001 - the user has the answer; only the memory of it is lost
+            except Exception:
                 log.exception("bot %s: the answer was delivered but could not be saved to memory", spec.name)
         self.counters.answered += 1
         return True
@@ -469,7 +486,7 @@ class PersonaBot:
     async def _history(self, key: ConversationKey) -> list[Turn]:
         try:
             return await self.services.store.history(key, self.spec.memory.max_turns)
-        except Exception:  # noqa: BLE001 - answer without memory rather than not at all
+        except Exception:
             log.exception("bot %s: could not read conversation memory; answering without it", self.spec.name)
             return []
 
@@ -497,7 +514,8 @@ class PersonaBot:
         self.counters.errors += 1
         log.warning(
             "bot %s: could not update a streamed answer (%s); the next update shows the text",
-            self.spec.name, describe_error(exc),
+            self.spec.name,
+            describe_error(exc),
         )
 
     async def _answer_streaming(self, message: discord.Message, call: ChatCall, work: Work) -> Answer | None:

@@ -40,7 +40,9 @@ async def catch_up(
                 limit=CATCH_UP_LIMIT, after=discord.Object(max(after, oldest)), oldest_first=True
             )]  # fmt: skip
         except (discord.HTTPException, aiohttp.ClientError) as exc:
-            log.warning("bot %s: could not read channel %s for messages missed without a session (%s)", bot, channel_id, exc)
+            log.warning(
+                "bot %s: could not read channel %s for messages missed without a session (%s)", bot, channel_id, exc
+            )
             continue
         answered = {
             message.reference.message_id for message in messages

@@ -16,13 +16,12 @@ import aiohttp
 import discord
 
 from ..community import Community
+from ..community.panel import MAX_TOPIC_CHARS, Deliver, Note, Panelist
 from ..community.prompt import mention_personas, where_prompt
-from ..community.panel import MAX_TOPIC_CHARS, Deliver, Panelist
+from ..community.rooms import Heard
 from ..community.roster import Member
 from ..community.speakers import heard_from_message, heard_from_payload
 from ..config import BotSpec
-from ..community.panel import Note
-from ..community.rooms import Heard
 from ..memory import Turn
 from .commands import parse_command
 
@@ -179,7 +178,8 @@ class Presence:
             return f"The topic is too long ({len(topic)} characters; at most {MAX_TOPIC_CHARS})."
         if rounds > max_rounds:
             return f"A panel has at most {max_rounds} rounds here (group.max_panel_rounds)."
-        present = [m for m in self._community.roster.present(message.guild.id) if m.accepts is None or m.accepts(message)]
+        roster = self._community.roster.present(message.guild.id)
+        present = [m for m in roster if m.accepts is None or m.accepts(message)]
         by_id = {m.user_id: m for m in present}
         unknown = [user_id for user_id in mentioned if user_id not in by_id]
         if unknown:
@@ -210,10 +210,13 @@ class Presence:
         group = self._spec().group
         to_persona = self.is_persona(message.author.id)
         refusal = self._community.guard.grant(
-            message.channel.id, message.id, group.max_bot_turns, group.max_bot_messages_per_minute, to_persona=to_persona
+            message.channel.id, message.id, group.max_bot_turns, group.max_bot_messages_per_minute,
+            to_persona=to_persona,
         )
         if refusal is not None:
-            log.info("bot %s: not answering %s in channel %s: %s", self._bot, message.author, message.channel.id, refusal)
+            log.info(
+                "bot %s: not answering %s in channel %s: %s", self._bot, message.author, message.channel.id, refusal
+            )
         return refusal is None
 
 

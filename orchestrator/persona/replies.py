@@ -35,7 +35,9 @@ def usage_text(spec: BotSpec, quotas: QuotaBook, spend: SpendBook, user_id: int)
         )
     if spec.price is not None:
         mine_usd, total_usd = (format_usd(spend.today(spec.name, who)) for who in (str(user_id), SpendBook.ALL_USERS))
-        user_cap, bot_cap = (format_usd(cap) if cap else "∞" for cap in (spec.user_quota.usd_per_day, spec.quota.usd_per_day))
+        user_cap, bot_cap = (
+            format_usd(cap) if cap else "∞" for cap in (spec.user_quota.usd_per_day, spec.quota.usd_per_day)
+        )
         lines.append(f"- spent today: {mine_usd}/{user_cap} · {total_usd}/{bot_cap}")
     return "\n".join(lines)
 
@@ -46,7 +48,11 @@ def help_text(spec: BotSpec) -> str:
     ways = [f"`{p}chat <your message>` (or `{p}ask`)", "@mention me", "reply to one of my messages"]
     if spec.access.dms:
         ways.append("send me a direct message")
-    ours = "this channel's conversation (shared by everyone here)" if spec.memory.scope == "channel" else "our conversation"
+    ours = (
+        "this channel's conversation (shared by everyone here)"
+        if spec.memory.scope == "channel"
+        else "our conversation"
+    )
     lines = [
         f"**{spec.name}**: {spec.description}",
         f"Talk to me: {', '.join(ways[:-1])} or {ways[-1]}.",

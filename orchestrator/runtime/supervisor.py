@@ -64,7 +64,7 @@ class RestartPolicy:
 
     def backoff(self, restarts: int, rng: random.Random) -> float:
         """Exponential backoff with ±50% jitter for the ``restarts``-th restart in the window."""
-        base = min(self.backoff_max, self.backoff_initial * 2 ** max(0, restarts - 1))
+        base = min(self.backoff_max, self.backoff_initial * 2.0 ** max(0, restarts - 1))
         return base * rng.uniform(0.5, 1.5)
 
 
@@ -87,6 +87,10 @@ class Child:
 
     def __post_init__(self) -> None:
         self.mailbox = Mailbox(self.spec.mailbox_size, self.spec.concurrency)
+
+    def stop_requested(self) -> bool:
+        """Whether ``stopping`` is set: a call, so a check after an await is not taken as already known."""
+        return self.stopping
 
 
 class Supervisor:
@@ -209,7 +213,7 @@ class Supervisor:
 
     async def _restart_loop(self, child: Child) -> None:
         name = child.spec.name
-        while not child.stopping:
+        while not child.stop_requested():
             if child.state is not BotState.UNREACHABLE:  # it stays so until it is online
                 self._set_state(child, BotState.STARTING)
             try:
@@ -227,7 +231,7 @@ class Supervisor:
             except DiscordUnreachable as exc:
                 child.actor = None
                 child.last_error = f"cannot reach Discord: {exc.reason}"
-                if child.stopping:
+                if child.stop_requested():
                     return
                 child.connect_failures += 1
                 delay = self.policy.backoff(child.connect_failures, self._rng)
@@ -237,10 +241,10 @@ class Supervisor:
                 )
                 self._set_state(child, BotState.UNREACHABLE)
                 await anyio.sleep(delay)
-            except Exception as exc:  # noqa: BLE001 - a crash stays inside this child
+            except Exception as exc:
                 child.actor = None
                 child.last_error = f"{type(exc).__name__}: {exc}"
-                if child.stopping:
+                if child.stop_requested():
                     return
                 report_exception(exc, bot=name, provider=child.spec.provider, model=child.spec.model)
                 now = time.monotonic()

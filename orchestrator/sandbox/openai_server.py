@@ -5,9 +5,10 @@ Serves ``POST /v1/chat/completions`` (JSON and ``stream: true`` SSE), ``GET /v1/
 inject faults (HTTP errors, delays, cut streams, malformed bodies) and enforce a rate limit.
 
 Answers are a deterministic function of the request, so tests and the demo can see what
-reached the server. By default they are short and say they come from the sandbox::
+reached the server. By default they are short and say they come from the sandbox (one line, here two)::
 
-    (sandbox model, not a real LLM) Sage here — you said "hello". [persona: Sage, a calm philosophy tutor · gpt-4o-mini · T=0.3 · no earlier turns]
+    (sandbox model, not a real LLM) Sage here — you said "hello".
+    [persona: Sage, a calm philosophy tutor · gpt-4o-mini · T=0.3 · no earlier turns]
 
 (the persona is the first sentence of the first ``system`` or ``developer`` message, the name comes
 from its ``You are <Name>``; the sampling parameters sent, the number of earlier user turns and
@@ -439,7 +440,8 @@ def sandbox_reply(body: Mapping[str, Any]) -> str:
     memory = {0: "no earlier turns", 1: "1 earlier turn"}.get(earlier, f"{earlier} earlier turns")
     if earlier:
         memory += f', the last: "{_clip(users[-2], 60)}"'
-    facts = " · ".join(part for part in (f"persona: {persona or 'none'}", str(body.get("model")), params, memory) if part)
+    parts = (f"persona: {persona or 'none'}", str(body.get("model")), params, memory)
+    facts = " · ".join(part for part in parts if part)
     return f"(sandbox model, not a real LLM) {greeting} [{facts}]"
 
 

@@ -24,8 +24,8 @@ from .callgrind import CallgrindMissing
 from .runner import GUILD_READY_TIMEOUT, PYCACHE, ROOT, Children, guild_ready_timeout_in_config, warm_bytecode_cache
 from .scenarios import DEFAULT_SCENARIOS, SCENARIOS, TOPOLOGIES, Bench
 
-FULL = {"messages": 200, "latency": 1.0, "duration": 10.0, "warmup": 5.0, "users": 100, "fleet": "10,50,100", "rate": 200.0,
-        "overhead_bots": "1,{bots}", "low_rate": 50.0, "capacity_rate": 650.0,
+FULL = {"messages": 200, "latency": 1.0, "duration": 10.0, "warmup": 5.0, "users": 100, "fleet": "10,50,100",
+        "rate": 200.0, "overhead_bots": "1,{bots}", "low_rate": 50.0, "capacity_rate": 650.0,
         "fairness_duration": 20.0, "trials": 3}  # fmt: skip
 QUICK = {"messages": 50, "latency": 0.25, "duration": 2.0, "warmup": 1.0, "users": 20, "fleet": "2,6", "rate": 100.0,
          "overhead_bots": "{bots}", "low_rate": 0.0, "capacity_rate": 650.0,
@@ -50,17 +50,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--messages", type=int, help="simultaneous !chat in the concurrency scenario (200; quick 50)")
     parser.add_argument("--latency", type=float, help="provider latency in the concurrency scenario, s (1; quick 0.25)")
     parser.add_argument("--topology", default=",".join(TOPOLOGIES),
-                        help="where the concurrency scenario's bots live, a comma-separated subset of: shared (all in one "
-                        "channel, every bot receives every message), separate (each bot in a guild of its own) "
+                        help="where the concurrency scenario's bots live, a comma-separated subset of: "
+                        "shared (all in one channel, every bot receives every message), "
+                        "separate (each bot in a guild of its own) "
                         f"(default {','.join(TOPOLOGIES)}: both, side by side)")  # fmt: skip
     parser.add_argument("--rate", type=float, help="messages per second in the overhead scenario (200; quick 100)")
-    parser.add_argument("--low-rate", type=float, help="a second, sustainable rate for the overhead scenario (50; quick 0 = off)")
+    parser.add_argument("--low-rate", type=float,
+                        help="a second, sustainable rate for the overhead scenario (50; quick 0 = off)")
     parser.add_argument("--capacity-rate", type=float,
-                        help="the capacity run: one bot, orchestrator only, at this rate; the CPU target is judged there "
+                        help="the capacity run: one bot, orchestrator only, at this rate; "
+                        "the CPU target is judged there "
                         "(650, the target's answers per second on one core; 0 = off)")  # fmt: skip
     parser.add_argument("--duration", type=float, help="measured seconds in the overhead scenario (10; quick 2)")
     parser.add_argument("--warmup", type=float, help="warm-up seconds before it (5; quick 1)")
-    parser.add_argument("--users", type=int, help="users (conversations per bot) in the overhead scenario (100; quick 20)")
+    parser.add_argument("--users", type=int,
+                        help="users (conversations per bot) in the overhead scenario (100; quick 20)")
     parser.add_argument("--overhead-bots", help="bot counts for the overhead scenario (1,BOTS; quick BOTS)")
     parser.add_argument("--fleet", help="bot counts for memory and start-up (10,50,100; quick 2,6)")
     parser.add_argument("--fairness-bots", type=int, default=3, help="bots in the fairness scenario, weights 1,2,4 (3)")
@@ -76,8 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="--instructions: messages in the two counted windows; the figure is "
                              "(I(N2) - I(N1)) / (N2 - N1) (50,250)")
     parser.add_argument("--valgrind", default="valgrind", help="--instructions: the valgrind executable (valgrind)")
-    parser.add_argument("--output", type=Path,
-                        help="JSON results file (results/bench.json; with --instructions results/bench_instructions.json)")
+    parser.add_argument(
+        "--output",
+        type=Path,
+        help="JSON results file (results/bench.json; with --instructions results/bench_instructions.json)",
+    )
     parser.add_argument("--chart", type=Path, help="PNG chart (default: beside --output)")
     parser.add_argument("--no-chart", action="store_true")
     parser.add_argument("--profile", nargs="?", const="orchestrator", choices=("orchestrator", "sandbox"),
@@ -144,10 +151,8 @@ def machine() -> dict[str, Any]:
     except OSError:
         pass
     memory = None
-    try:
+    with contextlib.suppress(OSError, ValueError, IndexError):
         memory = int(Path("/proc/meminfo").read_text().split()[1]) // 1024
-    except (OSError, ValueError, IndexError):
-        pass
 
     def version(name: str) -> str | None:
         try:
@@ -208,7 +213,7 @@ async def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
                 else:
                     if name != "fleet":
                         produced = {name: produced}
-                for key, value in produced.items():
+                for value in produced.values():
                     if isinstance(value, dict):
                         value["elapsed_s"] = time.monotonic() - t0
                         value["load_average_1min"] = {"before": load_before, "after": procfs.loadavg()}

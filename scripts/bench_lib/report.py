@@ -45,10 +45,7 @@ def targets(results: dict[str, Any], args: Any) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
 
     def add(name: str, value: Any, limit: float, kind: str, unit: str, note: str = "", trials: Any = None) -> None:
-        if not _ok(value):
-            passed = None
-        else:
-            passed = value <= limit if kind == "max" else value >= limit
+        passed = None if not _ok(value) else value <= limit if kind == "max" else value >= limit
         values = _get(trials, "values") or []
         if len(values) > 1:  # see scenarios.median_trial
             spread = f"median of {len(values)} trials: {' / '.join(_fmt(v) for v in values)}"
@@ -57,7 +54,8 @@ def targets(results: dict[str, Any], args: Any) -> list[dict[str, Any]]:
                     "passed": passed, "note": note})  # fmt: skip
 
     L = _get(s, "concurrency", "params", "latency_s")
-    sizes = "" if (_get(s, "concurrency", "params", "messages"), L) == (200, 1.0) else "sizes differ from the target's (200 msgs, L=1 s)"
+    at_target_sizes = (_get(s, "concurrency", "params", "messages"), L) == (200, 1.0)
+    sizes = "" if at_target_sizes else "sizes differ from the target's (200 msgs, L=1 s)"
     B = _get(s, "concurrency", "params", "bots")
     where = {"shared": f"{B} bots sharing a channel", "separate": f"{B} bots, own guild each"}
     for topology, figures in concurrency_runs(s) or [("", {})]:
@@ -69,8 +67,9 @@ def targets(results: dict[str, Any], args: Any) -> list[dict[str, Any]]:
     capacity = [run for run in runs if run.get("capacity")]
     for run in capacity:  # the CPU target names its rate: 650 answers per second on one core
         offered = run["rate_per_s"]
-        add(f"CPU per answered !chat <= 1.5 ms (1 bot, {offered:g} msg/s)", _get(run, "orchestrator", "cpu_ms_per_answer"),
-            1.5, "max", "ms", "" if offered >= 650 else "offered below the target's 650 answers/s",
+        add(f"CPU per answered !chat <= 1.5 ms (1 bot, {offered:g} msg/s)",
+            _get(run, "orchestrator", "cpu_ms_per_answer"), 1.5, "max", "ms",
+            "" if offered >= 650 else "offered below the target's 650 answers/s",
             _get(run, "orchestrator", "trials"))
         add(f"answers/s at {offered:g} msg/s offered >= 650", _get(run, "orchestrator", "throughput_per_s"), 650 * 0.98,
             "min", "/s", "within 2% of 650: the open-loop sender's own jitter")
@@ -80,8 +79,8 @@ def targets(results: dict[str, Any], args: Any) -> list[dict[str, Any]]:
         n = run["bots"]
         where = "1 bot" if n == 1 else f"{n} bots sharing a channel"
         if not capacity:
-            add(f"CPU per answered !chat <= 1.5 ms ({where})", _get(run, "orchestrator", "cpu_ms_per_answer"), 1.5, "max",
-                "ms", f"measured at {rate:g} msg/s, not at the target's 650")
+            add(f"CPU per answered !chat <= 1.5 ms ({where})", _get(run, "orchestrator", "cpu_ms_per_answer"), 1.5,
+                "max", "ms", f"measured at {rate:g} msg/s, not at the target's 650")
         at_rate = "" if rate == 200 else f"measured at {rate:g} msg/s, target is at 200 msg/s"
         add(f"orchestrator-added latency p99 <= 5 ms ({where})",
             _get(run, "orchestrator", "added_latency_inside_ms", "total", "p99"), 5.0, "max", "ms",
@@ -94,8 +93,9 @@ def targets(results: dict[str, Any], args: Any) -> list[dict[str, Any]]:
     add("total RSS >= 50x less than N baseline processes", _get(s, "memory", "baseline_over_orchestrator_rss"), 50.0,
         "min", "x", "" if at == 100 else f"measured at N={at}, target is at N=100")
     points = _get(s, "startup", "points") or []
+    startup_at = _get(s, "startup", "at_bots")
     add("100 bots ready <= 2 s", _get(points[-1], "orchestrator", "online_s") if points else None, 2.0, "max", "s",
-        "" if _get(s, "startup", "at_bots") == 100 else f"measured with N={_get(s, 'startup', 'at_bots')}, target is N=100",
+        "" if startup_at == 100 else f"measured with N={startup_at}, target is N=100",
         _get(points[-1], "orchestrator", "trials") if points else None)
     add("429s that reached a user = 0", _get(s, "fairness", "orchestrator", "user_visible_429"), 0, "max", "")
     return out
@@ -129,7 +129,7 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, Any, Any]]:
         p = s["concurrency"].get("params", {})
         label = f"{p.get('bots')} bots, {p.get('messages')} msgs, L={p.get('latency_s')} s"
 
-        def side(metric: str, *path: str) -> None:
+        def side(metric: str, *path: str, figures: Any = figures) -> None:
             r.append(("concurrency", metric, _get(figures, "orchestrator", *path), _get(figures, "baseline", *path)))
 
         side(f"[{TOPOLOGY_LABELS[topology]}: {label}] wall s", "wall_s")
@@ -147,7 +147,7 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, Any, Any]]:
     if "overhead" in s:
         p = s["overhead"].get("params", {})
         for run in s["overhead"].get("runs") or []:
-            def pair(metric: str, *path: str) -> None:
+            def pair(metric: str, *path: str, run: Any = run) -> None:
                 r.append(("overhead", metric, _get(run, "orchestrator", *path), _get(run, "baseline", *path)))
 
             run_rate = run.get("rate_per_s", p.get("rate_per_s"))
@@ -170,28 +170,31 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, Any, Any]]:
             r[-1] = (r[-1][0], r[-1][1], _two(run, "orchestrator", *inside), None)
             pair("  sandbox cores used", "sandbox_cores_used")
             pair("  other processes' cores used (noise)", "other_processes_cores_used")
+    def sides(group: str, metric: str, point: Any, key: str) -> None:  # the orchestrator's figure and the baseline's
+        r.append((group, metric, _get(point, "orchestrator", key), _get(point, "baseline", key)))
+
     for point in _get(s, "memory", "points") or []:
-        n = point["bots"]
-        r.append(("memory", f"RSS MiB, {n} bots", _get(point, "orchestrator", "rss_mib"), _get(point, "baseline", "rss_mib")))
-        r.append(("memory", f"PSS MiB, {n} bots", _get(point, "orchestrator", "pss_mib"), _get(point, "baseline", "pss_mib")))
+        sides("memory", f"RSS MiB, {point['bots']} bots", point, "rss_mib")
+        sides("memory", f"PSS MiB, {point['bots']} bots", point, "pss_mib")
     if "memory" in s:
         m = s["memory"]
-        r.append(("memory", "RSS MiB per additional bot", m.get("orchestrator_rss_per_bot_mib"), m.get("baseline_rss_per_bot_mib")))
-        r.append(("memory", "PSS MiB per additional bot", m.get("orchestrator_pss_per_bot_mib"), m.get("baseline_pss_per_bot_mib")))
-        r.append(("memory", f"baseline/orchestrator RSS at {m.get('at_bots')}", m.get("baseline_over_orchestrator_rss"), None))
-        r.append(("memory", f"baseline/orchestrator PSS at {m.get('at_bots')}", m.get("baseline_over_orchestrator_pss"), None))
+        for kind in ("rss", "pss"):
+            r.append(("memory", f"{kind.upper()} MiB per additional bot", m.get(f"orchestrator_{kind}_per_bot_mib"),
+                      m.get(f"baseline_{kind}_per_bot_mib")))
+        for kind in ("rss", "pss"):
+            r.append(("memory", f"baseline/orchestrator {kind.upper()} at {m.get('at_bots')}",
+                      m.get(f"baseline_over_orchestrator_{kind}"), None))
     for point in _get(s, "startup", "points") or []:
-        n = point["bots"]
-        r.append(("start-up", f"{n} bots online s (on_ready)", _get(point, "orchestrator", "online_s"), _get(point, "baseline", "online_s")))
-        r.append(("start-up", f"{n} bots gateway READY s", _get(point, "orchestrator", "gateway_ready_s"), _get(point, "baseline", "gateway_ready_s")))
+        sides("start-up", f"{point['bots']} bots online s (on_ready)", point, "online_s")
+        sides("start-up", f"{point['bots']} bots gateway READY s", point, "gateway_ready_s")
     for point in _get(s, "latency_by_bots", "points") or []:
-        n = point["bots"]
-        r.append(("latency", f"1 !chat/bot at once, {n} bots, p99 ms", _get(point, "orchestrator", "p99"), _get(point, "baseline", "p99")))
+        sides("latency", f"1 !chat/bot at once, {point['bots']} bots, p99 ms", point, "p99")
     if "fairness" in s:
         both("fairness", "Jain index (share / weighted fair share)", "jain_index")
         for i, share in enumerate(_get(s, "fairness", "orchestrator", "shares") or []):
+            baseline_share = _get(s, "fairness", "baseline", "shares", i, "achieved_share")
             r.append(("fairness", f"{share['bot']} (w={share['weight']:g}) share, fair {share['fair_share']:.2f}",
-                      share["achieved_share"], _get(s, "fairness", "baseline", "shares", i, "achieved_share")))  # fmt: skip
+                      share["achieved_share"], baseline_share))  # fmt: skip
         both("fairness", "provider 429 responses", "provider_statuses", "429")
         both("fairness", "429s that reached a user", "user_visible_429")
         both("fairness", "  unanswered after a 429", "unanswered_after_429")
@@ -223,7 +226,9 @@ def table(results: dict[str, Any], goal: list[dict[str, Any]]) -> str:
         mark = {True: "PASS", False: "FAIL", None: "n/a"}[t["passed"]]
         sign = "<=" if t["kind"] == "max" else ">="
         note = f"  ({t['note']})" if t["note"] else ""
-        lines.append(f"{mark:<5} {t['target']:<50} measured {_fmt(t['value'])} {t['unit']} ({sign} {t['limit']:g}){note}")
+        lines.append(
+            f"{mark:<5} {t['target']:<50} measured {_fmt(t['value'])} {t['unit']} ({sign} {t['limit']:g}){note}"
+        )
     context = results.get("scenarios", {}).get("context")
     if isinstance(context, dict) and "channel_messages" in context:
         per = ", ".join(f"{n}: {f['cpu_ms_per_chat']:.2f} ms (repeat {f['repeat_cpu_ms_per_chat']:.2f})"

@@ -57,10 +57,8 @@ async def warm_bytecode_cache(children: Children) -> None:
 
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec
-    try:
+    with contextlib.suppress(OSError, AttributeError):  # not Linux: the child may outlive a killed parent
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):
-        pass
 
 
 class Children:
@@ -374,5 +372,5 @@ def write_orchestrator_config(
 @contextlib.asynccontextmanager
 async def opened(path: Path) -> AsyncIterator[TextIO]:
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8", buffering=1) as f:
+    with open(path, "a", encoding="utf-8", buffering=1) as f:  # noqa: ASYNC230 - once per child process, before it runs
         yield f

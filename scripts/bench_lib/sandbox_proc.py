@@ -231,7 +231,7 @@ class Helper:
         if linger:
             await asyncio.sleep(linger)
         records = []
-        for (message_id, before, after), spec in zip(posted, messages):
+        for (message_id, before, after), spec in zip(posted, messages, strict=True):
             replies = discord.replies.get(message_id, [])
             records.append(
                 {

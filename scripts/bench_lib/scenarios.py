@@ -172,7 +172,7 @@ def exchanges(load: dict[str, Any], messages: list[dict[str, Any]], bots: list[B
             by_tag[tag] = (arrived, answered)
     names = {bot.token: bot.name for bot in bots}
     out = []
-    for spec, record in zip(messages, load["messages"]):
+    for spec, record in zip(messages, load["messages"], strict=True):
         provider = by_tag.get(spec["tag"])
         out.append(
             Exchange(
@@ -208,7 +208,7 @@ def linear_fit(xs: list[float], ys: list[float]) -> tuple[float, float] | None:
     if len(set(xs)) < 2:
         return None
     mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
-    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sum((x - mx) ** 2 for x in xs)
     return slope, my - slope * mx
 
 
@@ -229,7 +229,8 @@ class World:
     async def __aenter__(self) -> World:
         shutil.rmtree(self.workdir, ignore_errors=True)
         self.workdir.mkdir(parents=True)
-        log = await self._stack.enter_async_context(opened(self.bench.log_dir / f"{self.label}-sandbox-{self.side}.log"))
+        log_path = self.bench.log_dir / f"{self.label}-sandbox-{self.side}.log"
+        log = await self._stack.enter_async_context(opened(log_path))
         self.sandbox = await SandboxProc.start(
             self.bench.children, log, bots=[[b.token, b.name] for b in self.bots], users=self.users,
             api_key=API_KEY, **self.sandbox_args,
@@ -590,8 +591,12 @@ async def _overhead_side(bench: Bench, side: str, n: int, rate: float) -> dict[s
                 "concurrency": 8,
                 "mailbox_size": 64,
                 "memory": {"scope": "user", "context_tokens": 3000, "max_turns": 2 * SEED_EXCHANGES},
-                "quota": {"requests_per_minute": 100_000, "tokens_per_minute": 100_000_000, "tokens_per_day": 1_000_000_000},
-                "user_quota": {"requests_per_minute": 600, "tokens_per_minute": 10_000_000, "tokens_per_day": 100_000_000},
+                "quota": {
+                    "requests_per_minute": 100_000, "tokens_per_minute": 100_000_000, "tokens_per_day": 1_000_000_000
+                },
+                "user_quota": {
+                    "requests_per_minute": 600, "tokens_per_minute": 10_000_000, "tokens_per_day": 100_000_000
+                },
             },
             seed=True,
         )  # fmt: skip
@@ -599,7 +604,8 @@ async def _overhead_side(bench: Bench, side: str, n: int, rate: float) -> dict[s
         await warm_up(world, bots, users, first_tag=1_000_000)
         if side == "orchestrator":  # loads every conversation's history from SQLite into its cache
             await world.chat(
-                chat_messages(bots, warm_count, users, first_tag=2_000_000), rate=warm_rate, timeout=60 + warm_count / 20
+                chat_messages(bots, warm_count, users, first_tag=2_000_000),
+                rate=warm_rate, timeout=60 + warm_count / 20,
             )
         messages = chat_messages(bots, total, users)
         label = f"overhead-{n}bots-{rate:g}per_s"
@@ -638,7 +644,9 @@ async def _overhead_side(bench: Bench, side: str, n: int, rate: float) -> dict[s
         "cpu_system_ms_per_answer": system / len(answered) * 1000 if answered else None,
         "capacity_per_core_per_s": 1 / per_answer if per_answer else None,
         "cpu_cores_used": cpu / span if span else None,
-        "added_latency_ms": {"total": summary_ms(added), "inbound": summary_ms(inbound), "outbound": summary_ms(outbound)},
+        "added_latency_ms": {
+            "total": summary_ms(added), "inbound": summary_ms(inbound), "outbound": summary_ms(outbound)
+        },
         # the same points timed inside the orchestrator (no loopback transits, no sandbox scheduling)
         "added_latency_inside_ms": {
             part: histogram_summary_ms(histogram0.get(part, []), histogram1[part]) for part in histogram1
@@ -680,9 +688,9 @@ async def start_profiler(
     if not bench.args.profile:
         return None
     py_spy = str(Path(sys.executable).parent / "py-spy")
-    if not Path(py_spy).exists():
+    if not Path(py_spy).exists():  # noqa: ASYNC240 - once, before profiling starts
         py_spy = shutil.which("py-spy") or py_spy
-    if not Path(py_spy).exists():
+    if not Path(py_spy).exists():  # noqa: ASYNC240 - once, before profiling starts
         bench.say("--profile: py-spy is not installed (pip install py-spy); not profiling")
         return None
     assert world.sandbox is not None
@@ -741,7 +749,8 @@ async def fleet(bench: Bench) -> dict[str, Any]:
         o, b = last["orchestrator"][f"{kind}_mib"], last["baseline"][f"{kind}_mib"]
         memory[f"baseline_over_orchestrator_{kind}"] = b / o if o and b else None
     startup = {"points": startup_points, "at_bots": startup_points[-1]["bots"]}
-    return {"memory": memory, "startup": startup, "latency_by_bots": {"provider_latency_s": 0.0, "points": latency_points}}
+    latency_by_bots = {"provider_latency_s": 0.0, "points": latency_points}
+    return {"memory": memory, "startup": startup, "latency_by_bots": latency_by_bots}
 
 
 async def _fleet_side(bench: Bench, side: str, bots: list[BotDef], users: int) -> dict[str, Any]:
@@ -786,8 +795,9 @@ async def fairness(bench: Bench) -> dict[str, Any]:
         },
     }  # fmt: skip
     for side in SIDES:
-        bench.say(f"fairness: {side}, {n} bots weighted {[b.weight for b in bots]}, {offered:g} msg/s for {duration:g} s, "
-                  f"provider {slots} slots x {latency} s, limit {rate_limit}/min")  # fmt: skip
+        bench.say(f"fairness: {side}, {n} bots weighted {[b.weight for b in bots]}, "
+                  f"{offered:g} msg/s for {duration:g} s, provider {slots} slots x {latency} s, "
+                  f"limit {rate_limit}/min")  # fmt: skip
         async with World(bench, "fairness", side, bots, users, rate_limit_per_minute=rate_limit) as world:
             await world.launch(
                 provider={"max_concurrency": slots, "timeout": timeout, "max_retries": 3},
@@ -797,7 +807,9 @@ async def fairness(bench: Bench) -> dict[str, Any]:
             await world.ready(timeout=60 + 2 * n)
             await world.set_provider(latency=latency)
             messages = chat_messages(bots, total, users)
-            drain = timeout + (1.0 if args.quick else 5.0)  # baseline bots blocked in the SDK's retry sleep never finish
+            drain = timeout + (
+                1.0 if args.quick else 5.0
+            )  # baseline bots blocked in the SDK's retry sleep never finish
             load = await world.chat(messages, rate=offered, timeout=duration + drain)
             items = exchanges(load, messages, bots)
             admitted: dict[str, int] = {b.name: 0 for b in bots}
@@ -808,8 +820,8 @@ async def fairness(bench: Bench) -> dict[str, Any]:
             shares = []
             for b in bots:
                 achieved = admitted[b.name] / total_admitted if total_admitted else 0.0
-                shares.append({"bot": b.name, "weight": b.weight, "fair_share": fair[b.name], "achieved_share": achieved,
-                               "provider_answers": admitted[b.name]})  # fmt: skip
+                shares.append({"bot": b.name, "weight": b.weight, "fair_share": fair[b.name],
+                               "achieved_share": achieved, "provider_answers": admitted[b.name]})  # fmt: skip
             # A 429 reached a user when a message's provider attempts include a 429 and no 200 and the
             # user got an error reply (derived from the sandbox's records: no log format involved).
             attempts: dict[int, set[int]] = {}
@@ -828,7 +840,9 @@ async def fairness(bench: Bench) -> dict[str, Any]:
                 "unanswered_after_429": sum(x.kind == "unanswered" for x in failed_by_429),
                 "user_visible_429_from_log": from_log,
                 "replies": kinds(items),
-                "user_facing_provider_errors": dict(world.proc.provider_errors) if isinstance(world.proc, OrchestratorProc) else None,
+                "user_facing_provider_errors": (
+                    dict(world.proc.provider_errors) if isinstance(world.proc, OrchestratorProc) else None
+                ),
             }  # fmt: skip
     return result
 

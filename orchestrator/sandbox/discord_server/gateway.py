@@ -18,6 +18,7 @@ heartbeat: a latency of one whole interval ("Can't keep up, ... websocket is 41.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
 import zlib
@@ -98,7 +99,9 @@ class Gateway:
             self.deflaters[ws] = zlib.compressobj()
         session: GatewaySession | None = None
         try:
-            await self.send_frame(ws, json.dumps({"op": _HELLO, "d": {"heartbeat_interval": self.heartbeat_interval_ms}}))
+            await self.send_frame(
+                ws, json.dumps({"op": _HELLO, "d": {"heartbeat_interval": self.heartbeat_interval_ms}})
+            )
             async with asyncio.TaskGroup() as acks:  # delayed ACKs, while later frames are handled
                 async for frame in ws:
                     if frame.type is not WSMsgType.TEXT:
@@ -129,10 +132,8 @@ class Gateway:
         await asyncio.sleep(self.heartbeat_ack_delay)
         if ws.closed:
             return
-        try:
+        with contextlib.suppress(ConnectionResetError):  # closed meanwhile
             await self.send_frame(ws, json.dumps({"op": _HEARTBEAT_ACK}))
-        except ConnectionResetError:
-            pass  # closed meanwhile
 
     async def round_trip(self, token: str, timeout: float) -> None:
         """Ask the bot's client for a heartbeat now (op 1, as Discord may) and wait for it.
@@ -235,7 +236,9 @@ class Gateway:
         await self.send_frame(ws, json.dumps({"op": _INVALID_SESSION, "d": False}))
         await ws.close()
 
-    async def send_dispatch(self, session: GatewaySession, event: str, data: JSONDict, encoded: str | None = None) -> None:
+    async def send_dispatch(
+        self, session: GatewaySession, event: str, data: JSONDict, encoded: str | None = None
+    ) -> None:
         """Send one dispatch on the session's socket; the caller holds ``session.lock``.
 
         ``encoded`` is ``json.dumps(data)`` when the caller already has it (one encoding per broadcast)."""
@@ -277,7 +280,5 @@ class Gateway:
                     session.missed.append((event, encoded[id(data)][1]))
                 continue
             async with session.lock:
-                try:
+                with contextlib.suppress(ConnectionResetError):  # disconnected meanwhile: lost (no replay)
                     await self.send_dispatch(session, event, data, encoded[id(data)][1])
-                except ConnectionResetError:
-                    pass  # disconnected meanwhile: the event is lost (no replay)

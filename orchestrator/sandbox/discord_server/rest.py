@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from aiohttp import web
+from aiohttp import BodyPartReader, web
 
 from .gateway import Gateway
 from .state import DM, Channel, JSONDict, SandboxState, SentMessage, User, now_iso
@@ -219,6 +219,8 @@ class RestApi:
         files: list[JSONDict] = []
         reader = await request.multipart()
         async for part in reader:
+            if not isinstance(part, BodyPartReader):  # a nested multipart: Discord's API has none
+                continue
             if part.name == "payload_json":
                 payload = json.loads(await part.text())
             elif part.filename:

@@ -15,7 +15,7 @@ import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 JSONDict = dict[str, Any]
@@ -124,13 +124,13 @@ class Channel:
 
 
 def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat()
+    return datetime.now(UTC).isoformat()
 
 
 @functools.lru_cache(maxsize=4096)
 def _snowflake_iso(snowflake: int) -> str:
     """The creation time encoded in a snowflake, as ISO 8601."""
-    return datetime.fromtimestamp(((snowflake >> 22) + DISCORD_EPOCH_MS) / 1000, timezone.utc).isoformat()
+    return datetime.fromtimestamp(((snowflake >> 22) + DISCORD_EPOCH_MS) / 1000, UTC).isoformat()
 
 
 class SandboxState:
@@ -257,7 +257,9 @@ class SandboxState:
         try:
             async with asyncio.timeout(timeout):
                 async with self._changed:
-                    return await self._changed.wait_for(check)  # type: ignore[return-value]
+                    while (result := check()) is None:
+                        await self._changed.wait()
+                    return result
         except TimeoutError:
             raise TimeoutError(f"timed out after {timeout} s waiting for {what}") from None
 
