@@ -21,29 +21,34 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 import anyio
 from aiohttp import web
 from anyio.abc import TaskStatus
 
 from .logs import redactor
-from .metrics import CONTENT_TYPE_LATEST
-
-if TYPE_CHECKING:
-    from ..app import App
-    from ..runtime.supervisor import Child
+from .metrics import CONTENT_TYPE_LATEST, Metrics, MetricsSource
+from .views import ChildView
 
 log = logging.getLogger(__name__)
 
 DEFAULT_HOST = "127.0.0.1"
 
 
+class HealthSource(MetricsSource, Protocol):
+    """What /healthz reads of the app (``orchestrator.app.App``), beside what /metrics reads."""
+
+    @property
+    def metrics(self) -> Metrics: ...
+
+
 class HealthPortError(OSError):
     """The health server cannot listen (the port is taken, or the address is wrong)."""
 
 
-def unhealthy_reason(children: dict[str, Child]) -> str | None:
+def unhealthy_reason(children: Mapping[str, ChildView]) -> str | None:
     """Why no bot serves (each bot's state and last error), or None while one is online."""
     if any(child.state.value == "running" for child in children.values()):
         return None
@@ -56,7 +61,7 @@ def unhealthy_reason(children: dict[str, Child]) -> str | None:
     return "no bot is running: " + "; ".join(states)
 
 
-def health_report(app: App) -> tuple[int, dict[str, Any]]:
+def health_report(app: HealthSource) -> tuple[int, dict[str, Any]]:
     """The HTTP status and JSON body of ``/healthz``."""
     supervisor = app.supervisor
     if supervisor is None:
@@ -115,7 +120,7 @@ def health_report(app: App) -> tuple[int, dict[str, Any]]:
 class HealthServer:
     """Serves ``/healthz`` and ``/metrics`` for one :class:`~orchestrator.app.App`."""
 
-    def __init__(self, app: App, port: int, host: str = DEFAULT_HOST) -> None:
+    def __init__(self, app: HealthSource, port: int, host: str = DEFAULT_HOST) -> None:
         self.app = app
         self.host = host
         self.requested_port = port

@@ -52,10 +52,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram,
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from .views import FleetView, SupervisorView
+
 if TYPE_CHECKING:
-    from ..fleet.node import FleetCoordinator
     from ..llm.pool import LLMPool
-    from ..runtime.supervisor import Supervisor
 
 __all__ = ["ADDED_LATENCY_BUCKETS", "CONTENT_TYPE_LATEST", "LATENCY_BUCKETS", "Metrics", "error_kind"]
 
@@ -70,10 +70,14 @@ ADDED_LATENCY_BUCKETS = tuple(ms / 1000 for ms in (
 class MetricsSource(Protocol):
     """What the collector reads at scrape time (the :class:`~orchestrator.app.App`)."""
 
-    supervisor: Supervisor | None
-    pool: LLMPool | None
-    fleet: FleetCoordinator | None
-    last_reload_error: str | None
+    @property
+    def supervisor(self) -> SupervisorView | None: ...
+    @property
+    def pool(self) -> LLMPool | None: ...
+    @property
+    def fleet(self) -> FleetView | None: ...
+    @property
+    def last_reload_error(self) -> str | None: ...
 
 
 def error_kind(class_name: str) -> str:
@@ -138,7 +142,7 @@ class _LiveCollector(Collector):
             yield from self._fleet(source.fleet)
 
     @staticmethod
-    def _bots(supervisor: Supervisor | None) -> Iterator[Metric]:
+    def _bots(supervisor: SupervisorView | None) -> Iterator[Metric]:
         state = GaugeMetricFamily(
             "orchestrator_bot_state", "1 for the bot's current state, 0 for the others.", labels=["bot", "state"]
         )
@@ -174,7 +178,7 @@ class _LiveCollector(Collector):
         yield from (state, state_seconds, restarts, *counters.values())
 
     @staticmethod
-    def _fleet(fleet: FleetCoordinator) -> Iterator[Metric]:
+    def _fleet(fleet: FleetView) -> Iterator[Metric]:
         node = GaugeMetricFamily("orchestrator_node_info", "This node of the fleet.", labels=["node"])
         node.add_metric([fleet.node_id], 1.0)
         nodes = GaugeMetricFamily("orchestrator_fleet_nodes", "Live nodes this node sees, itself included.")
