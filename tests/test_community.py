@@ -330,3 +330,14 @@ async def test_a_panel_in_a_dm_is_refused(world: World) -> None:
     async with world.running():
         [reply] = await world.chat("!panel in private", guild=False, dm_to=token_for("sage"))
     assert "not in DMs" in reply.content
+
+
+def test_one_listener_per_guild_and_another_takes_over_when_it_leaves() -> None:
+    rooms = Rooms()
+    rooms.join(1, "sage")
+    rooms.join(1, "hafez")
+    rooms.join(2, "hafez")
+    assert (rooms.listened_by("sage"), rooms.listened_by("hafez")) == ({1}, {2})
+    assert rooms.listened_by("rumi") == frozenset(), "a bot with context off listens nowhere"
+    rooms.leave("sage")
+    assert (rooms.listened_by("sage"), rooms.listened_by("hafez")) == (frozenset(), {1, 2})

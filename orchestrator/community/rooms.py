@@ -40,6 +40,7 @@ class Rooms:
         self.max_channels = max_channels
         self._rooms: OrderedDict[int, _Room] = OrderedDict()
         self._listeners: dict[int, list[str]] = {}  # guild -> bots with context on, in the order they joined
+        self._listened: dict[str, frozenset[int]] = {}  # bot -> the guilds it is the listener of
 
     def __len__(self) -> int:
         return len(self._rooms)
@@ -112,6 +113,7 @@ class Rooms:
         bots = self._listeners.setdefault(guild_id, [])
         if bot not in bots:
             bots.append(bot)
+            self._elect()
 
     def leave(self, bot: str) -> None:
         """``bot`` stopped: another persona in its guilds listens from now on."""
@@ -119,6 +121,18 @@ class Rooms:
             self._listeners[guild_id].remove(bot)
             if not self._listeners[guild_id]:
                 del self._listeners[guild_id]
+        self._elect()
+
+    def _elect(self) -> None:
+        """In each guild the first bot that joined listens; kept per bot, for its gateway filter."""
+        listened: dict[str, set[int]] = {}
+        for guild_id, bots in self._listeners.items():
+            listened.setdefault(bots[0], set()).add(guild_id)
+        self._listened = {bot: frozenset(guilds) for bot, guilds in listened.items()}
+
+    def listened_by(self, bot: str) -> frozenset[int]:
+        """The guilds where ``bot`` listens; empty for most bots, whose filter then costs what it did."""
+        return self._listened.get(bot, frozenset())
 
     def listener(self, guild_id: int) -> str | None:
         bots = self._listeners.get(guild_id)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 import json
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from typing import Any
 
 import discord
@@ -55,12 +55,13 @@ def install(
     prefix: Callable[[], str],
     dropped: Callable[[], None],
     received: Callable[[], None],
-    listens: Callable[[int], bool] | None = None,
+    listened: Callable[[], Collection[int]] = frozenset,
 ) -> None:
     """Filter every gateway connection of ``client``. ``prefix`` gives the bot's current prefix;
     ``dropped`` is called for each event dropped, ``received`` for each MESSAGE_CREATE let through
-    (before discord.py decodes it: where the added-latency metric starts). A guild for which
-    ``listens(guild_id)`` is true gets every message through (the bot keeps its channel context)."""
+    (before discord.py decodes it: where the added-latency metric starts). The guilds in ``listened()``
+    get every message through (the bot keeps their channel context); while it is empty, no message
+    costs more than without channel context."""
 
     def wrap(ws: Any, received_message: Callable[[Any], Awaitable[None]]) -> Callable[[Any], Awaitable[None]]:
         async def filtered(msg: Any, /) -> None:
@@ -74,8 +75,9 @@ def install(
                 return
             user = client.user
             body = msg[envelope.end() :]
+            guilds = listened()
             if may_concern(body, user.id if user is not None else None, prefix()) or (
-                listens is not None and (guild := _GUILD_ID.search(body)) is not None and listens(int(guild[1]))
+                guilds and (guild := _GUILD_ID.search(body)) is not None and int(guild[1]) in guilds
             ):
                 received()
                 await received_message(msg)

@@ -175,7 +175,7 @@ class PersonaBot:
         internals.filter_message_creates(client, self._addressed)
         self._presence = Presence(self.services.community, client, lambda: self.spec, self._take_turn, self._may_speak)
         gateway_filter.install(  # ... and decode it
-            client, lambda: self.spec.prefix, self._count_dropped, self._stamp_received, self._presence.listens
+            client, lambda: self.spec.prefix, self._count_dropped, self._stamp_received, self._presence.listened
         )
         internals.observe_parser(client, "MESSAGE_UPDATE", self._presence.edited)
         client.on_guild_join = client.on_guild_available = self._on_guild  # type: ignore[attr-defined]

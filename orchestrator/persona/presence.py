@@ -77,9 +77,9 @@ class Presence:
 
     # ------------------------------------------------------------ hearing
 
-    def listens(self, guild_id: int) -> bool:
-        """Whether this persona's gateway filter lets every message of ``guild_id`` through."""
-        return self._community.rooms.listener(guild_id) == self._bot
+    def listened(self) -> frozenset[int]:
+        """The guilds whose every message this persona's gateway filter lets through."""
+        return self._community.rooms.listened_by(self._bot)
 
     def hear(self, data: dict[str, Any]) -> None:
         """A decoded MESSAGE_CREATE payload, before discord.py builds a Message (if it does at all)."""
