@@ -277,27 +277,18 @@ class PersonaBot:
 
     def _take_turn(self, turn: PanelTurn) -> bool:
         """A panel's conductor hands this persona a turn: queue it like any message."""
-        message = turn.message
-        if not self.mailbox.accepts(message.author.id):
-            return False
-        try:
-            self.mailbox.put(Job("panel_turn", message, turn.prompt, time.monotonic(), turn))
-        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-            return False
-        return True
+        return self.mailbox.offer(Job("panel_turn", turn.message, turn.prompt, time.monotonic(), turn)) == "taken"
 
     def _enqueue(self, job: Job) -> None:
         """Accept a job, or answer "busy" when the bot, or this user, already has too many waiting."""
-        if not self.mailbox.accepts(job.message.author.id):
+        outcome = self.mailbox.offer(job)
+        if outcome == "full":
             self.counters.busy += 1
             log.warning(
                 "bot %s: too many messages waiting (%d), answering busy", self.spec.name, self.mailbox.in_flight
             )
             self._notify(job.message, BUSY)
-            return
-        try:
-            self.mailbox.put(job)
-        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+        elif outcome == "closed":
             if self._handing_over:
                 log.debug("bot %s: message %s is left to the node that runs it next", self.spec.name, job.message.id)
                 return

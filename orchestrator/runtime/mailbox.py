@@ -91,6 +91,17 @@ class Mailbox:
     def accepts(self, user: int) -> bool:
         return self.in_flight < self.capacity and self.per_user.get(user, 0) < self.per_user_limit
 
+    def offer(self, job: Job) -> Literal["taken", "full", "closed"]:
+        """Queue ``job`` unless the bot, or its user, has too many waiting ("full") or the bot is
+        stopping ("closed")."""
+        if not self.accepts(job.message.author.id):
+            return "full"
+        try:
+            self.put(job)
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            return "closed"
+        return "taken"
+
     def put(self, job: Job) -> None:
         """Queue a new job; raises ``anyio.ClosedResourceError`` once the bot is stopping."""
         self.send.send_nowait(job)
