@@ -13,6 +13,7 @@ import pytest
 from orchestrator.memory import ConversationKey, SQLiteStore
 
 from .conftest import API_KEY, World, token_for
+from .processes import base_env
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -24,12 +25,6 @@ def orchestrator(
         [sys.executable, "-m", "orchestrator", *args], cwd=cwd, env=env, input=input, capture_output=True,
         text=True, timeout=120,
     )
-
-
-def base_env() -> dict[str, str]:
-    import os
-
-    return {k: v for k, v in os.environ.items() if not k.startswith(("DISCORD_", "OPENAI_"))}
 
 
 def test_check_accepts_the_example_and_names_the_bots() -> None:

@@ -20,7 +20,8 @@ from orchestrator.demo.syntax import Kind, Line, parse_line
 from orchestrator.sandbox.openai_server import said
 
 from .conftest import API_KEY, World
-from .test_cli import base_env, orchestrator
+from .processes import base_env
+from .test_cli import orchestrator
 
 ROOT = Path(__file__).resolve().parent.parent
 BOTS_YAML = str(ROOT / "bots.yaml")

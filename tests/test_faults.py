@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import signal
 import sqlite3
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import aiohttp
@@ -31,6 +30,7 @@ from orchestrator.sandbox.openai_server import Fault, echo_reply, said
 
 from .conftest import World, token_for
 from .fake_time import FakeTime
+from .processes import base_env, orchestrator_run
 from .waiting import until
 
 pytestmark = pytest.mark.fault
@@ -392,30 +392,13 @@ async def test_read_only_database_file_at_startup_still_answers(world: World, mo
 # ---------------------------------------------------------------- signals, on a real process
 
 
-def base_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith(("DISCORD_", "OPENAI_"))}
-
-
 @contextlib.asynccontextmanager
-async def orchestrator_process(world: World, log: Path):  # type: ignore[no-untyped-def]
-    with log.open("ab") as stderr:
-        process = await anyio.open_process(
-            [sys.executable, "-m", "orchestrator", "run", str(world.path), "--no-watch"],
-            cwd=ROOT,
-            env=base_env() | world.env(),
-            stdout=stderr,
-            stderr=stderr,
-        )
-        try:
-            for name in world.bot_ids:
-                await world.discord.wait_for_ready(token_for(name), timeout=30)
-            yield process
-        finally:
-            if process.returncode is None:
-                process.kill()
-            with anyio.CancelScope(shield=True):
-                await process.wait()
-                await process.aclose()
+async def orchestrator_process(world: World, log: Path) -> AsyncIterator[Process]:
+    """`orchestrator run` on the world's bots.yaml, once every bot is online."""
+    async with orchestrator_run(world.path, log, base_env() | world.env()) as process:
+        for name in world.bot_ids:
+            await world.discord.wait_for_ready(token_for(name), timeout=30)
+        yield process
 
 
 async def test_sigterm_with_two_bots_mid_answer_delivers_and_remembers_both(world: World) -> None:

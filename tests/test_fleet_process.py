@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import signal
-import sys
 import time
 from collections.abc import AsyncIterator
 from functools import partial
@@ -19,8 +18,8 @@ from redis.asyncio import Redis
 
 from orchestrator.fleet.leases import LeaseStore
 from orchestrator.fleet.placement import place
-from tests.conftest import ROOT, World, token_for
-from tests.test_faults import base_env
+from tests.conftest import World, token_for
+from tests.processes import base_env, orchestrator_run
 from tests.test_fleet_app import (
     NODES,
     PREFIXES,
@@ -39,21 +38,9 @@ FAILOVER_LIMIT = 10.0
 
 @contextlib.asynccontextmanager
 async def node_process(world: World, node: str) -> AsyncIterator[Process]:
-    log = world.tmp_path / f"{node}.log"
     env = base_env() | world.env(node_env(world, node))
-    with log.open("ab") as output:
-        process = await anyio.open_process(
-            [sys.executable, "-m", "orchestrator", "run", str(world.path), "--no-watch"],
-            cwd=ROOT, env=env, stdout=output, stderr=output,
-        )
-        try:
-            yield process
-        finally:
-            if process.returncode is None:
-                process.kill()
-            with anyio.CancelScope(shield=True):
-                await process.wait()
-                await process.aclose()
+    async with orchestrator_run(world.path, world.tmp_path / f"{node}.log", env) as process:
+        yield process
 
 
 async def settled(world: World, store: LeaseStore, desired: dict[str, str]) -> bool:
