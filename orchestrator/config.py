@@ -144,6 +144,7 @@ class Defaults(_Model):
     context: ContextSettings = ContextSettings()
     group: GroupSettings = GroupSettings()
     stream: bool = False
+    message_content: bool = True  # ask for the privileged Message Content intent (see BotSpec)
     mailbox_size: int = Field(32, ge=1, le=10_000)
     concurrency: int = Field(32, ge=1, le=256)  # answers in progress per bot (one at a time per conversation)
 
@@ -165,6 +166,7 @@ class BotSettings(_Model):
     context: dict[str, Any] = {}
     group: dict[str, Any] = {}
     stream: bool | None = None
+    message_content: bool | None = None
     mailbox_size: int | None = Field(None, ge=1, le=10_000)
     concurrency: int | None = Field(None, ge=1, le=256)
 
@@ -235,10 +237,17 @@ class BotSpec:
     stream: bool
     mailbox_size: int
     concurrency: int
+    # False: the bot does not ask for the privileged Message Content intent. Discord then sends it the
+    # text of a guild message only when the message mentions it, replies to it or is its own (and of
+    # every DM): prefix commands work in DMs only, channels use @mentions and replies.
+    message_content: bool = True
 
     def needs_reconnect(self, other: BotSpec) -> bool:
-        """True when going from ``self`` to ``other`` needs a new Discord connection (and actor)."""
-        return (self.token, self.mailbox_size, self.concurrency) != (other.token, other.mailbox_size, other.concurrency)
+        """True when going from ``self`` to ``other`` needs a new Discord connection (and actor); the
+        intents are sent once, when the connection identifies."""
+        return (self.token, self.mailbox_size, self.concurrency, self.message_content) != (
+            other.token, other.mailbox_size, other.concurrency, other.message_content
+        )
 
 
 _POSTGRES_SCHEMES = ("postgresql", "postgres")
@@ -684,6 +693,7 @@ def _resolve(
             stream=defaults.stream if bot.stream is None else bot.stream,
             mailbox_size=bot.mailbox_size or defaults.mailbox_size,
             concurrency=bot.concurrency or defaults.concurrency,
+            message_content=defaults.message_content if bot.message_content is None else bot.message_content,
             **merged,
         )
     database = _database(settings, env, secrets, base_dir, issue)
@@ -700,6 +710,13 @@ def _resolve(
         }
     )
     warnings = [str(located(bot_locs[second], message)) for second, message in _overlaps(list(bots.values()))]
+    warnings += [
+        str(located(_message_content_loc(settings, bot_locs[spec.name]), _WITHOUT_MESSAGE_CONTENT.format(
+            bot=spec.name, prefix=spec.prefix
+        )))
+        for spec in bots.values()
+        if not spec.message_content
+    ]
     if "://" in settings.database and PostgresURL(SecretStr(settings.database)).has_password:
         warnings.append(str(located(("database",), (
             "the database URL in bots.yaml carries a password; put the URL in .env "
@@ -827,13 +844,26 @@ def _unknown_provider(provider: str, providers: Mapping[str, ProviderSpec]) -> s
     return f"provider {provider!r} is not defined under 'providers:'{hint}"
 
 
+_WITHOUT_MESSAGE_CONTENT = (
+    "bot {bot!r} runs without the Message Content intent (message_content: false): '{prefix}chat' and its other "
+    "prefix commands work only in DMs; in channels users @mention it or reply to it"
+)
+
+
+def _message_content_loc(settings: FileSettings, bot_loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Where a bot's ``message_content`` is set: on the bot, else under ``defaults``."""
+    if settings.bots[bot_loc[1]].message_content is not None:
+        return (*bot_loc, "message_content")
+    return ("defaults", "message_content")
+
+
 def _overlaps(bots: list[BotSpec]) -> list[tuple[str, str]]:
     """Pairs of bots that would both answer the same command in the same place, as (the second
-    bot's name, a warning)."""
+    bot's name, a warning). A bot without message content reads no prefix commands in channels."""
     found = []
     for i, first in enumerate(bots):
         for second in bots[i + 1 :]:
-            if first.prefix != second.prefix:
+            if first.prefix != second.prefix or not (first.message_content and second.message_content):
                 continue
             if _disjoint(first.access.channels, second.access.channels) or _disjoint(
                 first.access.guilds, second.access.guilds

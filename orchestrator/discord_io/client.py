@@ -99,14 +99,19 @@ class PersonaClient(discord.Client):
 
 
 def build_client(
-    take_message: Callable[[discord.Message], None], *, guild_ready_timeout: float, reidentify_delay: float
+    take_message: Callable[[discord.Message], None],
+    *,
+    guild_ready_timeout: float,
+    reidentify_delay: float,
+    message_content: bool = True,
 ) -> PersonaClient:
-    """A client with no member or message cache and no chunking, that pings nobody by default."""
+    """A client with no member or message cache and no chunking, that pings nobody by default. It asks
+    for the privileged Message Content intent only with ``message_content``."""
     intents = discord.Intents.none()
     intents.guilds = True
     intents.guild_messages = True
     intents.dm_messages = True
-    intents.message_content = True
+    intents.message_content = message_content
     return PersonaClient(
         take_message=take_message,
         reidentify_delay=reidentify_delay,

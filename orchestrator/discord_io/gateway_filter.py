@@ -37,14 +37,16 @@ def _json_forms(text: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys((json.dumps(text, ensure_ascii=False)[1:-1], json.dumps(text)[1:-1])))
 
 
-def may_concern(body: str, user_id: int | None, prefix: str) -> bool:
+def may_concern(body: str, user_id: int | None, prefix: str | None) -> bool:
     """False only if the raw payload of a MESSAGE_CREATE is certainly a guild message that neither
-    mentions, replies to nor comes from user ``user_id`` and does not contain ``prefix``."""
+    mentions, replies to nor comes from user ``user_id`` and does not contain ``prefix``. ``prefix``
+    is None for a bot without the Message Content intent: Discord blanks the text of every guild
+    message that concerns it in no other way, so no prefix can show."""
     if user_id is None or '"guild_id"' not in body or "\\/" in body:
         return True  # not ready yet, a DM, or an encoder that escapes more than JSON requires
     if str(user_id) in body:
         return True
-    return any(form in body for form in _json_forms(prefix))
+    return prefix is not None and any(form in body for form in _json_forms(prefix))
 
 
 _GUILD_ID = re.compile(r'"guild_id"\s*:\s*"(\d+)"')
@@ -52,12 +54,13 @@ _GUILD_ID = re.compile(r'"guild_id"\s*:\s*"(\d+)"')
 
 def install(
     client: discord.Client,
-    prefix: Callable[[], str],
+    prefix: Callable[[], str | None],
     dropped: Callable[[], None],
     received: Callable[[], None],
     listened: Callable[[], Collection[int]] = frozenset,
 ) -> None:
-    """Filter every gateway connection of ``client``. ``prefix`` gives the bot's current prefix;
+    """Filter every gateway connection of ``client``. ``prefix`` gives the bot's current prefix
+    (None: not looked for);
     ``dropped`` is called for each event dropped, ``received`` for each MESSAGE_CREATE let through
     (before discord.py decodes it: where the added-latency metric starts). The guilds in ``listened()``
     get every message through (the bot keeps their channel context); while it is empty, no message

@@ -7,7 +7,9 @@ answers in flight. Jobs of one conversation run in arrival order; different conv
 concurrently up to ``concurrency``.
 
 How a user addresses a persona: ``<prefix>chat <text>`` (each bot has its own prefix), an
-@mention of the bot, a reply to one of the bot's messages, or a DM when ``access.dms`` allows.
+@mention of the bot, a reply to one of the bot's messages, or a DM when ``access.dms`` allows. A bot
+with ``message_content: false`` does not ask for the privileged intent; in guild channels it then
+answers mentions and replies only (persona/access.py).
 """
 
 from __future__ import annotations
@@ -154,10 +156,12 @@ class PersonaBot:
                     self.spec.name, "Discord refused the token (401). Put a valid bot token in the environment "
                     "variable named by token_env and save bots.yaml or restart."
                 )
-            except discord.PrivilegedIntentsRequired:
+            except discord.PrivilegedIntentsRequired:  # gateway close 4014, "Disallowed intent(s)"
                 self._failure = BotFatalError(
-                    self.spec.name, "the Message Content intent is not enabled. Enable it in the Discord developer "
-                    "portal (Bot → Privileged Gateway Intents), then restart."
+                    self.spec.name, "Discord refused the Message Content intent (close code 4014): it is not enabled "
+                    "for this application. Enable it in the Discord developer portal (Bot page → Privileged Gateway "
+                    "Intents → Message Content Intent), or set 'message_content: false' for this bot in bots.yaml "
+                    "(it then answers @mentions, replies and DMs only); then save bots.yaml or restart."
                 )
             except Exception as exc:  # noqa: BLE001 - any crash is the supervisor's to handle
                 cause = network_failure(exc)
@@ -170,12 +174,13 @@ class PersonaBot:
             self._take_message,
             guild_ready_timeout=options.guild_ready_timeout,
             reidentify_delay=options.reidentify_delay,
+            message_content=self.spec.message_content,
         )
         # discord.py would build a full Message for every message in every channel the bot sees ...
         internals.filter_message_creates(client, self._addressed)
         self._presence = Presence(self.services.community, client, lambda: self.spec, self._take_turn, self._may_speak)
         gateway_filter.install(  # ... and decode it
-            client, lambda: self.spec.prefix, self._count_dropped, self._stamp_received, self._presence.listened
+            client, self._readable_prefix, self._count_dropped, self._stamp_received, self._presence.listened
         )
         internals.observe_parser(client, "MESSAGE_UPDATE", self._presence.edited)
         client.on_guild_join = client.on_guild_available = self._on_guild  # type: ignore[attr-defined]
@@ -215,6 +220,10 @@ class PersonaBot:
         log.exception("bot %s: unhandled error in discord.py event %s", self.spec.name, event)
         report_exception(bot=self.spec.name, provider=self.spec.provider, model=self.spec.model)
 
+    def _readable_prefix(self) -> str | None:
+        """The prefix the gateway filter looks for; None without message content (guild text is blank)."""
+        return self.spec.prefix if self.spec.message_content else None
+
     def _count_dropped(self) -> None:
         self.counters.dropped += 1
 
@@ -228,7 +237,9 @@ class PersonaBot:
         if me is None:
             return False
         author = int((data.get("author") or {}).get("id", 0))
-        return access.payload_addressed(data, me.id, self.spec.prefix, allow_bots=self._allows_bot(author))
+        return access.payload_addressed(
+            data, me.id, self.spec.prefix, allow_bots=self._allows_bot(author), read_all=self.spec.message_content
+        )
 
     def _allows_bot(self, user_id: int) -> bool:
         """Whether a bot's message may be answered: any bot with ``access.allow_bots``, a fellow persona
@@ -255,6 +266,9 @@ class PersonaBot:
         me = self.client.user
         if me is None or not access.allowed(self.spec.access, message, me.id, self._allows_bot(message.author.id)):
             return None
+        spec = self.spec
+        if not spec.message_content and not access.message_addressed(message, me.id, spec.prefix, read_all=False):
+            return None  # a catch-up read may show a channel's text that the gateway would have blanked
         command = parse_command(message.content, self.spec.prefix)
         if command is not None:
             kind: JobKind = command.name

@@ -23,6 +23,7 @@ from ..community.roster import Member
 from ..community.speakers import heard_from_message, heard_from_payload
 from ..config import BotSpec
 from ..memory import Turn
+from . import access
 from .commands import parse_command
 
 log = logging.getLogger(__name__)
@@ -67,8 +68,12 @@ class Presence:
             self.joined_guild(guild.id)
 
     def joined_guild(self, guild_id: int) -> None:
+        """Join the guild's roster, and its listeners if the persona keeps channel context and can read
+        the room: a persona without message content is sent the text of few messages, so it never
+        listens for a guild (a persona with the intent there does, and their rooms are shared)."""
         self._community.roster.join_guild(self._bot, guild_id)
-        if self._context():
+        spec = self._spec()
+        if spec.context.channel_messages and spec.message_content:
             self._community.rooms.join(guild_id, self._bot)
 
     def left(self) -> None:
@@ -81,12 +86,21 @@ class Presence:
         """The guilds whose every message this persona's gateway filter lets through."""
         return self._community.rooms.listened_by(self._bot)
 
+    def _can_read(self, data: dict[str, Any]) -> bool:
+        """Whether this persona was sent the payload's text (see :func:`access.payload_readable`); an
+        unreadable message would enter the room as an empty line, and would keep another persona's
+        readable copy of it out (a room keeps the first copy heard)."""
+        if self._spec().message_content:
+            return True
+        me = self._client.user
+        return me is not None and access.payload_readable(data, me.id)
+
     def hear(self, data: dict[str, Any]) -> None:
         """A decoded MESSAGE_CREATE payload, before discord.py builds a Message (if it does at all)."""
         if "guild_id" not in data:
             return  # DMs stay out of every room
         channel_id = int(data["channel_id"])
-        if self._context():
+        if self._context() and self._can_read(data):
             self._community.rooms.hear(channel_id, heard_from_payload(data))
         author = data.get("author") or {}
         if not author.get("bot"):
@@ -96,7 +110,7 @@ class Presence:
 
     def edited(self, data: dict[str, Any]) -> None:
         """A MESSAGE_UPDATE payload: a streamed answer grows by edits."""
-        if "content" in data and "id" in data and "channel_id" in data:
+        if "content" in data and "id" in data and "channel_id" in data and self._can_read(data):
             self._community.rooms.edit(int(data["channel_id"]), int(data["id"]), str(data["content"]))
 
     async def room(
@@ -109,14 +123,16 @@ class Presence:
             return []
         rooms = self._community.rooms
         channel_id = message.channel.id
+        me = self._client.user
         if rooms.needs_backfill(channel_id):
             try:
-                read = [heard_from_message(m) async for m in channel.history(limit=limit, before=message)]
+                history = [m async for m in channel.history(limit=limit, before=message)]
             except (discord.HTTPException, aiohttp.ClientError) as exc:
                 log.warning("bot %s: could not read the recent messages of channel %s (%s)", self._bot, channel_id, exc)
             else:
-                rooms.backfill(channel_id, read)
-        me = self._client.user
+                if not self._spec().message_content:  # as over the gateway, whatever the portal lets REST show
+                    history = [m for m in history if me is not None and access.guild_message_readable(m, me.id)]
+                rooms.backfill(channel_id, [heard_from_message(m) for m in history])
         turns = []
         for heard in rooms.recent(channel_id, limit + 1):
             if heard.id == message.id or (heard.id > message.id and not until_now):

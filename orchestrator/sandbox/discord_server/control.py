@@ -4,7 +4,8 @@ It composes the shared :class:`SandboxState`, the websocket :class:`Gateway` and
 :class:`RestApi` into one aiohttp application (REST under ``/api/v10``, the gateway at
 ``/gateway``, on one port), and adds the control surface: humans speak through :meth:`post`;
 what bots send through REST is recorded in :attr:`sent`; faults and disconnections are injected
-with :meth:`inject_rest` and :meth:`drop_gateway`. ``POST /_sandbox/messages`` and
+with :meth:`inject_rest` and :meth:`drop_gateway`; an application's privileged intent is set with
+:meth:`set_message_content_intent`. ``POST /_sandbox/messages``, ``POST /_sandbox/intents`` and
 ``GET /_sandbox/sent`` offer the same to another process (``python -m orchestrator.sandbox.discord_server``).
 """
 
@@ -84,6 +85,11 @@ class DiscordSandbox:
         return self.gateway.resume_count
 
     @property
+    def identified_intents(self) -> defaultdict[str, list[int]]:
+        """token -> the intents bitfield of each IDENTIFY it sent, in order (also those refused)."""
+        return self.gateway.identified_intents
+
+    @property
     def peak_connections(self) -> defaultdict[str, int]:
         """token -> the most gateway connections open at one time as that bot (two: it ran twice)."""
         return self.gateway.peak_connections
@@ -144,6 +150,7 @@ class DiscordSandbox:
                 *self.rest.routes(),
                 web.post("/_sandbox/messages", self._control_post),
                 web.get("/_sandbox/sent", self._control_sent),
+                web.post("/_sandbox/intents", self._control_intents),
             ]
         )
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
@@ -200,6 +207,16 @@ class DiscordSandbox:
     def add_user(self, name: str, *, bot: bool = False, roles: Sequence[int] = ()) -> int:
         """Add a member (of every guild) who can post through :meth:`post`; returns its id."""
         return self.state.add_user(name, bot=bot, roles=roles)
+
+    def set_message_content_intent(self, token: str, enabled: bool) -> None:
+        """Turn the Message Content intent of the bot's application on or off, as its developer portal's
+        Bot page does (on by default). Off: an IDENTIFY asking for it is closed with 4014, and REST
+        reads return blanked content (see ``state.py``). Applies from the next IDENTIFY and read."""
+        user_id = self.state.bot_tokens[token]
+        if enabled:
+            self.state.message_content_disabled.discard(user_id)
+        else:
+            self.state.message_content_disabled.add(user_id)
 
     def add_guild(self, name: str) -> int:
         """Add a guild with its @everyone role; returns its id.
@@ -325,6 +342,16 @@ class DiscordSandbox:
         except (ApiError, TypeError, ValueError, KeyError) as exc:
             return json_response({"message": f"bad sandbox post: {exc!r}"}, 400)
         return json_response(message)
+
+    async def _control_intents(self, request: web.Request) -> web.Response:
+        """``POST /_sandbox/intents`` with ``{"token": ..., "message_content": true|false}``: see
+        :meth:`set_message_content_intent`."""
+        try:
+            body = await json_body(request)
+            self.set_message_content_intent(str(body["token"]), bool(body["message_content"]))
+        except (ApiError, KeyError) as exc:
+            return json_response({"message": f"bad sandbox intents request: {exc!r}"}, 400)
+        return web.Response(status=204)
 
     async def _control_sent(self, request: web.Request) -> web.Response:
         """``GET /_sandbox/sent``: every :class:`SentMessage` as JSON."""

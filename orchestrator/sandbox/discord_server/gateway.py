@@ -1,6 +1,10 @@
 """The sandbox's websocket gateway: HELLO, IDENTIFY and RESUME, heartbeats, dispatches to the
 sessions that may see an event, and zlib-stream compression.
 
+An IDENTIFY asking for the Message Content intent (1 << 15) by a bot whose application does not have
+it enabled in the developer portal is closed with 4014 "Disallowed intent(s).", as on Discord; the
+intents of every IDENTIFY are recorded per token (:attr:`Gateway.identified_intents`).
+
 Gateway frames are plain JSON text unless the sandbox was made with ``compress`` and the client
 asked for ``compress=zlib-stream``: then, as from Discord, one deflate stream per connection,
 each payload a binary frame ending in a sync flush. Message events reach a session only with the
@@ -29,7 +33,7 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from .state import DIRECT_MESSAGES, DM, GUILD_MESSAGES, Channel, JSONDict, MessageView, SandboxState
+from .state import DIRECT_MESSAGES, DM, GUILD_MESSAGES, MESSAGE_CONTENT, Channel, JSONDict, MessageView, SandboxState
 
 _MAX_MISSED = 1000  # events kept for a disconnected session, replayed on RESUME
 
@@ -74,6 +78,7 @@ class Gateway:
         self.reject_identify: dict[str, int] = {}  # token -> close code sent instead of READY (crash loops)
         self.identify_count: defaultdict[str, int] = defaultdict(int)  # IDENTIFYs received per token
         self.resume_count: defaultdict[str, int] = defaultdict(int)  # RESUMEs received per token
+        self.identified_intents: defaultdict[str, list[int]] = defaultdict(list)  # token -> intents of each IDENTIFY
         self.sessions: dict[str, GatewaySession] = {}  # token -> current (possibly disconnected) session
         # token -> the most gateway connections identified as that bot open at one time (Discord allows
         # one per bot and shard: two mean two processes ran the bot at once)
@@ -157,6 +162,8 @@ class Gateway:
         state = self.state
         token = data.get("token", "")
         self.identify_count[token] += 1
+        intents = int(data.get("intents", 0))
+        self.identified_intents[token].append(intents)
         user_id = state.bot_tokens.get(token)
         if token in self.reject_identify:
             await ws.close(code=self.reject_identify[token], message=b"Rejected by the sandbox")
@@ -164,7 +171,10 @@ class Gateway:
         if user_id is None:
             await ws.close(code=4004, message=b"Authentication failed.")
             return None
-        session = GatewaySession(token, user_id, uuid.uuid4().hex, int(data.get("intents", 0)), ws=ws)
+        if intents & MESSAGE_CONTENT and user_id in state.message_content_disabled:
+            await ws.close(code=4014, message=b"Disallowed intent(s).")
+            return None
+        session = GatewaySession(token, user_id, uuid.uuid4().hex, intents, ws=ws)
         self.sessions[token] = session
         self._count_connection(ws, token)
         guilds = [guild for guild in state.guilds.values() if state.users[user_id].member_of(guild.id)]

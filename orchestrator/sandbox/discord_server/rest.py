@@ -346,8 +346,9 @@ class RestApi:
             raise ApiError(400, 50035, "Invalid Form Body") from None
         if not 1 <= limit <= 100:
             raise ApiError(400, 50035, "Invalid Form Body")
+        bot_id = request[BOT_USER].id
         found = [
-            {k: v for k, v in message.items() if k not in ("guild_id", "member")}
+            {k: v for k, v in self.state.rest_view(message, bot_id).items() if k not in ("guild_id", "member")}
             for message_id, message in self.state.messages.items()
             if message["channel_id"] == str(channel.id) and after < message_id < before
         ]
@@ -356,7 +357,8 @@ class RestApi:
         return json_response(page[::-1])
 
     async def _get_message(self, request: web.Request) -> web.Response:
-        return json_response(self._message_in(self._channel(request), request))
+        message = self._message_in(self._channel(request), request)
+        return json_response(self.state.rest_view(message, request[BOT_USER].id))
 
     async def _edit_message(self, request: web.Request) -> web.Response:
         channel = self._channel(request)

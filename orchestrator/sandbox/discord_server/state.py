@@ -2,9 +2,13 @@
 builds from them (members, channels, GUILD_CREATE, messages as each bot sees them).
 
 Humans, and bots registered without ``guilds``, are members of every guild (also of guilds added
-later); a bot registered with ``guilds=[...]`` is a member of those guilds only. Without the
-MESSAGE_CONTENT intent a bot sees guild messages with empty content unless they mention it or are
-its own, as on Discord.
+later); a bot registered with ``guilds=[...]`` is a member of those guilds only.
+
+The Message Content intent, as on Discord: each application has it enabled in the developer portal
+or not (:attr:`SandboxState.message_content_disabled`; enabled unless set). A gateway session that did
+not ask for it, and REST reads by an application that does not have it enabled, see a guild message
+with empty ``content``, ``embeds``, ``attachments`` and ``components`` unless the message mentions
+the bot, replies to one of its messages or is its own; DMs are always seen in full.
 """
 
 from __future__ import annotations
@@ -158,6 +162,8 @@ class SandboxState:
         self._changed = asyncio.Condition()
         self.sent: list[SentMessage] = []
         self.typing: list[tuple[int, int]] = []  # (bot user id, channel id) per typing POST
+        # bot user ids whose application has the Message Content intent off in the developer portal
+        self.message_content_disabled: set[int] = set()
 
         self.default_user_id = self.new_user("alice", bot=False, roles=())
         self.guild_id = self.add_guild("Sandbox")
@@ -417,20 +423,19 @@ class SandboxState:
                 {**user, "member": self.member(self.users[int(user["id"])], guild_id, with_user=False)}
                 for user in message["mentions"]
             ]
-        hidden = {**event, "content": "", "embeds": [], "attachments": [], "components": []}
-        author_id = int(message["author"]["id"])
-        mentioned = {int(user["id"]) for user in message["mentions"]}
+        hidden = _hidden(event)
 
         def for_session(user_id: int, intents: int) -> JSONDict:
-            content_visible = (
-                intents & MESSAGE_CONTENT
-                or "guild_id" not in message
-                or user_id == author_id
-                or user_id in mentioned
-            )
-            return event if content_visible else hidden
+            return event if intents & MESSAGE_CONTENT or _content_visible(message, user_id) else hidden
 
         return for_session
+
+    def rest_view(self, message: JSONDict, bot_user_id: int) -> JSONDict:
+        """A message as a bot's REST read returns it: blanked when its application does not have the
+        Message Content intent enabled, unless the bot may see it anyway (see the module's docstring)."""
+        if bot_user_id not in self.message_content_disabled or _content_visible(message, bot_user_id):
+            return message
+        return _hidden(message)
 
     def message_with_nonce(self, once: tuple[int, str]) -> JSONDict | None:
         """The message created with this (author, nonce) within ``nonce_window`` s, forgetting older ones."""
@@ -469,3 +474,21 @@ class SandboxState:
         ]
         everyone = "everyone" in parse and ("@everyone" in content or "@here" in content)
         return [self.users[user_id] for user_id in user_ids], role_ids, everyone
+
+
+def _hidden(message: JSONDict) -> JSONDict:
+    return {**message, "content": "", "embeds": [], "attachments": [], "components": []}
+
+
+def _content_visible(message: JSONDict, user_id: int) -> bool:
+    """Whether ``user_id`` sees the message's content without the Message Content intent: a DM, its own
+    message, one that mentions it, or a reply to one of its messages (Discord: with the reply's ping on,
+    which is what a reply does unless the user turns it off)."""
+    user_text = str(user_id)
+    referenced = message.get("referenced_message") or {}
+    return (
+        "guild_id" not in message
+        or message["author"]["id"] == user_text
+        or any(user["id"] == user_text for user in message["mentions"])
+        or referenced.get("author", {}).get("id") == user_text
+    )
