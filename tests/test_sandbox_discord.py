@@ -371,6 +371,56 @@ async def test_missing_message_content_intent_blanks_content_unless_mentioned(sa
     assert sandbox.sent == []
 
 
+async def test_without_the_intent_a_reply_to_the_bot_is_readable_and_a_reply_to_another_is_not(
+    sandbox: DiscordSandbox,
+) -> None:
+    bot = make_bot(message_content=False)
+    bot_id = sandbox.add_bot(TOKEN_A, "alpha")
+    inbox = Inbox(bot)
+    async with running(sandbox, (bot, TOKEN_A)):
+        own = await sandbox.post("!ping", mentions=[bot_id])  # mentioned, so readable: the bot replies "pong"
+        (pong,) = await sandbox.wait_for_sent()
+        await sandbox.post("thanks", reply_to=pong.id)
+        await sandbox.post("me too", reply_to=int(own["id"]))  # a reply to alice, not to the bot
+        to_bot = await inbox.next(lambda m: m.reference is not None and m.reference.message_id == pong.id)
+        to_alice = await inbox.next(
+            lambda m: m.reference is not None and m.reference.message_id == int(own["id"]) and not m.author.bot
+        )
+    assert (to_bot.content, to_alice.content) == ("thanks", "")
+    assert sandbox.identified_intents[TOKEN_A] == [bot.intents.value]
+
+
+async def test_an_application_without_the_intent_enabled_is_refused_it_and_reads_blank_text(
+    sandbox: DiscordSandbox,
+) -> None:
+    bot_id = sandbox.add_bot(TOKEN_A, "alpha")
+    sandbox.set_message_content_intent(TOKEN_A, False)
+    asking = make_bot(message_content=True)
+    with pytest.raises(discord.PrivilegedIntentsRequired):
+        with anyio.fail_after(5):
+            await asking.start(TOKEN_A)
+    await asking.close()
+    assert sandbox.identified_intents[TOKEN_A] == [asking.intents.value]
+
+    plain = await sandbox.post("hello all")
+    mention = await sandbox.post(f"<@{bot_id}> hi", mentions=[bot_id])
+    dm = await sandbox.post("in private", guild=False, dm_to=TOKEN_A)
+    auth = {"Authorization": f"Bot {TOKEN_A}"}
+    async with aiohttp.ClientSession() as http:
+
+        async def read(message: dict[str, object]) -> str:
+            url = f"{sandbox.api_url}/channels/{message['channel_id']}/messages"
+            async with http.get(f"{url}/{message['id']}", headers=auth) as one, http.get(url, headers=auth) as page:
+                listed = {m["id"]: m["content"] for m in await page.json()}
+                text: str = (await one.json())["content"]
+                assert listed[message["id"]] == text
+                return text
+
+        assert [await read(m) for m in (plain, mention, dm)] == ["", f"<@{bot_id}> hi", "in private"]
+        sandbox.set_message_content_intent(TOKEN_A, True)
+        assert await read(plain) == "hello all"
+
+
 async def test_dm_reaches_only_its_bot_and_the_reply_stays_in_the_dm(sandbox: DiscordSandbox) -> None:
     alpha, beta = make_bot(), make_bot()
     alpha_id = sandbox.add_bot(TOKEN_A, "alpha")
