@@ -138,3 +138,36 @@ async def test_a_persona_without_message_content_never_listens_for_a_guild(world
         await world.chat("?chat what colour is the sky?")
     last = world.openai.chat_requests[-1]
     assert {"role": "user", "name": "alice", "content": "alice: the sky is green today"} in last.body["messages"]
+
+
+async def test_setting_message_content_false_and_reloading_reconnects_without_the_intent(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    world.write([{"name": "sage"}, {"name": "hafez", "prefix": "?"}])
+    for name, value in world.env().items():  # a reload reads the environment again
+        monkeypatch.setenv(name, value)
+    world.discord.set_message_content_intent(token_for("sage"), False)
+    sage, hafez = world.bot_ids["sage"], world.bot_ids["hafez"]
+    async with world.running() as app:
+        supervisor = app.supervisor
+        assert supervisor is not None and supervisor.children["sage"].state is BotState.FAILED
+        world.write([
+            {"name": "sage", "message_content": False},
+            {"name": "hafez", "prefix": "?", "message_content": False},
+        ])  # fmt: skip
+        assert await app.reload()
+        token = token_for("hafez")
+
+        def hafez_reconnected() -> bool | None:
+            session = world.discord.sessions.get(token)
+            return True if len(world.discord.identified_intents[token]) == 2 and session and session.ready else None
+
+        with anyio.fail_after(10):
+            await supervisor.wait_for_state("sage", BotState.RUNNING)
+            await world.discord.state.wait(hafez_reconnected, 10, "hafez identifying again")
+        [from_sage] = await world.chat(f"<@{sage}> back?", mentions=[sage])
+        [from_hafez] = await world.chat(f"<@{hafez}> and you?", mentions=[hafez])
+    assert (from_sage.author_id, from_hafez.author_id) == (sage, hafez)
+    for name in ("sage", "hafez"):
+        *before, last = world.discord.identified_intents[token_for(name)]
+        assert [bool(bits & MESSAGE_CONTENT) for bits in before] == [True] and not last & MESSAGE_CONTENT
