@@ -845,8 +845,9 @@ def _unknown_provider(provider: str, providers: Mapping[str, ProviderSpec]) -> s
 
 
 _WITHOUT_MESSAGE_CONTENT = (
-    "bot {bot!r} runs without the Message Content intent (message_content: false): '{prefix}chat' and its other "
-    "prefix commands work only in DMs; in channels users @mention it or reply to it"
+    "bot {bot!r} runs without the Message Content intent (message_content: false): in channels Discord shows it "
+    "only messages that @mention it or reply to it, so '{prefix}chat' and its other prefix commands work there "
+    "only with an @mention of the bot; in DMs they work as usual"
 )
 
 

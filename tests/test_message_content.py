@@ -74,7 +74,7 @@ async def test_without_message_content_channel_context_keeps_only_what_the_bot_c
     assert said_to_sage == ["alice: first question", "alice: second question"]
 
 
-async def test_check_warns_that_prefix_commands_work_only_in_dms_for_a_bot_without_message_content(
+async def test_check_warns_that_prefix_commands_need_a_mention_in_channels_for_a_bot_without_message_content(
     world: World,
 ) -> None:
     path = world.write([{"name": "sage"}, {"name": "hafez", "prefix": "?", "message_content": False}])
@@ -85,7 +85,7 @@ async def test_check_warns_that_prefix_commands_work_only_in_dms_for_a_bot_witho
     assert len(warnings) == 1
     assert warnings[0].startswith(f"warning: {path}:{line}: ")
     assert "'hafez' runs without the Message Content intent" in warnings[0]
-    assert "'?chat'" in warnings[0] and "only in DMs" in warnings[0] and "@mention" in warnings[0]
+    assert "'?chat'" in warnings[0] and "in DMs" in warnings[0] and "@mention" in warnings[0]
 
 
 async def test_a_bot_refused_the_intent_says_what_to_do_once_and_the_others_keep_answering(
@@ -171,3 +171,14 @@ async def test_setting_message_content_false_and_reloading_reconnects_without_th
     for name in ("sage", "hafez"):
         *before, last = world.discord.identified_intents[token_for(name)]
         assert [bool(bits & MESSAGE_CONTENT) for bits in before] == [True] and not last & MESSAGE_CONTENT
+
+
+async def test_without_message_content_a_command_that_mentions_the_bot_works_in_a_channel(world: World) -> None:
+    world.write([{"name": "sage", "message_content": False}])
+    sage = world.bot_ids["sage"]
+    async with world.running():
+        [reply] = await world.chat(f"!help <@{sage}>", mentions=[sage])
+    assert world.openai.chat_requests == []
+    assert "Talk to me: @mention me or reply to one of my messages." in reply.content
+    assert "In channels I see only messages that mention me" in reply.content
+    assert "`!chat <your message>`" not in reply.content

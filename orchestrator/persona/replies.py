@@ -46,6 +46,8 @@ def help_text(spec: BotSpec) -> str:
     """What ``<prefix>help`` answers: who this persona is, how to address it, its commands and limits."""
     p = spec.prefix
     ways = [f"`{p}chat <your message>` (or `{p}ask`)", "@mention me", "reply to one of my messages"]
+    if not spec.message_content:  # Discord shows it no other text in channels
+        ways.pop(0)
     if spec.access.dms:
         ways.append("send me a direct message")
     ours = (
@@ -56,6 +58,11 @@ def help_text(spec: BotSpec) -> str:
     lines = [
         f"**{spec.name}**: {spec.description}",
         f"Talk to me: {', '.join(ways[:-1])} or {ways[-1]}.",
+        *(
+            []
+            if spec.message_content
+            else [f"In channels I see only messages that mention me: add an @mention of me to a command (`{p}usage`)."]
+        ),
         "Commands:",
         f"- `{p}chat <text>`: talk to me; I remember {ours}",
         f"- `{p}reset`: I forget {ours}",
