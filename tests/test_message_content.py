@@ -182,3 +182,25 @@ async def test_without_message_content_a_command_that_mentions_the_bot_works_in_
     assert "Talk to me: @mention me or reply to one of my messages." in reply.content
     assert "In channels I see only messages that mention me" in reply.content
     assert "`!chat <your message>`" not in reply.content
+
+
+async def test_without_message_content_catch_up_answers_a_missed_mention_and_not_a_missed_prefix_command(
+    world: World,
+) -> None:
+    world.write([{"name": "sage", "message_content": False}])
+    token = token_for("sage")
+    sage = world.bot_ids["sage"]
+    async with world.running() as app:
+        supervisor = app.supervisor
+        assert supervisor is not None
+        await world.chat(f"<@{sage}> before", mentions=[sage])
+        await world.discord.drop_gateway(token, code=4012)  # a crash: the next session gets no replay
+        # The REST read shows this text (the portal has the intent on), which the gateway would have blanked.
+        command = await world.discord.post("!chat while you were away")
+        mention = await world.discord.post(f"<@{sage}> did you miss me?", mentions=[sage])
+        await supervisor.wait_until(lambda s: s.children["sage"].restarts == 1)
+        await supervisor.wait_for_state("sage", BotState.RUNNING)
+        await world.discord.wait_for_sent(predicate=lambda m: m.reference_id == int(mention["id"]))
+        await world.idle()
+    assert not [m for m in world.discord.sent if m.reference_id == int(command["id"])]
+    assert world.openai.chat_requests[-1].body["messages"][-1]["content"] == "alice: did you miss me?"
