@@ -25,9 +25,12 @@ GUILD = '{"id":"7","guild_id":"9","author":{"id":"5"},"content":"%s"}'
         (GUILD % "؟chat سلام", "؟", True),  # ... or not
         (GUILD % 'say \\"hi\\"', '"', True),  # a prefix JSON must escape
         (GUILD % "a\\/b", "/", True),  # an encoder that escapes more than JSON requires: decode it
+        (GUILD % "!chat hello", None, False),  # no Message Content intent: no prefix is looked for
+        (GUILD % "hey <@%d>" % ME, None, True),
+        ('{"id":"7","author":{"id":"5"},"content":"!chat in a DM"}', None, True),
     ],
 )
-def test_only_messages_that_cannot_concern_the_bot_are_dropped(body: str, prefix: str, expected: bool) -> None:
+def test_only_messages_that_cannot_concern_the_bot_are_dropped(body: str, prefix: str | None, expected: bool) -> None:
     assert may_concern(body, ME, prefix) is expected
 
 
