@@ -78,6 +78,7 @@ async def test_a_per_user_request_limit_counts_the_requests_of_every_node(redis:
     clock.advance(7)  # 10 s after the first
     refusal = await refused(b, "u1", 10, NONE, three)
     assert (refusal.scope, refusal.limit, refusal.retry_after) == ("user", "requests_per_minute", 50.0)
+    assert (await b.usage("sage", "u1", NONE, three)).requests_last_minute == 3, "the fleet's count, not b's 1"
     assert b.local.book.rejections == {("sage", "user", "requests_per_minute"): 1}
     await b.reserve("openai", "sage", "u2", 10, NONE, three)  # another user has a limit of their own
     clock.advance(50)  # the first request leaves the window
@@ -126,6 +127,8 @@ async def test_the_daily_spend_cap_holds_across_nodes(redis: Redis, key_prefix: 
     cap = QuotaSettings(usd_per_day=0.001)
     price = ModelPrice(input=10, output=10)  # $0.00001 per token
     await a.settle(await a.reserve("openai", "sage", "u1", 50, cap, NONE), price, 60, 40)  # $0.001
+    usage = await b.usage("sage", "*", cap, NONE)
+    assert (usage.tokens_last_minute, usage.tokens_today, usage.usd_today) == (100, 100, pytest.approx(0.001))
     with pytest.raises(SpendCapReached) as caught:
         await b.reserve("openai", "sage", "u2", 50, cap, NONE)
     assert caught.value.user_message.startswith("This persona has reached today's spending limit ($0.0010).")
@@ -197,6 +200,12 @@ async def test_max_concurrency_is_divided_among_the_live_nodes() -> None:
 # ---------------------------------------------------------------- two apps, one fleet
 
 
+async def reply(world: World, text: str) -> str:
+    message = await world.discord.post(text)
+    [sent] = await world.discord.wait_for_sent(predicate=lambda m: m.reference_id == int(message["id"]), timeout=15)
+    return sent.content
+
+
 def write_fleet(world: World, redis_url: str, key_prefix: str, bot: dict, **top: object) -> None:
     world.write([bot], fleet={"redis_url": redis_url, "lease_ttl": 1.0, "key_prefix": key_prefix}, **top)
 
@@ -215,10 +224,9 @@ async def test_a_per_user_limit_of_three_a_minute_allows_three_answers_whichever
         apps[first].request_stop()  # sage moves to the other node, whose own count would start at 0
         await until(lambda: running(apps[second]) == {"sage"})
         await answered_once(world, await world.discord.post("!chat question 3"), "sage")
-        fourth = await world.discord.post("!chat question 4")
-        await world.discord.wait_for_sent(predicate=lambda m: m.reference_id == int(fourth["id"]), timeout=15)
-    [refusal] = [m for m in world.discord.sent if m.reference_id == int(fourth["id"])]
-    assert refusal.content.startswith("You have reached the limit of requests per minute"), refusal.content
+        [refusal, usage] = [await reply(world, text) for text in ("!chat question 4", "!usage")]
+    assert refusal.startswith("You have reached the limit of requests per minute"), refusal
+    assert "- requests this minute: 3/3 · 3/∞" in usage, usage
     assert len(world.openai.chat_requests) == 3
 
 

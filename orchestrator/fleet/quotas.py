@@ -49,7 +49,7 @@ from redis.asyncio import Redis
 from ..config import ModelPrice, QuotaSettings
 from ..errors import QuotaExceeded
 from ..llm.admission import LocalQuotas
-from ..llm.quota import QuotaBook, Reservation
+from ..llm.quota import QuotaBook, Reservation, UsageReport
 from ..llm.spend import SpendBook, SpendCapReached
 from .connection import REDIS_ERRORS, describe
 
@@ -75,7 +75,7 @@ local function prune(w, t)
     local ids = {unpack(old, i, math.min(i + 499, #old))}
     local gone = 0
     for _, amount in ipairs(redis.call('HMGET', t, unpack(ids))) do gone = gone + (tonumber(amount) or 0) end
-    redis.call('HINCRBY', t, '_total', -gone)
+    if gone ~= 0 then redis.call('HINCRBY', t, '_total', -gone) end  -- (t gone already: nothing to count out)
     redis.call('HDEL', t, unpack(ids))
   end
   redis.call('ZREMRANGEBYSCORE', w, '-inf', now - WINDOW)
@@ -153,7 +153,7 @@ local delta, cost = tonumber(ARGV[3]), tonumber(ARGV[4])
 for scope = 1, 2 do
   local w, t, d = KEYS[3 * scope - 2], KEYS[3 * scope - 1], KEYS[3 * scope]
   prune(w, t)
-  if redis.call('ZSCORE', w, ARGV[2]) then
+  if redis.call('ZSCORE', w, ARGV[2]) and redis.call('HEXISTS', t, ARGV[2]) == 1 then  -- never a key without expiry
     redis.call('HINCRBY', t, ARGV[2], delta)
     redis.call('HINCRBY', t, '_total', delta)
   end
@@ -162,6 +162,15 @@ for scope = 1, 2 do
   redis.call('PEXPIRE', d, 2 * DAY)
 end
 return 1
+"""
+
+# KEYS: w, t, d of one scope. ARGV: now ms ('' = Redis' clock).
+# Returns {requests this minute, tokens this minute, tokens today, USD today as text}.
+_USAGE = _COMMON + """
+prune(KEYS[1], KEYS[2])
+local tokens, usd = daily(KEYS[3])
+return {redis.call('ZCARD', KEYS[1]), tonumber(redis.call('HGET', KEYS[2], '_total')) or 0, tokens,
+        string.format('%.17g', usd)}
 """
 
 
@@ -192,6 +201,7 @@ class FleetQuotas:
         self._clock = clock  # monotonic: when to try an unreachable Redis again
         self._reserve = redis.register_script(_RESERVE)
         self._settle = redis.register_script(_SETTLE)
+        self._usage = redis.register_script(_USAGE)
         self._retry_at = 0.0
         self.redis_error: str | None = None  # why Redis could not be used last, None while it answers
 
@@ -250,6 +260,20 @@ class FleetQuotas:
             self._unreachable(exc)
         else:
             self._reachable()
+
+    async def usage(self, bot: str, user: str, bot_quota: QuotaSettings, user_quota: QuotaSettings) -> UsageReport:
+        """The fleet's count when the bot has a limit (else, or while Redis is unreachable, this node's)."""
+        if not (limited(bot_quota) or limited(user_quota)) or self._clock() < self._retry_at:
+            return self.local.report(bot, user)
+        keys = self._keys(bot, user)[3:] if user != QuotaBook.ALL_USERS else self._keys(bot, user)[:3]
+        try:
+            requests, tokens, today, usd = await self._usage(keys, [self._now()])
+        except REDIS_ERRORS as exc:
+            self._unreachable(exc)
+            return self.local.report(bot, user)
+        self._reachable()
+        limits = bot_quota if user == QuotaBook.ALL_USERS else user_quota
+        return UsageReport(bot, user, int(requests), int(tokens), int(today), limits, float(usd))
 
     def _unreachable(self, exc: BaseException) -> None:
         self._retry_at = self._clock() + RECHECK

@@ -13,10 +13,11 @@ twice counts once, so the pool may settle the real usage and then, on the way ou
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Protocol
 
 from ..config import ModelPrice, QuotaSettings
-from .quota import QuotaBook, Reservation
+from .quota import QuotaBook, Reservation, UsageReport
 from .spend import SpendBook
 
 
@@ -28,6 +29,10 @@ class Quotas(Protocol):
     async def settle(
         self, reservation: Reservation, price: ModelPrice | None, prompt_tokens: int, completion_tokens: int
     ) -> None: ...
+
+    async def usage(self, bot: str, user: str, bot_quota: QuotaSettings, user_quota: QuotaSettings) -> UsageReport:
+        """What ``user`` (``*``: everyone) used of ``bot`` this minute and today, and spent today."""
+        ...
 
 
 class LocalQuotas:
@@ -52,6 +57,12 @@ class LocalQuotas:
         self, reservation: Reservation, price: ModelPrice | None, prompt_tokens: int, completion_tokens: int
     ) -> None:
         self.count(reservation, price, prompt_tokens, completion_tokens)
+
+    async def usage(self, bot: str, user: str, bot_quota: QuotaSettings, user_quota: QuotaSettings) -> UsageReport:
+        return self.report(bot, user)
+
+    def report(self, bot: str, user: str) -> UsageReport:
+        return dataclasses.replace(self.book.report(bot, user), usd_today=self.spend.today(bot, user))
 
     def count(
         self, reservation: Reservation, price: ModelPrice | None, prompt_tokens: int, completion_tokens: int

@@ -111,6 +111,7 @@ class UsageReport:
     tokens_last_minute: int
     tokens_today: int
     limits: QuotaSettings
+    usd_today: float = 0.0  # filled in where the spend is known (llm/admission.py)
 
 
 def utc_day(now: float | None = None) -> str:
