@@ -337,7 +337,8 @@ class LLMPool:
                         await self.sleep(delay)
                 yield answer, attempt + 1, reservation
         finally:
-            await self.admission.settle(reservation, None, 0, 0)  # a no-op when the caller settled the real usage
+            if not reservation.settled:  # the call failed before the provider counted it: a refund
+                await self.admission.settle(reservation, None, 0, 0)
             state.in_flight -= 1
             if state.retired and not state.in_flight:
                 await state.close()
