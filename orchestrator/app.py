@@ -34,6 +34,7 @@ from .discord_io.client import configure_discord, install_reconnect_log_filter
 from .errors import ConfigError
 from .fleet.connection import shown
 from .fleet.node import FleetCoordinator, fleet_node
+from .fleet.quotas import FleetQuotas
 from .llm.pool import LLMPool
 from .llm.quota import QuotaBook
 from .llm.spend import SpendBook
@@ -131,7 +132,7 @@ class App:
                 services = Services(pool, store, self.options, metrics=self.metrics)
                 services.community.configure(bot.context.channel_messages for bot in config.bots.values())
                 self.supervisor = supervisor = Supervisor(config, services, placed=config.fleet is not None)
-                async with self._fleet_node(supervisor) as fleet, anyio.create_task_group() as tg:
+                async with self._fleet_node(supervisor, pool) as fleet, anyio.create_task_group() as tg:
                     self._scope = tg.cancel_scope
                     port = self.health_port if self.health_port is not None else config.health_port
                     if port is not None:
@@ -157,13 +158,16 @@ class App:
         log.info("all bots stopped; bye")
 
     @contextlib.asynccontextmanager
-    async def _fleet_node(self, supervisor: Supervisor) -> AsyncIterator[FleetCoordinator | None]:
-        """The fleet coordinator in fleet mode (None otherwise), for as long as the app runs."""
-        if self.config.fleet is None:
+    async def _fleet_node(self, supervisor: Supervisor, pool: LLMPool) -> AsyncIterator[FleetCoordinator | None]:
+        """The fleet coordinator in fleet mode (None otherwise), for as long as the app runs. The pool's
+        quotas are then counted in the fleet's Redis, and its providers' max_concurrency shared."""
+        spec = self.config.fleet
+        if spec is None:
             yield None
             return
-        async with fleet_node(self.config.fleet, supervisor) as coordinator:
+        async with fleet_node(spec, supervisor, pool.share_concurrency) as coordinator:
             self.fleet = coordinator
+            pool.admission = FleetQuotas(coordinator.store.redis, spec.key_prefix, pool.quotas, pool.spend)
             yield coordinator
 
     def _start_up_line(self) -> str:

@@ -21,6 +21,11 @@ def open_redis(url: str, timeout: float) -> Redis:
     )
 
 
+def describe(exc: BaseException) -> str:
+    """What went wrong with Redis, for a log line."""
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
 def shown(url: str) -> str:
     """``url`` without its password, for logs and messages."""
     parts = urlsplit(url)

@@ -20,7 +20,7 @@ import contextlib
 import logging
 import math
 from collections import Counter
-from collections.abc import AsyncIterator, Collection, Mapping
+from collections.abc import AsyncIterator, Callable, Collection, Mapping
 from typing import Any, Protocol
 
 import anyio
@@ -28,6 +28,7 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from ..config import FleetSpec
 from .connection import REDIS_ERRORS, open_redis
+from .connection import describe as _describe
 from .leases import Lease, LeaseStore, node_of
 from .placement import place
 
@@ -57,9 +58,12 @@ class BotRunner(Protocol):
 class FleetCoordinator:
     """Runs this node's part of the fleet; ``run`` until cancelled (it then releases what it holds)."""
 
-    def __init__(self, store: LeaseStore, runner: BotRunner) -> None:
+    def __init__(
+        self, store: LeaseStore, runner: BotRunner, nodes_changed: Callable[[int], None] | None = None
+    ) -> None:
         self.store = store
         self.runner = runner
+        self.nodes_changed = nodes_changed  # told how many nodes are live whenever that changes (the pool)
         self.node_id = store.node_id
         self.interval = store.lease_ttl / 3
         self.leases: dict[str, Lease] = {}
@@ -111,6 +115,8 @@ class FleetCoordinator:
             live = sorted(nodes)
             if live != self.live_nodes:
                 log.info("fleet: %d live node(s): %s (this one: %s)", len(live), ", ".join(live), self.node_id)
+                if self.nodes_changed is not None and len(live) != len(self.live_nodes):
+                    self.nodes_changed(len(live))
             self.live_nodes = live
             await self._renew()
             if not self.runner.stop_requested:
@@ -256,17 +262,17 @@ class FleetCoordinator:
         }
 
 
-def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-
-
 @contextlib.asynccontextmanager
-async def fleet_node(spec: FleetSpec, runner: BotRunner) -> AsyncIterator[FleetCoordinator]:
+async def fleet_node(
+    spec: FleetSpec, runner: BotRunner, nodes_changed: Callable[[int], None] | None = None
+) -> AsyncIterator[FleetCoordinator]:
     """This process's coordinator for the fleet of ``spec``, with its Redis client (closed at the end)."""
     # Two attempts of a command fit in one tick, so a tick ends well within the lease.
     redis = open_redis(spec.redis_url.get_secret_value(), timeout=spec.lease_ttl / 6)
     try:
-        yield FleetCoordinator(LeaseStore(redis, spec.key_prefix, spec.node_id, spec.lease_ttl), runner)
+        yield FleetCoordinator(
+            LeaseStore(redis, spec.key_prefix, spec.node_id, spec.lease_ttl), runner, nodes_changed
+        )
     finally:
         with anyio.CancelScope(shield=True):
             await redis.aclose()

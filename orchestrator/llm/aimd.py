@@ -63,6 +63,15 @@ class AIMDLimit:
     def limit(self) -> int:
         return int(self._limit)
 
+    def set_ceiling(self, ceiling: int) -> None:
+        """A new hard cap, which is also the new start (a fleet shares a configured ``max_concurrency``
+        among its live nodes): the limit moves by as much as the cap, within ``[1, ceiling]``, so what
+        429s took off it stays taken off."""
+        if ceiling < 1:
+            raise ValueError(f"the ceiling must be at least 1, got {ceiling}")
+        self._limit = min(float(ceiling), max(1.0, self._limit + ceiling - self.ceiling))
+        self.ceiling = self.initial = ceiling
+
     def succeeded(self, sent_at: float, *, saturated: bool) -> None:
         """An answer arrived for a request sent at ``sent_at``; ``saturated``: the limit was reached then."""
         now = self._clock()

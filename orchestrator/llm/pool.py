@@ -15,6 +15,7 @@ the provider is down. Every openai exception is translated to a :mod:`orchestrat
 from __future__ import annotations
 
 import logging
+import math
 import random
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
@@ -27,6 +28,7 @@ import openai
 
 from ..config import ModelPrice, ProviderSpec, QuotaSettings, SamplingParams
 from ..errors import ProviderBadResponse, ProviderBusy, ProviderError, ProviderTimeout, ProviderUnavailable
+from .admission import LocalQuotas, Quotas
 from .aimd import CEILING, INITIAL, AIMDLimit
 from .breaker import CircuitBreaker
 from .failures import map_error
@@ -93,12 +95,12 @@ def _unhealthy(exc: openai.OpenAIError) -> bool:
 class _Provider:
     """Everything the pool keeps per provider."""
 
-    def __init__(self, spec: ProviderSpec, breaker: CircuitBreaker, clock: Callable[[], float]) -> None:
+    def __init__(self, spec: ProviderSpec, breaker: CircuitBreaker, clock: Callable[[], float], nodes: int) -> None:
         self.spec = spec
         self.clock = clock
         self.client = self._build()
         self.transport = ChatTransport(self.client)
-        cap = spec.settings.max_concurrency  # a hard cap, and then also the start
+        cap = self.cap(nodes)  # a hard cap, and then also the start
         self.concurrency = AIMDLimit(spec.name, initial=cap or INITIAL, ceiling=cap or CEILING, clock=clock)
         self.limiter = FairLimiter(self.concurrency.limit, spec.settings.max_queue)
         self.breaker = breaker
@@ -107,6 +109,21 @@ class _Provider:
         self.spent_pauses = 0  # answers in a row that said a limit is used up, without a reset time
         self.in_flight = 0
         self.retired = False
+
+    def cap(self, nodes: int) -> int | None:
+        """This process's share of ``max_concurrency`` among ``nodes`` fleet nodes (None: not set)."""
+        total = self.spec.settings.max_concurrency
+        return None if total is None else max(1, math.ceil(total / nodes))
+
+    def share(self, nodes: int) -> None:
+        """Take this process's share of ``max_concurrency`` now that the fleet has ``nodes`` live nodes."""
+        cap = self.cap(nodes)
+        if cap is None or cap == self.concurrency.ceiling:
+            return
+        self.concurrency.set_ceiling(cap)
+        self.limiter.resize(self.concurrency.limit)
+        log.info("provider %s: at most %d requests at once from this node (max_concurrency %d shared by %d node(s))",
+                 self.spec.name, cap, self.spec.settings.max_concurrency, nodes)
 
     def answered(self, sent_at: float, sent_saturated: bool) -> None:
         """Call before releasing the request's slot, so the limit sees whether others wait."""
@@ -169,6 +186,9 @@ class LLMPool:
         self.sleep = sleep
         self.quotas = quotas or QuotaBook()
         self.spend = spend or SpendBook()
+        # Where each call reserves and settles: these books here; fleet mode puts its Redis in front.
+        self.admission: Quotas = LocalQuotas(self.quotas, self.spend)
+        self._nodes = 1  # fleet nodes sharing each provider's max_concurrency
         self.stats = PoolStats()
         self._near_limit = near_limit_fraction
         self._providers: dict[str, _Provider] = {}
@@ -179,7 +199,14 @@ class LLMPool:
         for name, spec in providers.items():
             if name not in self._providers:
                 breaker = CircuitBreaker(spec.settings.breaker_threshold, spec.settings.breaker_cooldown, self._now)
-                self._providers[name] = _Provider(spec, breaker, self._now)
+                self._providers[name] = _Provider(spec, breaker, self._now, self._nodes)
+
+    def share_concurrency(self, nodes: int) -> None:
+        """A fleet of ``nodes`` live nodes: each provider's ``max_concurrency`` is divided among them
+        (rounded up, at least 1 each)."""
+        self._nodes = max(1, nodes)
+        for state in self._providers.values():
+            state.share(self._nodes)
 
     async def update_providers(self, providers: Mapping[str, ProviderSpec]) -> None:
         """Apply a new provider configuration. A replaced client closes once its last request ends."""
@@ -237,7 +264,7 @@ class LLMPool:
             usage = completion.usage
             prompt = usage.prompt_tokens if usage else 0
             completion_tokens = usage.completion_tokens if usage else estimate_tokens(text)
-            self._settle(call, reservation, prompt, completion_tokens)
+            await self.admission.settle(reservation, call.price, prompt, completion_tokens)
             return ChatResult(
                 text, prompt, completion_tokens, completion.model or call.model, attempts, answer.requested_at,
                 answer.answered_at,
@@ -261,12 +288,8 @@ class LLMPool:
                 cut = ProviderBadResponse(call.provider, f"the stream was cut: {type(exc).__name__}: {exc}")
                 raise self.stats.count(cut) from exc
             finally:  # without the provider's usage (a cut stream), the answer's length estimates it
-                self._settle(call, reservation, prompt, completion if prompt or completion else text_len // 4 + 1)
-
-    def _settle(self, call: ChatCall, reservation: Reservation, prompt_tokens: int, completion_tokens: int) -> None:
-        """Count the provider's reported usage against the quotas, and its cost."""
-        self.quotas.settle(reservation, prompt_tokens + completion_tokens)
-        self.spend.record(call.bot, call.user, call.price, prompt_tokens, completion_tokens)
+                completion = completion if prompt or completion else text_len // 4 + 1
+                await self.admission.settle(reservation, call.price, prompt, completion)
 
     @asynccontextmanager
     async def _call(
@@ -274,8 +297,9 @@ class LLMPool:
     ) -> AsyncIterator[tuple[Completion | CompletionStream, int, Reservation]]:
         state = self._provider(call.provider)
         estimate = sum(estimate_tokens(m["content"]) for m in call.messages) + (call.params.max_tokens or 256)
-        self.spend.check(call.provider, call.bot, call.user, call.quota, call.user_quota)
-        reservation = self.quotas.reserve(call.provider, call.bot, call.user, estimate, call.quota, call.user_quota)
+        reservation = await self.admission.reserve(
+            call.provider, call.bot, call.user, estimate, call.quota, call.user_quota
+        )
         settings = state.spec.settings
         deadline = anyio.current_time() + settings.timeout
         kwargs: dict[str, Any] = {"model": call.model, "messages": call.messages}
@@ -313,7 +337,8 @@ class LLMPool:
                         await self.sleep(delay)
                 yield answer, attempt + 1, reservation
         finally:
-            self.quotas.settle(reservation, 0)  # a no-op when the caller settled the real usage
+            if not reservation.settled:  # the call failed before the provider counted it: a refund
+                await self.admission.settle(reservation, None, 0, 0)
             state.in_flight -= 1
             if state.retired and not state.in_flight:
                 await state.close()

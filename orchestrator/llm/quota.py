@@ -91,6 +91,7 @@ class Reservation:
     token_events: list[tuple[_Window, list[float]]]  # for the bot and for the user
     settled: bool = False
     provider: str = ""
+    ticket: str = ""  # its id in the fleet's Redis (fleet/quotas.py); '' when it is counted in this process only
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,7 @@ class UsageReport:
     tokens_last_minute: int
     tokens_today: int
     limits: QuotaSettings
+    usd_today: float = 0.0  # filled in where the spend is known (llm/admission.py)
 
 
 def utc_day(now: float | None = None) -> str:
@@ -230,8 +232,7 @@ class QuotaBook:
             for scope, key, quota in scopes:
                 self._check(provider, scope, key, quota, estimate, now)
         except QuotaExceeded as exc:
-            counted = (bot, exc.scope, exc.limit)
-            self.rejections[counted] = self.rejections.get(counted, 0) + 1
+            self.refused(bot, exc)
             raise
         events = []
         for _, key, _quota in scopes:
@@ -240,6 +241,12 @@ class QuotaBook:
             events.append((tokens, tokens.add(now, estimate)))
             self._daily[key] = self._daily.get(key, 0) + estimate
         return Reservation(bot, user, estimate, events, provider=provider)
+
+    def refused(self, bot: str, refusal: QuotaExceeded) -> QuotaExceeded:
+        """Count ``refusal`` (a Prometheus counter) and return it."""
+        counted = (bot, refusal.scope, refusal.limit)
+        self.rejections[counted] = self.rejections.get(counted, 0) + 1
+        return refusal
 
     def _forget_idle(self, now: float) -> None:
         """Drop the windows that hold nothing (users who went quiet), at most once a minute."""

@@ -80,8 +80,12 @@ class SpendBook:
             ("user", (bot, user), user_quota.usd_per_day),
         ):
             if cap is not None and self._daily.get(key, 0.0) >= cap:
-                self.rejections[(bot, scope)] = self.rejections.get((bot, scope), 0) + 1
-                raise SpendCapReached(provider, scope, cap, DAY - self._wall() % DAY)
+                raise self.refused(bot, SpendCapReached(provider, scope, cap, DAY - self._wall() % DAY))
+
+    def refused(self, bot: str, refusal: SpendCapReached) -> SpendCapReached:
+        """Count ``refusal`` (a Prometheus counter) and return it."""
+        self.rejections[(bot, refusal.scope)] = self.rejections.get((bot, refusal.scope), 0) + 1
+        return refusal
 
     def record(
         self, bot: str, user: str, price: ModelPrice | None, prompt_tokens: int, completion_tokens: int

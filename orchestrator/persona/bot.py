@@ -37,6 +37,7 @@ from ..discord_io.text import clean_user_text, neutralize_mentions, split_messag
 from ..discord_io.typing_indicator import TypingIndicator, Work
 from ..errors import BotFatalError, LeaseExpired, ProviderBadResponse, ProviderError
 from ..llm.pool import ChatCall
+from ..llm.quota import QuotaBook
 from ..memory import SHARED, ConversationKey, Turn, fit_context
 from ..ops.sentry import report_exception
 from ..runtime.mailbox import Job, JobKind, Mailbox
@@ -416,10 +417,10 @@ class PersonaBot:
                 job.message, f"This channel's conversations with me are cleared ({removed} messages)."
             )
         elif job.kind == "usage":
-            pool = self.services.pool
-            await self._delivery.reply(
-                job.message, usage_text(self.spec, pool.quotas, pool.spend, job.message.author.id)
-            )
+            spec, admission = self.spec, self.services.pool.admission
+            mine = await admission.usage(spec.name, str(job.message.author.id), spec.quota, spec.user_quota)
+            total = await admission.usage(spec.name, QuotaBook.ALL_USERS, spec.quota, spec.user_quota)
+            await self._delivery.reply(job.message, usage_text(spec, mine, total))
         elif job.kind == "help":
             await self._delivery.reply(job.message, help_text(self.spec))
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from ..config import BotSpec, QuotaSettings
-from ..llm.quota import QuotaBook
-from ..llm.spend import SpendBook, format_usd
+from ..llm.quota import UsageReport
+from ..llm.spend import format_usd
 
 BUSY = "I'm answering too many messages right now. Please try again in a moment."
 RESTARTING = "I'm restarting. Please try again in a few seconds."
@@ -16,12 +16,10 @@ def empty_chat(prefix: str) -> str:
     return f"Write something after `{prefix}chat`, for example `{prefix}chat hello`."
 
 
-def usage_text(spec: BotSpec, quotas: QuotaBook, spend: SpendBook, user_id: int) -> str:
+def usage_text(spec: BotSpec, mine: UsageReport, total: UsageReport) -> str:
     """A user's usage of a persona beside the whole persona's, against their limits (and the spend,
     when the persona's model has a price)."""
     lines = [f"Usage of {spec.name} (yours / the whole persona):"]
-    mine = quotas.report(spec.name, str(user_id))
-    total = quotas.report(spec.name)
     for label, field_name, used_mine, used_total in (
         ("requests this minute", "requests_per_minute", mine.requests_last_minute, total.requests_last_minute),
         ("tokens this minute", "tokens_per_minute", mine.tokens_last_minute, total.tokens_last_minute),
@@ -34,7 +32,7 @@ def usage_text(spec: BotSpec, quotas: QuotaBook, spend: SpendBook, user_id: int)
             f" · {used_total}/{bot_limit if bot_limit is not None else '∞'}"
         )
     if spec.price is not None:
-        mine_usd, total_usd = (format_usd(spend.today(spec.name, who)) for who in (str(user_id), SpendBook.ALL_USERS))
+        mine_usd, total_usd = format_usd(mine.usd_today), format_usd(total.usd_today)
         user_cap, bot_cap = (
             format_usd(cap) if cap else "∞" for cap in (spec.user_quota.usd_per_day, spec.quota.usd_per_day)
         )

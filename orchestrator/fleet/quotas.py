@@ -1,0 +1,294 @@
+"""Fleet-wide quotas: the per-bot and per-user limits of bots.yaml (requests and tokens per minute,
+tokens per day, ``usd_per_day``) counted in Redis for every node, with the semantics of the
+single-process books (llm/quota.py, llm/spend.py): reserve the estimate before the call, settle to
+the real usage after it, 0 tokens refunding a failed call; minutes are sliding 60 s windows, days
+UTC calendar days. Each reserve and each settle is one Lua script, so it is atomic across nodes:
+two nodes never both take the last request of a minute.
+
+Why Lua scripts and not a limiter library: the Python Redis limiters (redis-rate-limiters and its
+forks: token buckets and semaphores of one unit per call; token-throttle: GCRA that waits for
+capacity) neither refuse with the wait of a sliding window nor settle a variable token amount and
+keep UTC-day budgets and money caps; and the project adds no dependency for it. The scripts are
+short and every limit's rule matches the book's line for line.
+
+Keys, under ``fleet:<key_prefix>:quota:<bot>:<user>:`` (user ``*``: the whole bot):
+
+    w    sorted set: the reservations of the last 60 s by time (Redis' clock, ms); its size is the
+         requests of the minute
+    t    hash: each reservation's tokens, and ``_total`` their sum
+    d    hash: ``day`` (days since 1970, UTC), that day's ``tokens`` and ``usd``; another day reads as 0
+
+``w`` and ``t`` expire 60 s after their last reservation (everything in them is older by then), ``d``
+two days after its last use: nothing grows with the number of users seen. Times are Redis' (``TIME``),
+so nodes whose clocks differ still agree on the window and on midnight; tests pass their own.
+
+A call whose bot and user have no limit at all does not go to Redis (its usage is counted in this
+node's books, as in one process). So a limit added by a live reload counts fleet-wide from then on.
+
+Redis unreachable (or slower than the fleet's timeout): the node keeps answering with its own books'
+limits, as if it were alone (the bots it holds keep running until their leases run out, and this is
+their quota meanwhile), says so once per outage in the log, and tries Redis again after
+:data:`RECHECK` seconds. A reservation Redis took but could not settle stays counted at its estimate
+until its minute and day pass: over-counting, never under-counting.
+
+A new daily counter (say images per day) is one more field of ``d``: a check beside ``tokens`` in
+``_RESERVE`` and an increment in ``_SETTLE``, with its limit passed in :meth:`FleetQuotas.reserve`.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+from redis.asyncio import Redis
+
+from ..config import ModelPrice, QuotaSettings
+from ..errors import QuotaExceeded
+from ..llm.admission import LocalQuotas
+from ..llm.quota import QuotaBook, Reservation, UsageReport
+from ..llm.spend import SpendBook, SpendCapReached
+from .connection import REDIS_ERRORS, describe
+
+log = logging.getLogger(__name__)
+
+RECHECK = 2.0  # seconds between tries of an unreachable Redis; each try may wait the client's timeout
+SCOPES = ("bot", "user")
+NO_LIMIT = QuotaSettings()
+
+_COMMON = """
+local WINDOW, DAY = 60000, 86400000
+local now
+if ARGV[1] ~= '' then now = tonumber(ARGV[1]) else
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local today = math.floor(now / DAY)
+
+-- Drop what is 60 s old or older from a window, and its tokens from the total.
+local function prune(w, t)
+  local old = redis.call('ZRANGEBYSCORE', w, '-inf', now - WINDOW)
+  for i = 1, #old, 500 do
+    local ids = {unpack(old, i, math.min(i + 499, #old))}
+    local gone = 0
+    for _, amount in ipairs(redis.call('HMGET', t, unpack(ids))) do gone = gone + (tonumber(amount) or 0) end
+    if gone ~= 0 then redis.call('HINCRBY', t, '_total', -gone) end  -- (t gone already: nothing to count out)
+    redis.call('HDEL', t, unpack(ids))
+  end
+  redis.call('ZREMRANGEBYSCORE', w, '-inf', now - WINDOW)
+end
+
+-- Today's tokens and USD of a day hash (another day's count as none).
+local function daily(d)
+  local got = redis.call('HMGET', d, 'day', 'tokens', 'usd')
+  if tonumber(got[1]) ~= today then return 0, 0 end
+  return tonumber(got[2]) or 0, tonumber(got[3]) or 0
+end
+"""
+
+# KEYS: w, t, d of the bot, then of the user. ARGV: now ms ('' = Redis' clock), reservation id,
+# estimate, then for the bot and for the user: requests/min, tokens/min, tokens/day, usd/day ('' = none).
+# Returns {1} when reserved, else {0, scope (1 bot, 2 user), limit, ms until it fits}.
+_RESERVE = _COMMON + """
+local estimate = tonumber(ARGV[3])
+
+-- ms until `needed` more fits under `limit` in a window: until enough of its oldest have left it
+local function wait(w, t, total, needed, limit, requests)
+  local excess = total + needed - limit
+  local events = redis.call('ZRANGE', w, 0, -1, 'WITHSCORES')
+  for i = 1, #events, 2 do
+    excess = excess - (requests and 1 or (tonumber(redis.call('HGET', t, events[i])) or 0))
+    if excess <= 0 then return math.max(0, tonumber(events[i + 1]) + WINDOW - now) end
+  end
+  return WINDOW
+end
+
+local function limit(scope, index) return tonumber(ARGV[3 + 4 * (scope - 1) + index]) end
+
+for scope = 1, 2 do prune(KEYS[3 * scope - 2], KEYS[3 * scope - 1]) end
+for scope = 1, 2 do  -- the spend caps first, as the single-process pool checks them first
+  local cap = limit(scope, 4)
+  if cap then
+    local _, usd = daily(KEYS[3 * scope])
+    if usd >= cap then return {0, scope, 'usd_per_day', DAY - now % DAY} end
+  end
+end
+for scope = 1, 2 do
+  local w, t, d = KEYS[3 * scope - 2], KEYS[3 * scope - 1], KEYS[3 * scope]
+  local rpm, tpm, tpd = limit(scope, 1), limit(scope, 2), limit(scope, 3)
+  if rpm then
+    local count = redis.call('ZCARD', w)
+    if count + 1 > rpm then return {0, scope, 'requests_per_minute', wait(w, t, count, 1, rpm, true)} end
+  end
+  if tpm then
+    local total = tonumber(redis.call('HGET', t, '_total')) or 0
+    if total + estimate > tpm then return {0, scope, 'tokens_per_minute', wait(w, t, total, estimate, tpm, false)} end
+  end
+  if tpd then
+    local tokens = daily(d)
+    if tokens + estimate > tpd then return {0, scope, 'tokens_per_day', DAY - now % DAY} end
+  end
+end
+for scope = 1, 2 do
+  local w, t, d = KEYS[3 * scope - 2], KEYS[3 * scope - 1], KEYS[3 * scope]
+  redis.call('ZADD', w, now, ARGV[2])
+  redis.call('HSET', t, ARGV[2], estimate)
+  redis.call('HINCRBY', t, '_total', estimate)
+  redis.call('PEXPIRE', w, WINDOW)
+  redis.call('PEXPIRE', t, WINDOW)
+  local tokens, usd = daily(d)
+  redis.call('HSET', d, 'day', today, 'tokens', tokens + estimate, 'usd', usd)
+  redis.call('PEXPIRE', d, 2 * DAY)
+end
+return {1}
+"""
+
+# KEYS: as _RESERVE. ARGV: now ms ('' = Redis' clock), reservation id, real tokens - estimate, USD.
+# A reservation already out of its window was counted out at its estimate; the day is today's.
+_SETTLE = _COMMON + """
+local delta, cost = tonumber(ARGV[3]), tonumber(ARGV[4])
+for scope = 1, 2 do
+  local w, t, d = KEYS[3 * scope - 2], KEYS[3 * scope - 1], KEYS[3 * scope]
+  prune(w, t)
+  if redis.call('ZSCORE', w, ARGV[2]) and redis.call('HEXISTS', t, ARGV[2]) == 1 then  -- never a key without expiry
+    redis.call('HINCRBY', t, ARGV[2], delta)
+    redis.call('HINCRBY', t, '_total', delta)
+  end
+  local tokens, usd = daily(d)
+  redis.call('HSET', d, 'day', today, 'tokens', math.max(0, tokens + delta), 'usd', string.format('%.17g', usd + cost))
+  redis.call('PEXPIRE', d, 2 * DAY)
+end
+return 1
+"""
+
+# KEYS: w, t, d of one scope. ARGV: now ms ('' = Redis' clock).
+# Returns {requests this minute, tokens this minute, tokens today, USD today as text}.
+_USAGE = _COMMON + """
+prune(KEYS[1], KEYS[2])
+local tokens, usd = daily(KEYS[3])
+return {redis.call('ZCARD', KEYS[1]), tonumber(redis.call('HGET', KEYS[2], '_total')) or 0, tokens,
+        string.format('%.17g', usd)}
+"""
+
+
+def limited(quota: QuotaSettings) -> bool:
+    return any(value is not None for value in (
+        quota.requests_per_minute, quota.tokens_per_minute, quota.tokens_per_day, quota.usd_per_day
+    ))
+
+
+class FleetQuotas:
+    """The :class:`~orchestrator.llm.admission.Quotas` of a fleet node. This node's books still count
+    what it does (its metrics, ``!usage``, the usage persisted in the store) and hold the limits
+    while Redis is unreachable."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        key_prefix: str,
+        book: QuotaBook,
+        spend: SpendBook,
+        *,
+        now_ms: Callable[[], int] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.local = LocalQuotas(book, spend)
+        self._base = f"fleet:{key_prefix}:quota:"
+        self._now_ms = now_ms  # None: Redis' own clock
+        self._clock = clock  # monotonic: when to try an unreachable Redis again
+        self._reserve = redis.register_script(_RESERVE)
+        self._settle = redis.register_script(_SETTLE)
+        self._usage = redis.register_script(_USAGE)
+        self._retry_at = 0.0
+        self.redis_error: str | None = None  # why Redis could not be used last, None while it answers
+
+    def _keys(self, bot: str, user: str) -> list[str]:
+        return [f"{self._base}{bot}:{who}:{kind}" for who in (QuotaBook.ALL_USERS, user) for kind in "wtd"]
+
+    def _now(self) -> str:
+        return "" if self._now_ms is None else str(self._now_ms())
+
+    async def reserve(
+        self, provider: str, bot: str, user: str, estimate: int, bot_quota: QuotaSettings, user_quota: QuotaSettings
+    ) -> Reservation:
+        if not (limited(bot_quota) or limited(user_quota)) or self._clock() < self._retry_at:
+            return self.local.take(provider, bot, user, estimate, bot_quota, user_quota)
+        ticket = secrets.token_hex(8)
+        limits = [_arg(value) for quota in (bot_quota, user_quota) for value in (
+            quota.requests_per_minute, quota.tokens_per_minute, quota.tokens_per_day, quota.usd_per_day
+        )]
+        try:
+            reply: list[Any] = await self._reserve(self._keys(bot, user), [self._now(), ticket, estimate, *limits])
+        except REDIS_ERRORS as exc:
+            self._unreachable(exc)
+            return self.local.take(provider, bot, user, estimate, bot_quota, user_quota)
+        self._reachable()
+        if not reply[0]:
+            _, scope_index, limit, wait_ms = reply
+            scope = SCOPES[int(scope_index) - 1]
+            limit = limit.decode() if isinstance(limit, bytes) else str(limit)
+            wait = int(wait_ms) / 1000
+            if limit == "usd_per_day":
+                cap = (bot_quota if scope == "bot" else user_quota).usd_per_day
+                assert cap is not None
+                raise self.local.spend.refused(bot, SpendCapReached(provider, scope, cap, wait))
+            raise self.local.book.refused(bot, QuotaExceeded(provider, scope, limit, wait))
+        # Counted here too, without limits (Redis held them): this node's metrics, usage and fallback.
+        reservation = self.local.book.reserve(provider, bot, user, estimate, NO_LIMIT, NO_LIMIT)
+        reservation.ticket = ticket
+        return reservation
+
+    async def settle(
+        self, reservation: Reservation, price: ModelPrice | None, prompt_tokens: int, completion_tokens: int
+    ) -> None:
+        if reservation.settled:
+            return
+        delta = prompt_tokens + completion_tokens - reservation.estimate
+        usd = self.local.count(reservation, price, prompt_tokens, completion_tokens)
+        if not reservation.ticket or self._clock() < self._retry_at:
+            return  # an unreachable Redis keeps the estimate: its minute and day pass
+        keys = self._keys(reservation.bot, reservation.user)
+        try:
+            # Shielded: a refund on the way out of a cancelled call must still reach Redis; the
+            # client's timeout bounds the wait.
+            with anyio.CancelScope(shield=True):
+                await self._settle(keys, [self._now(), reservation.ticket, delta, repr(usd)])
+        except REDIS_ERRORS as exc:
+            self._unreachable(exc)
+        else:
+            self._reachable()
+
+    async def usage(self, bot: str, user: str, bot_quota: QuotaSettings, user_quota: QuotaSettings) -> UsageReport:
+        """The fleet's count when the bot has a limit (else, or while Redis is unreachable, this node's)."""
+        if not (limited(bot_quota) or limited(user_quota)) or self._clock() < self._retry_at:
+            return self.local.report(bot, user)
+        keys = self._keys(bot, user)[3:] if user != QuotaBook.ALL_USERS else self._keys(bot, user)[:3]
+        try:
+            requests, tokens, today, usd = await self._usage(keys, [self._now()])
+        except REDIS_ERRORS as exc:
+            self._unreachable(exc)
+            return self.local.report(bot, user)
+        self._reachable()
+        limits = bot_quota if user == QuotaBook.ALL_USERS else user_quota
+        return UsageReport(bot, user, int(requests), int(tokens), int(today), limits, float(usd))
+
+    def _unreachable(self, exc: BaseException) -> None:
+        self._retry_at = self._clock() + RECHECK
+        if self.redis_error is None:
+            log.warning(
+                "fleet: cannot reach Redis for the quotas (%s); this node holds the limits of bots.yaml by "
+                "itself, counting only what it answers, until Redis answers again", describe(exc),
+            )
+        self.redis_error = describe(exc)
+
+    def _reachable(self) -> None:
+        if self.redis_error is not None:
+            log.info("fleet: Redis answers again; the quotas are fleet-wide again")
+            self.redis_error = None
+
+
+def _arg(value: float | None) -> str:
+    return "" if value is None else repr(value)
