@@ -30,9 +30,11 @@ def last_user_message(world: World, request: int = -1) -> dict[str, Any]:
     return message
 
 
-@pytest.mark.parametrize("inline", [False, True], ids=["by-url", "inline"])
-async def test_an_image_reaches_the_model_as_an_image_part(world: World, inline: bool) -> None:
-    sage(world, {"inline": inline})
+@pytest.mark.parametrize(
+    ("inline", "stream"), [(False, False), (True, False), (False, True)], ids=["by-url", "inline", "streamed"]
+)
+async def test_an_image_reaches_the_model_as_an_image_part(world: World, inline: bool, stream: bool) -> None:
+    sage(world, {"inline": inline}, stream=stream)
     async with world.running():
         [reply] = await world.chat("!chat what is this?", attachments=[image()])
     [request] = world.openai.chat_requests
