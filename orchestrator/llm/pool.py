@@ -33,7 +33,7 @@ from .aimd import CEILING, INITIAL, AIMDLimit
 from .breaker import CircuitBreaker
 from .failures import map_error
 from .limiter import FairLimiter, LimiterStatistics, QueueFull, QueueTimeout
-from .messages import Message, estimate_tokens
+from .messages import Message, estimate_message_tokens, estimate_tokens
 from .quota import QuotaBook, Reservation
 from .retry_hints import KINDS, parse_duration, rate_count, retry_after_from, used_up
 from .spend import SpendBook
@@ -296,7 +296,7 @@ class LLMPool:
         self, call: ChatCall, *, stream: bool
     ) -> AsyncIterator[tuple[Completion | CompletionStream, int, Reservation]]:
         state = self._provider(call.provider)
-        estimate = sum(estimate_tokens(m["content"]) for m in call.messages) + (call.params.max_tokens or 256)
+        estimate = sum(estimate_message_tokens(m) for m in call.messages) + (call.params.max_tokens or 256)
         reservation = await self.admission.reserve(
             call.provider, call.bot, call.user, estimate, call.quota, call.user_quota
         )
