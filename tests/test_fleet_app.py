@@ -164,3 +164,20 @@ async def test_a_bot_taken_over_catches_up_where_its_last_holder_left_off_skippi
         await until(lambda: running(apps["node-a"]) == {"sage"})
         await answered_once(world, unanswered, "sage")
     assert not [m for m in world.discord.sent if m.reference_id == int(answered["id"])], "answered once before"
+
+
+async def test_a_node_that_takes_a_bot_back_reads_what_another_node_answered_meanwhile(
+    world: World, redis_url: str, key_prefix: str
+) -> None:
+    write_fleet(world, redis_url, key_prefix, {"rumi": "$"})  # rumi's place is node-b while it is up
+    async with nodes(world, "node-a") as first:
+        a = first["node-a"]
+        await until(lambda: running(a) == {"rumi"})
+        await answered_once(world, await world.discord.post("$chat one"), "rumi")  # node-a caches the conversation
+        async with nodes(world, "node-b") as second:
+            await until(lambda: running(second["node-b"]) == {"rumi"} and not running(a))
+            await answered_once(world, await world.discord.post("$chat two"), "rumi")
+        await until(lambda: running(a) == {"rumi"})  # node-b has left: rumi is back on node-a
+        await answered_once(world, await world.discord.post("$chat three"), "rumi")
+    history = [m["content"] for m in world.openai.chat_requests[-1].body["messages"] if m["role"] == "user"]
+    assert history == ["alice: one", "alice: two", "alice: three"], "node-a forgot what it had cached of rumi"
