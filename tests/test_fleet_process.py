@@ -1,6 +1,7 @@
 """Two real ``orchestrator run`` processes as one fleet against the loopback Discord and the real Redis:
 every bot has one gateway connection; SIGKILL one node and its bots are back on the other within
-10 s, answering what was sent meanwhile, and nothing is answered twice."""
+10 s, answering what was sent meanwhile, and nothing is answered twice; a bot added to bots.yaml
+starts on one node, a bot removed stops wherever it ran."""
 
 from __future__ import annotations
 
@@ -30,16 +31,14 @@ from tests.test_fleet_app import (
 )
 from tests.waiting import until
 
-pytestmark = pytest.mark.fault
-
 TTL = 2.0
 FAILOVER_LIMIT = 10.0
 
 
 @contextlib.asynccontextmanager
-async def node_process(world: World, node: str) -> AsyncIterator[Process]:
+async def node_process(world: World, node: str, *, watch: bool = False) -> AsyncIterator[Process]:
     env = base_env() | world.env(node_env(world, node))
-    async with orchestrator_run(world.path, world.tmp_path / f"{node}.log", env) as process:
+    async with orchestrator_run(world.path, world.tmp_path / f"{node}.log", env, watch=watch) as process:
         yield process
 
 
@@ -54,6 +53,7 @@ def logs(world: World) -> str:
     return "\n".join(path.read_text(errors="replace") for path in sorted(Path(world.tmp_path).glob("node-*.log")))
 
 
+@pytest.mark.fault
 async def test_sigkill_of_a_node_moves_its_bots_to_the_other_within_ten_seconds_answering_each_message_once(
     world: World, redis_url: str, key_prefix: str
 ) -> None:
@@ -103,3 +103,39 @@ async def test_sigkill_of_a_node_moves_its_bots_to_the_other_within_ten_seconds_
     assert {bot.bot: bot.holder for bot in view.bots} == dict.fromkeys(PREFIXES, "node-b")
     assert all(world.discord.peak_connections[token_for(bot)] == 1 for bot in PREFIXES), logs(world)
     assert "taken over from node node-a, whose lease ran out" in logs(world)
+
+
+async def test_a_bot_added_to_bots_yaml_starts_on_one_node_and_a_removed_one_stops_wherever_it_ran(
+    world: World, redis_url: str, key_prefix: str
+) -> None:
+    added = {"attar": "&"}
+    write_fleet(world, redis_url, key_prefix, PREFIXES | added, ttl=TTL)  # the nodes' environment gets attar's token
+    write_fleet(world, redis_url, key_prefix, ttl=TTL)
+    desired = place(PREFIXES, NODES)
+    removed = ["hafez", "khayyam"]
+    assert {desired[bot] for bot in removed} == set(NODES), "one removed bot runs on each node"
+    kept = {bot: prefix for bot, prefix in PREFIXES.items() if bot not in removed} | added
+    redis = Redis.from_url(redis_url)
+    store = LeaseStore(redis, key_prefix, "test", TTL)
+    try:
+        async with node_process(world, "node-a", watch=True), node_process(world, "node-b", watch=True):
+            await until(partial(settled, world, store, desired), within=30)
+            write_fleet(world, redis_url, key_prefix, kept, ttl=TTL)  # each node sees the file change
+
+            def applied() -> bool:
+                attar = world.discord.sessions.get(token_for("attar"))
+                return (
+                    attar is not None and attar.ready
+                    and all(world.discord.open_connections(token_for(bot)) == 0 for bot in removed)
+                )
+
+            await until(applied, within=30)
+            await answered_once(world, await world.discord.post("&chat hello, new one"), "attar")
+            view = await store.view([*PREFIXES, *added])
+    finally:
+        await redis.aclose()
+    holders = {bot.bot: bot.holder for bot in view.bots}
+    assert holders["attar"] in NODES and holders["hafez"] is None and holders["khayyam"] is None, holders
+    assert world.discord.peak_connections[token_for("attar")] == 1, logs(world)
+    assert world.discord.identify_count[token_for("attar")] == 1, "started by exactly one node"
+    assert all(world.discord.peak_connections[token_for(bot)] == 1 for bot in PREFIXES), logs(world)
