@@ -20,6 +20,7 @@ from orchestrator.app import App
 from orchestrator.fleet.placement import place
 from orchestrator.runtime.supervisor import BotState
 from tests.conftest import FAST, World, token_for
+from tests.fleet_helpers import PrivateRedis
 from tests.waiting import until
 
 PREFIXES = {"sage": "!", "hafez": "?", "rumi": "$", "khayyam": "%"}  # node-a: sage, hafez; node-b: the others
@@ -181,3 +182,41 @@ async def test_a_node_that_takes_a_bot_back_reads_what_another_node_answered_mea
         await answered_once(world, await world.discord.post("$chat three"), "rumi")
     history = [m["content"] for m in world.openai.chat_requests[-1].body["messages"] if m["role"] == "user"]
     assert history == ["alice: one", "alice: two", "alice: three"], "node-a forgot what it had cached of rumi"
+
+
+@pytest.mark.fault
+async def test_a_redis_restart_stops_the_bots_once_their_leases_run_out_and_they_come_back_with_it(
+    world: World, private_redis: PrivateRedis, key_prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    write_fleet(world, private_redis.url, key_prefix)
+    caplog.set_level(logging.INFO, logger="orchestrator.fleet")
+    async with nodes(world, *NODES) as apps:
+        a, b = apps["node-a"], apps["node-b"]
+        assert a.fleet is not None and b.fleet is not None
+        await until(lambda: running(a) == {"sage", "hafez"} and running(b) == {"rumi", "khayyam"})
+        tokens = {bot: lease.token for app in (a, b) for bot, lease in app.fleet.leases.items()}  # type: ignore[union-attr]
+        for bot, prefix in PREFIXES.items():
+            await answered_once(world, await world.discord.post(f"{prefix}chat before, {bot}"), bot)
+
+        await private_redis.stop()  # without persistence: it comes back empty
+        await until(lambda: not running(a) and not running(b))
+        log = caplog.text
+        for bot in PREFIXES:  # each node kept its bots until their leases ran out
+            stopped = log.index(f"bot {bot} stops at once on this node: its lease could not be renewed in time")
+            assert log.index("cannot reach Redis") < stopped, log
+        assert dict(a.fleet.losses) == {"sage": 1, "hafez": 1} and dict(b.fleet.losses) == {"rumi": 1, "khayyam": 1}
+        meanwhile = [(await world.discord.post(f"{prefix}chat while down, {bot}"), bot)
+                     for bot, prefix in PREFIXES.items()]
+
+        await private_redis.start()
+        await until(lambda: running(a) == {"sage", "hafez"} and running(b) == {"rumi", "khayyam"})
+        for message, bot in meanwhile:  # Redis lost where to catch up from: each node remembers it
+            await answered_once(world, message, bot)
+        assert a.fleet.redis_error is None and b.fleet.redis_error is None
+        for app in (a, b):
+            for bot, lease in app.fleet.leases.items():
+                assert lease.token > tokens[bot], "an emptied Redis still hands out higher fencing tokens"
+        for bot, prefix in PREFIXES.items():
+            await answered_once(world, await world.discord.post(f"{prefix}chat back again, {bot}?"), bot)
+    assert "Redis answers again" in caplog.text
+    assert all(world.discord.peak_connections[token_for(bot)] == 1 for bot in PREFIXES)
