@@ -1,7 +1,9 @@
 """Fleet mode with the real app and real discord.py against the loopback Discord: two nodes share the
 bots with one gateway connection per bot, a stopping node hands its bots on (what arrives meanwhile
 is answered once, by one node or the other), a node whose lease ran out does not post, and /healthz,
-/metrics and ``orchestrator status`` show the fleet."""
+/metrics and ``orchestrator status`` show the fleet. A node taking a bot back reads what another node
+answered meanwhile; a Redis restart (a private server) stops the bots once their leases run out and
+brings them back; PostgreSQL cut off (through a proxy) leaves answers without memory, logged."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator
+from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import anyio
@@ -20,7 +23,7 @@ from orchestrator.app import App
 from orchestrator.fleet.placement import place
 from orchestrator.runtime.supervisor import BotState
 from tests.conftest import FAST, World, token_for
-from tests.fleet_helpers import PrivateRedis
+from tests.fleet_helpers import PrivateRedis, TcpProxy
 from tests.waiting import until
 
 PREFIXES = {"sage": "!", "hafez": "?", "rumi": "$", "khayyam": "%"}  # node-a: sage, hafez; node-b: the others
@@ -220,3 +223,30 @@ async def test_a_redis_restart_stops_the_bots_once_their_leases_run_out_and_they
             await answered_once(world, await world.discord.post(f"{prefix}chat back again, {bot}?"), bot)
     assert "Redis answers again" in caplog.text
     assert all(world.discord.peak_connections[token_for(bot)] == 1 for bot in PREFIXES)
+
+
+@pytest.mark.fault
+async def test_postgresql_cut_off_the_node_answers_without_memory_says_so_and_saves_once_it_is_back(
+    world: World, redis_url: str, key_prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="orchestrator.memory")
+    parts = urlsplit(world.database)
+    proxy = TcpProxy(parts.port or 5432)  # the shared PostgreSQL is never stopped: the way to it is cut
+    async with anyio.create_task_group() as tg:
+        port = await tg.start(proxy.serve)
+        world.database = urlunsplit(parts._replace(netloc=f"{parts.username}@127.0.0.1:{port}"))
+        write_fleet(world, redis_url, key_prefix, {"sage": "!"})
+        async with nodes(world, "node-a") as apps:
+            await until(lambda: running(apps["node-a"]) == {"sage"})
+            await answered_once(world, await world.discord.post("!chat remember seven"), "sage")
+            proxy.cut()
+            bob = world.discord.add_user("bob")  # a conversation the node has not cached: it must read PostgreSQL
+            await answered_once(world, await world.discord.post("!chat do you know me?", author_id=bob), "sage")
+            assert "bot sage: could not read conversation memory; answering without it" in caplog.text
+            await until(lambda: "keeping them in memory, retrying" in caplog.text)
+            await tg.start(proxy.serve)  # PostgreSQL is reachable again, on the same port
+            await until(lambda: "works again" in caplog.text)
+            await answered_once(world, await world.discord.post("!chat and now?", author_id=bob), "sage")
+        tg.cancel_scope.cancel()
+    history = [m["content"] for m in world.openai.chat_requests[-1].body["messages"] if m["role"] == "user"]
+    assert history == ["bob: do you know me?", "bob: and now?"], "the exchange made while cut off was kept"
