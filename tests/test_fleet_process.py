@@ -1,13 +1,15 @@
 """Two real ``orchestrator run`` processes as one fleet against the loopback Discord and the real Redis:
 every bot has one gateway connection; SIGKILL one node and its bots are back on the other within
 10 s, answering what was sent meanwhile, and nothing is answered twice; a bot added to bots.yaml
-starts on one node, a bot removed stops wherever it ran."""
+starts on one node, a bot removed stops wherever it ran; a joining node takes its share with never
+two sessions for one bot; a node paused (SIGSTOP) past its leases posts nothing for the bots it lost."""
 
 from __future__ import annotations
 
 import contextlib
 import signal
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from functools import partial
 from pathlib import Path
@@ -139,3 +141,56 @@ async def test_a_bot_added_to_bots_yaml_starts_on_one_node_and_a_removed_one_sto
     assert world.discord.peak_connections[token_for("attar")] == 1, logs(world)
     assert world.discord.identify_count[token_for("attar")] == 1, "started by exactly one node"
     assert all(world.discord.peak_connections[token_for(bot)] == 1 for bot in PREFIXES), logs(world)
+
+
+def replies_per_question(world: World) -> Counter[int]:
+    """How many times each message was answered (the sandbox records every post)."""
+    return Counter(m.reference_id for m in world.discord.sent if m.reference_id is not None)
+
+
+@pytest.mark.fault
+async def test_a_joining_node_takes_its_share_with_one_session_per_bot_and_a_paused_node_posts_nothing_for_bots_it_lost(
+    world: World, redis_url: str, key_prefix: str
+) -> None:
+    write_fleet(world, redis_url, key_prefix, ttl=TTL)
+    desired = place(PREFIXES, NODES)
+    moved = [bot for bot, node in desired.items() if node == "node-b"]
+    redis = Redis.from_url(redis_url)
+    store = LeaseStore(redis, key_prefix, "test", TTL)
+    try:
+        async with node_process(world, "node-a"):
+            await until(partial(settled, world, store, dict.fromkeys(PREFIXES, "node-a")), within=30)
+            async with node_process(world, "node-b") as b:
+                # node-b joins: its share moves to it only once node-a has stopped them
+                during = [(await world.discord.post(f"{PREFIXES[bot]}chat while joining, {bot}"), bot) for bot in moved]
+                await until(partial(settled, world, store, desired), within=30)
+                for message, bot in during:
+                    await answered_once(world, message, bot)
+                assert all(world.discord.peak_connections[token_for(bot)] == 1 for bot in PREFIXES), logs(world)
+
+                # node-b is paused with an answer in flight, for longer than its leases
+                bot = moved[0]
+                identified = world.discord.identify_count[token_for(bot)]
+                world.openai.latency = 1.0
+                asked = len(world.openai.chat_requests)
+                in_flight = await world.discord.post(f"{PREFIXES[bot]}chat in flight, {bot}")
+                await world.openai.wait_for_requests(asked + 1)
+                b.send_signal(signal.SIGSTOP)
+                world.openai.latency = 0.0
+
+                def taken_over() -> bool:
+                    session = world.discord.sessions[token_for(bot)]
+                    return world.discord.identify_count[token_for(bot)] > identified and session.ready
+
+                await until(taken_over, within=FAILOVER_LIMIT)
+                await answered_once(world, in_flight, bot)  # node-a caught up on it
+                b.send_signal(signal.SIGCONT)
+                why = "its lease could not be renewed in time (Redis answered too slowly, or this process was paused)"
+                await until(lambda: all(f"bot {bot} stops at once on this node: {why}" in logs(world) for bot in moved))
+                await until(partial(settled, world, store, desired), within=30)  # node-b runs its share again
+                after = [(await world.discord.post(f"{PREFIXES[bot]}chat after, {bot}"), bot) for bot in PREFIXES]
+                for message, bot in after:
+                    await answered_once(world, message, bot)
+    finally:
+        await redis.aclose()
+    assert set(replies_per_question(world).values()) == {1}, "a question was answered twice"

@@ -219,7 +219,8 @@ class FleetCoordinator:
             now = self._clock()
             for lease in list(self.leases.values()):
                 if not lease.valid(now):
-                    self._lose(lease, f"its lease could not be renewed in time ({self.redis_error or 'Redis is slow'})")
+                    why = self.redis_error or "Redis answered too slowly, or this process was paused"
+                    self._lose(lease, f"its lease could not be renewed in time ({why})")
             soonest = min((lease.valid_until for lease in self.leases.values()), default=math.inf)
             changed = self._deadlines
             with anyio.move_on_after(soonest - self._clock()):
