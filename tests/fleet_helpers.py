@@ -170,18 +170,19 @@ class PrivateRedis:
     """A ``redis-server`` of one test's own, on a free loopback port, which the test may stop and start
     again (the shared Redis is never restarted). Without persistence: a restart loses every key."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, password: str | None = None) -> None:
         self.port = port
-        self.url = f"redis://127.0.0.1:{port}/0"
+        self.password = password
+        self.url = f"redis://{f':{password}@' if password else ''}127.0.0.1:{port}/0"
         self._process: anyio.abc.Process | None = None
 
     async def start(self) -> None:
         """Start the server and wait until it answers PING."""
         assert self._process is None, "already running"
-        self._process = await anyio.open_process(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
+        command = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        if self.password:
+            command += ["--requirepass", self.password]
+        self._process = await anyio.open_process(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         await until(self._answers, within=10)
 
     async def stop(self) -> None:
@@ -202,15 +203,22 @@ class PrivateRedis:
         return True
 
 
-@pytest.fixture
-async def private_redis() -> AsyncIterator[PrivateRedis]:
-    """A running :class:`PrivateRedis`, stopped after the test."""
+@contextlib.asynccontextmanager
+async def running_redis(password: str | None = None) -> AsyncIterator[PrivateRedis]:
+    """A started :class:`PrivateRedis` on a free port, stopped at the end."""
     with socket.socket() as probe:  # a port free now; redis-server binds it at once
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    server = PrivateRedis(port)
+    server = PrivateRedis(port, password)
     await server.start()
     try:
         yield server
     finally:
         await server.stop()
+
+
+@pytest.fixture
+async def private_redis() -> AsyncIterator[PrivateRedis]:
+    """A running :class:`PrivateRedis` without a password, stopped after the test."""
+    async with running_redis() as server:
+        yield server

@@ -23,7 +23,7 @@ from orchestrator.app import App
 from orchestrator.fleet.placement import place
 from orchestrator.runtime.supervisor import BotState
 from tests.conftest import FAST, World, token_for
-from tests.fleet_helpers import PrivateRedis, TcpProxy
+from tests.fleet_helpers import PrivateRedis, TcpProxy, running_redis
 from tests.waiting import until
 
 PREFIXES = {"sage": "!", "hafez": "?", "rumi": "$", "khayyam": "%"}  # node-a: sage, hafez; node-b: the others
@@ -250,3 +250,26 @@ async def test_postgresql_cut_off_the_node_answers_without_memory_says_so_and_sa
         tg.cancel_scope.cancel()
     history = [m["content"] for m in world.openai.chat_requests[-1].body["messages"] if m["role"] == "user"]
     assert history == ["bob: do you know me?", "bob: and now?"], "the exchange made while cut off was kept"
+
+
+async def test_the_password_of_the_redis_url_never_shows_in_the_log_or_the_status(
+    world: World, key_prefix: str, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    password = "redis-pw-5ecret"
+    async with running_redis(password) as redis:
+        world.write([{"name": "sage", "prefix": "!"}], fleet={"redis_url_env": "REDIS_URL", "key_prefix": key_prefix})
+        monkeypatch.setenv("REDIS_URL", redis.url)  # what `orchestrator status` reads
+        caplog.set_level(logging.INFO)
+        app = App(world.load({"REDIS_URL": redis.url, "ORCHESTRATOR_NODE_ID": "node-a"}),
+                  options=FAST, handle_signals=False, watch=False, health_port=0)
+        async with anyio.create_task_group() as tg:
+            await tg.start(app.run)
+            await until(lambda: running(app) == {"sage"})
+            args = cli.build_parser().parse_args(["status", "--fleet", str(world.path)])
+            assert await anyio.to_thread.run_sync(args.func, args) == 0
+            app.request_stop()
+    out = capsys.readouterr().out
+    shown = f"redis://:***@127.0.0.1:{redis.port}/0"
+    assert f"joins fleet {key_prefix!r} at {shown}" in caplog.text and f"at {shown}: 1 live node(s)" in out, out
+    assert password not in caplog.text + out
