@@ -1,6 +1,7 @@
 """Fleet mode with the real app and real discord.py against the loopback Discord: two nodes share the
 bots with one gateway connection per bot, a stopping node hands its bots on (what arrives meanwhile
-is answered once, by one node or the other), a node whose lease ran out does not post, and /healthz,
+is answered once, by one node or the other), a node whose lease ran out does not post (nor retry a
+post that Discord failed), and /healthz,
 /metrics and ``orchestrator status`` show the fleet. A node taking a bot back reads what another node
 answered meanwhile; a Redis restart (a private server) stops the bots once their leases run out and
 brings them back; PostgreSQL cut off (through a proxy) leaves answers without memory, logged."""
@@ -22,6 +23,7 @@ from orchestrator import cli
 from orchestrator.app import App
 from orchestrator.fleet.placement import place
 from orchestrator.runtime.supervisor import BotState
+from orchestrator.sandbox.discord_server.rest import RestFault
 from tests.conftest import FAST, World, token_for
 from tests.fleet_helpers import PrivateRedis, TcpProxy, running_redis
 from tests.waiting import until
@@ -273,3 +275,39 @@ async def test_the_password_of_the_redis_url_never_shows_in_the_log_or_the_statu
     shown = f"redis://:***@127.0.0.1:{redis.port}/0"
     assert f"joins fleet {key_prefix!r} at {shown}" in caplog.text and f"at {shown}: 1 live node(s)" in out, out
     assert password not in caplog.text + out
+
+
+@pytest.mark.fault
+async def test_a_post_retried_after_a_discord_error_is_dropped_once_the_lease_has_run_out(
+    world: World, redis_url: str, key_prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    write_fleet(world, redis_url, key_prefix, {"sage": "!"}, ttl=60.0)  # the watchdog stays out of the way
+    async with nodes(world, "node-a") as apps:
+        a = apps["node-a"]
+        await until(lambda: running(a) == {"sage"})
+        assert a.fleet is not None
+        fleet = a.fleet
+
+        async def paused(*args: object) -> dict[str, bool]:  # renewals stop coming through
+            await anyio.sleep_forever()
+            raise AssertionError
+
+        fleet.store.renew = paused  # type: ignore[method-assign]
+
+        class LeaseRunsOut(logging.Handler):  # while the retry waits, the lease runs out
+            def emit(self, record: logging.LogRecord) -> None:
+                if record.getMessage().startswith("Discord send failed (503)"):
+                    fleet.leases["sage"].valid_until = 0.0
+
+        handler = LeaseRunsOut()
+        logging.getLogger("orchestrator.discord_io.delivery").addHandler(handler)
+        try:
+            world.discord.inject_rest(RestFault(503, method="POST", path_contains="/messages"))
+            question = await world.discord.post("!chat still yours?")
+            assert a.supervisor is not None and a.supervisor.children["sage"].actor is not None
+            await until(lambda: "not posting" in caplog.text or bool(world.discord.sent))
+            await a.supervisor.children["sage"].actor.wait_idle()
+        finally:
+            logging.getLogger("orchestrator.discord_io.delivery").removeHandler(handler)
+    assert not [m for m in world.discord.sent if m.reference_id == int(question["id"])], "posted with the lease gone"
+    assert f"this node's lease on the bot has expired; not posting: message {question['id']}" in caplog.text

@@ -83,11 +83,16 @@ class Delivery:
     async def deliver(self, channel_id: int, send: Callable[[], Awaitable[_T]]) -> _T:
         """Post one message with ``send()``: after any typing POST in flight there (so none lands after
         it), retried after a server error, and reported to the typing keeper. Raises
-        :class:`LeaseExpired` instead when this node may no longer post as the bot (fleet mode)."""
+        :class:`LeaseExpired` instead when this node may no longer post as the bot (fleet mode), looked
+        at before every try: a retry comes seconds later, when another node may hold the bot."""
         await self._typing.settle(channel_id)
-        if self._may_post is not None and not self._may_post():
-            raise LeaseExpired(self._bot)
-        sent = await retry_server_errors(send)
+
+        async def attempt() -> _T:
+            if self._may_post is not None and not self._may_post():
+                raise LeaseExpired(self._bot)
+            return await send()
+
+        sent = await retry_server_errors(attempt)
         self._typing.sent(channel_id)
         return sent
 
