@@ -2,10 +2,12 @@
 every bot has one gateway connection; SIGKILL one node and its bots are back on the other within
 10 s, answering what was sent meanwhile, and nothing is answered twice; a bot added to bots.yaml
 starts on one node, a bot removed stops wherever it ran; a joining node takes its share with never
-two sessions for one bot; a node paused (SIGSTOP) past its leases posts nothing for the bots it lost."""
+two sessions for one bot; a node paused (SIGSTOP) past its leases posts nothing for the bots it lost,
+and an answer it had on its way makes no second reply beside the next node's."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import signal
 import time
@@ -21,6 +23,7 @@ from redis.asyncio import Redis
 
 from orchestrator.fleet.leases import LeaseStore
 from orchestrator.fleet.placement import place
+from orchestrator.sandbox.discord_server.rest import RestFault
 from tests.conftest import World, token_for
 from tests.processes import base_env, orchestrator_run
 from tests.test_fleet_app import (
@@ -194,3 +197,38 @@ async def test_a_joining_node_takes_its_share_with_one_session_per_bot_and_a_pau
     finally:
         await redis.aclose()
     assert set(replies_per_question(world).values()) == {1}, "a question was answered twice"
+
+
+@pytest.mark.fault
+async def test_an_answer_on_its_way_when_its_node_was_paused_is_not_posted_beside_the_next_nodes_answer(
+    world: World, redis_url: str, key_prefix: str
+) -> None:
+    write_fleet(world, redis_url, key_prefix, {"sage": "!"}, ttl=TTL)
+    redis = Redis.from_url(redis_url)
+    store = LeaseStore(redis, key_prefix, "test", TTL)
+    try:
+        async with node_process(world, "node-a") as a:
+            await until(partial(settled, world, store, {"sage": "node-a"}), within=30)
+            await answered_once(world, await world.discord.post("!chat before"), "sage")
+            async with node_process(world, "node-b"):
+                await until(lambda: "2 live node(s)" in logs(world), within=30)
+                on_its_way = asyncio.Event()
+                world.discord.inject_rest(RestFault(None, method="POST", path_contains="/messages", hold=on_its_way))
+                question = await world.discord.post("!chat who answers this?")
+                await until(lambda: not world.discord.faults)  # node-a's answer is on its way
+                identified = world.discord.identify_count[token_for("sage")]
+                a.send_signal(signal.SIGSTOP)  # ... and node-a is paused past its lease
+                try:
+                    await until(lambda: world.discord.identify_count[token_for("sage")] > identified, within=15)
+                    [reply] = await world.discord.wait_for_sent(
+                        predicate=lambda m: m.reference_id == int(question["id"]), timeout=15
+                    )  # node-b caught up on the question
+                    logged = len(world.discord.rest_log)
+                    on_its_way.set()  # node-a's answer arrives after node-b's
+                    await until(lambda: len(world.discord.rest_log) > logged)
+                finally:
+                    a.send_signal(signal.SIGCONT)
+    finally:
+        await redis.aclose()
+    replies = [m for m in world.discord.sent if m.reference_id == int(question["id"])]
+    assert [m.id for m in replies] == [reply.id], "answered by both nodes"
