@@ -11,9 +11,9 @@ Every ``lease_ttl / 3`` seconds (:meth:`FleetCoordinator.tick`) the node
 
 A separate watchdog stops a bot at once when its lease's local deadline passes without a renewal
 (Redis unreachable or slow, the process paused): by then another node may hold it. Until then the
-bot keeps running, and :meth:`FleetCoordinator.may_post` lets it post. The node remembers where it
-left off each bot it stopped so; a Redis restarted without its data has no catch-up point, and the
-bot then catches up from there when this node takes it again (the messages sent during the outage).
+bot keeps running, and :meth:`FleetCoordinator.may_post` lets it post. The node remembers where
+each bot it stopped that way had got to: a Redis restarted without its data has no catch-up point,
+and the bot catches up from there when this node takes it again (the messages sent during the outage).
 """
 
 from __future__ import annotations
