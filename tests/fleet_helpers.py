@@ -182,7 +182,11 @@ class PrivateRedis:
         command = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
         if self.password:
             command += ["--requirepass", self.password]
-        self._process = await anyio.open_process(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            self._process = await anyio.open_process(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        except FileNotFoundError:
+            pytest.fail("this test starts a Redis of its own, but redis-server is not on PATH: install Redis "
+                        "(e.g. apt-get install redis-server)", pytrace=False)
         await until(self._answers, within=10)
 
     async def stop(self) -> None:
