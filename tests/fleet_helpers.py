@@ -1,11 +1,13 @@
 """Helpers for the fleet tests: a key prefix per test (deleted afterwards), coordinators over the real
 Redis driving fake supervisors that record when each bot starts and stops, a TCP proxy that can cut
-a node off from Redis, and waiting on conditions with a bound."""
+a node off from Redis or PostgreSQL, and a Redis server of a test's own that it may restart."""
 
 from __future__ import annotations
 
 import contextlib
 import secrets
+import socket
+import subprocess
 import time
 from collections.abc import AsyncIterator, Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -15,12 +17,15 @@ from pathlib import Path
 import anyio
 import anyio.abc
 import anyio.lowlevel
+import anyio.to_thread
 import pytest
 from redis.asyncio import Redis
 
 from orchestrator.fleet.connection import open_redis
 from orchestrator.fleet.leases import LeaseStore
 from orchestrator.fleet.node import FleetCoordinator
+from tests.fleet_services import ServiceUnavailable, check_redis
+from tests.waiting import until
 
 Event = tuple[float, str, str, str]  # (monotonic time, node, bot, "start" | "stop")
 
@@ -125,9 +130,10 @@ def holders(timeline: list[Event]) -> Iterator[tuple[str, set[str]]]:
         yield bot, set(nodes)
 
 
-class RedisProxy:
-    """A loopback TCP proxy to Redis that can be cut (every connection closed, new ones refused) and
-    restored on the same port: a node losing its network to Redis, without touching the shared Redis."""
+class TcpProxy:
+    """A loopback TCP proxy to a local server that can be cut (every connection closed, new ones refused)
+    and restored on the same port: a node losing its network to Redis or PostgreSQL, without touching
+    the shared servers."""
 
     def __init__(self, target_port: int) -> None:
         self.target_port = target_port
@@ -158,3 +164,65 @@ async def _copy(source: anyio.abc.SocketStream, sink: anyio.abc.SocketStream, do
         async for chunk in source:
             await sink.send(chunk)
     done.cancel()
+
+
+class PrivateRedis:
+    """A ``redis-server`` of one test's own, on a free loopback port, which the test may stop and start
+    again (the shared Redis is never restarted). Without persistence: a restart loses every key."""
+
+    def __init__(self, port: int, password: str | None = None) -> None:
+        self.port = port
+        self.password = password
+        self.url = f"redis://{f':{password}@' if password else ''}127.0.0.1:{port}/0"
+        self._process: anyio.abc.Process | None = None
+
+    async def start(self) -> None:
+        """Start the server and wait until it answers PING."""
+        assert self._process is None, "already running"
+        command = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        if self.password:
+            command += ["--requirepass", self.password]
+        try:
+            self._process = await anyio.open_process(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        except FileNotFoundError:
+            pytest.fail("this test starts a Redis of its own, but redis-server is not on PATH: install Redis "
+                        "(e.g. apt-get install redis-server)", pytrace=False)
+        await until(self._answers, within=10)
+
+    async def stop(self) -> None:
+        """Stop the server (SIGTERM) and wait until it has exited."""
+        if self._process is None:
+            return
+        process, self._process = self._process, None
+        process.terminate()
+        with anyio.CancelScope(shield=True):
+            await process.wait()
+            await process.aclose()
+
+    async def _answers(self) -> bool:
+        try:
+            await anyio.to_thread.run_sync(check_redis, self.url)
+        except ServiceUnavailable:
+            return False
+        return True
+
+
+@contextlib.asynccontextmanager
+async def running_redis(password: str | None = None) -> AsyncIterator[PrivateRedis]:
+    """A started :class:`PrivateRedis` on a free port, stopped at the end."""
+    with socket.socket() as probe:  # a port free now; redis-server binds it at once
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = PrivateRedis(port, password)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+@pytest.fixture
+async def private_redis() -> AsyncIterator[PrivateRedis]:
+    """A running :class:`PrivateRedis` without a password, stopped after the test."""
+    async with running_redis() as server:
+        yield server

@@ -20,12 +20,14 @@ def base_env() -> dict[str, str]:
 
 
 @contextlib.asynccontextmanager
-async def orchestrator_run(config: Path, log: Path, env: Mapping[str, str]) -> AsyncIterator[Process]:
-    """``orchestrator run config`` with its output appended to ``log``; killed if still running at the
-    end, and always reaped."""
+async def orchestrator_run(
+    config: Path, log: Path, env: Mapping[str, str], *, watch: bool = False
+) -> AsyncIterator[Process]:
+    """``orchestrator run config`` with its output appended to ``log``, watching ``config`` for changes
+    only if ``watch``; killed if still running at the end, and always reaped."""
     with log.open("ab") as output:
         process = await anyio.open_process(
-            [sys.executable, "-m", "orchestrator", "run", str(config), "--no-watch"],
+            [sys.executable, "-m", "orchestrator", "run", str(config), *([] if watch else ["--no-watch"])],
             cwd=ROOT, env=dict(env), stdout=output, stderr=output,
         )
         try:

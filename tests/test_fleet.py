@@ -13,7 +13,7 @@ import pytest
 from orchestrator.fleet.connection import open_redis
 from orchestrator.fleet.leases import LOCAL_SHARE, Acquired, LeaseStore, node_of
 from orchestrator.fleet.placement import owner, place
-from tests.fleet_helpers import Event, RedisProxy, fleet, holders
+from tests.fleet_helpers import Event, TcpProxy, fleet, holders
 from tests.waiting import until
 
 TTL = 1.0
@@ -157,7 +157,7 @@ async def test_a_joining_node_takes_its_share_without_two_nodes_ever_running_a_b
 async def test_a_node_cut_off_from_redis_stops_its_bots_when_the_leases_run_out_and_restarts_them(
     redis_url: str, key_prefix: str
 ) -> None:
-    proxy = RedisProxy(6379)
+    proxy = TcpProxy(6379)
     timeline: list[Event] = []
     async with anyio.create_task_group() as tg:
         port = await tg.start(proxy.serve)

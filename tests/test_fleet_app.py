@@ -1,7 +1,10 @@
 """Fleet mode with the real app and real discord.py against the loopback Discord: two nodes share the
 bots with one gateway connection per bot, a stopping node hands its bots on (what arrives meanwhile
-is answered once, by one node or the other), a node whose lease ran out does not post, and /healthz,
-/metrics and ``orchestrator status`` show the fleet."""
+is answered once, by one node or the other), a node whose lease ran out does not post (nor retry a
+post that Discord failed), and /healthz,
+/metrics and ``orchestrator status`` show the fleet. A node taking a bot back reads what another node
+answered meanwhile; a Redis restart (a private server) stops the bots once their leases run out and
+brings them back; PostgreSQL cut off (through a proxy) leaves answers without memory, logged."""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator
+from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import anyio
@@ -19,7 +23,9 @@ from orchestrator import cli
 from orchestrator.app import App
 from orchestrator.fleet.placement import place
 from orchestrator.runtime.supervisor import BotState
+from orchestrator.sandbox.discord_server.rest import RestFault
 from tests.conftest import FAST, World, token_for
+from tests.fleet_helpers import PrivateRedis, TcpProxy, running_redis
 from tests.waiting import until
 
 PREFIXES = {"sage": "!", "hafez": "?", "rumi": "$", "khayyam": "%"}  # node-a: sage, hafez; node-b: the others
@@ -164,3 +170,144 @@ async def test_a_bot_taken_over_catches_up_where_its_last_holder_left_off_skippi
         await until(lambda: running(apps["node-a"]) == {"sage"})
         await answered_once(world, unanswered, "sage")
     assert not [m for m in world.discord.sent if m.reference_id == int(answered["id"])], "answered once before"
+
+
+async def test_a_node_that_takes_a_bot_back_reads_what_another_node_answered_meanwhile(
+    world: World, redis_url: str, key_prefix: str
+) -> None:
+    write_fleet(world, redis_url, key_prefix, {"rumi": "$"})  # rumi's place is node-b while it is up
+    async with nodes(world, "node-a") as first:
+        a = first["node-a"]
+        await until(lambda: running(a) == {"rumi"})
+        await answered_once(world, await world.discord.post("$chat one"), "rumi")  # node-a caches the conversation
+        async with nodes(world, "node-b") as second:
+            await until(lambda: running(second["node-b"]) == {"rumi"} and not running(a))
+            await answered_once(world, await world.discord.post("$chat two"), "rumi")
+        await until(lambda: running(a) == {"rumi"})  # node-b has left: rumi is back on node-a
+        await answered_once(world, await world.discord.post("$chat three"), "rumi")
+    history = [m["content"] for m in world.openai.chat_requests[-1].body["messages"] if m["role"] == "user"]
+    assert history == ["alice: one", "alice: two", "alice: three"], "node-a forgot what it had cached of rumi"
+
+
+@pytest.mark.fault
+async def test_a_redis_restart_stops_the_bots_once_their_leases_run_out_and_they_come_back_with_it(
+    world: World, private_redis: PrivateRedis, key_prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    write_fleet(world, private_redis.url, key_prefix)
+    caplog.set_level(logging.INFO, logger="orchestrator.fleet")
+    async with nodes(world, *NODES) as apps:
+        a, b = apps["node-a"], apps["node-b"]
+        assert a.fleet is not None and b.fleet is not None
+        await until(lambda: running(a) == {"sage", "hafez"} and running(b) == {"rumi", "khayyam"})
+        tokens = {bot: lease.token for app in (a, b) for bot, lease in app.fleet.leases.items()}  # type: ignore[union-attr]
+        for bot, prefix in PREFIXES.items():
+            await answered_once(world, await world.discord.post(f"{prefix}chat before, {bot}"), bot)
+
+        await private_redis.stop()  # without persistence: it comes back empty
+        await until(lambda: not running(a) and not running(b))
+        log = caplog.text
+        for bot in PREFIXES:  # each node kept its bots until their leases ran out
+            stopped = log.index(f"bot {bot} stops at once on this node: its lease could not be renewed in time")
+            assert log.index("cannot reach Redis") < stopped, log
+        assert dict(a.fleet.losses) == {"sage": 1, "hafez": 1} and dict(b.fleet.losses) == {"rumi": 1, "khayyam": 1}
+        meanwhile = [(await world.discord.post(f"{prefix}chat while down, {bot}"), bot)
+                     for bot, prefix in PREFIXES.items()]
+
+        await private_redis.start()
+        await until(lambda: running(a) == {"sage", "hafez"} and running(b) == {"rumi", "khayyam"})
+        for message, bot in meanwhile:  # Redis lost where to catch up from: each node remembers it
+            await answered_once(world, message, bot)
+        assert a.fleet.redis_error is None and b.fleet.redis_error is None
+        for app in (a, b):
+            for bot, lease in app.fleet.leases.items():
+                assert lease.token > tokens[bot], "an emptied Redis still hands out higher fencing tokens"
+        for bot, prefix in PREFIXES.items():
+            await answered_once(world, await world.discord.post(f"{prefix}chat back again, {bot}?"), bot)
+    assert "Redis answers again" in caplog.text
+    assert all(world.discord.peak_connections[token_for(bot)] == 1 for bot in PREFIXES)
+
+
+@pytest.mark.fault
+async def test_postgresql_cut_off_the_node_answers_without_memory_says_so_and_saves_once_it_is_back(
+    world: World, redis_url: str, key_prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="orchestrator.memory")
+    parts = urlsplit(world.database)
+    proxy = TcpProxy(parts.port or 5432)  # the shared PostgreSQL is never stopped: the way to it is cut
+    async with anyio.create_task_group() as tg:
+        port = await tg.start(proxy.serve)
+        world.database = urlunsplit(parts._replace(netloc=f"{parts.username}@127.0.0.1:{port}"))
+        write_fleet(world, redis_url, key_prefix, {"sage": "!"})
+        async with nodes(world, "node-a") as apps:
+            await until(lambda: running(apps["node-a"]) == {"sage"})
+            await answered_once(world, await world.discord.post("!chat remember seven"), "sage")
+            proxy.cut()
+            bob = world.discord.add_user("bob")  # a conversation the node has not cached: it must read PostgreSQL
+            await answered_once(world, await world.discord.post("!chat do you know me?", author_id=bob), "sage")
+            assert "bot sage: could not read conversation memory; answering without it" in caplog.text
+            await until(lambda: "keeping them in memory, retrying" in caplog.text)
+            await tg.start(proxy.serve)  # PostgreSQL is reachable again, on the same port
+            await until(lambda: "works again" in caplog.text)
+            await answered_once(world, await world.discord.post("!chat and now?", author_id=bob), "sage")
+        tg.cancel_scope.cancel()
+    history = [m["content"] for m in world.openai.chat_requests[-1].body["messages"] if m["role"] == "user"]
+    assert history == ["bob: do you know me?", "bob: and now?"], "the exchange made while cut off was kept"
+
+
+async def test_the_password_of_the_redis_url_never_shows_in_the_log_or_the_status(
+    world: World, key_prefix: str, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    password = "redis-pw-5ecret"
+    async with running_redis(password) as redis:
+        world.write([{"name": "sage", "prefix": "!"}], fleet={"redis_url_env": "REDIS_URL", "key_prefix": key_prefix})
+        monkeypatch.setenv("REDIS_URL", redis.url)  # what `orchestrator status` reads
+        caplog.set_level(logging.INFO)
+        app = App(world.load({"REDIS_URL": redis.url, "ORCHESTRATOR_NODE_ID": "node-a"}),
+                  options=FAST, handle_signals=False, watch=False, health_port=0)
+        async with anyio.create_task_group() as tg:
+            await tg.start(app.run)
+            await until(lambda: running(app) == {"sage"})
+            args = cli.build_parser().parse_args(["status", "--fleet", str(world.path)])
+            assert await anyio.to_thread.run_sync(args.func, args) == 0
+            app.request_stop()
+    out = capsys.readouterr().out
+    shown = f"redis://:***@127.0.0.1:{redis.port}/0"
+    assert f"joins fleet {key_prefix!r} at {shown}" in caplog.text and f"at {shown}: 1 live node(s)" in out, out
+    assert password not in caplog.text + out
+
+
+@pytest.mark.fault
+async def test_a_post_retried_after_a_discord_error_is_dropped_once_the_lease_has_run_out(
+    world: World, redis_url: str, key_prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    write_fleet(world, redis_url, key_prefix, {"sage": "!"}, ttl=60.0)  # the watchdog stays out of the way
+    async with nodes(world, "node-a") as apps:
+        a = apps["node-a"]
+        await until(lambda: running(a) == {"sage"})
+        assert a.fleet is not None
+        fleet = a.fleet
+
+        async def paused(*args: object) -> dict[str, bool]:  # renewals stop coming through
+            await anyio.sleep_forever()
+            raise AssertionError
+
+        fleet.store.renew = paused  # type: ignore[method-assign]
+
+        class LeaseRunsOut(logging.Handler):  # while the retry waits, the lease runs out
+            def emit(self, record: logging.LogRecord) -> None:
+                if record.getMessage().startswith("Discord send failed (503)"):
+                    fleet.leases["sage"].valid_until = 0.0
+
+        handler = LeaseRunsOut()
+        logging.getLogger("orchestrator.discord_io.delivery").addHandler(handler)
+        try:
+            world.discord.inject_rest(RestFault(503, method="POST", path_contains="/messages"))
+            question = await world.discord.post("!chat still yours?")
+            assert a.supervisor is not None and a.supervisor.children["sage"].actor is not None
+            await until(lambda: "not posting" in caplog.text or bool(world.discord.sent))
+            await a.supervisor.children["sage"].actor.wait_idle()
+        finally:
+            logging.getLogger("orchestrator.discord_io.delivery").removeHandler(handler)
+    assert not [m for m in world.discord.sent if m.reference_id == int(question["id"])], "posted with the lease gone"
+    assert f"this node's lease on the bot has expired; not posting: message {question['id']}" in caplog.text

@@ -1,6 +1,12 @@
 """Posting a bot's messages: after any typing POST in flight in that channel, retried once more
 than discord.py would after a server error, and with one nonce per message so a retry never posts
-it twice. In fleet mode, only while this node's lease on the bot is valid."""
+it twice. In fleet mode, only while this node's lease on the bot is valid.
+
+The parts of an answer to a question carry a nonce made from the question's id
+(:func:`answer_nonce`), the same on every node and every incarnation of the bot: Discord keeps one
+message per author and nonce for a few minutes (``enforce_nonce``), so when two nodes answer one
+question (the one whose post was on its way when its lease ran out, and the one that took the bot
+over and caught up on it), the later post returns the first message instead of adding another."""
 
 from __future__ import annotations
 
@@ -34,6 +40,12 @@ RETRY_BUDGET = 10.0  # seconds: no retry starts later than this after the first 
 
 def new_nonce() -> int:
     return _nonces.getrandbits(64)
+
+
+def answer_nonce(question_id: int, part: int) -> str:
+    """The nonce of part ``part`` (0: the reply) of a bot's answer to message ``question_id``; at most
+    25 characters, as Discord requires."""
+    return f"{question_id}:{part}"
 
 
 def _retryable(exc: Exception) -> bool:
@@ -83,39 +95,52 @@ class Delivery:
     async def deliver(self, channel_id: int, send: Callable[[], Awaitable[_T]]) -> _T:
         """Post one message with ``send()``: after any typing POST in flight there (so none lands after
         it), retried after a server error, and reported to the typing keeper. Raises
-        :class:`LeaseExpired` instead when this node may no longer post as the bot (fleet mode)."""
+        :class:`LeaseExpired` instead when this node may no longer post as the bot (fleet mode), looked
+        at before every try: a retry comes seconds later, when another node may hold the bot."""
         await self._typing.settle(channel_id)
-        if self._may_post is not None and not self._may_post():
-            raise LeaseExpired(self._bot)
-        sent = await retry_server_errors(send)
+
+        async def attempt() -> _T:
+            if self._may_post is not None and not self._may_post():
+                raise LeaseExpired(self._bot)
+            return await send()
+
+        sent = await retry_server_errors(attempt)
         self._typing.sent(channel_id)
         return sent
 
-    async def post(self, message: discord.Message, text: str, *, reply: bool, mention: Sequence[int] = ()) -> int:
+    async def post(
+        self, message: discord.Message, text: str, *, reply: bool, mention: Sequence[int] = (), part: int | None = None
+    ) -> int:
         """Send ``text`` to the channel of ``message``, as a reply to it if ``reply``, pinging only the
         users in ``mention``; returns the new message's id. Every retry carries the same nonce, so
         Discord does not create the message twice when a retry follows a response lost on the way back
-        (``enforce_nonce``)."""
+        (``enforce_nonce``); ``part`` of an answer to ``message``: the nonce any node would use for it."""
         reference = message.to_reference(fail_if_not_exists=False) if reply else None
+        nonce = new_nonce() if part is None else answer_nonce(message.id, part)
         send = partial(internals.post_message, self._client, message.channel.id, text,
-                       nonce=new_nonce(), reply_to=reference, mention=mention)  # fmt: skip
+                       nonce=nonce, reply_to=reference, mention=mention)  # fmt: skip
         return await self.deliver(message.channel.id, send)
 
-    async def send_editable(self, message: discord.Message, text: str, *, first: bool) -> discord.Message:
-        """Post a message that can be edited later (a streamed answer): the reply first, then follow-ups."""
+    async def send_editable(
+        self, message: discord.Message, text: str, *, first: bool, part: int | None = None
+    ) -> discord.Message:
+        """Post a message that can be edited later (a streamed answer): the reply first, then follow-ups;
+        ``part`` as for :meth:`post`."""
         reference = message.to_reference(fail_if_not_exists=False) if first else None
         channel = self.channel(message)
+        nonce = new_nonce() if part is None else answer_nonce(message.id, part)
         return await self.deliver(message.channel.id, partial(
-            channel.send, text, reference=reference, allowed_mentions=NO_MENTIONS, nonce=new_nonce()
+            channel.send, text, reference=reference, allowed_mentions=NO_MENTIONS, nonce=nonce
         ))  # fmt: skip
 
     async def reply(
-        self, message: discord.Message, text: str, *, raise_errors: bool = False, mention: Sequence[int] = ()
+        self, message: discord.Message, text: str, *, raise_errors: bool = False, mention: Sequence[int] = (),
+        part: int | None = None,
     ) -> int | None:
         """Reply to ``message``; returns the reply's id. A failure is logged (None), or raised with
-        ``raise_errors``."""
+        ``raise_errors``. ``part`` as for :meth:`post`."""
         try:
-            return await self.post(message, text, reply=True, mention=mention)
+            return await self.post(message, text, reply=True, mention=mention, part=part)
         except LeaseExpired as exc:
             if raise_errors:
                 raise

@@ -92,7 +92,7 @@ async def post_message(
     channel_id: int,
     content: str,
     *,
-    nonce: int,
+    nonce: int | str,
     reply_to: discord.MessageReference | None,
     mention: Sequence[int] = (),
 ) -> int:

@@ -11,7 +11,9 @@ Every ``lease_ttl / 3`` seconds (:meth:`FleetCoordinator.tick`) the node
 
 A separate watchdog stops a bot at once when its lease's local deadline passes without a renewal
 (Redis unreachable or slow, the process paused): by then another node may hold it. Until then the
-bot keeps running, and :meth:`FleetCoordinator.may_post` lets it post.
+bot keeps running, and :meth:`FleetCoordinator.may_post` lets it post. The node remembers where
+each bot it stopped that way had got to: a Redis restarted without its data has no catch-up point,
+and the bot catches up from there when this node takes it again (the messages sent during the outage).
 """
 
 from __future__ import annotations
@@ -74,6 +76,9 @@ class FleetCoordinator:
         self.failovers: Counter[str] = Counter()  # bots taken over from a node that never released them
         self._clock = store.clock  # the one the leases' deadlines are on
         self._stopping: set[str] = set()  # bots whose stop is under way here: not to be taken again yet
+        # Where this node left off each bot it lost or could not release: the catch-up point to use
+        # should it take the bot again from a Redis that has none (restarted without its data).
+        self._left_off: dict[str, dict[int, int]] = {}
         self._tg: TaskGroup | None = None
         self._deadlines = anyio.Event()  # set when a lease is taken, renewed or dropped
         self._heartbeats = 0
@@ -171,7 +176,9 @@ class FleetCoordinator:
                 log.warning("fleet: bot %s taken over from node %s, whose lease ran out without being released",
                             bot, node_of(got.holder))
             log.info("fleet: bot %s starts on this node (lease token %d)", bot, got.lease.token)
-            self.runner.start_bot(bot, got.catch_up)
+            # Redis' catch-up point is the newest when it has one: every holder saves its own there.
+            left_off = self._left_off.pop(bot, {})
+            self.runner.start_bot(bot, got.catch_up or left_off)
         self._deadlines_changed()
 
     async def _drain(self, lease: Lease, to: str | None) -> None:
@@ -187,6 +194,7 @@ class FleetCoordinator:
         try:
             await self.store.release(lease, positions)
         except REDIS_ERRORS as exc:
+            self._left_off[bot] = positions
             log.warning("fleet: could not release the lease of bot %s (%s); it runs out within %.1fs",
                         bot, _describe(exc), self.store.lease_ttl)
             return
@@ -207,7 +215,7 @@ class FleetCoordinator:
 
     async def _stop_at_once(self, bot: str) -> None:
         try:
-            await self.runner.stop_bot(bot, at_once=True)
+            self._left_off[bot] = await self.runner.stop_bot(bot, at_once=True)
         finally:
             self._stopping.discard(bot)
 
@@ -217,7 +225,8 @@ class FleetCoordinator:
             now = self._clock()
             for lease in list(self.leases.values()):
                 if not lease.valid(now):
-                    self._lose(lease, f"its lease could not be renewed in time ({self.redis_error or 'Redis is slow'})")
+                    why = self.redis_error or "Redis answered too slowly, or this process was paused"
+                    self._lose(lease, f"its lease could not be renewed in time ({why})")
             soonest = min((lease.valid_until for lease in self.leases.values()), default=math.inf)
             changed = self._deadlines
             with anyio.move_on_after(soonest - self._clock()):

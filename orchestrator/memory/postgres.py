@@ -23,7 +23,7 @@ answers).
 
 The cache holds what this process wrote and read: each conversation must be answered by one process
 at a time (a fleet's leases make sure of it), and a process that takes over bots another process ran
-must call :meth:`PostgresStore.drop_cached` for them.
+calls :meth:`PostgresStore.drop_cached` for them (the supervisor's ``start_bot`` does).
 
 The daily totals are read synchronously (:class:`~orchestrator.llm.quota.QuotaBook`,
 :class:`~orchestrator.llm.spend.SpendBook`). From a worker thread ``load_daily_*`` queries the

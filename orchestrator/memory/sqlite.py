@@ -282,6 +282,10 @@ class SQLiteStore:
             self._delete, "bot=? AND channel=?", (bot, channel), lambda k: k.bot == bot and k.channel == channel
         )
 
+    def drop_cached(self, bot: str) -> None:
+        """Forget the cached histories of ``bot`` (one process owns a SQLite file: only for the interface)."""
+        self._cache.drop(lambda k: k.bot == bot)
+
     def _delete(self, where: str, args: tuple[object, ...], doomed: Callable[[ConversationKey], bool]) -> int:
         """Delete the matching turns, and the matching exchanges still pending (a failing database)."""
         with self._db:

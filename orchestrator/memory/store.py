@@ -98,6 +98,11 @@ class ConversationStore(Protocol):
         """Delete ``user``'s turns and usage (of every bot, or of ``bot``)."""
         ...
 
+    def drop_cached(self, bot: str) -> None:
+        """Forget the histories of ``bot`` cached in this process: another process may have answered
+        as ``bot`` since (a fleet node taking the bot over)."""
+        ...
+
 
 class Store(ConversationStore, Protocol):
     """A whole store: conversations, and the daily token usage and spend the quota and spend books persist.

@@ -469,7 +469,7 @@ class PersonaBot:
             )
             try:
                 if spec.stream:
-                    answer = await self._answer_streaming(job.message, call, work)
+                    answer = await self._answer_streaming(job, call, work)
                 else:
                     answer = await self._answer_plain(job, call, work)
             except ProviderError as exc:
@@ -531,9 +531,10 @@ class PersonaBot:
         if not chunks:
             await self._delivery.reply(message, EMPTY_ANSWER)
             return None
-        ids = [await self._delivery.reply(message, chunks[0], raise_errors=True, mention=mention)]
-        for chunk in chunks[1:]:
-            ids.append(await self._delivery.post(message, chunk, reply=False, mention=mention))
+        part = _parts(job)
+        ids = [await self._delivery.reply(message, chunks[0], raise_errors=True, mention=mention, part=part(0))]
+        for index, chunk in enumerate(chunks[1:], 1):
+            ids.append(await self._delivery.post(message, chunk, reply=False, mention=mention, part=part(index)))
         return Answer(answer, tuple(i for i in ids if i is not None))
 
     def _failed_update(self, exc: Exception) -> None:
@@ -544,12 +545,13 @@ class PersonaBot:
             describe_error(exc),
         )
 
-    async def _answer_streaming(self, message: discord.Message, call: ChatCall, work: Work) -> Answer | None:
+    async def _answer_streaming(self, job: Job, call: ChatCall, work: Work) -> Answer | None:
         """Show the answer while the model writes it; a cut stream keeps its partial text, marked."""
+        message, part = job.message, _parts(job)
 
         async def send(text: str, first: bool) -> discord.Message:
             work.finish()  # the text itself shows progress from here on
-            return await self._delivery.send_editable(message, text, first=first)
+            return await self._delivery.send_editable(message, text, first=first, part=part(0) if first else None)
 
         reply = StreamingReply(
             send, self._edit_budgets.for_channel(message.channel.id), on_failed_update=self._failed_update
@@ -569,3 +571,12 @@ class PersonaBot:
             return None
         await retry_server_errors(partial(reply.finish, cut=cut))  # finish only rewrites what Discord does not show yet
         return None if cut else Answer(reply.text.strip(), reply.message_ids)
+
+
+def _parts(job: Job) -> Callable[[int], int | None]:
+    """How the parts of the answer to ``job`` are numbered for their nonces (``delivery.answer_nonce``):
+    a chat's are, so two nodes answering one question make one answer; a panel's are not (None: a
+    nonce of its own), since its turns reply to the same message again and again."""
+    if job.kind == "chat":
+        return lambda index: index
+    return lambda index: None

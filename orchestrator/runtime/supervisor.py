@@ -145,6 +145,8 @@ class Supervisor:
         (channel -> message id: where the node that ran it before left off)."""
         if name in self.children:
             raise RuntimeError(f"bot {name} is already running here")
+        # Another node may have answered as the bot since this one last ran it: what is cached here is stale.
+        self.services.store.drop_cached(name)
         self._start_child(self.config.bots[name], catch_up_from)
         self._notify()
 

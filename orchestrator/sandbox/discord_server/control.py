@@ -96,6 +96,10 @@ class DiscordSandbox:
         """token -> the most gateway connections open at one time as that bot (two: it ran twice)."""
         return self.gateway.peak_connections
 
+    def open_connections(self, token: str) -> int:
+        """Gateway connections open now as the bot of ``token`` (one while it runs, none once stopped)."""
+        return self.gateway.open_connections(token)
+
     @property
     def reject_identify(self) -> dict[str, int]:
         """token -> close code sent instead of READY (crash loops)."""

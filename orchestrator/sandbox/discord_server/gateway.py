@@ -201,10 +201,13 @@ class Gateway:
         await state.notify()
         return session
 
+    def open_connections(self, token: str) -> int:
+        """Gateway connections identified (or resumed) as ``token`` that are open now."""
+        return sum(1 for ws, known in self._identified.items() if known == token and not ws.closed)
+
     def _count_connection(self, ws: web.WebSocketResponse, token: str) -> None:
         self._identified[ws] = token
-        open_now = sum(1 for other, known in self._identified.items() if known == token and not other.closed)
-        self.peak_connections[token] = max(self.peak_connections[token], open_now)
+        self.peak_connections[token] = max(self.peak_connections[token], self.open_connections(token))
 
     async def _resume(self, ws: web.WebSocketResponse, data: JSONDict) -> GatewaySession | None:
         token = data.get("token", "")

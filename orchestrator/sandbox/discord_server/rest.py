@@ -40,6 +40,7 @@ class RestFault:
     global_: bool = False
     after_handling: bool = False  # carry the request out, then answer with the fault: a response lost on its way
     delay: float = 0.0  # seconds the request is held before anything else happens to it
+    hold: asyncio.Event | None = None  # then held until this is set: a request on its way while a test acts
 
 
 class ApiError(Exception):
@@ -130,6 +131,8 @@ class RestApi:
         fault = self._take_fault(request) if authorized else None
         if fault is not None and fault.delay:
             await asyncio.sleep(fault.delay)
+        if fault is not None and fault.hold is not None:
+            await fault.hold.wait()  # goes on if the client gives up meanwhile, as Discord does
         if fault is not None and fault.status is None:
             fault = None
         if not authorized:
