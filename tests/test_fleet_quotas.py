@@ -26,7 +26,7 @@ from orchestrator.llm.pool import LLMPool
 from orchestrator.llm.quota import QuotaBook
 from orchestrator.llm.spend import SpendBook, SpendCapReached
 from tests.conftest import World
-from tests.fleet_helpers import RedisProxy
+from tests.fleet_helpers import TcpProxy
 from tests.test_fleet_app import NODES, answered_once, nodes, running
 from tests.waiting import until
 
@@ -155,7 +155,7 @@ async def test_a_node_cut_off_from_redis_holds_the_limits_by_itself_until_redis_
     redis_url: str, key_prefix: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     clock = Clock()
-    proxy = RedisProxy(6379)
+    proxy = TcpProxy(6379)
     two = QuotaSettings(requests_per_minute=2)
     async with anyio.create_task_group() as tg:
         port = await tg.start(proxy.serve)
