@@ -18,12 +18,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 from urllib.parse import unquote, urlsplit
 
 import yaml
 from dotenv import dotenv_values
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from redis.asyncio.connection import parse_url as parse_redis_url
 
 from .errors import ConfigError, ConfigIssue
@@ -38,6 +38,19 @@ _NOT_A_NAME = (
 )
 
 
+
+
+_IMAGE_SIZE = re.compile(r"([1-9]\d{1,3})x([1-9]\d{1,3})")
+
+
+def _image_size(value: str) -> str:
+    """``WIDTHxHEIGHT`` in pixels as the images endpoint takes it (each side 10-9999), or ``auto``."""
+    if value != "auto" and not _IMAGE_SIZE.fullmatch(value):
+        raise ValueError(f"image_size {value!r} must be WIDTHxHEIGHT in pixels (e.g. 1024x1024, 1792x1024) or auto")
+    return value
+
+
+ImageSize = Annotated[str, AfterValidator(_image_size)]
 
 
 class _Model(BaseModel):
@@ -95,6 +108,7 @@ class QuotaSettings(_Model):
     tokens_per_minute: int | None = Field(None, ge=1)
     tokens_per_day: int | None = Field(None, ge=1)
     usd_per_day: float | None = Field(None, gt=0)  # needs a price for the bot's model
+    images_per_day: int | None = Field(None, ge=0)  # `<prefix>imagine`; 0: none
 
 
 class AccessSettings(_Model):
@@ -146,6 +160,8 @@ class Defaults(_Model):
     stream: bool = False
     mailbox_size: int = Field(32, ge=1, le=10_000)
     concurrency: int = Field(32, ge=1, le=256)  # answers in progress per bot (one at a time per conversation)
+    image_model: str | None = None  # `<prefix>imagine` draws with it; None: not enabled
+    image_size: ImageSize = "1024x1024"
 
 
 class BotSettings(_Model):
@@ -167,6 +183,8 @@ class BotSettings(_Model):
     stream: bool | None = None
     mailbox_size: int | None = Field(None, ge=1, le=10_000)
     concurrency: int | None = Field(None, ge=1, le=256)
+    image_model: str | None = Field(None, min_length=1)
+    image_size: ImageSize | None = None
 
     @field_validator("prefix")
     @classmethod
@@ -235,6 +253,8 @@ class BotSpec:
     stream: bool
     mailbox_size: int
     concurrency: int
+    image_model: str | None = None  # of ``provider``; None: image generation is not enabled
+    image_size: str = "1024x1024"
 
     def needs_reconnect(self, other: BotSpec) -> bool:
         """True when going from ``self`` to ``other`` needs a new Discord connection (and actor)."""
@@ -684,6 +704,8 @@ def _resolve(
             stream=defaults.stream if bot.stream is None else bot.stream,
             mailbox_size=bot.mailbox_size or defaults.mailbox_size,
             concurrency=bot.concurrency or defaults.concurrency,
+            image_model=bot.image_model or defaults.image_model,
+            image_size=bot.image_size or defaults.image_size,
             **merged,
         )
     database = _database(settings, env, secrets, base_dir, issue)
