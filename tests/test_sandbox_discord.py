@@ -22,7 +22,10 @@ import yarl
 from anyio.streams.text import TextReceiveStream
 from discord.ext import commands
 
+from orchestrator.imagesize import ImageInfo, image_info
 from orchestrator.sandbox.discord_server import DiscordSandbox, GatewaySession, RestFault
+
+from . import images
 
 TOKEN_A = "token-alpha"
 TOKEN_B = "token-beta"
@@ -226,6 +229,67 @@ async def test_multipart_upload_is_recorded(sandbox: DiscordSandbox) -> None:
         await sandbox.post("!upload")
         (record,) = await sandbox.wait_for_sent()
     assert record.content == "see attached" and record.attachments == ["note.txt"]
+
+
+async def test_a_bot_upload_is_stored_and_served_at_its_url(sandbox: DiscordSandbox) -> None:
+    bot = make_bot()
+    sandbox.add_bot(TOKEN_A, "alpha")
+    picture = images.png(64, 48)
+    async with running(sandbox, (bot, TOKEN_A)):
+        channel = bot.get_channel(sandbox.channel_id)
+        assert isinstance(channel, discord.TextChannel)
+        sent = await channel.send(
+            "a picture", file=discord.File(io.BytesIO(picture), filename="red.png", description="all red")
+        )
+        (record,) = await sandbox.wait_for_sent()
+        [upload] = record.uploads
+        async with aiohttp.ClientSession() as http, http.get(upload["url"]) as served:
+            assert served.status == 200 and served.content_type == "image/png"
+            assert await served.read() == picture
+        fetched = await channel.fetch_message(sent.id)
+    [attachment] = sent.attachments
+    assert (attachment.filename, attachment.size) == ("red.png", len(picture))
+    assert (attachment.width, attachment.height) == (64, 48)
+    assert attachment.content_type == "image/png" and attachment.description == "all red"
+    assert fetched.attachments[0].url == attachment.url == upload["url"]
+    assert sandbox.attachment_bytes(attachment.url) == picture and record.attachments == ["red.png"]
+
+
+@pytest.mark.parametrize(
+    ("filename", "data", "content_type", "size"),
+    [
+        ("cat.png", images.png(64, 48), "image/png", (64, 48)),
+        ("cat.gif", images.gif(20, 10), "image/gif", (20, 10)),
+        ("cat.jpg", images.jpeg(300, 200), "image/jpeg", (300, 200)),
+        ("cat.webp", images.webp(640, 480), "image/webp", (640, 480)),
+        ("notes.txt", b"plain words", "text/plain", None),
+    ],
+)
+async def test_a_posted_attachment_reaches_the_bot_and_its_bytes_are_served(
+    sandbox: DiscordSandbox, filename: str, data: bytes, content_type: str, size: tuple[int, int] | None
+) -> None:
+    bot = make_bot()
+    sandbox.add_bot(TOKEN_A, "alpha")
+    inbox = Inbox(bot)
+    async with running(sandbox, (bot, TOKEN_A)):
+        posted = await sandbox.post("look", attachments=[{"filename": filename, "data": data}])
+        message = await inbox.next(lambda m: m.id == int(posted["id"]))
+        [attachment] = message.attachments
+        read = await attachment.read()  # discord.py downloads it from the sandbox's URL
+        sandbox.delete_attachment(attachment.url)
+        with pytest.raises(discord.NotFound):
+            await attachment.read()
+    assert read == data
+    assert (attachment.filename, attachment.size, attachment.content_type) == (filename, len(data), content_type)
+    assert (None if attachment.width is None else (attachment.width, attachment.height)) == size
+
+
+def test_image_headers_are_read_and_anything_else_is_refused() -> None:
+    assert image_info(images.png(3, 2)) == ImageInfo("png", 3, 2)
+    assert str(image_info(images.jpeg(300, 200))) == "300x200 jpeg"
+    assert image_info(images.png(3, 2)[:20]) is None  # truncated
+    assert image_info(b"\x89PNG\r\n\x1a\n not really") is None
+    assert image_info(b"%PDF-1.7") is None
 
 
 async def test_too_long_and_empty_messages_are_rejected_like_discord(sandbox: DiscordSandbox) -> None:

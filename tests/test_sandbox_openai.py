@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import re
@@ -14,7 +15,10 @@ import httpx2
 import openai
 import pytest
 
-from orchestrator.sandbox.openai_server import Fault, OpenAISandbox
+from orchestrator.sandbox.discord_server import DiscordSandbox
+from orchestrator.sandbox.openai_server import Fault, OpenAISandbox, said
+
+from . import images
 
 MODEL = "gpt-4o-mini"
 MESSAGES = [
@@ -303,3 +307,54 @@ async def test_cli_serves_until_signal(flags: tuple[str, ...], answer: str) -> N
             assert answer in (await ask(client) or "")
         process.send_signal(signal.SIGINT)
         assert await process.wait() == 0
+
+
+async def image_message(client: openai.AsyncOpenAI, *urls: str) -> str | None:
+    parts = [{"type": "text", "text": "what is this?"}] + [{"type": "image_url", "image_url": {"url": u}} for u in urls]
+    reply = await client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": parts}])
+    return reply.choices[0].message.content
+
+
+async def test_image_parts_by_url_and_inline_are_seen(
+    sandbox: OpenAISandbox, client: openai.AsyncOpenAI
+) -> None:
+    async with DiscordSandbox() as discord_sandbox:
+        posted = await discord_sandbox.post("", attachments=[{"filename": "cat.png", "data": images.png(64, 48)}])
+        url = posted["attachments"][0]["url"]
+        inline = "data:image/gif;base64," + base64.b64encode(images.gif(20, 10)).decode()
+        answer = await image_message(client, url, inline)
+    assert answer is not None and answer.endswith(" | saw image cat.png 64x48 png; image inline 20x10 gif")
+    [recorded] = sandbox.chat_requests
+    assert recorded.images == ["image cat.png 64x48 png", "image inline 20x10 gif"]
+    inline_part = f"<image data:image/gif, {len(images.gif(20, 10))} bytes>"  # never the data itself
+    assert said(recorded.body["messages"][0]) == f"what is this? <image {url}> {inline_part}"
+
+
+async def test_sandbox_reply_says_what_it_saw() -> None:
+    async with OpenAISandbox() as sandbox, openai.AsyncOpenAI(base_url=sandbox.base_url, api_key="sk-sandbox") as c:
+        answer = await image_message(c, "data:image/png;base64," + base64.b64encode(images.png(3, 2)).decode())
+    assert answer is not None and 'said "what is this?". I saw image inline 3x2 png.' in answer
+
+
+@pytest.mark.parametrize(
+    ("url", "code"),
+    [
+        ("data:image/png;base64," + base64.b64encode(b"not an image").decode(), "invalid_image_format"),
+        ("data:image/png;base64,%%%", "invalid_image_url"),
+        ("ftp://example.invalid/cat.png", "invalid_image_url"),
+        ("missing", "invalid_image_url"),
+    ],
+    ids=["corrupt", "bad-base64", "bad-scheme", "404"],
+)
+async def test_an_unreadable_image_is_refused_as_openai_does(
+    sandbox: OpenAISandbox, client: openai.AsyncOpenAI, url: str, code: str
+) -> None:
+    async with DiscordSandbox() as discord_sandbox:
+        if url == "missing":
+            posted = await discord_sandbox.post("", attachments=[{"filename": "cat.png", "data": images.png(4, 4)}])
+            url = posted["attachments"][0]["url"]
+            discord_sandbox.delete_attachment(url)
+        with pytest.raises(openai.BadRequestError) as refused:
+            await image_message(client, url)
+    assert refused.value.code == code
+    assert sandbox.chat_requests[-1].status == 400

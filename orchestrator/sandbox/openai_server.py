@@ -6,6 +6,11 @@ with real PNGs (:mod:`~orchestrator.sandbox.openai_images`); it records every re
 inject faults (HTTP errors, delays, cut streams, malformed bodies, a content-policy refusal) and
 enforce a rate limit.
 
+User messages may carry image parts (an ``http(s)`` URL, fetched, or a base64 ``data:`` URL):
+the sandbox reads each image's header (:mod:`.vision`), refuses the request with a 400 as OpenAI
+does when one cannot be read, bills 85 prompt tokens per image, records what it saw
+(:attr:`RecordedRequest.images`) and says so in its answer (``saw image cat.png 64x48 png``).
+
 Answers are a deterministic function of the request, so tests and the demo can see what
 reached the server. By default they are short and say they come from the sandbox (one line, here two)::
 
@@ -17,7 +22,7 @@ from its ``You are <Name>``; the sampling parameters sent, the number of earlier
 the last of them, clipped, show what the model received). With ``echo=True`` (what the tests use)
 the answer is instead::
 
-    [{model}] {persona} | T={temperature} | turns={user_messages} | {last_user_message}
+    [{model}] {persona} | T={temperature} | turns={user_messages} | {last_user_message}[ | saw {images}]
 
 ``persona`` is the first line of the first ``system`` (or ``developer``) message, the last user
 message is shown without the ``Name: `` its speaker is written with, ``temperature``
@@ -39,14 +44,16 @@ import re
 import signal
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 
 from .openai_images import CONTENT_POLICY, IMAGE_MODELS, ImageGenerations
+from .vision import IMAGE_TOKENS, ImageRefused, describe_parts, image_urls, look
 
 _WINDOW = 60.0
 _MODEL_CREATED = 1_700_000_000
@@ -144,6 +151,7 @@ class RecordedRequest:
     body: dict[str, Any]
     headers: dict[str, str]
     status: int
+    images: list[str] = field(default_factory=list)  # what the sandbox saw, e.g. "image cat.png 64x48 png"
 
 
 class OpenAISandbox:
@@ -200,6 +208,7 @@ class OpenAISandbox:
         self._ids = itertools.count(1)
         self._arrived = asyncio.Condition()
         self._runner: web.AppRunner | None = None
+        self._fetcher: aiohttp.ClientSession | None = None  # downloads image URLs
 
     @property
     def in_flight(self) -> int:
@@ -249,6 +258,7 @@ class OpenAISandbox:
         app.router.add_get("/v1/models/{id:.+}", self._models)
         app.router.add_post("/v1/images/generations", self._images)
         app.router.add_get("/v1/images/files/{name}", self._image_file)
+        self._fetcher = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
         self._runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=0.5)
         await self._runner.setup()
         await web.TCPSite(self._runner, self._host, self._port).start()
@@ -260,6 +270,9 @@ class OpenAISandbox:
         if self._runner is not None:
             runner, self._runner = self._runner, None
             await runner.cleanup()
+        if self._fetcher is not None:
+            fetcher, self._fetcher = self._fetcher, None
+            await fetcher.close()
 
     async def __aenter__(self) -> OpenAISandbox:
         await self.start()
@@ -270,9 +283,9 @@ class OpenAISandbox:
     ) -> None:
         await self.stop()
 
-    async def _record(self, request: web.Request, body: dict[str, Any], status: int) -> None:
+    async def _record(self, request: web.Request, body: dict[str, Any], status: int, images: list[str]) -> None:
         headers = {k.lower(): v for k, v in request.headers.items()}
-        self.requests.append(RecordedRequest(request.path, _bearer(request), body, headers, status))
+        self.requests.append(RecordedRequest(request.path, _bearer(request), body, headers, status, images))
         async with self._arrived:
             self._arrived.notify_all()
 
@@ -289,7 +302,7 @@ class OpenAISandbox:
             response = _json(_model(model_id))
         else:
             response = _error(404, model=model_id)
-        await self._record(request, {}, response.status)
+        await self._record(request, {}, response.status, [])
         return response
 
     async def _images(self, request: web.Request) -> web.Response:
@@ -312,7 +325,7 @@ class OpenAISandbox:
                     _json(answer.payload) if answer.payload is not None
                     else _error(answer.status, message=answer.message, code=answer.code)
                 )  # fmt: skip
-        await self._record(request, body, response.status)
+        await self._record(request, body, response.status, [])
         await self.sleep(self.latency + fault.delay)
         return response
 
@@ -338,12 +351,17 @@ class OpenAISandbox:
         fault = Fault()
         headers: dict[str, str] = {}
         status = 200
+        seen: list[str] = []
+        refused: ImageRefused | None = None
         if not self._key_accepted(request):
             status = 401
         elif not isinstance(body, dict) or not isinstance(body.get("messages"), list):
             status = 400
         elif body.get("model") not in self.models:
             status = 404
+        elif (refused := await self._look_at_images(body["messages"], seen)) is not None:
+            status = 400
+            fault = Fault(message=str(refused))
         else:
             status, headers = self._take_rate_slot()
             if status == 200 and self._faults:
@@ -351,8 +369,8 @@ class OpenAISandbox:
                 dropped = fault.cut_stream_after is not None and not body.get("stream")
                 status = fault.status or (0 if dropped else 200)
         body = body if isinstance(body, dict) else {}
-        text = self._next_reply(body) if status == 200 else ""
-        await self._record(request, body, status)
+        text = self._next_reply(body, seen) if status == 200 else ""
+        await self._record(request, body, status, seen)
         headers = {**headers, **fault.headers, **_retry_after(fault.retry_after)}
         await self.sleep(self.latency + fault.delay)
         if status == 0:
@@ -361,7 +379,8 @@ class OpenAISandbox:
         if fault.text is not None:
             return web.Response(status=status, text=fault.text, content_type="text/html", headers=headers)
         if status != 200:
-            return _error(status, headers, model=body.get("model"), message=fault.message)
+            code = fault.code if refused is None else refused.code
+            return _error(status, headers, model=body.get("model"), message=fault.message, code=code)
         if body.get("stream"):
             return await self._stream(request, body, text, fault, headers)
         if fault.malformed:
@@ -424,10 +443,22 @@ class OpenAISandbox:
             "usage": _usage(body, text),
         }
 
-    def _next_reply(self, body: dict[str, Any]) -> str:
+    async def _look_at_images(self, messages: list[Any], seen: list[str]) -> ImageRefused | None:
+        """Read every image part into ``seen``; the refusal OpenAI would answer, if any."""
+        assert self._fetcher is not None
+        try:
+            for url in image_urls(messages):
+                seen.append(str(await look(self._fetcher, url)))
+        except ImageRefused as refused:
+            return refused
+        return None
+
+    def _next_reply(self, body: dict[str, Any], seen: list[str]) -> str:
         if self._replies:
             return self._replies.popleft()
-        return (self._reply_fn or (echo_reply if self.echo else sandbox_reply))(body)
+        if self._reply_fn is not None:
+            return self._reply_fn(body)
+        return (echo_reply if self.echo else sandbox_reply)(body, seen)
 
     def _take_rate_slot(self) -> tuple[int, dict[str, str]]:
         """Admit one request into the sliding window; returns (200 or 429, x-ratelimit headers)."""
@@ -451,7 +482,7 @@ class OpenAISandbox:
         return 429, {**headers, **_retry_after(oldest + _WINDOW - now)}
 
 
-def echo_reply(body: Mapping[str, Any]) -> str:
+def echo_reply(body: Mapping[str, Any], seen: Sequence[str] = ()) -> str:
     """The ``echo=True`` answer text for a chat request body (format in the module docstring)."""
     messages = body.get("messages") or []
     system = _system_message(messages)
@@ -459,15 +490,16 @@ def echo_reply(body: Mapping[str, Any]) -> str:
     users = [said(m) for m in messages if m.get("role") == "user"]
     temperature = body.get("temperature")
     t = "-" if temperature is None else temperature
-    return f"[{body.get('model')}] {persona} | T={t} | turns={len(users)} | {users[-1] if users else '-'}"
+    saw = f" | saw {'; '.join(seen)}" if seen else ""
+    return f"[{body.get('model')}] {persona} | T={t} | turns={len(users)} | {users[-1] if users else '-'}{saw}"
 
 
 def said(message: Mapping[str, Any]) -> str:
-    """What a user message says, without the ``Name: `` its speaker is written with (when it has a ``name``)."""
-    text = _text(message.get("content"))
-    if message.get("name") and ": " in text:
-        return text.split(": ", 1)[1]
-    return text
+    """What a user message says, without the ``Name: `` its speaker is written with (when it has a
+    ``name``), then its image parts (``<image URL>``, ``<image data:image/png, 149 bytes>``)."""
+    text = _said_text(message)
+    images = describe_parts(message.get("content"))
+    return f"{text} {images}" if images else text
 
 
 _SAMPLING = (("temperature", "T"), ("top_p", "top_p"), ("frequency_penalty", "frequency_penalty"),
@@ -476,7 +508,7 @@ _YOU_ARE = re.compile(r"you are\s+", re.IGNORECASE)
 _NAME = re.compile(r"[^\W\d_][\w'-]*")
 
 
-def sandbox_reply(body: Mapping[str, Any]) -> str:
+def sandbox_reply(body: Mapping[str, Any], seen: Sequence[str] = ()) -> str:
     """The default answer text: short, labelled as the sandbox's, showing the persona, the model and
     sampling parameters, and how many earlier user turns (memory, channel context) reached the server,
     quoting the last of them."""
@@ -488,9 +520,11 @@ def sandbox_reply(body: Mapping[str, Any]) -> str:
     if (you_are := _YOU_ARE.match(persona)) is not None:
         persona = persona[you_are.end():]
         name = found.group() if (found := _NAME.match(persona)) else None
-    users = [" ".join(said(m).split()) for m in messages if m.get("role") == "user"]
+    users = [" ".join(_said_text(m).split()) for m in messages if m.get("role") == "user"]
     heard = f'you said "{_clip(users[-1], 200)}".' if users else "you said nothing."
     greeting = f"{name} here — {heard}" if name else heard[0].upper() + heard[1:]
+    if seen:
+        greeting += f" I saw {'; '.join(seen)}."
     params = " ".join(f"{label}={body[key]}" for key, label in _SAMPLING if body.get(key) is not None)
     earlier = len(users) - 1 if users else 0
     memory = {0: "no earlier turns", 1: "1 earlier turn"}.get(earlier, f"{earlier} earlier turns")
@@ -518,8 +552,16 @@ def _text(content: object) -> str:
     return ""
 
 
+def _said_text(message: Mapping[str, Any]) -> str:
+    """:func:`said` without the image parts (the answer says what it saw instead)."""
+    text = _text(message.get("content"))
+    return text.split(": ", 1)[1] if message.get("name") and ": " in text else text
+
+
 def _usage(body: Mapping[str, Any], text: str) -> dict[str, int]:
-    prompt = sum(len(_text(m.get("content"))) // 4 + 4 for m in body.get("messages") or [])
+    messages = body.get("messages") or []
+    prompt = sum(len(_text(m.get("content"))) // 4 + 4 for m in messages)
+    prompt += IMAGE_TOKENS * len(image_urls(messages))
     completion = len(text) // 4 + 1
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
@@ -550,8 +592,8 @@ def _error(
     """OpenAI's error JSON shape for ``status`` (``message`` and ``code`` replace the usual ones)."""
     kind = "server_error" if status >= 500 else "invalid_request_error"
     usual, kind, usual_code = _ERRORS.get(status, (f"Sandbox error {status}.", kind, None))
+    code = usual_code if code is None else code
     text = usual.format(model=model) if message is None else message
-    code = code or usual_code
     error = {"message": text, "type": kind, "param": None, "code": code}
     return _json({"error": error}, headers, status)
 

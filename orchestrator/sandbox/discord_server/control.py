@@ -4,7 +4,8 @@ It composes the shared :class:`SandboxState`, the websocket :class:`Gateway` and
 :class:`RestApi` into one aiohttp application (REST under ``/api/v10``, the gateway at
 ``/gateway``, on one port), and adds the control surface: humans speak through :meth:`post`;
 what bots send through REST is recorded in :attr:`sent`; faults and disconnections are injected
-with :meth:`inject_rest` and :meth:`drop_gateway`. ``POST /_sandbox/messages`` and
+with :meth:`inject_rest` and :meth:`drop_gateway`. Attachments are stored and served at
+their own URLs (``attachments.py``). ``POST /_sandbox/messages`` and
 ``GET /_sandbox/sent`` offer the same to another process (``python -m orchestrator.sandbox.discord_server``).
 """
 
@@ -16,6 +17,7 @@ from collections.abc import Callable, Sequence
 
 from aiohttp import web
 
+from .attachments import ROUTE as ATTACHMENT_ROUTE
 from .gateway import Gateway, GatewaySession
 from .rest import API_PREFIX, ApiError, RestApi, RestFault, json_body, json_response
 from .state import JSONDict, SandboxState, SentMessage
@@ -141,6 +143,7 @@ class DiscordSandbox:
         app.add_routes(
             [
                 web.get("/gateway", self.gateway.handle),
+                web.get(ATTACHMENT_ROUTE, self.state.files.serve),
                 *self.rest.routes(),
                 web.post("/_sandbox/messages", self._control_post),
                 web.get("/_sandbox/sent", self._control_sent),
@@ -237,8 +240,10 @@ class DiscordSandbox:
         ``guild=False, dm_to=<bot token>``: it goes to the DM channel between the author and that
         bot (created on first use, ``channel_id`` is ignored) and only that bot receives it.
         ``mentions`` are user ids and ``mention_roles`` role ids (not parsed from the content);
-        ``attachments`` are partial attachment dicts (``filename``, ``size``, ...) completed with
-        ids and URLs. Returns the stored message object.
+        ``attachments`` are files: ``filename``, the bytes as ``data`` (or ``data_base64``), optional
+        ``content_type`` (else from the image header or the name); they are stored and served at
+        their ``url`` (:meth:`attachment_bytes`, :meth:`delete_attachment`). A dict without bytes
+        (``filename``, ``size``, ...) only describes a file. Returns the stored message object.
         """
         state = self.state
         author = state.users[self.default_user_id if author_id is None else author_id]
@@ -263,6 +268,14 @@ class DiscordSandbox:
         )
         await self.gateway.broadcast("MESSAGE_CREATE", channel, state.message_view(message))
         return message
+
+    def attachment_bytes(self, url_or_id: str | int) -> bytes:
+        """The bytes stored for an attachment (posted or uploaded), by its URL or id."""
+        return self.state.files.read(url_or_id)
+
+    def delete_attachment(self, url_or_id: str | int) -> None:
+        """Remove an attachment: its URL answers 404 from now on (an expired CDN link)."""
+        self.state.files.delete(url_or_id)
 
     def sent_by(self, bot_user_id: int) -> list[SentMessage]:
         """Messages the given bot sent, in order."""

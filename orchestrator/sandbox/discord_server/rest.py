@@ -212,22 +212,32 @@ class RestApi:
 
     @staticmethod
     async def _read_message_body(request: web.Request) -> tuple[JSONDict, list[JSONDict]]:
-        """The JSON payload and uploaded files (name, size, type) of a JSON or multipart request."""
+        """The JSON payload and uploaded files of a JSON or multipart request, as Discord reads an
+        upload: ``payload_json`` plus ``files[n]`` parts; the payload's ``attachments`` entry with
+        ``id`` n may rename the file or describe it. Each file is a spec for
+        :meth:`SandboxState.attachment` (``filename``, ``data``, ``content_type``...)."""
         if not request.content_type.startswith("multipart/"):
             return await json_body(request), []
         payload: JSONDict = {}
-        files: list[JSONDict] = []
+        uploaded: dict[str, JSONDict] = {}
         reader = await request.multipart()
         async for part in reader:
             if not isinstance(part, BodyPartReader):  # a nested multipart: Discord's API has none
                 continue
             if part.name == "payload_json":
-                payload = json.loads(await part.text())
+                try:
+                    payload = json.loads(await part.text())
+                except ValueError:
+                    raise ApiError(400, 50109, "The request body contains invalid JSON.") from None
             elif part.filename:
-                data = await part.read()
-                content_type = part.headers.get("Content-Type", "application/octet-stream")
-                files.append({"filename": part.filename, "size": len(data), "content_type": content_type})
-        return payload, files
+                index = (part.name or "").removeprefix("files[").removesuffix("]")
+                data, content_type = bytes(await part.read()), part.headers.get("Content-Type")
+                uploaded[index] = {"filename": part.filename, "data": data, "content_type": content_type}
+        for entry in payload.get("attachments") or []:
+            spec = uploaded.get(str(entry.get("id")))
+            if spec is not None:
+                spec.update({key: entry[key] for key in ("filename", "description") if entry.get(key)})
+        return payload, list(uploaded.values())
 
     # ----------------------------------------------------------------- handlers
 
@@ -300,6 +310,7 @@ class RestApi:
             return json_response(first)  # the same message again: Discord returns the first
         allowed = payload.get("allowed_mentions")
         mentions, mention_roles, everyone = state.bot_mentions(content, allowed, reference)
+        attachments = [state.attachment(channel.id, spec) for spec in files]
         message = state.new_message(
             channel,
             bot,
@@ -308,7 +319,7 @@ class RestApi:
             mention_roles=mention_roles,
             mention_everyone=everyone,
             reference=reference,
-            attachments=[state.attachment(channel.id, spec) for spec in files],
+            attachments=attachments,
             embeds=embeds,
             flags=int(payload.get("flags", 0)),
             nonce=nonce,
@@ -323,7 +334,8 @@ class RestApi:
             allowed_mentions=allowed,
             reference_id=None if reference is None else int(reference["id"]),
             flags=message["flags"],
-            attachments=[spec["filename"] for spec in files],
+            attachments=[attachment["filename"] for attachment in attachments],
+            uploads=attachments,
             payload=payload,
         )
         state.sent.append(sent)

@@ -10,6 +10,7 @@ its own, as on Discord.
 from __future__ import annotations
 
 import asyncio
+import base64
 import functools
 import re
 import time
@@ -17,6 +18,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
+
+from .attachments import AttachmentStore
 
 JSONDict = dict[str, Any]
 # A message as one session receives it: (the session's bot user id, its intents) -> payload.
@@ -55,6 +58,7 @@ class SentMessage:
     deleted: bool = False
     flags: int = 0
     attachments: list[str] = field(default_factory=list)  # uploaded file names
+    uploads: list[JSONDict] = field(default_factory=list)  # their attachment objects (bytes: SandboxState.files)
     payload: JSONDict = field(default_factory=dict)  # the JSON payload as posted
 
 
@@ -158,6 +162,7 @@ class SandboxState:
         self._changed = asyncio.Condition()
         self.sent: list[SentMessage] = []
         self.typing: list[tuple[int, int]] = []  # (bot user id, channel id) per typing POST
+        self.files = AttachmentStore()
 
         self.default_user_id = self.new_user("alice", bot=False, roles=())
         self.guild_id = self.add_guild("Sandbox")
@@ -347,10 +352,17 @@ class SandboxState:
         }
 
     def attachment(self, channel_id: int, spec: JSONDict) -> JSONDict:
-        attachment_id = self.next_id()
-        filename = spec.get("filename", "file.bin")
-        url = f"{self.base_url}/attachments/{channel_id}/{attachment_id}/{filename}"
-        return {"id": str(attachment_id), "filename": filename, "size": 0, "url": url, "proxy_url": url, **spec}
+        """Store a file and return its attachment object. ``spec``: ``filename``, the bytes as
+        ``data`` (or ``data_base64``, for JSON callers), optional ``content_type``; other keys
+        (``size``, ``description``...) go into the object as given. Without bytes the object
+        describes a file whose URL answers 404."""
+        extra = dict(spec)
+        data: bytes | None = extra.pop("data", None)
+        if "data_base64" in extra:
+            data = base64.b64decode(extra.pop("data_base64"))
+        filename = str(extra.pop("filename", "file.bin"))
+        content_type = extra.pop("content_type", None)
+        return self.files.add(self.base_url, channel_id, self.next_id(), filename, data, content_type, extra)
 
     def new_message(
         self,
