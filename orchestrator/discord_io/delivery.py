@@ -91,14 +91,22 @@ class Delivery:
         self._typing.sent(channel_id)
         return sent
 
-    async def post(self, message: discord.Message, text: str, *, reply: bool, mention: Sequence[int] = ()) -> int:
+    async def post(
+        self,
+        message: discord.Message,
+        text: str,
+        *,
+        reply: bool,
+        mention: Sequence[int] = (),
+        attachment: tuple[str, bytes] | None = None,
+    ) -> int:
         """Send ``text`` to the channel of ``message``, as a reply to it if ``reply``, pinging only the
-        users in ``mention``; returns the new message's id. Every retry carries the same nonce, so
-        Discord does not create the message twice when a retry follows a response lost on the way back
-        (``enforce_nonce``)."""
+        users in ``mention``, with ``attachment`` (file name, bytes) as its file; returns the new
+        message's id. Every retry carries the same nonce, so Discord does not create the message twice
+        when a retry follows a response lost on the way back (``enforce_nonce``)."""
         reference = message.to_reference(fail_if_not_exists=False) if reply else None
         send = partial(internals.post_message, self._client, message.channel.id, text,
-                       nonce=new_nonce(), reply_to=reference, mention=mention)  # fmt: skip
+                       nonce=new_nonce(), reply_to=reference, mention=mention, attachment=attachment)  # fmt: skip
         return await self.deliver(message.channel.id, send)
 
     async def send_editable(self, message: discord.Message, text: str, *, first: bool) -> discord.Message:
@@ -110,12 +118,18 @@ class Delivery:
         ))  # fmt: skip
 
     async def reply(
-        self, message: discord.Message, text: str, *, raise_errors: bool = False, mention: Sequence[int] = ()
+        self,
+        message: discord.Message,
+        text: str,
+        *,
+        raise_errors: bool = False,
+        mention: Sequence[int] = (),
+        attachment: tuple[str, bytes] | None = None,
     ) -> int | None:
-        """Reply to ``message``; returns the reply's id. A failure is logged (None), or raised with
-        ``raise_errors``."""
+        """Reply to ``message`` (with ``attachment``, a file); returns the reply's id. A failure is
+        logged (None), or raised with ``raise_errors``."""
         try:
-            return await self.post(message, text, reply=True, mention=mention)
+            return await self.post(message, text, reply=True, mention=mention, attachment=attachment)
         except LeaseExpired as exc:
             if raise_errors:
                 raise

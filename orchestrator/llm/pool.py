@@ -30,6 +30,7 @@ from ..errors import ProviderBadResponse, ProviderBusy, ProviderError, ProviderT
 from .aimd import CEILING, INITIAL, AIMDLimit
 from .breaker import CircuitBreaker
 from .failures import map_error
+from .images import ImageBook
 from .limiter import FairLimiter, LimiterStatistics, QueueFull, QueueTimeout
 from .messages import Message, estimate_tokens
 from .quota import QuotaBook, Reservation
@@ -177,6 +178,7 @@ class LLMPool:
         quotas: QuotaBook | None = None,
         spend: SpendBook | None = None,
         *,
+        images: ImageBook | None = None,
         near_limit_fraction: float = 0.02,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
@@ -187,6 +189,7 @@ class LLMPool:
         self.sleep = sleep
         self.quotas = quotas or QuotaBook()
         self.spend = spend or SpendBook()
+        self.images = images or ImageBook()
         self.stats = PoolStats()
         self._near_limit = near_limit_fraction
         self._providers: dict[str, _Provider] = {}

@@ -42,6 +42,7 @@ from ..runtime.services import BotCounters, Services
 from . import access
 from .catch_up import catch_up
 from .commands import parse_command
+from .imagine import imagine
 from .presence import Presence
 from .replies import APOLOGY, BUSY, EMPTY_ANSWER, RESTARTING, empty_chat, help_text, usage_text
 
@@ -404,10 +405,29 @@ class PersonaBot:
         elif job.kind == "usage":
             pool = self.services.pool
             await self._delivery.reply(
-                job.message, usage_text(self.spec, pool.quotas, pool.spend, job.message.author.id)
+                job.message, usage_text(self.spec, pool.quotas, pool.spend, job.message.author.id, pool.images)
             )
         elif job.kind == "help":
             await self._delivery.reply(job.message, help_text(self.spec))
+        elif job.kind == "imagine":
+            await self._imagine(job)
+
+    async def _imagine(self, job: Job) -> None:
+        """Draw what ``job`` asks for and post it as a file in reply, or say why not."""
+        with self._typing.working(job.message.channel.id) as work:
+            drawn = await imagine(self, job.message.author.id, job.text)
+            work.finish()
+        if isinstance(drawn, str):
+            await self._delivery.reply(job.message, drawn)
+            return
+        try:
+            await self._delivery.reply(
+                job.message, drawn.caption, raise_errors=True, attachment=(drawn.file_name, drawn.data)
+            )
+        except discord.HTTPException as exc:
+            self.counters.errors += 1
+            log.error("bot %s: Discord refused the image (HTTP %s: %s)", self.spec.name, exc.status, exc.text)
+            await self._delivery.reply(job.message, f"Discord refused to post the image (HTTP {exc.status}).")
 
     async def _chat(self, job: Job, key: ConversationKey, *, remember: bool = True) -> bool:
         """Answer ``job``; True when an answer was delivered. A panel turn (``remember=False``) leaves

@@ -1,0 +1,141 @@
+"""``<prefix>imagine``: the persona's provider draws, the image is posted as a file in reply (real
+discord.py and openai SDK over the loopback sandboxes)."""
+
+from __future__ import annotations
+
+import dataclasses
+import struct
+import zlib
+
+import pytest
+
+from orchestrator.sandbox.openai_server import Fault
+
+from .conftest import FAST, World
+from .stores import StoreKind
+
+
+def decode_png(data: bytes) -> tuple[int, int, bytes]:
+    """Width, height and the decompressed pixel rows of an 8-bit RGB PNG; fails on anything else."""
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", data[:8]
+    chunks: dict[bytes, bytes] = {}
+    at = 8
+    while at < len(data):
+        (length,) = struct.unpack(">I", data[at : at + 4])
+        kind, body = data[at + 4 : at + 8], data[at + 8 : at + 8 + length]
+        (crc,) = struct.unpack(">I", data[at + 8 + length : at + 12 + length])
+        assert crc == zlib.crc32(kind + body), f"bad CRC in {kind!r}"
+        chunks[kind] = chunks.get(kind, b"") + body
+        at += 12 + length
+    assert set(chunks) == {b"IHDR", b"IDAT", b"IEND"}
+    width, height, depth, colour, *_ = struct.unpack(">IIBBBBB", chunks[b"IHDR"])
+    assert (depth, colour) == (8, 2)
+    return width, height, zlib.decompress(chunks[b"IDAT"])
+
+
+def sage(**settings: object) -> dict:
+    return {"name": "sage", **settings}
+
+
+async def posted_image(world: World, reply) -> bytes:  # type: ignore[no-untyped-def]
+    [upload] = reply.uploads
+    return world.discord.attachment_bytes(upload["url"])
+
+
+async def test_imagine_posts_a_png_in_reply(world: World) -> None:
+    world.write([sage(image_model="gpt-image-1", image_size="64x48")])
+    async with world.running():
+        [reply] = await world.chat("!imagine a red fox")  # the reply to the message, as world.chat waits for
+    [request] = world.openai.image_requests
+    assert request.body == {"model": "gpt-image-1", "prompt": "a red fox", "n": 1, "size": "64x48",
+                            "user": str(world.discord.default_user_id)}  # fmt: skip
+    assert request.api_key is not None and "response_format" not in request.body
+    assert reply.content == "> a red fox"
+    assert reply.attachments == ["a-red-fox.png"]
+    width, height, rows = decode_png(await posted_image(world, reply))
+    assert (width, height) == (64, 48) and len(rows) == (1 + 64 * 3) * 48
+
+
+async def test_a_url_answer_is_downloaded_and_posted(world: World) -> None:
+    world.write([sage(image_model="dall-e-3", image_size="32x32")])
+    async with world.running():
+        [reply] = await world.chat("!imagine a lighthouse at dusk")
+    [request] = world.openai.image_requests
+    assert request.body["model"] == "dall-e-3"
+    [served] = world.openai.images.files.values()  # the sandbox answered with a URL to this file
+    assert await posted_image(world, reply) == served
+    assert decode_png(served)[:2] == (32, 32)
+
+
+@pytest.mark.bad_input
+async def test_a_bot_without_image_model_says_it_is_not_enabled(world: World) -> None:
+    world.write([sage()])
+    async with world.running():
+        [reply] = await world.chat("!imagine a red fox")
+    assert reply.content == "Image generation is not enabled for sage."
+    assert world.openai.image_requests == [] and reply.attachments == []
+
+
+@pytest.mark.bad_input
+async def test_an_empty_prompt_gets_a_usage_line(world: World) -> None:
+    world.write([sage(image_model="gpt-image-1")])
+    async with world.running():
+        [reply] = await world.chat("!imagine   ")
+    assert reply.content == "Describe the image after `!imagine`, for example `!imagine a red fox in the snow`."
+    assert world.openai.image_requests == []
+
+
+@pytest.mark.fault
+async def test_a_content_policy_refusal_is_one_clear_line(world: World) -> None:
+    world.write([sage(image_model="gpt-image-1", image_size="16x16")])
+    world.openai.inject_image(Fault.content_policy())
+    async with world.running():
+        [refused] = await world.chat("!imagine something forbidden")
+        [drawn] = await world.chat("!imagine a kitten")  # the refusal did not count against anything
+    assert refused.content == (
+        "The model provider refused this request under its content policy. Try asking for something else."
+    )
+    assert refused.attachments == [] and drawn.attachments == ["a-kitten.png"]
+    assert [r.status for r in world.openai.image_requests] == [400, 200]
+
+
+@pytest.mark.fault
+async def test_an_oversized_download_is_refused_clearly(world: World) -> None:
+    world.write([sage(image_model="dall-e-3", image_size="256x256")])
+    async with world.running(options=dataclasses.replace(FAST, image_max_bytes=100)):
+        [reply] = await world.chat("!imagine a big picture")
+    assert reply.content == "The image is larger than 100 bytes, too large to post here."
+    assert reply.attachments == []
+
+
+async def test_images_per_day_per_user_and_per_bot_survive_a_restart(world: World, store_kind: StoreKind) -> None:
+    world.database = store_kind.database
+    world.write([sage(image_model="gpt-image-1", image_size="16x16", quota={"images_per_day": 2},
+                      user_quota={"images_per_day": 1})])  # fmt: skip
+    bob = world.discord.add_user("bob")
+    carol = world.discord.add_user("carol")
+    async with world.running():
+        [first] = await world.chat("!imagine one")
+        [second] = await world.chat("!imagine two")
+        [bobs] = await world.chat("!imagine three", author_id=bob)
+        [carols] = await world.chat("!imagine four", author_id=carol)
+    assert first.attachments and bobs.attachments
+    assert second.content.startswith("You have reached the limit of images per day; it resets in")
+    assert carols.content.startswith("This persona has reached the limit of images per day; it resets in")
+    assert len(world.openai.image_requests) == 2
+
+    async with world.running():  # a new process reads today's images from the store
+        [again] = await world.chat("!imagine five", author_id=bob)
+        [usage] = await world.chat("!usage")
+    assert again.content.startswith("This persona has reached the limit of images per day")
+    assert len(world.openai.image_requests) == 2
+    assert "- images today: 1/1 · 2/2" in usage.content
+
+
+async def test_help_names_imagine_only_where_it_is_enabled(world: World) -> None:
+    world.write([sage(image_model="gpt-image-1", user_quota={"images_per_day": 3}), {"name": "hafez", "prefix": "?"}])
+    async with world.running():
+        [sages] = await world.chat("!help")
+        [hafezs] = await world.chat("?help")
+    assert "- `!imagine <description>`: I draw it" in sages.content and "3 images per day" in sages.content
+    assert "imagine" not in hafezs.content
