@@ -7,11 +7,13 @@ import dataclasses
 import struct
 import zlib
 
+import anyio
 import pytest
 
 from orchestrator.sandbox.openai_server import Fault
 
 from .conftest import FAST, World
+from .inprocess import run_cli
 from .stores import StoreKind
 
 
@@ -139,3 +141,19 @@ async def test_help_names_imagine_only_where_it_is_enabled(world: World) -> None
         [hafezs] = await world.chat("?help")
     assert "- `!imagine <description>`: I draw it" in sages.content and "3 images per day" in sages.content
     assert "imagine" not in hafezs.content
+
+
+async def test_orchestrator_usage_shows_images_beside_tokens(
+    world: World, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    world.write([sage(image_model="gpt-image-1", image_size="16x16", quota={"images_per_day": 10})])
+    async with world.running():
+        await world.chat("!imagine one")
+        await world.chat("!imagine two")
+    for name, variable in world.env().items():
+        monkeypatch.setenv(name, variable)
+    assert await anyio.to_thread.run_sync(lambda: run_cli("usage", str(world.path), "--days", "1")) == 0
+    lines = capsys.readouterr().out.splitlines()
+    [sage_line] = [line for line in lines if line.strip().startswith("sage")]
+    assert sage_line.split()[1:] == ["0", "tokens", "2", "images", "(of", "10)"]
+    assert any(line.split() == ["user", str(world.discord.default_user_id), "0", "2", "images"] for line in lines)
