@@ -6,11 +6,13 @@ finished what it took on, print what the bots sent.
 took it has a job in its mailbox by then. So a message nobody answers is reported at once, and only
 an answer in progress is waited for (up to ``answer_timeout``, for a slow real provider). A panel
 (``!panel``) answers turn after turn from its own task: the exchange lasts until it has ended.
+A file a bot posts (an ``!imagine`` image) is saved under ``files_dir``; the line shown says where.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import anyio
 
@@ -43,6 +45,7 @@ class Conversation:
         *,
         config_name: str,
         answer_timeout: float,
+        files_dir: Path,
     ) -> None:
         self.server = server
         self.supervisor = supervisor
@@ -50,6 +53,7 @@ class Conversation:
         self.user_id = user_id
         self.config_name = config_name
         self.answer_timeout = answer_timeout
+        self.files_dir = files_dir
         self._by_user_id = {persona.user_id: persona for persona in personas.values()}
         self._last_answer: SentMessage | None = None
 
@@ -132,4 +136,16 @@ class Conversation:
         persona = self._by_user_id.get(message.author_id)
         name = persona.spec.name if persona is not None else "?"
         where = "" if message.channel_id == self.server.channel_id else " (DM)"
-        return f"{name}{where}: {message.content}"
+        saved = "".join(f" [{self._save(message, upload)}]" for upload in message.uploads)
+        return f"{name}{where}: {message.content}{saved}"
+
+    def _save(self, message: SentMessage, upload: dict[str, object]) -> str:
+        """Write a posted file under ``files_dir``; what to show for it."""
+        name = Path(str(upload["filename"])).name  # the bot's file name, never a path
+        target = self.files_dir / f"{message.id}-{name}"
+        try:
+            self.files_dir.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(self.server.attachment_bytes(str(upload["url"])))
+        except OSError as exc:
+            return f"{name}: could not be saved to {target}: {exc.strerror or exc}"
+        return f"{name} saved to {target}"
