@@ -10,6 +10,7 @@ import zlib
 import anyio
 import pytest
 
+from orchestrator.errors import ConfigError
 from orchestrator.sandbox.openai_server import Fault
 
 from .conftest import FAST, World
@@ -66,6 +67,8 @@ async def test_a_url_answer_is_downloaded_and_posted(world: World) -> None:
     assert request.body["model"] == "dall-e-3"
     [served] = world.openai.images.files.values()  # the sandbox answered with a URL to this file
     assert await posted_image(world, reply) == served
+    [download] = [r for r in world.openai.requests if "/images/files/" in r.path]
+    assert download.api_key is None and "authorization" not in download.headers, "the key stays with the API"
     assert decode_png(served)[:2] == (32, 32)
 
 
@@ -157,3 +160,14 @@ async def test_orchestrator_usage_shows_images_beside_tokens(
     [sage_line] = [line for line in lines if line.strip().startswith("sage")]
     assert sage_line.split()[1:] == ["0", "tokens", "2", "images", "(of", "10)"]
     assert any(line.split() == ["user", str(world.discord.default_user_id), "0", "2", "images"] for line in lines)
+
+
+@pytest.mark.bad_input
+@pytest.mark.parametrize("size", ["big", "1024", "0x10", "1024x1024x3"])
+async def test_a_bad_image_size_is_a_config_error_with_its_line(world: World, size: str) -> None:
+    world.write([sage(image_model="gpt-image-1", image_size=size)])
+    with pytest.raises(ConfigError) as raised:
+        world.load()
+    [issue] = raised.value.issues
+    assert issue.line is not None and "image_size" in issue.where
+    assert f"image_size {size!r} must be WIDTHxHEIGHT in pixels (e.g. 1024x1024, 1792x1024) or auto" in issue.message

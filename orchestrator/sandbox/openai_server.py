@@ -331,6 +331,7 @@ class OpenAISandbox:
 
     async def _image_file(self, request: web.Request) -> web.Response:
         image = self.images.files.get(request.match_info["name"])
+        await self._record(request, {}, 200 if image is not None else 404, [])
         if image is None:
             return web.Response(status=404, text="no such image")
         return web.Response(body=image, content_type="image/png")
