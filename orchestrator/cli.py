@@ -403,7 +403,9 @@ def cmd_memory_export(args: argparse.Namespace) -> int:
             }
             for turn in data.turns
         ],
-        "usage": [{"day": u.day, "bot": u.bot, "tokens": u.tokens, "usd": u.usd} for u in data.usage],
+        "usage": [
+            {"day": u.day, "bot": u.bot, "tokens": u.tokens, "usd": u.usd, "images": u.images} for u in data.usage
+        ],
     }
     json.dump(document, sys.stdout, ensure_ascii=False, indent=2)
     print()

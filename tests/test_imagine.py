@@ -4,6 +4,7 @@ discord.py and openai SDK over the loopback sandboxes)."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import struct
 import zlib
 
@@ -171,3 +172,16 @@ async def test_a_bad_image_size_is_a_config_error_with_its_line(world: World, si
     [issue] = raised.value.issues
     assert issue.line is not None and "image_size" in issue.where
     assert f"image_size {size!r} must be WIDTHxHEIGHT in pixels (e.g. 1024x1024, 1792x1024) or auto" in issue.message
+
+
+async def test_a_data_export_counts_the_users_images(
+    world: World, store_kind: StoreKind, capsys: pytest.CaptureFixture[str]
+) -> None:
+    world.database = store_kind.database
+    world.write([sage(image_model="gpt-image-1", image_size="16x16")])
+    async with world.running():
+        await world.chat("!imagine one")
+    user = str(world.discord.default_user_id)
+    assert await anyio.to_thread.run_sync(lambda: run_cli("memory", "export", "--user", user, str(world.path))) == 0
+    [usage] = json.loads(capsys.readouterr().out)["usage"]
+    assert (usage["bot"], usage["tokens"], usage["images"]) == ("sage", 0, 1)
