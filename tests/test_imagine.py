@@ -15,6 +15,7 @@ from orchestrator.errors import ConfigError
 from orchestrator.sandbox.openai_server import Fault
 
 from .conftest import FAST, World
+from .fake_time import FakeTime
 from .inprocess import run_cli
 from .stores import StoreKind
 
@@ -185,3 +186,18 @@ async def test_a_data_export_counts_the_users_images(
     assert await anyio.to_thread.run_sync(lambda: run_cli("memory", "export", "--user", user, str(world.path))) == 0
     [usage] = json.loads(capsys.readouterr().out)["usage"]
     assert (usage["bot"], usage["tokens"], usage["images"]) == ("sage", 0, 1)
+
+
+@pytest.mark.fault
+async def test_image_requests_are_retried_like_chat_and_a_failure_counts_nothing(world: World) -> None:
+    """The pool's retries serve the images endpoint too; an image that never came is not counted."""
+    world.write([sage(image_model="gpt-image-1", image_size="16x16", user_quota={"images_per_day": 1})])
+    world.openai.inject_image(Fault.server_error(503), *[Fault.server_error(500)] * 3)  # the first try and 3 retries
+    async with world.running() as app:
+        fake = FakeTime().install(app.pool)
+        [busy] = await world.chat("!imagine first try")
+        [drawn] = await world.chat("!imagine second try")
+    assert busy.content == "The model provider is busy right now. Please try again in a moment."
+    assert drawn.attachments == ["second-try.png"], "the failed image did not use up the day's one"
+    assert [r.status for r in world.openai.image_requests] == [503, 500, 500, 500, 200]
+    assert len(fake.slept) == 3  # max_retries: 3, waits taken from the pool's clock, not real time
