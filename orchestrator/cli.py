@@ -166,7 +166,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_until_interrupted
 
     try:
-        return anyio.run(run_until_interrupted, args.config, args.message, args.provider_url, backend="asyncio")
+        return anyio.run(
+            run_until_interrupted, args.config, args.message, args.provider_url, args.attach or (), backend="asyncio"
+        )
     except KeyboardInterrupt:  # Ctrl-C while the demo's own handler is not installed yet, or no more
         return 130
 
@@ -522,6 +524,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("config", nargs="?", default=DEFAULT_CONFIG)
     demo.add_argument("-m", "--message", action="append", help="post this message (repeatable); default: stdin")
     demo.add_argument("--provider-url", help="use this OpenAI-compatible server for the model (key: DEMO_API_KEY)")
+    demo.add_argument(
+        "--attach", action="append", metavar="FILE", help="send this file with the first message (repeatable)"
+    )
     demo.set_defaults(func=cmd_demo)
 
     _add_invite(add_command)

@@ -23,7 +23,16 @@ from urllib.parse import unquote, urlsplit
 
 import yaml
 from dotenv import dotenv_values
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from redis.asyncio.connection import parse_url as parse_redis_url
 
 from .errors import ConfigError, ConfigIssue
@@ -139,6 +148,43 @@ class GroupSettings(_Model):
     max_panel_rounds: int = Field(3, ge=1, le=20)
 
 
+_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(B|KB|MB)?\s*", re.IGNORECASE)
+_SIZE_UNITS = {"b": 1, "kb": 1_000, "mb": 1_000_000}
+
+
+def _on_or_settings(value: Any) -> Any:
+    """``vision: true|false`` is ``{enabled: ...}``; a mapping turns vision on unless it says ``enabled: false``."""
+    if isinstance(value, bool):
+        return {"enabled": value}
+    if not isinstance(value, dict):
+        raise ValueError("must be true, false or a mapping such as {inline: true, max_images: 4}")
+    return {"enabled": True, **value} if value else value
+
+
+class VisionSettings(_Model):
+    """``vision:``: images attached to a message reach the model as image parts (persona/attachments.py)."""
+
+    enabled: bool = False
+    max_images: int = Field(4, ge=1, le=16)  # per message
+    max_bytes: int = Field(8_000_000, ge=1_000, le=20_000_000)  # per image: a number of bytes, or "8 MB"
+    inline: bool = False  # send the image's bytes (a data: URL) instead of its Discord URL
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        return _on_or_settings(value)
+
+    @field_validator("max_bytes", mode="before")
+    @classmethod
+    def _size(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        found = _SIZE.fullmatch(value)
+        if found is None:
+            raise ValueError("must be a number of bytes or a size such as '8 MB' or '500 KB' (1 MB = 1,000,000 bytes)")
+        return round(float(found[1]) * _SIZE_UNITS[(found[2] or "b").lower()])
+
+
 class RestartSettings(_Model):
     max_restarts: int = Field(5, ge=0, le=1000)
     window: float = Field(60.0, gt=0)
@@ -157,6 +203,7 @@ class Defaults(_Model):
     memory: MemorySettings = MemorySettings()
     context: ContextSettings = ContextSettings()
     group: GroupSettings = GroupSettings()
+    vision: VisionSettings = VisionSettings()
     stream: bool = False
     mailbox_size: int = Field(32, ge=1, le=10_000)
     concurrency: int = Field(32, ge=1, le=256)  # answers in progress per bot (one at a time per conversation)
@@ -180,11 +227,17 @@ class BotSettings(_Model):
     memory: dict[str, Any] = {}
     context: dict[str, Any] = {}
     group: dict[str, Any] = {}
+    vision: dict[str, Any] = {}  # or true/false
     stream: bool | None = None
     mailbox_size: int | None = Field(None, ge=1, le=10_000)
     concurrency: int | None = Field(None, ge=1, le=256)
     image_model: str | None = Field(None, min_length=1)
     image_size: ImageSize | None = None
+
+    @field_validator("vision", mode="before")
+    @classmethod
+    def _vision_shorthand(cls, value: Any) -> Any:
+        return _on_or_settings(value)
 
     @field_validator("prefix")
     @classmethod
@@ -250,6 +303,7 @@ class BotSpec:
     memory: MemorySettings
     context: ContextSettings
     group: GroupSettings
+    vision: VisionSettings
     stream: bool
     mailbox_size: int
     concurrency: int
@@ -518,6 +572,7 @@ _KNOWN_KEYS: dict[str, type[_Model]] = {
     "memory": MemorySettings,
     "context": ContextSettings,
     "group": GroupSettings,
+    "vision": VisionSettings,
 }
 
 

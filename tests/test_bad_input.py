@@ -1,9 +1,10 @@
 """Bad input gets a clear answer, never a crash: odd user messages, odd model output, other bots.
 
-Decision on messages without text (attachments, stickers): the personas read text only. A message
-that carries only an attachment or a sticker is not addressed to anyone and is ignored silently; if
-it *is* addressed to a bot (``!chat``, an @mention, or a reply to the bot) the bot answers with the
-usual hint ("Write something after `!chat` ..."), and the provider is never called.
+Decision on messages without text (attachments, stickers): a message that carries only an
+attachment or a sticker is not addressed to anyone and is ignored silently; if it *is* addressed to
+a bot (``!chat``, an @mention, or a reply to the bot) a sticker alone gets the usual hint ("Write
+something after `!chat` ..."), and a file is read as tests/test_attachments.py shows (an image sent
+to a persona without vision: "I can't see images"); the provider is never called for either.
 
 Every test here is marked ``bad_input`` (counted in the reliability line of the test summary).
 """
@@ -112,7 +113,9 @@ async def test_attachments_and_stickers_not_addressed_to_a_bot_are_ignored(world
     "how",
     ["command-with-attachment", "mention-with-sticker", "reply-with-attachment"],
 )
-async def test_attachment_or_sticker_addressed_to_a_bot_gets_the_hint(world: World, how: str) -> None:
+async def test_attachment_or_sticker_addressed_to_a_bot_gets_an_answer_without_the_model(
+    world: World, how: str
+) -> None:
     two_bots(world)
     sage = world.bot_ids["sage"]
     image = [{"filename": "cat.png", "size": 2048, "content_type": "image/png"}]
@@ -124,7 +127,8 @@ async def test_attachment_or_sticker_addressed_to_a_bot_gets_the_hint(world: Wor
             [hint] = await world.chat(f"<@{sage}>", mentions=[sage], sticker=True)
         else:
             [hint] = await world.chat("", reply_to=answer.id, attachments=image)
-    assert hint.content.startswith(HINT) and hint.author_id == sage
+    expected = HINT if how == "mention-with-sticker" else "I can't see images, so I can't look at `cat.png`."
+    assert hint.content.startswith(expected) and hint.author_id == sage
     assert len(world.openai.chat_requests) == 1
 
 

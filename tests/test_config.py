@@ -252,3 +252,50 @@ def test_overlapping_prefixes_warn() -> None:
 def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read the file"):
         load_config(tmp_path / "nope.yaml", env=ENV)
+
+
+@pytest.mark.parametrize(
+    ("written", "enabled", "max_images", "max_bytes", "inline"),
+    [
+        ("", False, 4, 8_000_000, False),
+        ("vision: true", True, 4, 8_000_000, False),
+        ("vision: {inline: true}", True, 4, 8_000_000, True),
+        ("vision: {max_images: 2, max_bytes: 500 KB}", True, 2, 500_000, False),
+        ("vision: {enabled: false, max_bytes: 1.5 MB}", False, 4, 1_500_000, False),
+        ("vision: {max_bytes: 123456}", True, 4, 123_456, False),
+    ],
+)
+def test_vision_is_on_with_true_or_a_mapping(
+    written: str, enabled: bool, max_images: int, max_bytes: int, inline: bool
+) -> None:
+    text = GOOD.replace("    model: other-model\n", f"    model: other-model\n    {written}\n")
+    vision = parse_config(text, "bots.yaml", ENV).bots["hafez"].vision
+    assert (vision.enabled, vision.max_images, vision.max_bytes, vision.inline) == (
+        enabled, max_images, max_bytes, inline
+    )  # fmt: skip
+    assert not parse_config(text, "bots.yaml", ENV).bots["sage"].vision.enabled
+
+
+def test_defaults_vision_is_merged_and_a_bot_may_turn_it_off() -> None:
+    text = GOOD.replace("defaults:\n", "defaults:\n  vision: {inline: true, max_images: 3}\n").replace(
+        "    model: other-model\n", "    model: other-model\n    vision: false\n"
+    )
+    config = parse_config(text, "bots.yaml", ENV)
+    sage, hafez = config.bots["sage"].vision, config.bots["hafez"].vision
+    assert (sage.enabled, sage.inline, sage.max_images) == (True, True, 3)
+    assert (hafez.enabled, hafez.inline, hafez.max_images) == (False, True, 3)
+
+
+@pytest.mark.parametrize(
+    ("written", "expected"),
+    [
+        ("vision: {max_images: 0}", "bots.yaml:22: bots[1] (bot 'hafez').vision.max_images: Input should be greater"),
+        ("vision: {max_bytes: 8 GB}", "bots[1] (bot 'hafez').vision.max_bytes: Value error, must be a number of bytes"),
+        ("vision: {max_bytes: 50 MB}", "vision.max_bytes: Input should be less than or equal to 20000000"),
+        ("vision: {inlne: true}", "vision.inlne: unknown key 'inlne'; did you mean 'inline'?"),
+        ("vision: maybe", "bots[1] (bot 'hafez').vision: Value error, must be true, false or a mapping"),
+    ],
+)
+def test_bad_vision_settings_name_the_bot_the_key_and_the_line(written: str, expected: str) -> None:
+    found = issues(GOOD.replace("    model: other-model\n", f"    model: other-model\n    {written}\n"))
+    assert any(expected in issue for issue in found), found

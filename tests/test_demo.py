@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import pty
+import re
 import select
 import signal
 import subprocess
@@ -19,6 +20,7 @@ from orchestrator.demo import ANSWER_TIMEOUT, run_demo
 from orchestrator.demo.syntax import Kind, Line, parse_line
 from orchestrator.sandbox.openai_server import said
 
+from . import images
 from .conftest import API_KEY, World
 from .processes import base_env
 from .test_cli import orchestrator
@@ -195,7 +197,38 @@ async def test_a_missing_or_broken_file_is_a_clear_error(capsys: pytest.CaptureF
     assert f"{tmp_path / 'bad.yaml'}:2: not valid YAML" in capsys.readouterr().err
 
 
+async def test_an_attached_file_goes_with_the_first_message(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    picture = tmp_path / "cat.png"
+    picture.write_bytes(images.png(64, 48))
+    with anyio.fail_after(ANSWER_TIMEOUT / 4):
+        assert await run_demo(BOTS_YAML, ["!chat what is this?", "!chat and now?"], None, attach=[str(picture)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    [attached] = [line for line in out if line.startswith("  (you attached")]
+    served_at = r"http://127\.0\.0\.1:\d+/attachments/\d+/\d+/cat\.png"
+    assert re.fullmatch(rf"  \(you attached cat\.png, \d+ bytes: {served_at}\)", attached)
+    answers = [line for line in out if line.startswith(SAGE_SAYS)]
+    assert 'you said "what is this? [image: cat.png]". I saw image cat.png 64x48 png.' in answers[0]
+    assert "I saw" not in answers[1], "only the first message carries the file"
+
+
+@pytest.mark.bad_input
+async def test_a_file_to_attach_that_cannot_be_read_is_a_clear_error(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    assert await run_demo(BOTS_YAML, ["!chat hi"], None, attach=[str(tmp_path / "gone.png")]) == 2
+    assert capsys.readouterr().err == f"cannot attach {tmp_path / 'gone.png'}: No such file or directory\n"
+
+
 # ------------------------------------------------------------------ the real process
+
+
+def test_demo_attaches_a_file_given_with_attach(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("remember the milk", encoding="utf-8")
+    result = orchestrator("demo", "bots.yaml", "--attach", str(tmp_path / "notes.txt"), "-m", "!chat read this",
+                          env=base_env())  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "  (you attached notes.txt, 17 bytes: http://127.0.0.1:" in result.stdout
+    assert 'you said "read this [file notes.txt] remember the milk [end of notes.txt]".' in result.stdout
 
 
 def test_demo_runs_without_accounts_and_personas_answer() -> None:

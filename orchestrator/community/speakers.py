@@ -6,6 +6,7 @@ from typing import Any
 
 import discord
 
+from ..discord_io.attachments import with_notes
 from .rooms import Heard
 
 
@@ -19,10 +20,14 @@ def payload_display_name(data: dict[str, Any]) -> str:
 
 def heard_from_payload(data: dict[str, Any]) -> Heard:
     author = data.get("author") or {}
+    content = str(data.get("content", ""))
+    if attachments := data.get("attachments"):  # kept as their names, never their bytes
+        content = with_notes(content, [(str(a.get("filename", "")), a.get("content_type")) for a in attachments])
     return Heard(int(data["id"]), int(author.get("id", 0)), payload_display_name(data), bool(author.get("bot")),
-                 str(data.get("content", "")))  # fmt: skip
+                 content)  # fmt: skip
 
 
 def heard_from_message(message: discord.Message) -> Heard:
     author = message.author
-    return Heard(message.id, author.id, author.display_name, author.bot, message.content)
+    content = with_notes(message.content, [(a.filename, a.content_type) for a in message.attachments])
+    return Heard(message.id, author.id, author.display_name, author.bot, content)

@@ -6,11 +6,14 @@ finished what it took on, print what the bots sent.
 took it has a job in its mailbox by then. So a message nobody answers is reported at once, and only
 an answer in progress is waited for (up to ``answer_timeout``, for a slow real provider). A panel
 (``!panel``) answers turn after turn from its own task: the exchange lasts until it has ended.
-A file a bot posts (an ``!imagine`` image) is saved under ``files_dir``; the line shown says where.
+Files given to the demo (``--attach``) go with the first message posted; the demo shows the URL
+the sandbox serves each file at. A file a bot posts (an ``!imagine`` image) is saved under
+``files_dir``; the line shown says where.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +22,7 @@ import anyio
 from ..config import BotSpec
 from ..runtime.supervisor import Supervisor
 from ..sandbox.discord_server import DiscordSandbox, SentMessage
+from ..sandbox.discord_server.state import JSONDict
 from .syntax import Kind, Line, parse_line
 
 HANDLED_TIMEOUT = 10.0  # seconds for a bot's client to read a posted message (a loopback round trip)
@@ -46,7 +50,9 @@ class Conversation:
         config_name: str,
         answer_timeout: float,
         files_dir: Path,
+        attachments: Sequence[JSONDict] = (),
     ) -> None:
+        """``attachments``: files (``filename``, ``data``) to send with the first message."""
         self.server = server
         self.supervisor = supervisor
         self.personas = personas
@@ -56,6 +62,7 @@ class Conversation:
         self.files_dir = files_dir
         self._by_user_id = {persona.user_id: persona for persona in personas.values()}
         self._last_answer: SentMessage | None = None
+        self._attachments = list(attachments)
 
     async def exchange(self, text: str) -> list[str]:
         """Post ``text`` as typed (see ``syntax.py``); returns the lines to show the user."""
@@ -64,38 +71,45 @@ class Conversation:
         except ValueError as exc:
             return [f"  ({exc})"]
         before = len(self.server.sent)
-        if not await self._post(line):
+        posted = await self._post(line)
+        if posted is None:
             return ["  (nothing to reply to yet: talk to a persona first, e.g. '!chat hello')"]
+        attached = [f"  (you attached {a['filename']}, {a['size']} bytes: {a['url']})" for a in posted["attachments"]]
         if not await self._wait_until_handled():
-            return [f"  (no answer within {self.answer_timeout:g} s)"]
+            return [*attached, f"  (no answer within {self.answer_timeout:g} s)"]
         answers = self.server.sent[before:]
         if not answers:
-            return [f"  ({self._unanswered(line)})"]
+            return [*attached, f"  ({self._unanswered(line)})"]
         self._last_answer = answers[-1]
-        return [self._show(message) for message in answers]
+        return [*attached, *(self._show(message) for message in answers)]
 
-    async def _post(self, line: Line) -> bool:
-        """Post ``line`` as the user; False if it replies while there is nothing to reply to."""
+    async def _post(self, line: Line) -> JSONDict | None:
+        """Post ``line`` as the user (with the files still to send); None if it replies while there is
+        nothing to reply to."""
+        files, self._attachments = self._attachments, []
         if line.kind is Kind.DM:
             assert line.bot is not None
-            await self.server.post(line.text, author_id=self.user_id, guild=False, dm_to=self.personas[line.bot].token)
-        elif line.kind is Kind.MENTION:
+            token = self.personas[line.bot].token
+            return await self.server.post(
+                line.text, author_id=self.user_id, guild=False, dm_to=token, attachments=files
+            )
+        if line.kind is Kind.MENTION:
             assert line.bot is not None
             bot_id = self.personas[line.bot].user_id
             content = f"<@{bot_id}> {line.text}".rstrip()
-            await self.server.post(content, author_id=self.user_id, mentions=[bot_id])
-        elif line.kind is Kind.REPLY:
+            return await self.server.post(content, author_id=self.user_id, mentions=[bot_id], attachments=files)
+        if line.kind is Kind.REPLY:
             answer = self._last_answer
             if answer is None:
-                return False
+                self._attachments = files  # still to send
+                return None
             if answer.channel_id == self.server.channel_id:
-                await self.server.post(line.text, author_id=self.user_id, reply_to=answer.id)
-            else:  # the answer was a DM: reply in that DM
-                token = self._by_user_id[answer.author_id].token
-                await self.server.post(line.text, author_id=self.user_id, guild=False, dm_to=token, reply_to=answer.id)
-        else:
-            await self.server.post(line.text, author_id=self.user_id)
-        return True
+                return await self.server.post(line.text, author_id=self.user_id, reply_to=answer.id, attachments=files)
+            token = self._by_user_id[answer.author_id].token  # the answer was a DM: reply in that DM
+            return await self.server.post(
+                line.text, author_id=self.user_id, guild=False, dm_to=token, reply_to=answer.id, attachments=files
+            )
+        return await self.server.post(line.text, author_id=self.user_id, attachments=files)
 
     async def _wait_until_handled(self) -> bool:
         """Wait until every connected bot has read the message and finished every job it has, and

@@ -4,9 +4,10 @@ No accounts needed: every bot gets a sandbox token, every provider points at the
 server (or at ``--provider-url``, a real OpenAI-compatible server, keyed by ``DEMO_API_KEY``).
 Messages come from ``-m`` options, from stdin (a terminal, a pipe or a file), or from a short
 built-in script when stdin is empty; each is posted as user "you" (syntax in ``syntax.py``) and
-every answer is printed. Memory lives in a temporary database, so it starts empty on each run.
-Files the bots post (``!imagine``'s images) are saved under ``files_dir`` (by default
-``orchestrator-demo`` in the system's temporary directory) and the demo prints where.
+every answer is printed. Files given with ``--attach`` go with the first message; files the bots
+post (``!imagine``'s images) are saved under ``files_dir`` (by default ``orchestrator-demo`` in the
+system's temporary directory) and the demo prints where. Memory lives in a temporary database, so
+it starts empty on each run.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ def sandbox_environment(raw: object, base: dict[str, str]) -> dict[str, str]:
 
 
 async def run_until_interrupted(
-    config_path: str, messages: Sequence[str] | None, provider_url: str | None
+    config_path: str, messages: Sequence[str] | None, provider_url: str | None, attach: Sequence[str] = ()
 ) -> int:
     """:func:`run_demo`, ended at once and quietly by the first Ctrl-C (SIGINT): status 130."""
     with anyio.open_signal_receiver(signal.SIGINT) as signals:
@@ -67,7 +68,7 @@ async def run_until_interrupted(
                     return
 
             tg.start_soon(cancel_on_signal, tg.cancel_scope)
-            status = await run_demo(config_path, messages, provider_url)
+            status = await run_demo(config_path, messages, provider_url, attach=attach)
             tg.cancel_scope.cancel()
             return status
     return INTERRUPTED
@@ -81,8 +82,17 @@ async def run_demo(
     answer_timeout: float = ANSWER_TIMEOUT,
     input_fd: int = 0,
     files_dir: Path = FILES_DIR,
+    attach: Sequence[str] = (),
 ) -> int:
-    """Run the demo; returns the exit status (2: the file cannot be read or is not valid)."""
+    """Run the demo; returns the exit status (2: the file, or a file to attach, cannot be read or is
+    not valid)."""
+    files = []
+    for name in attach:
+        try:
+            files.append({"filename": Path(name).name, "data": await anyio.Path(name).read_bytes()})
+        except OSError as exc:
+            print(f"cannot attach {name}: {exc.strerror or exc}", file=sys.stderr)
+            return 2
     path = Path(config_path)
     try:
         text = await anyio.Path(path).read_text(encoding="utf-8")
@@ -117,6 +127,7 @@ async def run_demo(
                 conversation = Conversation(
                     discord_server, supervisor, personas, user_id,
                     config_name=config_path, answer_timeout=answer_timeout, files_dir=files_dir,
+                    attachments=files,
                 )
                 await _talk(conversation, config, messages, input_fd, provider_url)
                 app.request_stop()

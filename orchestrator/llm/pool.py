@@ -32,7 +32,7 @@ from .breaker import CircuitBreaker
 from .failures import map_error
 from .images import ImageBook
 from .limiter import FairLimiter, LimiterStatistics, QueueFull, QueueTimeout
-from .messages import Message, estimate_tokens
+from .messages import Message, estimate_message_tokens, estimate_tokens
 from .quota import QuotaBook, Reservation
 from .retry_hints import KINDS, parse_duration, rate_count, retry_after_from, used_up
 from .spend import SpendBook
@@ -293,7 +293,7 @@ class LLMPool:
     async def _call(
         self, call: ChatCall, *, stream: bool
     ) -> AsyncIterator[tuple[Completion | CompletionStream, int, Reservation]]:
-        estimate = sum(estimate_tokens(m["content"]) for m in call.messages) + (call.params.max_tokens or 256)
+        estimate = sum(estimate_message_tokens(m) for m in call.messages) + (call.params.max_tokens or 256)
         self.spend.check(call.provider, call.bot, call.user, call.quota, call.user_quota)
         reservation = self.quotas.reserve(call.provider, call.bot, call.user, estimate, call.quota, call.user_quota)
         kwargs: dict[str, Any] = {"model": call.model, "messages": call.messages}

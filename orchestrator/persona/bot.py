@@ -26,7 +26,7 @@ import discord
 from anyio.abc import TaskGroup, TaskStatus
 
 from ..community.panel import PanelTurn
-from ..config import BotSpec
+from ..config import BotSpec, VisionSettings
 from ..discord_io import gateway_filter, internals
 from ..discord_io.client import DiscordUnreachable, build_client, describe_error, network_failure, typing_sender
 from ..discord_io.delivery import Delivery, retry_server_errors
@@ -34,12 +34,14 @@ from ..discord_io.streaming import EditBudgets, StreamingReply
 from ..discord_io.text import clean_user_text, neutralize_mentions, split_message
 from ..discord_io.typing_indicator import TypingIndicator, Work
 from ..errors import BotFatalError, LeaseExpired, ProviderBadResponse, ProviderError
+from ..llm.messages import with_images
 from ..llm.pool import ChatCall
 from ..memory import SHARED, ConversationKey, Turn, fit_context
 from ..ops.sentry import report_exception
 from ..runtime.mailbox import Job, JobKind, Mailbox
 from ..runtime.services import BotCounters, Services
 from . import access
+from .attachments import AttachmentReader, AttachmentRefused, ReadAttachments
 from .catch_up import catch_up
 from .commands import parse_command
 from .imagine import imagine
@@ -97,6 +99,7 @@ class PersonaBot:
         gate = services.may_post
         may_post = None if gate is None else partial(gate, spec.name)
         self._delivery = Delivery(self.client, self._typing, spec.name, may_post=may_post)
+        self._attachments = AttachmentReader(spec.name)
         self._handing_over = False
 
     # ------------------------------------------------------------------ lifecycle
@@ -137,6 +140,7 @@ class PersonaBot:
                 self._presence.left()
                 with anyio.move_on_after(self.services.options.close_timeout, shield=True):
                     await self.client.close()
+                    await self._attachments.aclose()
                 internals.cancel_ready_task(self.client)
                 connect_scope.shield = False
                 connect_scope.cancel()
@@ -435,30 +439,32 @@ class PersonaBot:
         spec = self.spec  # a hot reload may replace self.spec; this answer keeps one consistent view
         self.counters.chats += 1
         text = clean_user_text(job.text)[:MAX_INPUT_CHARS]
-        if not text:
+        files = job.message.attachments if job.kind == "chat" else []
+        if not text and not files:
             await self._delivery.reply(job.message, empty_chat(spec.prefix))
             return False
         store = self.services.store
         with self._typing.working(job.message.channel.id) as work:
+            read = await self._read_attachments(job.message, files, spec.vision, work)
+            if read is None:
+                return False
             history = await self._history(key) if remember else []
             message = job.message
             speaker = message.author.display_name
             room = await self._presence.room(
                 message, self._delivery.channel(message), spec.context.channel_messages, until_now=not remember
             )
-            question = Turn("user", text, speaker, (message.id,))
+            question = Turn("user", "\n".join(filter(None, (text, read.text))), speaker, (message.id,))
+            messages = fit_context(
+                self._presence.system_prompt(spec.persona, message), history, question, spec.memory.context_tokens, room
+            )
+            messages[-1] = with_images(messages[-1], read.image_urls)
             call = ChatCall(
                 bot=spec.name,
                 user=str(message.author.id),
                 provider=spec.provider,
                 model=spec.model,
-                messages=fit_context(
-                    self._presence.system_prompt(spec.persona, message),
-                    history,
-                    question,
-                    spec.memory.context_tokens,
-                    room,
-                ),
+                messages=messages,
                 params=spec.params,
                 weight=spec.weight,
                 quota=spec.quota,
@@ -486,13 +492,26 @@ class PersonaBot:
             self.services.metrics.observe_answer(spec.name, time.monotonic() - job.received)
         if remember:
             try:
+                remembered = "\n".join(filter(None, (text, read.notes)))  # file names, never their bytes
                 await store.append_exchange(
-                    key, text, answer.text, speaker=speaker, question_id=message.id, answer_ids=answer.message_ids
+                    key, remembered, answer.text, speaker=speaker, question_id=message.id, answer_ids=answer.message_ids
                 )
             except Exception:
                 log.exception("bot %s: the answer was delivered but could not be saved to memory", spec.name)
         self.counters.answered += 1
         return True
+
+    async def _read_attachments(
+        self, message: discord.Message, files: list[discord.Attachment], vision: VisionSettings, work: Work
+    ) -> ReadAttachments | None:
+        """What the message's files add for the model; None when one was refused (the user is told why)."""
+        try:
+            return await self._attachments.read(files, vision)
+        except AttachmentRefused as refused:
+            log.info("bot %s: refused an attachment of message %s: %s", self.spec.name, message.id, refused)
+            work.finish()
+            await self._delivery.reply(message, str(refused))
+            return None
 
     async def _history(self, key: ConversationKey) -> list[Turn]:
         try:

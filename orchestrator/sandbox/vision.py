@@ -92,12 +92,14 @@ async def _download(session: aiohttp.ClientSession, url: str) -> bytes:
         async with session.get(url) as response:
             if response.status != 200:
                 raise ImageRefused("invalid_image_url", f"Error while downloading {url}.")
-            data = await response.content.read(MAX_IMAGE_BYTES + 1)
+            data = bytearray()
+            async for chunk in response.content.iter_chunked(64 * 1024):
+                data += chunk
+                if len(data) > MAX_IMAGE_BYTES:
+                    raise ImageRefused("image_too_large", f"Image at {url} is larger than {MAX_IMAGE_BYTES} bytes.")
     except aiohttp.ClientError:
         raise ImageRefused("invalid_image_url", f"Error while downloading {url}.") from None
-    if len(data) > MAX_IMAGE_BYTES:
-        raise ImageRefused("image_too_large", f"Image at {url} is larger than {MAX_IMAGE_BYTES} bytes.")
-    return data
+    return bytes(data)
 
 
 def describe_parts(content: object) -> str:
