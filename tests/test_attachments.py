@@ -30,9 +30,11 @@ def last_user_message(world: World, request: int = -1) -> dict[str, Any]:
     return message
 
 
-@pytest.mark.parametrize("inline", [False, True], ids=["by-url", "inline"])
-async def test_an_image_reaches_the_model_as_an_image_part(world: World, inline: bool) -> None:
-    sage(world, {"inline": inline})
+@pytest.mark.parametrize(
+    ("inline", "stream"), [(False, False), (True, False), (False, True)], ids=["by-url", "inline", "streamed"]
+)
+async def test_an_image_reaches_the_model_as_an_image_part(world: World, inline: bool, stream: bool) -> None:
+    sage(world, {"inline": inline}, stream=stream)
     async with world.running():
         [reply] = await world.chat("!chat what is this?", attachments=[image()])
     [request] = world.openai.chat_requests
@@ -156,3 +158,16 @@ async def test_channel_context_names_the_files_others_posted(world: World) -> No
         await world.chat("!chat what did bob post?")
     heard = [said(m) for m in world.openai.chat_requests[0].body["messages"] if m["role"] == "user"]
     assert heard == ["my cat\n[image: cat.png] [file: a.pdf]", "what did bob post?"]
+
+
+async def test_an_image_counts_against_quotas_by_the_providers_reported_usage(world: World) -> None:
+    sage(world, {"inline": True})
+    async with world.running() as app:
+        [reply] = await world.chat("!chat what is this?", attachments=[image()])
+        used = app.pool.quotas.report("sage").tokens_today
+    [request] = world.openai.chat_requests
+    contents = [m["content"] for m in request.body["messages"]]
+    texts = [content if isinstance(content, str) else content[0]["text"] for content in contents]
+    # The sandbox bills 85 tokens per image (module docstring); the reservation estimated 765 for it.
+    reported = sum(len(text) // 4 + 4 for text in texts) + 85 + len(reply.content) // 4 + 1
+    assert used == reported

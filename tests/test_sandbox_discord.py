@@ -284,6 +284,17 @@ async def test_a_posted_attachment_reaches_the_bot_and_its_bytes_are_served(
     assert (None if attachment.width is None else (attachment.width, attachment.height)) == size
 
 
+async def test_a_file_posted_through_the_http_control_surface_is_served(sandbox: DiscordSandbox) -> None:
+    body = {"content": "look", "attachments": [{"filename": "cat.gif", "data_base64": "R0lGODlhAgADAAAAADs="}]}
+    async with aiohttp.ClientSession() as http:
+        async with http.post(sandbox.base_url + "/_sandbox/messages", json=body) as posted:
+            [attachment] = (await posted.json())["attachments"]
+        async with http.get(attachment["url"]) as served:
+            data = await served.read()
+    assert (attachment["width"], attachment["height"], attachment["content_type"]) == (2, 3, "image/gif")
+    assert data == images.gif(2, 3)
+
+
 def test_image_headers_are_read_and_anything_else_is_refused() -> None:
     assert image_info(images.png(3, 2)) == ImageInfo("png", 3, 2)
     assert str(image_info(images.jpeg(300, 200))) == "300x200 jpeg"

@@ -140,6 +140,7 @@ class PersonaBot:
                 self._presence.left()
                 with anyio.move_on_after(self.services.options.close_timeout, shield=True):
                     await self.client.close()
+                with anyio.CancelScope(shield=True):
                     await self._attachments.aclose()
                 internals.cancel_ready_task(self.client)
                 connect_scope.shield = False
