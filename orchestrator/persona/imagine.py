@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MAX_PROMPT_CHARS = 1000  # DALL·E 2's limit, the smallest of OpenAI's image models
+MAX_PROMPT_CHARS = 4000  # DALL·E 3's limit (GPT image models take more; DALL·E 2 refuses over 1000)
 _NOT_A_NAME = re.compile(r"[^a-z0-9]+")
 
 
@@ -34,7 +34,6 @@ class Drawn:
     file_name: str
     data: bytes
     caption: str
-
 
 def usage_line(prefix: str) -> str:
     return f"Describe the image after `{prefix}imagine`, for example `{prefix}imagine a red fox in the snow`."
