@@ -209,6 +209,12 @@ class PostgresStore:
                 except Exception as exc:  # noqa: BLE001 - re-raised below as itself, not in an ExceptionGroup
                     failure = exc
                 finally:
+                    # Stop the writer between two writes, not during one: a COMMIT cut short by the
+                    # cancellation may have happened all the same, and the rows it kept pending for
+                    # the close would be written twice. One stuck longer than that is cut short anyway.
+                    with anyio.move_on_after(CLOSE_TIMEOUT, shield=True):
+                        async with store._lock:
+                            tg.cancel_scope.cancel()
                     tg.cancel_scope.cancel()
             if failure is not None:
                 raise failure
