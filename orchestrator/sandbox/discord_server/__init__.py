@@ -1,8 +1,9 @@
 """A Discord-compatible REST + gateway server on loopback, for testing real discord.py clients.
 
 :class:`DiscordSandbox` (``control.py``) composes the world it holds (``state.py``: guilds,
-channels, roles, users and messages), the websocket gateway (``gateway.py``) and the REST API
-(``rest.py``) on one port. Run it alone with ``python -m orchestrator.sandbox.discord_server``
+channels, roles, users and messages), the websocket gateway (``gateway.py``), the REST API
+(``rest.py``) and the files it stores and serves as Discord's CDN does (``attachments.py``) on one
+port. Run it alone with ``python -m orchestrator.sandbox.discord_server``
 (``cli.py``).
 """
 
