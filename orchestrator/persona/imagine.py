@@ -35,6 +35,7 @@ class Drawn:
     data: bytes
     caption: str
 
+
 def usage_line(prefix: str) -> str:
     return f"Describe the image after `{prefix}imagine`, for example `{prefix}imagine a red fox in the snow`."
 
