@@ -35,6 +35,7 @@ from .errors import ConfigError
 from .fleet.connection import shown
 from .fleet.node import FleetCoordinator, fleet_node
 from .fleet.quotas import FleetQuotas
+from .llm.images import ImageBook
 from .llm.pool import LLMPool
 from .llm.quota import QuotaBook
 from .llm.spend import SpendBook
@@ -126,7 +127,7 @@ class App:
         install_reconnect_log_filter()
         try:
             async with open_store(config.database) as store, LLMPool(
-                config.providers, QuotaBook(store), SpendBook(store)
+                config.providers, QuotaBook(store), SpendBook(store), images=ImageBook(store)
             ) as pool:
                 self.pool = pool
                 services = Services(pool, store, self.options, metrics=self.metrics)

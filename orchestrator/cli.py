@@ -107,7 +107,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_usage(args: argparse.Namespace) -> int:
-    """Tokens and spend per bot (and its top users) per UTC day, from the store, next to the daily budgets."""
+    """Tokens, spend and images per bot (and its top users) per UTC day, from the store, next to the daily budgets."""
     import time
 
     from .llm.quota import QuotaBook, utc_day
@@ -120,17 +120,22 @@ def cmd_usage(args: argparse.Namespace) -> int:
     now = time.time()
     days = [utc_day(now - 86400 * back) for back in range(args.days)]
 
-    async def read(store: Store) -> dict[str, tuple[dict[tuple[str, str], int], dict[tuple[str, str], float]]]:
+    Totals = dict[tuple[str, str], int]
+
+    async def read(store: Store) -> dict[str, tuple[Totals, dict[tuple[str, str], float], Totals]]:
         # In a worker thread, as QuotaBook reads them: PostgreSQL's are read on the event loop through it.
-        def read_days() -> dict[str, tuple[dict[tuple[str, str], int], dict[tuple[str, str], float]]]:
-            return {day: (store.load_daily_usage(day), store.load_daily_spend(day)) for day in days}
+        def read_days() -> dict[str, tuple[Totals, dict[tuple[str, str], float], Totals]]:
+            return {
+                day: (store.load_daily_usage(day), store.load_daily_spend(day), store.load_daily_images(day))
+                for day in days
+            }
 
         return await anyio.to_thread.run_sync(read_days)
 
     recorded = _with_store(config, read)
     everyone = QuotaBook.ALL_USERS
     for day in days:
-        usage, spend = recorded[day]
+        usage, spend, images = recorded[day]
         print(f"usage on {day} (UTC):")
         for bot in config.bots.values():
             used = usage.get((bot.name, everyone), 0)
@@ -141,6 +146,9 @@ def cmd_usage(args: argparse.Namespace) -> int:
             if bot.price is not None or (bot.name, everyone) in spend:
                 usd, cap = spend.get((bot.name, everyone), 0.0), bot.quota.usd_per_day
                 line += f"  {format_usd(usd)}" + (f" ({100 * usd / cap:.1f}% of {format_usd(cap)})" if cap else "")
+            if bot.image_model is not None or (bot.name, everyone) in images:
+                drawn, most = images.get((bot.name, everyone), 0), bot.quota.images_per_day
+                line += f"  {drawn} image{'s' if drawn != 1 else ''}" + (f" (of {most})" if most is not None else "")
             print(line)
             users = sorted(
                 ((tokens, user) for (name, user), tokens in usage.items() if name == bot.name and user != everyone),
@@ -148,7 +156,9 @@ def cmd_usage(args: argparse.Namespace) -> int:
             )
             for tokens, user in users[: args.top]:
                 usd_text = f"  {format_usd(spend[(bot.name, user)])}" if (bot.name, user) in spend else ""
-                print(f"    user {user:>20} {tokens:>10}{usd_text}")
+                drawn = images.get((bot.name, user), 0)
+                images_text = f"  {drawn} image{'s' if drawn != 1 else ''}" if drawn else ""
+                print(f"    user {user:>20} {tokens:>10}{usd_text}{images_text}")
     return 0
 
 
@@ -395,7 +405,9 @@ def cmd_memory_export(args: argparse.Namespace) -> int:
             }
             for turn in data.turns
         ],
-        "usage": [{"day": u.day, "bot": u.bot, "tokens": u.tokens, "usd": u.usd} for u in data.usage],
+        "usage": [
+            {"day": u.day, "bot": u.bot, "tokens": u.tokens, "usd": u.usd, "images": u.images} for u in data.usage
+        ],
     }
     json.dump(document, sys.stdout, ensure_ascii=False, indent=2)
     print()
@@ -486,7 +498,7 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--provider", help="only this provider")
     models.set_defaults(func=cmd_models)
 
-    usage = add_command("usage", help="tokens and spend per bot and its top users, per UTC day")
+    usage = add_command("usage", help="tokens, spend and images per bot and its top users, per UTC day")
     usage.add_argument("config", nargs="?", default=DEFAULT_CONFIG)
     usage.add_argument("--top", type=int, default=5, help="how many users to list per bot (default 5)")
     usage.add_argument(

@@ -18,12 +18,21 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 from urllib.parse import unquote, urlsplit
 
 import yaml
 from dotenv import dotenv_values
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from redis.asyncio.connection import parse_url as parse_redis_url
 
 from .errors import ConfigError, ConfigIssue
@@ -38,6 +47,19 @@ _NOT_A_NAME = (
 )
 
 
+
+
+_IMAGE_SIZE = re.compile(r"([1-9]\d{1,3})x([1-9]\d{1,3})")
+
+
+def _image_size(value: str) -> str:
+    """``WIDTHxHEIGHT`` in pixels as the images endpoint takes it (each side 10-9999), or ``auto``."""
+    if value != "auto" and not _IMAGE_SIZE.fullmatch(value):
+        raise ValueError(f"image_size {value!r} must be WIDTHxHEIGHT in pixels (e.g. 1024x1024, 1792x1024) or auto")
+    return value
+
+
+ImageSize = Annotated[str, AfterValidator(_image_size)]
 
 
 class _Model(BaseModel):
@@ -95,6 +117,7 @@ class QuotaSettings(_Model):
     tokens_per_minute: int | None = Field(None, ge=1)
     tokens_per_day: int | None = Field(None, ge=1)
     usd_per_day: float | None = Field(None, gt=0)  # needs a price for the bot's model
+    images_per_day: int | None = Field(None, ge=0)  # `<prefix>imagine`; 0: none
 
 
 class AccessSettings(_Model):
@@ -185,6 +208,8 @@ class Defaults(_Model):
     message_content: bool = True  # ask for the privileged Message Content intent (see BotSpec)
     mailbox_size: int = Field(32, ge=1, le=10_000)
     concurrency: int = Field(32, ge=1, le=256)  # answers in progress per bot (one at a time per conversation)
+    image_model: str | None = None  # `<prefix>imagine` draws with it; None: not enabled
+    image_size: ImageSize = "1024x1024"
 
 
 class BotSettings(_Model):
@@ -208,6 +233,8 @@ class BotSettings(_Model):
     message_content: bool | None = None
     mailbox_size: int | None = Field(None, ge=1, le=10_000)
     concurrency: int | None = Field(None, ge=1, le=256)
+    image_model: str | None = Field(None, min_length=1)
+    image_size: ImageSize | None = None
 
     @field_validator("vision", mode="before")
     @classmethod
@@ -282,6 +309,8 @@ class BotSpec:
     stream: bool
     mailbox_size: int
     concurrency: int
+    image_model: str | None = None  # of ``provider``; None: image generation is not enabled
+    image_size: str = "1024x1024"
     # False: the bot does not ask for the privileged Message Content intent. Discord then sends it the
     # text of a guild message only when the message mentions it, replies to it or is its own (and of
     # every DM): prefix commands work in DMs only, channels use @mentions and replies.
@@ -740,6 +769,8 @@ def _resolve(
             mailbox_size=bot.mailbox_size or defaults.mailbox_size,
             concurrency=bot.concurrency or defaults.concurrency,
             message_content=defaults.message_content if bot.message_content is None else bot.message_content,
+            image_model=bot.image_model or defaults.image_model,
+            image_size=bot.image_size or defaults.image_size,
             **merged,
         )
     database = _database(settings, env, secrets, base_dir, issue)

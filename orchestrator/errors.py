@@ -8,10 +8,12 @@
         ├── ProviderAuthError      401/403: the key was refused (never retried)
         ├── ProviderModelNotFound  the provider does not serve the bot's model
         ├── ProviderRefused        any other 4xx: the request was refused, for the reason the provider gives
+        │   └── ContentRefused       the provider's content policy refused the prompt (content_policy_violation)
         ├── ProviderBusy           429 / 5xx / pool queue full, after retries, or a wait beyond the deadline
         ├── ProviderTimeout        no answer within the deadline
         ├── ProviderUnavailable    circuit breaker open, connection refused
         ├── ProviderBadResponse    an answer that cannot be parsed, a cut stream
+        ├── ImageUnavailable       a generated image that cannot be downloaded, or is too large to post
         └── QuotaExceeded          a bot or user limit was hit before any provider call
 
 Foreign errors (openai, discord.py) are translated at the boundary with ``raise ... from exc``.
@@ -115,6 +117,14 @@ class ProviderRefused(ProviderError):
         return f"The model provider refused the request: {self.reason}{end} Please tell the server admins."
 
 
+class ContentRefused(ProviderRefused):
+    """The provider's safety system refused the prompt: the user can ask for something else."""
+
+    @property
+    def user_message(self) -> str:  # type: ignore[override]
+        return "The model provider refused this request under its content policy. Try asking for something else."
+
+
 class ProviderBusy(ProviderError):
     """``asked``: ``retry_after`` is the provider's own request to wait, which users are told."""
 
@@ -148,6 +158,18 @@ class ProviderUnavailable(ProviderError):
 
 class ProviderBadResponse(ProviderError):
     user_message = "The model provider sent an answer I could not read. Please try again."
+
+
+class ImageUnavailable(ProviderError):
+    """The provider made an image that cannot be posted: its download failed, or it is too large."""
+
+    def __init__(self, provider: str, detail: str, user_message: str) -> None:
+        self._user_message = user_message
+        super().__init__(provider, detail)
+
+    @property
+    def user_message(self) -> str:  # type: ignore[override]
+        return self._user_message
 
 
 class QuotaExceeded(ProviderError):

@@ -394,3 +394,15 @@ async def test_demo_can_use_a_real_provider_while_discord_stays_local(world: Wor
     assert f"answers come from the model server at {world.openai.base_url}" in result.stdout
     [request] = world.openai.chat_requests
     assert request.api_key == API_KEY and said(request.body["messages"][-1]) == "via provider"
+
+
+async def test_an_imagined_picture_is_saved_and_the_demo_says_where(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    with anyio.fail_after(ANSWER_TIMEOUT / 4):
+        assert await run_demo(BOTS_YAML, ["!imagine a red fox"], None, files_dir=tmp_path) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert any("!imagine <description> (image model gpt-image-1)" in line for line in out), "the banner names it"
+    [shown] = [line for line in out if line.startswith("sage: > a red fox [a-red-fox.png saved to ")]
+    saved = Path(shown.removeprefix("sage: > a red fox [a-red-fox.png saved to ").removesuffix("]"))
+    assert saved.parent == tmp_path and (await anyio.Path(saved).read_bytes()).startswith(b"\x89PNG\r\n\x1a\n")

@@ -7,13 +7,15 @@ took it has a job in its mailbox by then. So a message nobody answers is reporte
 an answer in progress is waited for (up to ``answer_timeout``, for a slow real provider). A panel
 (``!panel``) answers turn after turn from its own task: the exchange lasts until it has ended.
 Files given to the demo (``--attach``) go with the first message posted; the demo shows the URL
-the sandbox serves each file at, and the URL of every file a bot uploads.
+the sandbox serves each file at. A file a bot posts (an ``!imagine`` image) is saved under
+``files_dir``; the line shown says where.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import anyio
 
@@ -47,6 +49,7 @@ class Conversation:
         *,
         config_name: str,
         answer_timeout: float,
+        files_dir: Path,
         attachments: Sequence[JSONDict] = (),
     ) -> None:
         """``attachments``: files (``filename``, ``data``) to send with the first message."""
@@ -56,6 +59,7 @@ class Conversation:
         self.user_id = user_id
         self.config_name = config_name
         self.answer_timeout = answer_timeout
+        self.files_dir = files_dir
         self._by_user_id = {persona.user_id: persona for persona in personas.values()}
         self._last_answer: SentMessage | None = None
         self._attachments = list(attachments)
@@ -146,5 +150,16 @@ class Conversation:
         persona = self._by_user_id.get(message.author_id)
         name = persona.spec.name if persona is not None else "?"
         where = "" if message.channel_id == self.server.channel_id else " (DM)"
-        files = "".join(f"\n  (file {upload['filename']}: {upload['url']})" for upload in message.uploads)
-        return f"{name}{where}: {message.content}{files}"
+        saved = "".join(f" [{self._save(message, upload)}]" for upload in message.uploads)
+        return f"{name}{where}: {message.content}{saved}"
+
+    def _save(self, message: SentMessage, upload: dict[str, object]) -> str:
+        """Write a posted file under ``files_dir``; what to show for it."""
+        name = Path(str(upload["filename"])).name  # the bot's file name, never a path
+        target = self.files_dir / f"{message.id}-{name}"
+        try:
+            self.files_dir.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(self.server.attachment_bytes(str(upload["url"])))
+        except OSError as exc:
+            return f"{name}: could not be saved to {target}: {exc.strerror or exc}"
+        return f"{name} saved to {target}"

@@ -4,8 +4,10 @@ No accounts needed: every bot gets a sandbox token, every provider points at the
 server (or at ``--provider-url``, a real OpenAI-compatible server, keyed by ``DEMO_API_KEY``).
 Messages come from ``-m`` options, from stdin (a terminal, a pipe or a file), or from a short
 built-in script when stdin is empty; each is posted as user "you" (syntax in ``syntax.py``) and
-every answer is printed. Files given with ``--attach`` go with the first message. Memory lives in
-a temporary database, so it starts empty on each run.
+every answer is printed. Files given with ``--attach`` go with the first message; files the bots
+post (``!imagine``'s images) are saved under ``files_dir`` (by default ``orchestrator-demo`` in the
+system's temporary directory) and the demo prints where. Memory lives in a temporary database, so
+it starts empty on each run.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from .syntax import USAGE
 
 SANDBOX_KEY = "sk-sandbox"
 ANSWER_TIMEOUT = 120.0  # an answer in progress, from a real provider, may be slow
+FILES_DIR = Path(tempfile.gettempdir()) / "orchestrator-demo"  # what the bots post, kept after the demo
 INTERRUPTED = 130  # the exit status of a program ended by SIGINT
 
 
@@ -78,6 +81,7 @@ async def run_demo(
     *,
     answer_timeout: float = ANSWER_TIMEOUT,
     input_fd: int = 0,
+    files_dir: Path = FILES_DIR,
     attach: Sequence[str] = (),
 ) -> int:
     """Run the demo; returns the exit status (2: the file, or a file to attach, cannot be read or is
@@ -122,7 +126,8 @@ async def run_demo(
                     await supervisor.wait_for_state(name, BotState.RUNNING, BotState.FAILED)
                 conversation = Conversation(
                     discord_server, supervisor, personas, user_id,
-                    config_name=config_path, answer_timeout=answer_timeout, attachments=files,
+                    config_name=config_path, answer_timeout=answer_timeout, files_dir=files_dir,
+                    attachments=files,
                 )
                 await _talk(conversation, config, messages, input_fd, provider_url)
                 app.request_stop()
@@ -174,7 +179,8 @@ def _print_banner(config: Config, provider_url: str | None, interactive: bool) -
     print(f"Personas online in #general of a loopback Discord; answers come from {model}.")
     print("Memory starts empty on each run (a temporary database).")
     for bot in config.bots.values():
-        print(f"  {bot.name:12} {bot.prefix}chat <text>   (model {bot.model})")
+        draws = f", {bot.prefix}imagine <description> (image model {bot.image_model})" if bot.image_model else ""
+        print(f"  {bot.name:12} {bot.prefix}chat <text>   (model {bot.model}){draws}")
     first = next(iter(config.bots.values()))
     print(f"Also: {USAGE} (e.g. /dm {first.name} {first.prefix}chat hi).")
     if interactive:

@@ -109,16 +109,24 @@ class Delivery:
         return sent
 
     async def post(
-        self, message: discord.Message, text: str, *, reply: bool, mention: Sequence[int] = (), part: int | None = None
+        self,
+        message: discord.Message,
+        text: str,
+        *,
+        reply: bool,
+        mention: Sequence[int] = (),
+        part: int | None = None,
+        attachment: tuple[str, bytes] | None = None,
     ) -> int:
         """Send ``text`` to the channel of ``message``, as a reply to it if ``reply``, pinging only the
-        users in ``mention``; returns the new message's id. Every retry carries the same nonce, so
-        Discord does not create the message twice when a retry follows a response lost on the way back
-        (``enforce_nonce``); ``part`` of an answer to ``message``: the nonce any node would use for it."""
+        users in ``mention``, with ``attachment`` (file name, bytes) as its file; returns the new
+        message's id. Every retry carries the same nonce, so Discord does not create the message twice
+        when a retry follows a response lost on the way back (``enforce_nonce``); ``part`` of an answer
+        to ``message``: the nonce any node would use for it."""
         reference = message.to_reference(fail_if_not_exists=False) if reply else None
         nonce = new_nonce() if part is None else answer_nonce(message.id, part)
         send = partial(internals.post_message, self._client, message.channel.id, text,
-                       nonce=nonce, reply_to=reference, mention=mention)  # fmt: skip
+                       nonce=nonce, reply_to=reference, mention=mention, attachment=attachment)  # fmt: skip
         return await self.deliver(message.channel.id, send)
 
     async def send_editable(
@@ -134,13 +142,19 @@ class Delivery:
         ))  # fmt: skip
 
     async def reply(
-        self, message: discord.Message, text: str, *, raise_errors: bool = False, mention: Sequence[int] = (),
+        self,
+        message: discord.Message,
+        text: str,
+        *,
+        raise_errors: bool = False,
+        mention: Sequence[int] = (),
         part: int | None = None,
+        attachment: tuple[str, bytes] | None = None,
     ) -> int | None:
-        """Reply to ``message``; returns the reply's id. A failure is logged (None), or raised with
-        ``raise_errors``. ``part`` as for :meth:`post`."""
+        """Reply to ``message`` (with ``attachment``, a file); returns the reply's id. A failure is
+        logged (None), or raised with ``raise_errors``. ``part`` as for :meth:`post`."""
         try:
-            return await self.post(message, text, reply=True, mention=mention, part=part)
+            return await self.post(message, text, reply=True, mention=mention, part=part, attachment=attachment)
         except LeaseExpired as exc:
             if raise_errors:
                 raise

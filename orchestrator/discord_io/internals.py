@@ -19,6 +19,7 @@ compatibility job (scripts/compat) runs the end-to-end tests against:
 
 from __future__ import annotations
 
+import io
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -95,10 +96,11 @@ async def post_message(
     nonce: int | str,
     reply_to: discord.MessageReference | None,
     mention: Sequence[int] = (),
+    attachment: tuple[str, bytes] | None = None,
 ) -> int:
     """Post ``content`` through discord.py's HTTP client (its rate limiter applies) without building
-    a ``discord.Message`` from Discord's answer; only the users in ``mention`` are pinged. Returns the
-    new message's id."""
+    a ``discord.Message`` from Discord's answer; only the users in ``mention`` are pinged; with
+    ``attachment`` (file name, bytes) as a file of the message. Returns the new message's id."""
     reference = reply_to.to_message_reference_dict() if reply_to is not None else MISSING
     allowed = NO_PINGS
     if mention:
@@ -111,6 +113,8 @@ async def post_message(
         previous_allowed_mentions=client.allowed_mentions,
         message_reference=reference,
         mention_author=False if reply_to is not None else None,
+        # a new File per call: a retry must read the bytes from their start again
+        file=discord.File(io.BytesIO(attachment[1]), attachment[0]) if attachment is not None else MISSING,
     ) as params:
         data = await client.http.send_message(channel_id, params=params)
     return int(data["id"])

@@ -2,8 +2,8 @@
 
 The SDK's exceptions (from the transport or the SDK itself) become :mod:`orchestrator.errors`
 classes: a refused key, an unknown model, a refused request (in the provider's own words, secrets
-removed, shortened), a busy provider (with the wait it asked for), a timeout, an unreachable
-provider, or an answer that cannot be read. The pool raises them ``from`` the SDK's exception.
+removed, shortened; a content-policy refusal as such), a busy provider (with the wait it asked for),
+a timeout, an unreachable provider, or an answer that cannot be read. The pool raises them ``from`` the SDK's exception.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import openai
 
 from ..config import ProviderSpec
 from ..errors import (
+    ContentRefused,
     ProviderAuthError,
     ProviderBadResponse,
     ProviderBusy,
@@ -94,5 +95,7 @@ def map_error(spec: ProviderSpec, exc: openai.OpenAIError, model: str | None = N
     reason = provider_reason(exc)
     if model is not None and _model_missing(exc, model, reason):
         return ProviderModelNotFound(name, model, f"unknown model {model!r} (HTTP {status}: {reason})")
+    if exc.code == "content_policy_violation":
+        return ContentRefused(name, reason, f"refused by its content policy (HTTP {status}: {reason})")
     hint = f"; check its base_url {spec.base_url}" if status == 404 else ""
     return ProviderRefused(name, reason, f"request refused (HTTP {status}: {reason}){hint}", retryable=retryable)

@@ -21,7 +21,7 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 import anyio
 import openai
@@ -32,6 +32,7 @@ from .admission import LocalQuotas, Quotas
 from .aimd import CEILING, INITIAL, AIMDLimit
 from .breaker import CircuitBreaker
 from .failures import map_error
+from .images import ImageBook
 from .limiter import FairLimiter, LimiterStatistics, QueueFull, QueueTimeout
 from .messages import Message, estimate_message_tokens, estimate_tokens
 from .quota import QuotaBook, Reservation
@@ -79,6 +80,24 @@ class PoolStats:
         key = (error.provider, type(error).__name__)
         self.provider_errors[key] = self.provider_errors.get(key, 0) + 1
         return error
+
+
+class _Answered(Protocol):
+    """What an attempt returns: at least the answer's headers (they carry the provider's rate hints)."""
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+
+_Answer = TypeVar("_Answer", bound=_Answered)
+
+
+class _Caller(NamedTuple):
+    """Who a request is for, as retries, fairness and error messages need it."""
+
+    bot: str
+    model: str
+    weight: float
 
 
 KEYLESS = "no-key"  # the SDK insists on an api_key; a keyless provider's client never sends it
@@ -176,6 +195,7 @@ class LLMPool:
         quotas: QuotaBook | None = None,
         spend: SpendBook | None = None,
         *,
+        images: ImageBook | None = None,
         near_limit_fraction: float = 0.02,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
@@ -189,6 +209,7 @@ class LLMPool:
         # Where each call reserves and settles: these books here; fleet mode puts its Redis in front.
         self.admission: Quotas = LocalQuotas(self.quotas, self.spend)
         self._nodes = 1  # fleet nodes sharing each provider's max_concurrency
+        self.images = images or ImageBook()
         self.stats = PoolStats()
         self._near_limit = near_limit_fraction
         self._providers: dict[str, _Provider] = {}
@@ -295,53 +316,92 @@ class LLMPool:
     async def _call(
         self, call: ChatCall, *, stream: bool
     ) -> AsyncIterator[tuple[Completion | CompletionStream, int, Reservation]]:
-        state = self._provider(call.provider)
         estimate = sum(estimate_message_tokens(m) for m in call.messages) + (call.params.max_tokens or 256)
         reservation = await self.admission.reserve(
             call.provider, call.bot, call.user, estimate, call.quota, call.user_quota
         )
-        settings = state.spec.settings
-        deadline = anyio.current_time() + settings.timeout
         kwargs: dict[str, Any] = {"model": call.model, "messages": call.messages}
         kwargs.update(call.params.body)
-        attempt = 0
-        state.in_flight += 1
         try:
-            async with AsyncExitStack() as open_stream:
-                while True:
-                    self.stats.requests += 1
-                    try:
-                        answer = await self._attempt(
-                            state, call, kwargs, deadline, attempt, open_stream if stream else None
-                        )
-                        break
-                    except ProviderError as error:
-                        self.stats.count(error)
-                        delay = self._retry_delay(error, attempt, settings.max_retries)
-                        if delay is None:
-                            raise
-                        delay = max(delay, state.paused_until - self.clock())  # a provider-wide pause holds it too
-                        if anyio.current_time() + delay >= deadline:
-                            if isinstance(error, ProviderBusy) and error.asked:
-                                log.info(
-                                    "provider %s asks to wait %.3gs, beyond the %.3gs left: not retrying",
-                                    call.provider, delay, deadline - anyio.current_time(),
-                                )
-                            raise
-                        log.info(
-                            "provider %s: %s; retry %d/%d in %.2fs", call.provider, error.detail, attempt + 1,
-                            settings.max_retries, delay,
-                        )
-                        self.stats.retries += 1
-                        attempt += 1
-                        await self.sleep(delay)
-                yield answer, attempt + 1, reservation
+            async with self._using(call.provider) as state, AsyncExitStack() as open_stream:
+
+                async def send(timeout: float, retries_taken: int) -> Completion | CompletionStream:
+                    # state.transport is read per attempt: a breaker that opened may have rebuilt it
+                    if not stream:
+                        return await state.transport.create(kwargs, timeout=timeout, retries_taken=retries_taken)
+                    return await open_stream.enter_async_context(
+                        state.transport.stream(kwargs, timeout=timeout, retries_taken=retries_taken)
+                    )
+
+                answer, attempts = await self._with_retries(state, _Caller(call.bot, call.model, call.weight), send)
+                yield answer, attempts, reservation
         finally:
             if not reservation.settled:  # the call failed before the provider counted it: a refund
                 await self.admission.settle(reservation, None, 0, 0)
+
+    async def request(
+        self,
+        provider: str,
+        *,
+        bot: str,
+        model: str,
+        weight: float,
+        send: Callable[[openai.AsyncOpenAI, float, int], Awaitable[_Answer]],
+    ) -> tuple[_Answer, int]:
+        """One request of another endpoint than chat (images) with what chat answers get: the breaker,
+        the provider's pauses, a fair slot, retries within ``timeout`` and failures as
+        :class:`ProviderError`. ``send(client, timeout, retries_taken)`` makes one attempt with the
+        provider's client and returns something with the answer's ``headers``; returns it and the
+        number of attempts. No quota is counted here: that is the caller's."""
+        async with self._using(provider) as state:
+            return await self._with_retries(
+                state, _Caller(bot, model, weight), lambda timeout, retries: send(state.client, timeout, retries)
+            )
+
+    @asynccontextmanager
+    async def _using(self, provider: str) -> AsyncIterator[_Provider]:
+        """The provider's state while a request uses it; a provider replaced meanwhile closes after its last."""
+        state = self._provider(provider)
+        state.in_flight += 1
+        try:
+            yield state
+        finally:
             state.in_flight -= 1
             if state.retired and not state.in_flight:
                 await state.close()
+
+    async def _with_retries(
+        self, state: _Provider, caller: _Caller, send: Callable[[float, int], Awaitable[_Answer]]
+    ) -> tuple[_Answer, int]:
+        """Attempts of ``send`` until one is answered, a failure is not worth retrying, or the
+        provider's ``timeout`` would pass; the answer and the number of attempts."""
+        settings = state.spec.settings
+        deadline = anyio.current_time() + settings.timeout
+        attempt = 0
+        while True:
+            self.stats.requests += 1
+            try:
+                return await self._attempt(state, caller, deadline, attempt, send), attempt + 1
+            except ProviderError as error:
+                self.stats.count(error)
+                delay = self._retry_delay(error, attempt, settings.max_retries)
+                if delay is None:
+                    raise
+                delay = max(delay, state.paused_until - self.clock())  # a provider-wide pause holds it too
+                if anyio.current_time() + delay >= deadline:
+                    if isinstance(error, ProviderBusy) and error.asked:
+                        log.info(
+                            "provider %s asks to wait %.3gs, beyond the %.3gs left: not retrying",
+                            state.spec.name, delay, deadline - anyio.current_time(),
+                        )
+                    raise
+                log.info(
+                    "provider %s: %s; retry %d/%d in %.2fs", state.spec.name, error.detail, attempt + 1,
+                    settings.max_retries, delay,
+                )
+                self.stats.retries += 1
+                attempt += 1
+                await self.sleep(delay)
 
     def _retry_delay(self, error: ProviderError, attempt: int, max_retries: int) -> float | None:
         """The wait before retrying after ``error``: the provider's hint, else backoff; None: do not retry."""
@@ -357,29 +417,28 @@ class LLMPool:
     async def _attempt(
         self,
         state: _Provider,
-        call: ChatCall,
-        body: dict[str, Any],
+        caller: _Caller,
         deadline: float,
         retries_taken: int,
-        open_stream: AsyncExitStack | None,
-    ) -> Completion | CompletionStream:
-        """One request. A stream is entered into ``open_stream`` and stays open for the caller."""
+        send: Callable[[float, int], Awaitable[_Answer]],
+    ) -> _Answer:
+        """One request: ``send(timeout, retries_taken)`` once the breaker, a pause and a fair slot allow."""
         wait = state.breaker.allow()
         if wait is not None:
-            raise ProviderUnavailable(call.provider, "circuit breaker is open", retry_after=wait)
+            raise ProviderUnavailable(state.spec.name, "circuit breaker is open", retry_after=wait)
         while True:
             pause = state.paused_until - self.clock()
             if pause > 0:
                 if anyio.current_time() + pause >= deadline:
                     raise ProviderBusy(
-                        call.provider, "provider is rate limited", retry_after=pause, asked=state.pause_asked
+                        state.spec.name, "provider is rate limited", retry_after=pause, asked=state.pause_asked
                     )
                 await self.sleep(pause)
-            remaining = deadline - anyio.current_time()
+            queue_wait = min(deadline - anyio.current_time(), state.spec.settings.queue_timeout)
             try:
-                await state.limiter.acquire(call.bot, call.weight, min(remaining, state.spec.settings.queue_timeout))
+                await state.limiter.acquire(caller.bot, caller.weight, queue_wait)
             except (QueueFull, QueueTimeout) as exc:
-                raise ProviderBusy(call.provider, f"pool queue {type(exc).__name__}") from None
+                raise ProviderBusy(state.spec.name, f"pool queue {type(exc).__name__}") from None
             if state.paused_until <= self.clock():
                 break
             state.limiter.release()  # a pause began while we queued: wait it out before sending
@@ -387,18 +446,11 @@ class LLMPool:
             remaining = deadline - anyio.current_time()
             sent_at, sent_saturated = self.clock(), state.limiter.saturated
             try:
-                if open_stream is None:
-                    answer: Completion | CompletionStream = await state.transport.create(
-                        body, timeout=remaining, retries_taken=retries_taken
-                    )
-                else:
-                    answer = await open_stream.enter_async_context(
-                        state.transport.stream(body, timeout=remaining, retries_taken=retries_taken)
-                    )
+                answer = await send(remaining, retries_taken)
             except openai.OpenAIError as exc:
                 if isinstance(exc, openai.RateLimitError):
                     state.overloaded(sent_at)
-                error = map_error(state.spec, exc, call.model)
+                error = map_error(state.spec, exc, caller.model)
                 if isinstance(exc, openai.APIStatusError):
                     self._note_rate_headers(state, exc.response.headers)
                     if exc.status_code == 429 and error.retry_after:
@@ -406,7 +458,7 @@ class LLMPool:
                 if not _unhealthy(exc):
                     state.breaker.record_success()  # a 429 or 4xx: the provider is up and answering
                 elif state.breaker.record_failure():
-                    log.error("provider %s: circuit opened after repeated failures (%s)", call.provider, error.detail)
+                    log.error("provider %s: circuit opened after repeated failures (%s)", state.spec.name, error.detail)
                     await state.rebuild()
                 raise error from exc
             state.answered(sent_at, sent_saturated)

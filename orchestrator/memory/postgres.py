@@ -50,7 +50,7 @@ from pydantic import SecretStr
 
 from ..config import PostgresURL
 from ..discord_io.text import replace_lone_surrogates
-from .recent import HistoryCache, PendingExchange, UsageKey, add_usage
+from .recent import HistoryCache, PendingExchange, Totals, UsageKey, add_usage
 from .store import (
     ConversationKey,
     DailyUsage,
@@ -102,6 +102,10 @@ _MIGRATIONS = (
     """
     ALTER TABLE turns ADD COLUMN IF NOT EXISTS speaker TEXT NOT NULL DEFAULT '';
     ALTER TABLE turns ADD COLUMN IF NOT EXISTS message_ids BIGINT[] NOT NULL DEFAULT '{}';
+    """,
+    # 3: images generated per day (`<prefix>imagine`, images_per_day)
+    """
+    ALTER TABLE daily_usage ADD COLUMN IF NOT EXISTS images BIGINT NOT NULL DEFAULT 0;
     """,
 )
 
@@ -160,9 +164,9 @@ class PostgresStore:
         self._cache = HistoryCache(cache_size, max_cached_turns)
         self._lock = anyio.Lock()  # held by whatever must see the database and the pending writes as one
         self._pending: list[PendingExchange] = []  # appended, not yet written, in append order
-        self._pending_usage: dict[UsageKey, tuple[int, float]] = {}  # (tokens, usd) not yet written
+        self._pending_usage: dict[UsageKey, Totals] = {}  # not yet written
         self._wakeup = anyio.Event()  # set while something is pending
-        self._days: dict[str, dict[tuple[str, str], tuple[int, float]]] = {}  # known daily totals, by day
+        self._days: dict[str, dict[tuple[str, str], Totals]] = {}  # known daily totals, by day
         self._migrated = False
         self._failing = False
         self._loop_thread = threading.get_ident()
@@ -205,6 +209,12 @@ class PostgresStore:
                 except Exception as exc:  # noqa: BLE001 - re-raised below as itself, not in an ExceptionGroup
                     failure = exc
                 finally:
+                    # Stop the writer between two writes, not during one: a COMMIT cut short by the
+                    # cancellation may have happened all the same, and the rows it kept pending for
+                    # the close would be written twice. One stuck longer than that is cut short anyway.
+                    with anyio.move_on_after(CLOSE_TIMEOUT, shield=True):
+                        async with store._lock:
+                            tg.cancel_scope.cancel()
                     tg.cancel_scope.cancel()
             if failure is not None:
                 raise failure
@@ -328,8 +338,8 @@ class PostgresStore:
 
         def keep_pending() -> None:
             self._pending[:0] = exchanges
-            for key, (tokens, usd) in usage.items():
-                add_usage(self._pending_usage, key, tokens, usd)
+            for key, totals in usage.items():
+                add_usage(self._pending_usage, key, *totals)
             self._wakeup.set()
 
         try:
@@ -347,10 +357,11 @@ class PostgresStore:
                     )
                 if usage:
                     await conn.executemany(
-                        "INSERT INTO daily_usage (day, bot, user_id, tokens, usd) VALUES ($1, $2, $3, $4, $5) "
-                        "ON CONFLICT (day, bot, user_id) DO UPDATE "
-                        "SET tokens = daily_usage.tokens + excluded.tokens, usd = daily_usage.usd + excluded.usd",
-                        [(*key, tokens, usd) for key, (tokens, usd) in usage.items()],
+                        "INSERT INTO daily_usage (day, bot, user_id, tokens, usd, images) "
+                        "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (day, bot, user_id) DO UPDATE "
+                        "SET tokens = daily_usage.tokens + excluded.tokens, usd = daily_usage.usd + excluded.usd, "
+                        "images = daily_usage.images + excluded.images",
+                        [(*key, *totals) for key, totals in usage.items()],
                     )
         except StoreUnavailable as exc:
             keep_pending()
@@ -474,7 +485,8 @@ class PostgresStore:
                     user,
                 )
                 usage = await conn.fetch(
-                    "SELECT day, bot, tokens, usd FROM daily_usage WHERE user_id = $1 ORDER BY day, bot", str(user)
+                    "SELECT day, bot, tokens, usd, images FROM daily_usage WHERE user_id = $1 ORDER BY day, bot",
+                    str(user),
                 )
             return UserData([StoredTurn(*row) for row in turns], [DailyUsage(*row) for row in usage])
 
@@ -503,36 +515,44 @@ class PostgresStore:
 
     # ------------------------------------------------------------ quota usage and spend (UsageSink, SpendSink)
 
-    async def _read_daily(self, day: str) -> dict[tuple[str, str], tuple[int, float]]:
-        """(tokens, usd) of ``day`` per (bot, user) in the database, plus what is still pending."""
+    async def _read_daily(self, day: str) -> dict[tuple[str, str], Totals]:
+        """(tokens, usd, images) of ``day`` per (bot, user) in the database, plus what is still pending."""
         async with self._lock, self._connection() as conn:
-            rows = await conn.fetch("SELECT bot, user_id, tokens, usd FROM daily_usage WHERE day = $1", day)
-            totals = {(bot, user): (tokens, usd) for bot, user, tokens, usd in rows}
-            for (pending_day, bot, user), (tokens, usd) in self._pending_usage.items():
+            rows = await conn.fetch(
+                "SELECT bot, user_id, tokens, usd, images FROM daily_usage WHERE day = $1", day
+            )
+            totals: dict[tuple[str, str], Totals] = {
+                (bot, user): (tokens, usd, images) for bot, user, tokens, usd, images in rows
+            }
+            for (pending_day, bot, user), pending in self._pending_usage.items():
                 if pending_day == day:
-                    add_usage(totals, (bot, user), tokens, usd)
+                    add_usage(totals, (bot, user), *pending)
             self._known_day(day).update(totals)
         return totals
 
-    def _known_day(self, day: str) -> dict[tuple[str, str], tuple[int, float]]:
+    def _known_day(self, day: str) -> dict[tuple[str, str], Totals]:
         """The totals of ``day`` this process knows; only the latest days are kept."""
         totals = self._days.setdefault(day, {})
         while len(self._days) > _DAYS_KEPT:
             del self._days[min(self._days)]
         return totals
 
-    def _load_daily(self, day: str) -> dict[tuple[str, str], tuple[int, float]]:
+    def _load_daily(self, day: str) -> dict[tuple[str, str], Totals]:
         if threading.get_ident() == self._loop_thread:  # waiting here for the loop would deadlock
             return dict(self._days.get(day, {}))
         return anyio.from_thread.run(self._read_daily, day, token=self._loop)
 
     def load_daily_usage(self, day: str) -> dict[tuple[str, str], int]:
         """Tokens of ``day`` per (bot, user)."""
-        return {key: tokens for key, (tokens, _usd) in self._load_daily(day).items()}
+        return {key: tokens for key, (tokens, _usd, _images) in self._load_daily(day).items()}
 
     def load_daily_spend(self, day: str) -> dict[tuple[str, str], float]:
         """USD of ``day`` per (bot, user)."""
-        return {key: usd for key, (_tokens, usd) in self._load_daily(day).items() if usd}
+        return {key: usd for key, (_tokens, usd, _images) in self._load_daily(day).items() if usd}
+
+    def load_daily_images(self, day: str) -> dict[tuple[str, str], int]:
+        """Images generated on ``day`` per (bot, user)."""
+        return {key: images for key, (_tokens, _usd, images) in self._load_daily(day).items() if images}
 
     def add_daily_usage(self, day: str, bot: str, user: str, tokens: int) -> None:
         """Record usage, in memory only (on the event loop): the writer commits it."""
@@ -542,7 +562,11 @@ class PostgresStore:
         """Record spend, as :meth:`add_daily_usage` records tokens."""
         self._add_usage(day, bot, user, 0, usd)
 
-    def _add_usage(self, day: str, bot: str, user: str, tokens: int, usd: float) -> None:
-        add_usage(self._pending_usage, (day, bot, user), tokens, usd)
-        add_usage(self._known_day(day), (bot, user), tokens, usd)
+    def add_daily_images(self, day: str, bot: str, user: str, images: int) -> None:
+        """Record generated images, as :meth:`add_daily_usage` records tokens."""
+        self._add_usage(day, bot, user, 0, 0.0, images)
+
+    def _add_usage(self, day: str, bot: str, user: str, tokens: int, usd: float, images: int = 0) -> None:
+        add_usage(self._pending_usage, (day, bot, user), tokens, usd, images)
+        add_usage(self._known_day(day), (bot, user), tokens, usd, images)
         self._wakeup.set()

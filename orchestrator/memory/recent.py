@@ -10,6 +10,7 @@ from typing import NamedTuple, TypeVar
 from .store import ConversationKey, Turn
 
 UsageKey = tuple[str, str, str]  # (day, bot, user)
+Totals = tuple[int, float, int]  # (tokens, usd, images) of one day
 _K = TypeVar("_K")
 
 
@@ -70,7 +71,7 @@ class HistoryCache:
             del self._turns[key]
 
 
-def add_usage(totals: dict[_K, tuple[int, float]], key: _K, tokens: int, usd: float) -> None:
-    """Add (tokens, usd) to ``totals[key]``."""
-    old_tokens, old_usd = totals.get(key, (0, 0.0))
-    totals[key] = (old_tokens + tokens, old_usd + usd)
+def add_usage(totals: dict[_K, Totals], key: _K, tokens: int, usd: float, images: int = 0) -> None:
+    """Add (tokens, usd, images) to ``totals[key]``."""
+    old_tokens, old_usd, old_images = totals.get(key, (0, 0.0, 0))
+    totals[key] = (old_tokens + tokens, old_usd + usd, old_images + images)

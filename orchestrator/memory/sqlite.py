@@ -3,8 +3,8 @@
 :class:`SQLiteStore` keeps one connection in WAL mode. Recent histories are cached in a bounded
 LRU so a warm conversation costs no database read, and a set of the conversations that have any
 turns (as hashes, one small int each) spares new conversations the read too. It also persists
-daily token usage for :class:`~orchestrator.llm.quota.QuotaBook` and daily spend for
-:class:`~orchestrator.llm.spend.SpendBook`.
+daily token usage for :class:`~orchestrator.llm.quota.QuotaBook`, daily spend for
+:class:`~orchestrator.llm.spend.SpendBook` and daily images for :class:`~orchestrator.llm.images.ImageBook`.
 
 Writes are behind and grouped: ``append_exchange`` (called *after* the answer was delivered),
 ``add_daily_usage`` and ``add_daily_spend`` only update memory on the event loop; a writer thread commits everything
@@ -30,7 +30,7 @@ from typing import TypeVar
 import anyio
 
 from ..discord_io.text import replace_lone_surrogates
-from .recent import HistoryCache, PendingExchange, UsageKey, add_usage
+from .recent import HistoryCache, PendingExchange, Totals, UsageKey, add_usage
 from .store import ConversationKey, DailyUsage, Forgotten, StoredTurn, Turn, UserData
 
 log = logging.getLogger(__name__)
@@ -55,10 +55,15 @@ CREATE TABLE IF NOT EXISTS daily_usage (
     user TEXT NOT NULL,
     tokens INTEGER NOT NULL,
     usd REAL NOT NULL DEFAULT 0,
+    images INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (day, bot, user)
 );
 """
-_USD_COLUMN = "ALTER TABLE daily_usage ADD COLUMN usd REAL NOT NULL DEFAULT 0"  # databases from before spend
+# daily_usage columns added since the first schema (databases from before spend, before images)
+_ADDED_USAGE_COLUMNS = {
+    "usd": "ALTER TABLE daily_usage ADD COLUMN usd REAL NOT NULL DEFAULT 0",
+    "images": "ALTER TABLE daily_usage ADD COLUMN images INTEGER NOT NULL DEFAULT 0",
+}
 
 
 # Columns added since the first schema, for databases created before them.
@@ -99,7 +104,7 @@ class SQLiteStore:
         self._flush_interval = flush_interval
         self._pending_cv = threading.Condition()  # guards the pending writes below; wakes the writer
         self._pending: list[PendingExchange] = []  # appended, not yet written, in append order
-        self._pending_usage: dict[UsageKey, tuple[int, float]] = {}  # (tokens, usd) not yet written
+        self._pending_usage: dict[UsageKey, Totals] = {}  # not yet written
         self._failing = False
         self._closing = False
         with self._lock:
@@ -107,8 +112,10 @@ class SQLiteStore:
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA busy_timeout=2000")
             self._db.executescript(_SCHEMA)
-            if "usd" not in {row[1] for row in self._db.execute("PRAGMA table_info(daily_usage)")}:
-                self._db.execute(_USD_COLUMN)
+            usage_columns = {row[1] for row in self._db.execute("PRAGMA table_info(daily_usage)")}
+            for column, statement in _ADDED_USAGE_COLUMNS.items():
+                if column not in usage_columns:
+                    self._db.execute(statement)
             columns = {row[1] for row in self._db.execute("PRAGMA table_info(turns)")}
             for column, statement in _ADDED_COLUMNS.items():
                 if column not in columns:
@@ -186,16 +193,16 @@ class SQLiteStore:
                     self._insert(exchanges)
                 if usage:
                     self._db.executemany(
-                        "INSERT INTO daily_usage (day, bot, user, tokens, usd) VALUES (?, ?, ?, ?, ?) "
+                        "INSERT INTO daily_usage (day, bot, user, tokens, usd, images) VALUES (?, ?, ?, ?, ?, ?) "
                         "ON CONFLICT (day, bot, user) DO UPDATE SET tokens = tokens + excluded.tokens, "
-                        "usd = usd + excluded.usd",
-                        [(*key, tokens, usd) for key, (tokens, usd) in usage.items()],
+                        "usd = usd + excluded.usd, images = images + excluded.images",
+                        [(*key, *totals) for key, totals in usage.items()],
                     )
         except sqlite3.Error as exc:
             with self._pending_cv:
                 self._pending[:0] = exchanges
-                for key, (tokens, usd) in usage.items():
-                    add_usage(self._pending_usage, key, tokens, usd)
+                for key, totals in usage.items():
+                    add_usage(self._pending_usage, key, *totals)
             if not self._failing:
                 log.warning(
                     "could not write conversations and token usage to %s (%s); keeping them in memory and retrying",
@@ -346,7 +353,7 @@ class SQLiteStore:
             "SELECT bot, channel, user, role, content, created FROM turns WHERE user = ? ORDER BY id", (user,)
         ).fetchall()
         usage = self._db.execute(
-            "SELECT day, bot, tokens, usd FROM daily_usage WHERE user = ? ORDER BY day, bot", (str(user),)
+            "SELECT day, bot, tokens, usd, images FROM daily_usage WHERE user = ? ORDER BY day, bot", (str(user),)
         ).fetchall()
         return UserData([StoredTurn(*row) for row in turns], [DailyUsage(*row) for row in usage])
 
@@ -367,24 +374,30 @@ class SQLiteStore:
 
     # ------------------------------------------------------------ quota usage and spend (UsageSink, SpendSink)
 
-    def _load_daily(self, day: str) -> dict[tuple[str, str], tuple[int, float]]:
-        """(tokens, usd) of ``day`` per (bot, user): what is on disk plus what is still pending."""
+    def _load_daily(self, day: str) -> dict[tuple[str, str], Totals]:
+        """(tokens, usd, images) of ``day`` per (bot, user): what is on disk plus what is still pending."""
         with self._lock:  # held throughout: no flush moves usage from pending to disk between the reads
-            rows = self._db.execute("SELECT bot, user, tokens, usd FROM daily_usage WHERE day=?", (day,)).fetchall()
-            usage = {(bot, user): (tokens, usd) for bot, user, tokens, usd in rows}
+            rows = self._db.execute(
+                "SELECT bot, user, tokens, usd, images FROM daily_usage WHERE day=?", (day,)
+            ).fetchall()
+            usage: dict[tuple[str, str], Totals] = {(bot, user): totals for bot, user, *totals in rows}
             with self._pending_cv:
-                for (pending_day, bot, user), (tokens, usd) in self._pending_usage.items():
+                for (pending_day, bot, user), totals in self._pending_usage.items():
                     if pending_day == day:
-                        add_usage(usage, (bot, user), tokens, usd)
+                        add_usage(usage, (bot, user), *totals)
         return usage
 
     def load_daily_usage(self, day: str) -> dict[tuple[str, str], int]:
         """Tokens of ``day`` per (bot, user)."""
-        return {key: tokens for key, (tokens, _usd) in self._load_daily(day).items()}
+        return {key: tokens for key, (tokens, _usd, _images) in self._load_daily(day).items()}
 
     def load_daily_spend(self, day: str) -> dict[tuple[str, str], float]:
         """USD of ``day`` per (bot, user)."""
-        return {key: usd for key, (_tokens, usd) in self._load_daily(day).items() if usd}
+        return {key: usd for key, (_tokens, usd, _images) in self._load_daily(day).items() if usd}
+
+    def load_daily_images(self, day: str) -> dict[tuple[str, str], int]:
+        """Images generated on ``day`` per (bot, user)."""
+        return {key: images for key, (_tokens, _usd, images) in self._load_daily(day).items() if images}
 
     def add_daily_usage(self, day: str, bot: str, user: str, tokens: int) -> None:
         """Record usage. Called on the event loop, so it only remembers the tokens for the writer
@@ -394,3 +407,7 @@ class SQLiteStore:
     def add_daily_spend(self, day: str, bot: str, user: str, usd: float) -> None:
         """Record spend, as :meth:`add_daily_usage` records tokens."""
         self._enqueue(lambda: add_usage(self._pending_usage, (day, bot, user), 0, usd))
+
+    def add_daily_images(self, day: str, bot: str, user: str, images: int) -> None:
+        """Record generated images, as :meth:`add_daily_usage` records tokens."""
+        self._enqueue(lambda: add_usage(self._pending_usage, (day, bot, user), 0, 0.0, images))

@@ -44,6 +44,7 @@ class DailyUsage:
     bot: str
     tokens: int
     usd: float
+    images: int = 0
 
 
 @dataclass(frozen=True)
@@ -105,7 +106,8 @@ class ConversationStore(Protocol):
 
 
 class Store(ConversationStore, Protocol):
-    """A whole store: conversations, and the daily token usage and spend the quota and spend books persist.
+    """A whole store: conversations, and the daily token usage, spend and images the quota, spend and
+    image books persist.
 
     The daily methods are synchronous and called on the event loop: ``add_*`` must not wait for the
     database, and ``load_*`` answers from memory there when it cannot read without blocking."""
@@ -121,3 +123,7 @@ class Store(ConversationStore, Protocol):
     def add_daily_usage(self, day: str, bot: str, user: str, tokens: int) -> None: ...
 
     def add_daily_spend(self, day: str, bot: str, user: str, usd: float) -> None: ...
+
+    def load_daily_images(self, day: str) -> dict[tuple[str, str], int]: ...
+
+    def add_daily_images(self, day: str, bot: str, user: str, images: int) -> None: ...

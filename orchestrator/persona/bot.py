@@ -47,6 +47,7 @@ from . import access
 from .attachments import AttachmentReader, AttachmentRefused, ReadAttachments
 from .catch_up import catch_up
 from .commands import parse_command
+from .imagine import imagine
 from .presence import Presence
 from .replies import APOLOGY, BUSY, EMPTY_ANSWER, RESTARTING, empty_chat, help_text, usage_text
 
@@ -422,12 +423,33 @@ class PersonaBot:
                 job.message, f"This channel's conversations with me are cleared ({removed} messages)."
             )
         elif job.kind == "usage":
-            spec, admission = self.spec, self.services.pool.admission
-            mine = await admission.usage(spec.name, str(job.message.author.id), spec.quota, spec.user_quota)
-            total = await admission.usage(spec.name, QuotaBook.ALL_USERS, spec.quota, spec.user_quota)
-            await self._delivery.reply(job.message, usage_text(spec, mine, total))
+            spec, pool = self.spec, self.services.pool
+            user = str(job.message.author.id)
+            mine = await pool.admission.usage(spec.name, user, spec.quota, spec.user_quota)
+            total = await pool.admission.usage(spec.name, QuotaBook.ALL_USERS, spec.quota, spec.user_quota)
+            images = (pool.images.today(spec.name, user), pool.images.today(spec.name))
+            await self._delivery.reply(job.message, usage_text(spec, mine, total, images))
         elif job.kind == "help":
             await self._delivery.reply(job.message, help_text(self.spec))
+        elif job.kind == "imagine":
+            await self._imagine(job)
+
+    async def _imagine(self, job: Job) -> None:
+        """Draw what ``job`` asks for and post it as a file in reply, or say why not."""
+        with self._typing.working(job.message.channel.id) as work:
+            drawn = await imagine(self, job.message.author.id, job.text)
+            work.finish()
+        if isinstance(drawn, str):
+            await self._delivery.reply(job.message, drawn)
+            return
+        try:
+            await self._delivery.reply(
+                job.message, drawn.caption, raise_errors=True, attachment=(drawn.file_name, drawn.data)
+            )
+        except discord.HTTPException as exc:
+            self.counters.errors += 1
+            log.error("bot %s: Discord refused the image (HTTP %s: %s)", self.spec.name, exc.status, exc.text)
+            await self._delivery.reply(job.message, f"Discord refused to post the image (HTTP {exc.status}).")
 
     async def _chat(self, job: Job, key: ConversationKey, *, remember: bool = True) -> bool:
         """Answer ``job``; True when an answer was delivered. A panel turn (``remember=False``) leaves

@@ -1,6 +1,6 @@
 """The commands users type to a persona: ``<prefix>chat <text>`` (alias ``ask``), ``<prefix>reset
-[channel]``, ``<prefix>usage`` and ``<prefix>help``. Command names are case-insensitive; the prefix
-is each bot's own.
+[channel]``, ``<prefix>usage``, ``<prefix>imagine <prompt>`` and ``<prefix>help``. Command names
+are case-insensitive; the prefix is each bot's own.
 
 A chat bot needs a few fixed commands, so they are read here rather than by discord.py's
 ``ext.commands``, whose context objects, converters (``isinstance`` against typing Protocols) and
@@ -11,10 +11,11 @@ from __future__ import annotations
 
 from typing import Literal, NamedTuple
 
-CommandName = Literal["chat", "reset", "usage", "help", "panel", "stop"]
+CommandName = Literal["chat", "reset", "usage", "help", "panel", "stop", "imagine"]
 
 _NAMES: dict[str, CommandName] = {
-    "chat": "chat", "ask": "chat", "reset": "reset", "usage": "usage", "help": "help", "panel": "panel", "stop": "stop"
+    "chat": "chat", "ask": "chat", "reset": "reset", "usage": "usage", "help": "help", "panel": "panel", "stop": "stop",
+    "imagine": "imagine",
 }
 
 

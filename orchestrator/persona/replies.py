@@ -16,9 +16,9 @@ def empty_chat(prefix: str) -> str:
     return f"Write something after `{prefix}chat`, for example `{prefix}chat hello`."
 
 
-def usage_text(spec: BotSpec, mine: UsageReport, total: UsageReport) -> str:
+def usage_text(spec: BotSpec, mine: UsageReport, total: UsageReport, images: tuple[int, int] | None = None) -> str:
     """A user's usage of a persona beside the whole persona's, against their limits (and the spend,
-    when the persona's model has a price)."""
+    when the persona's model has a price; ``images`` today, the user's and the persona's, when it draws)."""
     lines = [f"Usage of {spec.name} (yours / the whole persona):"]
     for label, field_name, used_mine, used_total in (
         ("requests this minute", "requests_per_minute", mine.requests_last_minute, total.requests_last_minute),
@@ -37,6 +37,12 @@ def usage_text(spec: BotSpec, mine: UsageReport, total: UsageReport) -> str:
             format_usd(cap) if cap else "∞" for cap in (spec.user_quota.usd_per_day, spec.quota.usd_per_day)
         )
         lines.append(f"- spent today: {mine_usd}/{user_cap} · {total_usd}/{bot_cap}")
+    if images is not None and spec.image_model is not None:
+        caps = (spec.user_quota.images_per_day, spec.quota.images_per_day)
+        user_cap, bot_cap = ("∞" if limit is None else str(limit) for limit in caps)
+        lines.append(
+            f"- images today: {images[0]}/{user_cap} · {images[1]}/{bot_cap}"
+        )
     return "\n".join(lines)
 
 
@@ -66,6 +72,7 @@ def help_text(spec: BotSpec) -> str:
         f"- `{p}reset`: I forget {ours}",
         f"- `{p}reset channel`: I forget every conversation in this channel (admins only)",
         f"- `{p}usage`: what you have used and what is left",
+        *([f"- `{p}imagine <description>`: I draw it"] if spec.image_model is not None else []),
         f"- `{p}help`: this message",
         limits_text(spec.user_quota),
     ]
@@ -80,6 +87,7 @@ def limits_text(quota: QuotaSettings) -> str:
             (quota.requests_per_minute, "requests per minute"),
             (quota.tokens_per_minute, "tokens per minute"),
             (quota.tokens_per_day, "tokens per day"),
+            (quota.images_per_day, "images per day"),
         )
         if value is not None
     ]

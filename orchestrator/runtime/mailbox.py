@@ -15,7 +15,7 @@ import discord
 
 from ..community.panel import PanelTurn
 
-JobKind = Literal["chat", "reset", "reset_channel", "usage", "help", "panel", "stop", "panel_turn"]
+JobKind = Literal["chat", "reset", "reset_channel", "usage", "help", "panel", "stop", "panel_turn", "imagine"]
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..community import Community
+from ..llm.images import MAX_IMAGE_BYTES
 from ..llm.pool import LLMPool
 from ..memory import ConversationStore
 from ..ops.metrics import Metrics
@@ -20,6 +21,7 @@ class RuntimeOptions:
     typing_refresh: float = 8.0  # Discord shows "typing…" for about 10 s after each POST
     typing_min_interval: float = 1.0  # at most one typing POST per channel this often
     catch_up_window: float = 300.0  # on a new session, answer what was missed if at most this old (s)
+    image_max_bytes: int = MAX_IMAGE_BYTES  # a generated image larger than this is not downloaded or posted
 
 
 @dataclass

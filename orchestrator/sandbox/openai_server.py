@@ -1,8 +1,10 @@
 """OpenAI-compatible HTTP server on loopback, for tests and benchmarks.
 
 Serves ``POST /v1/chat/completions`` (JSON and ``stream: true`` SSE), ``GET /v1/models`` and
-``GET /v1/models/{id}`` well enough for the real ``openai`` SDK, records every request, and can
-inject faults (HTTP errors, delays, cut streams, malformed bodies) and enforce a rate limit.
+``GET /v1/models/{id}`` well enough for the real ``openai`` SDK, and ``POST /v1/images/generations``
+with real PNGs (:mod:`~orchestrator.sandbox.openai_images`); it records every request, and can
+inject faults (HTTP errors, delays, cut streams, malformed bodies, a content-policy refusal) and
+enforce a rate limit.
 
 User messages may carry image parts (an ``http(s)`` URL, fetched, or a base64 ``data:`` URL):
 the sandbox reads each image's header (:mod:`.vision`), refuses the request with a 400 as OpenAI
@@ -50,6 +52,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from .openai_images import CONTENT_POLICY, IMAGE_MODELS, ImageGenerations
 from .vision import IMAGE_TOKENS, ImageRefused, describe_parts, image_urls, look
 
 _WINDOW = 60.0
@@ -78,8 +81,8 @@ class Fault:
     ``delay`` sleeps before answering; ``cut_stream_after`` sends that many content chunks of a
     stream and then closes the connection without ``[DONE]`` (a non-stream request gets its
     connection closed before any answer); ``malformed`` answers 200 with a body that is not JSON.
-    ``message`` replaces the message of OpenAI's error JSON (with ``status``); ``text`` replaces the
-    whole answer's body (sent as ``text/html``, as a proxy's error page is).
+    ``message`` replaces the message of OpenAI's error JSON (with ``status``), ``code`` its code;
+    ``text`` replaces the whole answer's body (sent as ``text/html``, as a proxy's error page is).
     """
 
     status: int | None = None
@@ -89,6 +92,7 @@ class Fault:
     cut_stream_after: int | None = None
     malformed: bool = False
     message: str | None = None
+    code: str | None = None
     text: str | None = None
 
     @classmethod
@@ -127,6 +131,11 @@ class Fault:
         return cls(status=status, text=text)
 
     @classmethod
+    def content_policy(cls) -> Fault:
+        """OpenAI's refusal of a prompt by its safety system (400 ``content_policy_violation``)."""
+        return cls(status=400, message=CONTENT_POLICY, code="content_policy_violation")
+
+    @classmethod
     def malformed_json(cls) -> Fault:
         """A 200 answer whose body (or first SSE event) is not valid JSON."""
         return cls(malformed=True)
@@ -158,6 +167,8 @@ class OpenAISandbox:
     API key (401), body (400), model (404), rate limit (429), then the next injected fault.
     ``api_keys=None`` serves without keys, as local model servers do (any ``Authorization`` or none).
     ``echo`` selects :func:`echo_reply` over :func:`sandbox_reply` as the answer text.
+    Image requests (``image_models``) are checked for the key, then consume the next fault queued
+    with :meth:`inject_image` (only its ``status``, ``message``, ``code`` and ``delay``).
     """
 
     def __init__(
@@ -166,6 +177,7 @@ class OpenAISandbox:
         echo: bool = False,
         api_keys: Iterable[str] | None = ("sk-sandbox",),
         models: Iterable[str] = ("gpt-4o-mini", "sandbox-small"),
+        image_models: Iterable[str] = IMAGE_MODELS,
         latency: float = 0.0,
         first_token_delay: float = 0.0,
         tokens_per_second: float | None = None,
@@ -188,6 +200,8 @@ class OpenAISandbox:
         self._port = port
         self._in_flight = 0
         self._faults: deque[Fault] = deque()
+        self.images = ImageGenerations(tuple(image_models))
+        self._image_faults: deque[Fault] = deque()
         self._replies: deque[str] = deque()
         self._reply_fn: Callable[[dict[str, Any]], str] | None = None
         self._window: deque[float] = deque()
@@ -205,6 +219,15 @@ class OpenAISandbox:
     def chat_requests(self) -> list[RecordedRequest]:
         """Recorded ``/chat/completions`` requests, in arrival order."""
         return [r for r in self.requests if r.path.endswith("/chat/completions")]
+
+    @property
+    def image_requests(self) -> list[RecordedRequest]:
+        """Recorded ``/images/generations`` requests, in arrival order."""
+        return [r for r in self.requests if r.path.endswith("/images/generations")]
+
+    def inject_image(self, *faults: Fault) -> None:
+        """Queue faults for image requests; each one whose key is accepted consumes one."""
+        self._image_faults.extend(faults)
 
     def inject(self, *faults: Fault) -> None:
         """Queue faults; each admitted chat request consumes one, first in first out."""
@@ -233,6 +256,8 @@ class OpenAISandbox:
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/v1/models/{id:.+}", self._models)
+        app.router.add_post("/v1/images/generations", self._images)
+        app.router.add_get("/v1/images/files/{name}", self._image_file)
         self._fetcher = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
         self._runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=0.5)
         await self._runner.setup()
@@ -280,6 +305,37 @@ class OpenAISandbox:
         await self._record(request, {}, response.status, [])
         return response
 
+    async def _images(self, request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+        except ValueError:
+            body = None
+        body = body if isinstance(body, dict) else {}
+        fault = Fault()
+        if not self._key_accepted(request):
+            response = _error(401)
+        else:
+            if self._image_faults:
+                fault = self._image_faults.popleft()
+            if fault.status:
+                response = _error(fault.status, model=body.get("model"), message=fault.message, code=fault.code)
+            else:
+                answer = self.images.answer(body, f"{self.base_url}/images/files")
+                response = (
+                    _json(answer.payload) if answer.payload is not None
+                    else _error(answer.status, message=answer.message, code=answer.code)
+                )  # fmt: skip
+        await self._record(request, body, response.status, [])
+        await self.sleep(self.latency + fault.delay)
+        return response
+
+    async def _image_file(self, request: web.Request) -> web.Response:
+        image = self.images.files.get(request.match_info["name"])
+        await self._record(request, {}, 200 if image is not None else 404, [])
+        if image is None:
+            return web.Response(status=404, text="no such image")
+        return web.Response(body=image, content_type="image/png")
+
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         self._in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self._in_flight)
@@ -324,7 +380,7 @@ class OpenAISandbox:
         if fault.text is not None:
             return web.Response(status=status, text=fault.text, content_type="text/html", headers=headers)
         if status != 200:
-            code = None if refused is None else refused.code
+            code = fault.code if refused is None else refused.code
             return _error(status, headers, model=body.get("model"), message=fault.message, code=code)
         if body.get("stream"):
             return await self._stream(request, body, text, fault, headers)
