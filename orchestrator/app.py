@@ -168,7 +168,9 @@ class App:
             return
         async with fleet_node(spec, supervisor, pool.share_concurrency) as coordinator:
             self.fleet = coordinator
-            pool.admission = FleetQuotas(coordinator.store.redis, spec.key_prefix, pool.quotas, pool.spend)
+            pool.admission = FleetQuotas(
+                coordinator.store.redis, spec.key_prefix, pool.quotas, pool.spend, pool.images
+            )
             yield coordinator
 
     def _start_up_line(self) -> str:

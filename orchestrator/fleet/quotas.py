@@ -1,9 +1,10 @@
 """Fleet-wide quotas: the per-bot and per-user limits of bots.yaml (requests and tokens per minute,
-tokens per day, ``usd_per_day``) counted in Redis for every node, with the semantics of the
-single-process books (llm/quota.py, llm/spend.py): reserve the estimate before the call, settle to
-the real usage after it, 0 tokens refunding a failed call; minutes are sliding 60 s windows, days
-UTC calendar days. Each reserve and each settle is one Lua script, so it is atomic across nodes:
-two nodes never both take the last request of a minute.
+tokens per day, ``usd_per_day``, ``images_per_day``) counted in Redis for every node, with the
+semantics of the single-process books (llm/quota.py, llm/spend.py, llm/images.py): reserve the
+estimate before the call, settle to the real usage after it, 0 tokens refunding a failed call; take
+an image before asking for it, give it back when none came; minutes are sliding 60 s windows, days
+UTC calendar days. Each reserve, settle, take and give-back is one Lua script, so it is atomic across
+nodes: two nodes never both take the last request of a minute or the last image of a day.
 
 Why Lua scripts and not a limiter library: the Python Redis limiters (redis-rate-limiters and its
 forks: token buckets and semaphores of one unit per call; token-throttle: GCRA that waits for
@@ -16,27 +17,28 @@ Keys, under ``fleet:<key_prefix>:quota:<bot>:<user>:`` (user ``*``: the whole bo
     w    sorted set: the reservations of the last 60 s by time (Redis' clock, ms); its size is the
          requests of the minute
     t    hash: each reservation's tokens, and ``_total`` their sum
-    d    hash: ``day`` (days since 1970, UTC), that day's ``tokens`` and ``usd``; another day reads as 0
+    d    hash: ``day`` (days since 1970, UTC), that day's ``tokens``, ``usd`` and ``images``; another
+         day reads as 0, and every write writes all four
 
 ``w`` and ``t`` expire 60 s after their last reservation (everything in them is older by then), ``d``
 two days after its last use: nothing grows with the number of users seen. Times are Redis' (``TIME``),
 so nodes whose clocks differ still agree on the window and on midnight; tests pass their own.
 
 A call whose bot and user have no limit at all does not go to Redis (its usage is counted in this
-node's books, as in one process). So a limit added by a live reload counts fleet-wide from then on.
+node's books, as in one process), and likewise an image without an ``images_per_day``. So a limit
+added by a live reload counts fleet-wide from then on.
 
 Redis unreachable (or slower than the fleet's timeout): the node keeps answering with its own books'
 limits, as if it were alone (the bots it holds keep running until their leases run out, and this is
 their quota meanwhile), says so once per outage in the log, and tries Redis again after
 :data:`RECHECK` seconds. A reservation Redis took but could not settle stays counted at its estimate
-until its minute and day pass: over-counting, never under-counting.
-
-A new daily counter (say images per day) is one more field of ``d``: a check beside ``tokens`` in
-``_RESERVE`` and an increment in ``_SETTLE``, with its limit passed in :meth:`FleetQuotas.reserve`.
+until its minute and day pass, an image it took but could not give back until its day passes:
+over-counting, never under-counting.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import secrets
 import time
@@ -49,6 +51,7 @@ from redis.asyncio import Redis
 from ..config import ModelPrice, QuotaSettings
 from ..errors import QuotaExceeded
 from ..llm.admission import LocalQuotas
+from ..llm.images import ImageBook, ImageTicket
 from ..llm.quota import QuotaBook, Reservation, UsageReport
 from ..llm.spend import SpendBook, SpendCapReached
 from .connection import REDIS_ERRORS, describe
@@ -81,11 +84,17 @@ local function prune(w, t)
   redis.call('ZREMRANGEBYSCORE', w, '-inf', now - WINDOW)
 end
 
--- Today's tokens and USD of a day hash (another day's count as none).
+-- Today's tokens, USD and images of a day hash (another day's count as none).
 local function daily(d)
-  local got = redis.call('HMGET', d, 'day', 'tokens', 'usd')
-  if tonumber(got[1]) ~= today then return 0, 0 end
-  return tonumber(got[2]) or 0, tonumber(got[3]) or 0
+  local got = redis.call('HMGET', d, 'day', 'tokens', 'usd', 'images')
+  if tonumber(got[1]) ~= today then return 0, 0, 0 end
+  return tonumber(got[2]) or 0, tonumber(got[3]) or 0, tonumber(got[4]) or 0
+end
+
+-- Today's counts into a day hash (all of them: none of another day's is left behind).
+local function set_day(d, tokens, usd, images)
+  redis.call('HSET', d, 'day', today, 'tokens', tokens, 'usd', string.format('%.17g', usd), 'images', images)
+  redis.call('PEXPIRE', d, 2 * DAY)
 end
 """
 
@@ -139,9 +148,8 @@ for scope = 1, 2 do
   redis.call('HINCRBY', t, '_total', estimate)
   redis.call('PEXPIRE', w, WINDOW)
   redis.call('PEXPIRE', t, WINDOW)
-  local tokens, usd = daily(d)
-  redis.call('HSET', d, 'day', today, 'tokens', tokens + estimate, 'usd', usd)
-  redis.call('PEXPIRE', d, 2 * DAY)
+  local tokens, usd, images = daily(d)
+  set_day(d, tokens + estimate, usd, images)
 end
 return {1}
 """
@@ -157,9 +165,8 @@ for scope = 1, 2 do
     redis.call('HINCRBY', t, ARGV[2], delta)
     redis.call('HINCRBY', t, '_total', delta)
   end
-  local tokens, usd = daily(d)
-  redis.call('HSET', d, 'day', today, 'tokens', math.max(0, tokens + delta), 'usd', string.format('%.17g', usd + cost))
-  redis.call('PEXPIRE', d, 2 * DAY)
+  local tokens, usd, images = daily(d)
+  set_day(d, math.max(0, tokens + delta), usd + cost, images)
 end
 return 1
 """
@@ -171,6 +178,42 @@ prune(KEYS[1], KEYS[2])
 local tokens, usd = daily(KEYS[3])
 return {redis.call('ZCARD', KEYS[1]), tonumber(redis.call('HGET', KEYS[2], '_total')) or 0, tokens,
         string.format('%.17g', usd)}
+"""
+
+
+# KEYS: d of the bot, then of the user. ARGV: now ms ('' = Redis' clock), images/day of the bot and
+# of the user ('' = none). Returns {1, today} when taken, else {0, scope (1 bot, 2 user), ms until midnight}.
+_TAKE_IMAGE = _COMMON + """
+for scope = 1, 2 do
+  local cap = tonumber(ARGV[1 + scope])
+  if cap then
+    local _, _, images = daily(KEYS[scope])
+    if images >= cap then return {0, scope, DAY - now % DAY} end
+  end
+end
+for scope = 1, 2 do
+  local tokens, usd, images = daily(KEYS[scope])
+  set_day(KEYS[scope], tokens, usd, images + 1)
+end
+return {1, today}
+"""
+
+# KEYS: as _TAKE_IMAGE. ARGV: now ms ('' = Redis' clock), the day the image was taken on: another
+# day's image stays counted on it (as the single-process book does).
+_GIVE_BACK_IMAGE = _COMMON + """
+if tonumber(ARGV[2]) ~= today then return 0 end
+for scope = 1, 2 do
+  local tokens, usd, images = daily(KEYS[scope])
+  set_day(KEYS[scope], tokens, usd, math.max(0, images - 1))
+end
+return 1
+"""
+
+# KEYS: as _TAKE_IMAGE. ARGV: now ms ('' = Redis' clock). Returns {the bot's images today, the user's}.
+_IMAGES_TODAY = _COMMON + """
+local _, _, everyone = daily(KEYS[1])
+local _, _, mine = daily(KEYS[2])
+return {everyone, mine}
 """
 
 
@@ -191,17 +234,21 @@ class FleetQuotas:
         key_prefix: str,
         book: QuotaBook,
         spend: SpendBook,
+        images: ImageBook | None = None,
         *,
         now_ms: Callable[[], int] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.local = LocalQuotas(book, spend)
+        self.local = LocalQuotas(book, spend, images or ImageBook())
         self._base = f"fleet:{key_prefix}:quota:"
         self._now_ms = now_ms  # None: Redis' own clock
         self._clock = clock  # monotonic: when to try an unreachable Redis again
         self._reserve = redis.register_script(_RESERVE)
         self._settle = redis.register_script(_SETTLE)
         self._usage = redis.register_script(_USAGE)
+        self._take_image = redis.register_script(_TAKE_IMAGE)
+        self._give_back_image = redis.register_script(_GIVE_BACK_IMAGE)
+        self._images_today = redis.register_script(_IMAGES_TODAY)
         self._retry_at = 0.0
         self.redis_error: str | None = None  # why Redis could not be used last, None while it answers
 
@@ -275,6 +322,58 @@ class FleetQuotas:
         limits = bot_quota if user == QuotaBook.ALL_USERS else user_quota
         return UsageReport(bot, user, int(requests), int(tokens), int(today), limits, float(usd))
 
+    async def take_image(
+        self, provider: str, bot: str, user: str, bot_quota: QuotaSettings, user_quota: QuotaSettings
+    ) -> ImageTicket:
+        images = self.local.images
+        if not _draws_limited(bot_quota, user_quota) or self._clock() < self._retry_at:
+            return images.take(provider, bot, user, bot_quota, user_quota)
+        limits = [_arg(quota.images_per_day) for quota in (bot_quota, user_quota)]
+        try:
+            reply: list[Any] = await self._take_image(self._day_keys(bot, user), [self._now(), *limits])
+        except REDIS_ERRORS as exc:
+            self._unreachable(exc)
+            return images.take(provider, bot, user, bot_quota, user_quota)
+        self._reachable()
+        if not reply[0]:
+            _, scope_index, wait_ms = reply
+            raise QuotaExceeded(provider, SCOPES[int(scope_index) - 1], "images_per_day", int(wait_ms) / 1000)
+        # Counted here too, without limits (Redis held them): this node's usage and fallback.
+        ticket = images.take(provider, bot, user, NO_LIMIT, NO_LIMIT)
+        return dataclasses.replace(ticket, fleet_day=int(reply[1]))
+
+    async def give_back_image(self, ticket: ImageTicket) -> None:
+        self.local.images.give_back(ticket)
+        if ticket.fleet_day is None or self._clock() < self._retry_at:
+            return  # an unreachable Redis keeps the image counted: its day passes
+        try:
+            with anyio.CancelScope(shield=True):  # as in settle: the give-back of a cancelled image counts
+                await self._give_back_image(self._day_keys(ticket.bot, ticket.user), [self._now(), ticket.fleet_day])
+        except REDIS_ERRORS as exc:
+            self._unreachable(exc)
+        else:
+            self._reachable()
+
+    async def images_today(
+        self, bot: str, user: str, bot_quota: QuotaSettings, user_quota: QuotaSettings
+    ) -> tuple[int, int]:
+        """The fleet's count when the bot or its users have ``images_per_day`` (else, or while Redis is
+        unreachable, this node's)."""
+        if not _draws_limited(bot_quota, user_quota) or self._clock() < self._retry_at:
+            return await self.local.images_today(bot, user, bot_quota, user_quota)
+        try:
+            everyone, mine = await self._images_today(self._day_keys(bot, user), [self._now()])
+        except REDIS_ERRORS as exc:
+            self._unreachable(exc)
+            return await self.local.images_today(bot, user, bot_quota, user_quota)
+        self._reachable()
+        return int(mine), int(everyone)
+
+    def _day_keys(self, bot: str, user: str) -> list[str]:
+        """The day hashes (``d``) of the bot and of the user."""
+        keys = self._keys(bot, user)
+        return [keys[2], keys[5]]
+
     def _unreachable(self, exc: BaseException) -> None:
         self._retry_at = self._clock() + RECHECK
         if self.redis_error is None:
@@ -288,6 +387,10 @@ class FleetQuotas:
         if self.redis_error is not None:
             log.info("fleet: Redis answers again; the quotas are fleet-wide again")
             self.redis_error = None
+
+
+def _draws_limited(bot_quota: QuotaSettings, user_quota: QuotaSettings) -> bool:
+    return bot_quota.images_per_day is not None or user_quota.images_per_day is not None
 
 
 def _arg(value: float | None) -> str:

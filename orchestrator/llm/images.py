@@ -1,15 +1,16 @@
 """Images out: a prompt drawn by the provider's images endpoint (``POST /images/generations``).
 
 :func:`generate_image` sends the request through the pool (:meth:`LLMPool.request`: the provider's
-client and key, breaker, pauses, fair slot and retries, as chat), counted by :class:`ImageBook`
-against the per-bot and per-user ``images_per_day`` (``quota`` / ``user_quota``). The answer's
+client and key, breaker, pauses, fair slot and retries, as chat), counted against the per-bot and
+per-user ``images_per_day`` (``quota`` / ``user_quota``) by the pool's admission: this process'
+:class:`ImageBook`, or in fleet mode the fleet's count in Redis (fleet/quotas.py). The answer's
 image is base64 (decoded) or a URL (downloaded, without the provider's key, up to ``max_bytes``).
 No ``response_format`` is sent: GPT image models refuse it and always answer base64, DALL·E models
 answer a URL unless asked otherwise, so both shapes are read.
 
-The book counts an image when it is asked for and gives it back when none came, so concurrent
-requests cannot pass a limit together; the day's counts are persisted through :class:`ImageSink`
-(both stores) once an image came, so a restart keeps them.
+An image is counted when it is asked for and given back when none came, so concurrent requests
+cannot pass a limit together; the day's counts are persisted through :class:`ImageSink` (both
+stores) once an image came, so a restart keeps them.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ class ImageTicket:
     day: str
     bot: str
     user: str
+    fleet_day: int | None = None  # the UTC day (since 1970) the fleet's Redis counted it on; None: not counted there
 
 
 class ImageBook:
@@ -141,14 +143,14 @@ async def generate_image(pool: LLMPool, call: ImageCall, *, max_bytes: int = MAX
     """Draw ``call.prompt``, or raise a :class:`~orchestrator.errors.ProviderError` whose
     ``user_message`` can be shown (a refusal, the day's limit, a provider failure, an image that
     cannot be fetched or is larger than ``max_bytes``)."""
-    book = pool.images
-    ticket = book.take(call.provider, call.bot, call.user, call.quota, call.user_quota)
+    admission = pool.admission
+    ticket = await admission.take_image(call.provider, call.bot, call.user, call.quota, call.user_quota)
     try:
         image = await _draw(pool, call, max_bytes)
     except BaseException:
-        book.give_back(ticket)
+        await admission.give_back_image(ticket)
         raise
-    book.record(ticket)
+    pool.images.record(ticket)
     return image
 
 

@@ -206,10 +206,11 @@ class LLMPool:
         self.sleep = sleep
         self.quotas = quotas or QuotaBook()
         self.spend = spend or SpendBook()
-        # Where each call reserves and settles: these books here; fleet mode puts its Redis in front.
-        self.admission: Quotas = LocalQuotas(self.quotas, self.spend)
-        self._nodes = 1  # fleet nodes sharing each provider's max_concurrency
         self.images = images or ImageBook()
+        # Where each call reserves and settles (and each image is counted): these books here; fleet
+        # mode puts its Redis in front.
+        self.admission: Quotas = LocalQuotas(self.quotas, self.spend, self.images)
+        self._nodes = 1  # fleet nodes sharing each provider's max_concurrency
         self.stats = PoolStats()
         self._near_limit = near_limit_fraction
         self._providers: dict[str, _Provider] = {}

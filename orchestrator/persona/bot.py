@@ -427,7 +427,7 @@ class PersonaBot:
             user = str(job.message.author.id)
             mine = await pool.admission.usage(spec.name, user, spec.quota, spec.user_quota)
             total = await pool.admission.usage(spec.name, QuotaBook.ALL_USERS, spec.quota, spec.user_quota)
-            images = (pool.images.today(spec.name, user), pool.images.today(spec.name))
+            images = await pool.admission.images_today(spec.name, user, spec.quota, spec.user_quota)
             await self._delivery.reply(job.message, usage_text(spec, mine, total, images))
         elif job.kind == "help":
             await self._delivery.reply(job.message, help_text(self.spec))
