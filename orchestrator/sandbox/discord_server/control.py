@@ -4,7 +4,8 @@ It composes the shared :class:`SandboxState`, the websocket :class:`Gateway` and
 :class:`RestApi` into one aiohttp application (REST under ``/api/v10``, the gateway at
 ``/gateway``, on one port), and adds the control surface: humans speak through :meth:`post`;
 what bots send through REST is recorded in :attr:`sent`; faults and disconnections are injected
-with :meth:`inject_rest` and :meth:`drop_gateway`. ``POST /_sandbox/messages`` and
+with :meth:`inject_rest` and :meth:`drop_gateway`; slash commands are run with :meth:`interact`
+(``interactions.py``). ``POST /_sandbox/messages`` and
 ``GET /_sandbox/sent`` offer the same to another process (``python -m orchestrator.sandbox.discord_server``).
 """
 
@@ -12,11 +13,12 @@ from __future__ import annotations
 
 import dataclasses
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from aiohttp import web
 
 from .gateway import Gateway, GatewaySession
+from .interactions import InteractionRecord, Interactions
 from .rest import API_PREFIX, ApiError, RestApi, RestFault, json_body, json_response
 from .state import JSONDict, SandboxState, SentMessage
 
@@ -55,6 +57,8 @@ class DiscordSandbox:
             compress=compress,
         )
         self.rest = RestApi(self.state, self.gateway)
+        self.interactions = Interactions(self.state, self.gateway)
+        self.rest.token_authenticated = self.interactions.token_authenticated
         self.guild_id = self.state.guild_id
         self.channel_id = self.state.channel_id
         self.default_user_id = self.state.default_user_id
@@ -142,6 +146,7 @@ class DiscordSandbox:
             [
                 web.get("/gateway", self.gateway.handle),
                 *self.rest.routes(),
+                *self.interactions.routes(),
                 web.post("/_sandbox/messages", self._control_post),
                 web.get("/_sandbox/sent", self._control_sent),
             ]
@@ -263,6 +268,22 @@ class DiscordSandbox:
         )
         await self.gateway.broadcast("MESSAGE_CREATE", channel, state.message_view(message))
         return message
+
+    async def interact(
+        self,
+        bot_token: str,
+        name: str,
+        options: Mapping[str, object] | Sequence[JSONDict] = (),
+        *,
+        user_id: int | None = None,
+        channel_id: int | None = None,
+        dm: bool = False,
+    ) -> InteractionRecord:
+        """A user runs ``/name`` with ``options`` (name -> value, or option objects): INTERACTION_CREATE
+        goes to that bot's session (see :meth:`Interactions.fire`); the record shows the bot's responses."""
+        return await self.interactions.fire(
+            bot_token, name, options, user_id=user_id, channel_id=channel_id, dm=dm
+        )
 
     def sent_by(self, bot_user_id: int) -> list[SentMessage]:
         """Messages the given bot sent, in order."""
