@@ -125,6 +125,14 @@ class GroupSettings(_Model):
     max_panel_rounds: int = Field(3, ge=1, le=20)
 
 
+class CommandSettings(_Model):
+    """``commands:``: the bot's slash commands (persona/slash.py)."""
+
+    enabled: bool = True  # false: no slash commands are registered (prefix commands still work)
+    # register in these guilds only (instant, for testing servers); empty: globally
+    guilds: tuple[int, ...] = ()
+
+
 class RestartSettings(_Model):
     max_restarts: int = Field(5, ge=0, le=1000)
     window: float = Field(60.0, gt=0)
@@ -143,6 +151,7 @@ class Defaults(_Model):
     memory: MemorySettings = MemorySettings()
     context: ContextSettings = ContextSettings()
     group: GroupSettings = GroupSettings()
+    commands: CommandSettings = CommandSettings()
     stream: bool = False
     mailbox_size: int = Field(32, ge=1, le=10_000)
     concurrency: int = Field(32, ge=1, le=256)  # answers in progress per bot (one at a time per conversation)
@@ -164,6 +173,7 @@ class BotSettings(_Model):
     memory: dict[str, Any] = {}
     context: dict[str, Any] = {}
     group: dict[str, Any] = {}
+    commands: dict[str, Any] = {}
     stream: bool | None = None
     mailbox_size: int | None = Field(None, ge=1, le=10_000)
     concurrency: int | None = Field(None, ge=1, le=256)
@@ -232,6 +242,7 @@ class BotSpec:
     memory: MemorySettings
     context: ContextSettings
     group: GroupSettings
+    commands: CommandSettings
     stream: bool
     mailbox_size: int
     concurrency: int
@@ -498,6 +509,7 @@ _KNOWN_KEYS: dict[str, type[_Model]] = {
     "memory": MemorySettings,
     "context": ContextSettings,
     "group": GroupSettings,
+    "commands": CommandSettings,
 }
 
 

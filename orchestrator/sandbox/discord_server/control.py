@@ -278,11 +278,12 @@ class DiscordSandbox:
         user_id: int | None = None,
         channel_id: int | None = None,
         dm: bool = False,
+        delivered_after: float = 0.0,
     ) -> InteractionRecord:
         """A user runs ``/name`` with ``options`` (name -> value, or option objects): INTERACTION_CREATE
         goes to that bot's session (see :meth:`Interactions.fire`); the record shows the bot's responses."""
         return await self.interactions.fire(
-            bot_token, name, options, user_id=user_id, channel_id=channel_id, dm=dm
+            bot_token, name, options, user_id=user_id, channel_id=channel_id, dm=dm, delivered_after=delivered_after
         )
 
     def sent_by(self, bot_user_id: int) -> list[SentMessage]:

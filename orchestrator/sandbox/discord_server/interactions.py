@@ -14,8 +14,9 @@
   ``flags`` 64: ephemeral) within 3 seconds of the dispatch, else 404 code 10062 (Unknown
   interaction), once only (400 code 40060); then, for 15 minutes (else 401 code 50027, Invalid
   Webhook Token), ``GET``/``PATCH``/``DELETE /webhooks/{app}/{token}/messages/@original`` and
-  follow-ups ``POST /webhooks/{app}/{token}``. As on Discord, the first follow-up after a deferral
-  replaces the "thinking" message and keeps the deferral's ephemeral flag.
+  follow-ups ``POST /webhooks/{app}/{token}`` (edited by ``PATCH .../messages/{id}``). As on
+  Discord, the first follow-up after a deferral replaces the "thinking" message and keeps the
+  deferral's ephemeral flag.
 
 Time is :attr:`Interactions.clock` (settable): tests move it instead of sleeping. Everything the
 user saw is in :class:`InteractionRecord` (:attr:`~InteractionRecord.messages`). Unlike Discord, the
@@ -195,6 +196,7 @@ class Interactions:
             web.patch(hook + "/messages/@original", self._edit_original),
             web.delete(hook + "/messages/@original", self._delete_original),
             web.post(hook, self._follow_up),
+            web.patch(hook + r"/messages/{message_id:\d+}", self._edit_follow_up),
         ]
 
     @staticmethod
@@ -282,10 +284,12 @@ class Interactions:
         user_id: int | None = None,
         channel_id: int | None = None,
         dm: bool = False,
+        delivered_after: float = 0.0,
     ) -> InteractionRecord:
         """Dispatch INTERACTION_CREATE for ``/name`` with ``options`` (name -> value, typed from the
         value, or option objects as Discord sends them) to the bot logged in with ``bot_token``, as
-        ``user_id`` (default alice) in ``channel_id`` (default #general) or, with ``dm``, in their DM."""
+        ``user_id`` (default alice) in ``channel_id`` (default #general) or, with ``dm``, in their DM.
+        ``delivered_after``: seconds the user ran it before the gateway delivers it (a slow gateway)."""
         state = self.state
         user = state.users[state.default_user_id if user_id is None else user_id]
         bot_id = state.bot_tokens[bot_token]
@@ -331,7 +335,7 @@ class Interactions:
             )
         else:
             payload.update(user=user.payload(), authorizing_integration_owners={"0": str(guild_id or 0)})
-        record = InteractionRecord(interaction_id, token, bot_id, bot_token, payload, self.clock())
+        record = InteractionRecord(interaction_id, token, bot_id, bot_token, payload, self.clock() - delivered_after)
         self.records[interaction_id] = record
         await self.gateway.dispatch_to(bot_token, "INTERACTION_CREATE", payload)
         return record
@@ -454,6 +458,20 @@ class Interactions:
         self._original(record).deleted = True
         await self.state.notify()
         return web.Response(status=204)
+
+    async def _edit_follow_up(self, request: web.Request) -> web.Response:
+        record = self._record(request, "edit follow-up")
+        message_id = int(request.match_info["message_id"])
+        shown = [record.original, *record.followups] if record.original is not None else record.followups
+        message = next((m for m in shown if m.id == message_id and not m.deleted), None)
+        if message is None:
+            raise ApiError(404, 10008, "Unknown Message")
+        body = await json_body(request)
+        if "content" in body:
+            message.content = self._content(body, required=False)
+        message.edits.append(message.content)
+        await self.state.notify()
+        return json_response(self._message(record, message))
 
     async def _follow_up(self, request: web.Request) -> web.Response:
         record = self._record(request, "follow-up")

@@ -1,0 +1,139 @@
+"""A persona's slash commands: which there are, registering them with Discord, and what running one queues.
+
+Each command becomes the job its prefix command would (``/chat message:hi`` is ``!chat hi``): the
+same mailbox, access rules, quotas, memory and channel context; only the answer goes to the
+interaction (``discord_io/interactions.py``) instead of a reply. To add a command, add a callback in
+:func:`build_tree` that calls ``take(interaction, <JobKind>, <text>)``, and the kind to
+:data:`PRIVATE` if only the user should see its answer.
+
+Registration is a bulk overwrite, globally or, with ``commands: {guilds: [...]}``, in each of those
+guilds; scopes this bot registered before and no longer wants are emptied. A digest of each scope's
+set is kept in the store, so a start or reload with the same set registers nothing. A failure is
+logged in one line and leaves the prefix commands working.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal
+
+import aiohttp
+import discord
+from discord import app_commands
+
+from ..config import BotSpec
+from ..discord_io import internals
+from ..discord_io.client import describe_error
+from ..discord_io.interactions import command_name, refuse
+from ..memory.store import ConversationStore, StoreUnavailable
+from ..runtime.mailbox import JobKind
+
+log = logging.getLogger(__name__)
+
+# What a command asks: (the interaction, the job it becomes, that job's text).
+Take = Callable[[discord.Interaction, JobKind, str], Awaitable[None]]
+
+PRIVATE: frozenset[JobKind] = frozenset({"reset", "reset_channel", "usage"})  # answers only the user sees
+MAX_PANEL_ROUNDS = 20  # the most group.max_panel_rounds allows; each bot checks its own
+
+
+def build_tree(client: discord.Client, take: Take, bot: str) -> app_commands.CommandTree[discord.Client]:
+    """The commands of one persona's client, each queuing its job through ``take``."""
+    tree: app_commands.CommandTree[discord.Client] = app_commands.CommandTree(client)
+
+    @tree.command(description="Talk to this persona; it remembers your conversation")
+    @app_commands.describe(message="What you say")
+    async def chat(interaction: discord.Interaction, message: str) -> None:
+        await take(interaction, "chat", message)
+
+    @tree.command(description="Make this persona forget a conversation (only you see the answer)")
+    @app_commands.describe(scope="me: our conversation (the default); channel: everyone's here (admins only)")
+    async def reset(interaction: discord.Interaction, scope: Literal["me", "channel"] = "me") -> None:
+        await take(interaction, "reset_channel" if scope == "channel" else "reset", "")
+
+    @tree.command(description="What you have used of this persona today, and what is left")
+    async def usage(interaction: discord.Interaction) -> None:
+        await take(interaction, "usage", "")
+
+    @tree.command(description="The personas in this channel discuss a topic, in turn")
+    @app_commands.describe(topic="What they discuss", rounds="How many times each one speaks (default 1)")
+    @app_commands.guild_only()
+    async def panel(
+        interaction: discord.Interaction, topic: str, rounds: app_commands.Range[int, 1, MAX_PANEL_ROUNDS] = 1
+    ) -> None:
+        await take(interaction, "panel", f"{rounds} {topic}")
+
+    @tree.error
+    async def on_error(interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
+        name = command_name(interaction)
+        if isinstance(error, app_commands.CommandNotFound):
+            names = ", ".join(f"/{command.name}" for command in tree.get_commands())
+            await refuse(interaction, f"{bot} has no command /{name}; its commands are {names}.")
+        elif isinstance(error, app_commands.CommandSignatureMismatch | app_commands.TransformerError):
+            log.warning("bot %s: /%s arrived with options it does not take (%s)", bot, name, error)
+            await refuse(
+                interaction,
+                f"/{name} arrived without an option it needs (Discord may still show an older version of the "
+                "command). Try again in a minute.",
+            )
+        else:
+            log.error("bot %s: /%s failed", bot, name, exc_info=error)
+            await refuse(interaction, "Sorry, something went wrong on my side with that command.")
+
+    return tree
+
+
+def command_names(tree: app_commands.CommandTree[discord.Client]) -> list[str]:
+    return [command.name for command in tree.get_commands()]
+
+
+def _scope(application_id: int, guild_id: int | None) -> str:
+    return f"{application_id}/global" if guild_id is None else f"{application_id}/guild/{guild_id}"
+
+
+def _guild_of(scope: str) -> int | None:
+    _, kind, *guild = scope.split("/")
+    return int(guild[0]) if kind == "guild" else None
+
+
+def digest(payload: list[dict[str, Any]]) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+async def register(
+    client: discord.Client, tree: app_commands.CommandTree[discord.Client], spec: BotSpec, store: ConversationStore
+) -> None:
+    """Make Discord hold ``spec``'s command set where bots.yaml says, overwriting only what changed."""
+    try:
+        application_id = client.application_id
+        if application_id is None:
+            raise RuntimeError("Discord named no application for the bot")
+        payload = [command.to_dict(tree) for command in tree.get_commands()]
+        wanted: dict[str, list[dict[str, Any]]] = {}
+        if spec.commands.enabled:
+            for guild_id in spec.commands.guilds or (None,):
+                wanted[_scope(application_id, guild_id)] = payload
+        stored = await store.command_sets(spec.name)
+        for scope in stored:
+            if scope.startswith(f"{application_id}/") and scope not in wanted:
+                wanted[scope] = []  # registered before, no longer wanted here
+        for scope, commands in wanted.items():
+            wanted_digest = digest(commands)
+            if stored.get(scope, digest([])) == wanted_digest:
+                continue
+            guild_id = _guild_of(scope)
+            await internals.overwrite_commands(client, guild_id, commands)
+            await store.save_command_set(spec.name, scope, wanted_digest)
+            where = "globally" if guild_id is None else f"in guild {guild_id}"
+            log.info("bot %s: registered %d slash command(s) %s", spec.name, len(commands), where)
+    except (discord.HTTPException, aiohttp.ClientError, OSError, StoreUnavailable, RuntimeError) as exc:
+        log.error(
+            "bot %s: could not register its slash commands (%s); its prefix commands keep working. "
+            "Check that the bot was invited with the applications.commands scope and is in the guilds "
+            "listed under commands.guilds",
+            spec.name,
+            describe_error(exc),
+        )
