@@ -86,8 +86,24 @@ def build_tree(client: discord.Client, take: Take, bot: str) -> app_commands.Com
     return tree
 
 
-def command_names(tree: app_commands.CommandTree[discord.Client]) -> list[str]:
-    return [command.name for command in tree.get_commands()]
+def describe(spec: BotSpec) -> str:
+    """The slash commands ``spec`` registers and where, in one line (``orchestrator check``)."""
+    if not spec.commands.enabled:
+        return "no slash commands (commands.enabled is false)"
+
+    async def unused(interaction: discord.Interaction, kind: JobKind, text: str) -> None: ...
+
+    tree = build_tree(discord.Client(intents=discord.Intents(guilds=True)), unused, spec.name)
+    commands = []
+    for command in tree.get_commands():
+        options = [
+            option.name if option.required else f"[{option.name}]"
+            for option in getattr(command, "parameters", ())
+        ]
+        commands.append(" ".join([f"/{command.name}", *options]))
+    guilds = spec.commands.guilds
+    where = f"in guild(s) {', '.join(map(str, guilds))}" if guilds else "globally"
+    return f"{', '.join(commands)}, registered {where}"
 
 
 def _scope(application_id: int, guild_id: int | None) -> str:
