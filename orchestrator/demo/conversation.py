@@ -15,8 +15,10 @@ from dataclasses import dataclass
 import anyio
 
 from ..config import BotSpec
+from ..persona import slash
 from ..runtime.supervisor import Supervisor
 from ..sandbox.discord_server import DiscordSandbox, SentMessage
+from ..sandbox.discord_server.interactions import InteractionRecord
 from .syntax import Kind, Line, parse_line
 
 HANDLED_TIMEOUT = 10.0  # seconds for a bot's client to read a posted message (a loopback round trip)
@@ -59,6 +61,8 @@ class Conversation:
             line = parse_line(text, self.personas)
         except ValueError as exc:
             return [f"  ({exc})"]
+        if line.kind is Kind.SLASH:
+            return await self._slash(line)
         before = len(self.server.sent)
         if not await self._post(line):
             return ["  (nothing to reply to yet: talk to a persona first, e.g. '!chat hello')"]
@@ -69,6 +73,31 @@ class Conversation:
             return [f"  ({self._unanswered(line)})"]
         self._last_answer = answers[-1]
         return [self._show(message) for message in answers]
+
+    async def _slash(self, line: Line) -> list[str]:
+        """Run a slash command of the bot ``line`` names (or the first); the lines to show: its response,
+        follow-ups (marked when only the user sees them), and what the bots posted meanwhile (a panel)."""
+        assert line.command is not None
+        persona = self.personas[line.bot] if line.bot is not None else next(iter(self.personas.values()))
+        option = slash.text_option(line.command)
+        before = len(self.server.sent)
+        try:
+            record = await self.server.interact(
+                persona.token, line.command, {option: line.text} if option and line.text else {}, user_id=self.user_id
+            )
+        except LookupError:
+            return [f"  ({persona.spec.name} is not connected)"]
+        try:
+            await self.server.interactions.wait(record, _settled, timeout=self.answer_timeout)
+        except TimeoutError:
+            return [f"  (no answer within {self.answer_timeout:g} s)"]
+        if not await self._wait_until_handled():  # a panel it started, follow-ups
+            return [f"  (no answer within {self.answer_timeout:g} s)"]
+        shown = [
+            f"{persona.spec.name}: {message.content}" + (" (only you see this)" if message.ephemeral else "")
+            for message in record.messages
+        ]
+        return shown + [self._show(message) for message in self.server.sent[before:]]
 
     async def _post(self, line: Line) -> bool:
         """Post ``line`` as the user; False if it replies while there is nothing to reply to."""
@@ -133,3 +162,8 @@ class Conversation:
         name = persona.spec.name if persona is not None else "?"
         where = "" if message.channel_id == self.server.channel_id else " (DM)"
         return f"{name}{where}: {message.content}"
+
+
+def _settled(record: InteractionRecord) -> bool:
+    """The bot has answered the command, or Discord refused its answer."""
+    return record.answered or bool(record.refused)

@@ -14,6 +14,7 @@ logged in one line and leaves the prefix commands working.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -86,21 +87,30 @@ def build_tree(client: discord.Client, take: Take, bot: str) -> app_commands.Com
     return tree
 
 
+@functools.cache
+def _reference() -> tuple[app_commands.Command[Any, ..., Any], ...]:
+    """The commands as every bot registers them, built without a bot (for ``check`` and the demo)."""
+
+    async def unused(interaction: discord.Interaction, kind: JobKind, text: str) -> None: ...
+
+    tree = build_tree(discord.Client(intents=discord.Intents(guilds=True)), unused, "")
+    return tuple(command for command in tree.get_commands() if isinstance(command, app_commands.Command))
+
+
+def text_option(command: str) -> str | None:
+    """The option of ``command`` that takes its free text (its first), if it has any."""
+    found = next((c for c in _reference() if c.name == command), None)
+    return found.parameters[0].name if found is not None and found.parameters else None
+
+
 def describe(spec: BotSpec) -> str:
     """The slash commands ``spec`` registers and where, in one line (``orchestrator check``)."""
     if not spec.commands.enabled:
         return "no slash commands (commands.enabled is false)"
-
-    async def unused(interaction: discord.Interaction, kind: JobKind, text: str) -> None: ...
-
-    tree = build_tree(discord.Client(intents=discord.Intents(guilds=True)), unused, spec.name)
-    commands = []
-    for command in tree.get_commands():
-        options = [
-            option.name if option.required else f"[{option.name}]"
-            for option in getattr(command, "parameters", ())
-        ]
-        commands.append(" ".join([f"/{command.name}", *options]))
+    commands = [
+        " ".join([f"/{command.name}", *(p.name if p.required else f"[{p.name}]" for p in command.parameters)])
+        for command in _reference()
+    ]
     guilds = spec.commands.guilds
     where = f"in guild(s) {', '.join(map(str, guilds))}" if guilds else "globally"
     return f"{', '.join(commands)}, registered {where}"
