@@ -221,3 +221,28 @@ async def test_an_answer_after_the_token_expired_is_refused_and_logged(
             record = await run(world, "sage", "chat", {"message": "hi"})
     assert record.refused == [("edit original", 50027)]
     assert any("Invalid Webhook Token" in r.getMessage() and "sage" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.fault
+async def test_commands_waiting_when_a_client_crashes_are_answered_by_the_next_incarnation(world: World) -> None:
+    world.write([{"name": "flaky", "concurrency": 1}])
+    world.openai.latency = 0.3
+    users = [world.discord.add_user(f"user{i}") for i in range(3)]
+    interactions = world.discord.interactions
+    async with world.running() as app:
+        supervisor = app.supervisor
+        assert supervisor is not None
+        records = [
+            await world.discord.interact(token_for("flaky"), "chat", {"message": f"question {i}"}, user_id=user)
+            for i, user in enumerate(users)
+        ]
+        for record in records:
+            await interactions.wait(record, lambda r: r.original is not None)  # "thinking…"
+        await world.openai.wait_for_requests(1)  # one answer in flight, two waiting
+        await world.discord.drop_gateway(token_for("flaky"), code=4012)
+        await supervisor.wait_until(lambda s: s.children["flaky"].restarts == 1)
+        for record in records:
+            await interactions.wait(record, lambda r: r.answered, timeout=20)
+    for i, record in enumerate(records):
+        [(text, ephemeral)] = texts(record)
+        assert text.endswith(f"| question {i}") and not ephemeral

@@ -19,7 +19,10 @@ compatibility job (scripts/compat) runs the end-to-end tests against:
   client's ``ConnectionState``, so that a slash command becomes the same job as a prefix command
   (access rules, mailbox, memory and channel context read a message); and the bulk-overwrite calls
   of ``HTTPClient`` that ``CommandTree.sync`` makes, for the set of commands and the scope we choose
-  (``sync`` registers only what the tree holds for one scope, and cannot clear a scope we left).
+  (``sync`` registers only what the tree holds for one scope, and cannot clear a scope we left);
+  and an interaction's webhook built as ``Interaction.followup`` builds it (``Webhook.from_state``:
+  an application webhook, which may post ephemeral messages), on the client of the incarnation
+  that answers, which after a crash is not the one that received the interaction.
 """
 
 from __future__ import annotations
@@ -143,6 +146,11 @@ def message_from_interaction(client: discord.Client, interaction: discord.Intera
     message = discord.Message(state=client._connection, channel=channel, data=data)  # type: ignore[arg-type]  # a partial payload
     message.author = user
     return message
+
+
+def interaction_webhook(client: discord.Client, application_id: int, token: str) -> discord.Webhook:
+    """The webhook of an interaction (its original response and follow-ups), posting through ``client``."""
+    return discord.Webhook.from_state(data={"id": application_id, "type": 3, "token": token}, state=client._connection)
 
 
 async def overwrite_commands(

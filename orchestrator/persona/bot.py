@@ -312,7 +312,7 @@ class PersonaBot:
         if job.reply is None:
             await self._delivery.reply(job.message, text)
         else:
-            await job.reply.tell(text, private=private)
+            await job.reply.tell(self._delivery, text, private=private)
 
     async def _register_commands(self) -> None:
         await slash.register(self.client, self._commands, self.spec, self.services.store)
@@ -328,7 +328,7 @@ class PersonaBot:
         if kind == "chat" and not self._presence.may_answer(message):
             await refuse(interaction, "Too many persona messages in this channel right now; try again shortly.")
             return
-        reply = await InteractionReply.defer(interaction, self._delivery, self.spec.name, private=kind in slash.PRIVATE)
+        reply = await InteractionReply.defer(interaction, self.spec.name, private=kind in slash.PRIVATE)
         if reply is not None:
             self._enqueue(Job(kind, message, text, time.monotonic(), reply=reply))
 
@@ -523,10 +523,10 @@ class PersonaBot:
             await self._say(job, EMPTY_ANSWER)
             return None
         if job.reply is not None:  # a slash command: no pings (an edit would not notify anyway)
-            ids = [await job.reply.answer(chunks[0])]
+            sent = [await job.reply.answer(self._delivery, chunks[0])]
             for chunk in chunks[1:]:
-                ids.append(await job.reply.follow_up(chunk))
-            return Answer(answer, tuple(ids))
+                sent.append(await job.reply.follow_up(self._delivery, chunk))
+            return Answer(answer, tuple(message.id for message in sent))
         first = await self._delivery.reply(message, chunks[0], raise_errors=True, mention=mention)
         rest = [await self._delivery.post(message, chunk, reply=False, mention=mention) for chunk in chunks[1:]]
         return Answer(answer, tuple(i for i in (first, *rest) if i is not None))
@@ -546,7 +546,7 @@ class PersonaBot:
         async def send(text: str, first: bool) -> discord.Message:
             work.finish()  # the text itself shows progress from here on
             if job.reply is not None:
-                return await job.reply.send_editable(text, first)
+                return await job.reply.send_editable(self._delivery, text, first)
             return await self._delivery.send_editable(message, text, first=first)
 
         reply = StreamingReply(

@@ -13,8 +13,8 @@
   /interactions/{id}/{token}/callback`` (type 4: a message, type 5: deferred, "<bot> is thinking…";
   ``flags`` 64: ephemeral) within 3 seconds of the dispatch, else 404 code 10062 (Unknown
   interaction), once only (400 code 40060); then, for 15 minutes (else 401 code 50027, Invalid
-  Webhook Token), ``GET``/``PATCH``/``DELETE /webhooks/{app}/{token}/messages/@original`` and
-  follow-ups ``POST /webhooks/{app}/{token}`` (edited by ``PATCH .../messages/{id}``). As on
+  Webhook Token), ``GET``/``PATCH``/``DELETE /webhooks/{app}/{token}/messages/@original`` (or the
+  message's id, also of a follow-up) and follow-ups ``POST /webhooks/{app}/{token}``. As on
   Discord, the first follow-up after a deferral replaces the "thinking" message and keeps the
   deferral's ephemeral flag.
 
@@ -192,11 +192,10 @@ class Interactions:
             web.put(app + r"/guilds/{guild_id:\d+}/commands", self._overwrite),
             web.get(app + r"/guilds/{guild_id:\d+}/commands", self._list),
             web.post(API_PREFIX + r"/interactions/{interaction_id:\d+}/{token}/callback", self._callback),
-            web.get(hook + "/messages/@original", self._get_original),
-            web.patch(hook + "/messages/@original", self._edit_original),
-            web.delete(hook + "/messages/@original", self._delete_original),
+            web.get(hook + r"/messages/{message_id:@original|\d+}", self._get_message),
+            web.patch(hook + r"/messages/{message_id:@original|\d+}", self._edit_message),
+            web.delete(hook + r"/messages/{message_id:@original|\d+}", self._delete_message),
             web.post(hook, self._follow_up),
-            web.patch(hook + r"/messages/{message_id:\d+}", self._edit_follow_up),
         ]
 
     @staticmethod
@@ -348,17 +347,20 @@ class Interactions:
 
     # ----------------------------------------------------------------- responding
 
-    def _record(self, request: web.Request, what: str) -> InteractionRecord:
-        """The interaction a webhook request's token belongs to, while the token is valid."""
+    def _record(self, request: web.Request) -> InteractionRecord:
+        """The interaction a webhook request's token belongs to."""
         token = request.match_info["token"]
         application_id = int(request.match_info["application_id"])
         record = next((r for r in self.records.values() if r.token == token), None)
         if record is None or record.application_id != application_id:
             raise ApiError(401, 50027, "Invalid Webhook Token")
+        return record
+
+    def _check_lifetime(self, record: InteractionRecord, what: str) -> None:
+        """Refuse ``what`` once the interaction's token has expired."""
         if self.clock() - record.created > TOKEN_LIFETIME:
             record.refused.append((what, 50027))
             raise ApiError(401, 50027, "Invalid Webhook Token")
-        return record
 
     def _message(self, record: InteractionRecord, message: ResponseMessage) -> JSONDict:
         """``message`` as a message object in the interaction's channel, by the bot."""
@@ -433,18 +435,25 @@ class Interactions:
             }
         )
 
-    def _original(self, record: InteractionRecord) -> ResponseMessage:
-        if record.original is None or record.original.deleted:
+    def _target(self, request: web.Request, verb: str) -> tuple[InteractionRecord, ResponseMessage]:
+        """The interaction and the message (``@original`` or an id) a webhook message request names."""
+        record = self._record(request)
+        wanted = request.match_info["message_id"]
+        original = record.original
+        is_original = wanted == "@original" or (original is not None and wanted == str(original.id))
+        self._check_lifetime(record, f"{verb} {'original' if is_original else 'follow-up'}")
+        followup = next((m for m in record.followups if str(m.id) == wanted), None)
+        message = original if is_original else followup
+        if message is None or message.deleted:
             raise ApiError(404, 10008, "Unknown Message")
-        return record.original
+        return record, message
 
-    async def _get_original(self, request: web.Request) -> web.Response:
-        record = self._record(request, "get original")
-        return json_response(self._message(record, self._original(record)))
+    async def _get_message(self, request: web.Request) -> web.Response:
+        record, message = self._target(request, "get")
+        return json_response(self._message(record, message))
 
-    async def _edit_original(self, request: web.Request) -> web.Response:
-        record = self._record(request, "edit original")
-        message = self._original(record)
+    async def _edit_message(self, request: web.Request) -> web.Response:
+        record, message = self._target(request, "edit")
         body = await json_body(request)
         if "content" in body:
             message.content = self._content(body, required=False)
@@ -453,28 +462,15 @@ class Interactions:
         await self.state.notify()
         return json_response(self._message(record, message))
 
-    async def _delete_original(self, request: web.Request) -> web.Response:
-        record = self._record(request, "delete original")
-        self._original(record).deleted = True
+    async def _delete_message(self, request: web.Request) -> web.Response:
+        _record, message = self._target(request, "delete")
+        message.deleted = True
         await self.state.notify()
         return web.Response(status=204)
 
-    async def _edit_follow_up(self, request: web.Request) -> web.Response:
-        record = self._record(request, "edit follow-up")
-        message_id = int(request.match_info["message_id"])
-        shown = [record.original, *record.followups] if record.original is not None else record.followups
-        message = next((m for m in shown if m.id == message_id and not m.deleted), None)
-        if message is None:
-            raise ApiError(404, 10008, "Unknown Message")
-        body = await json_body(request)
-        if "content" in body:
-            message.content = self._content(body, required=False)
-        message.edits.append(message.content)
-        await self.state.notify()
-        return json_response(self._message(record, message))
-
     async def _follow_up(self, request: web.Request) -> web.Response:
-        record = self._record(request, "follow-up")
+        record = self._record(request)
+        self._check_lifetime(record, "follow-up")
         if record.callback_type is None:
             raise ApiError(404, 10015, "Unknown Webhook")
         body = await json_body(request)
