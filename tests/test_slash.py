@@ -7,6 +7,7 @@ import logging
 
 import pytest
 
+from orchestrator.persona.replies import BUSY
 from orchestrator.sandbox.discord_server.interactions import ACK_DEADLINE, TOKEN_LIFETIME, InteractionRecord
 from orchestrator.sandbox.openai_server import echo_reply
 
@@ -149,6 +150,25 @@ async def test_a_quota_error_is_shown_only_to_the_user(world: World) -> None:
     assert ephemeral and "limit" in text.lower()
     assert record.original is not None and record.original.deleted, "the public 'thinking…' is gone"
     assert len(world.openai.chat_requests) == 1
+
+
+async def test_busy_and_access_refusals_are_shown_only_to_the_user(world: World) -> None:
+    elsewhere = world.discord.add_channel("elsewhere")
+    world.write([{"name": "sage", "mailbox_size": 1, "concurrency": 1, "access": {"channels": [elsewhere]}}])
+    world.openai.latency = 0.3
+    async with world.running():
+        refused = await run(world, "sage", "chat", {"message": "not here"})
+        records = [
+            await world.discord.interact(token_for("sage"), "chat", {"message": f"flood {i}"}, channel_id=elsewhere)
+            for i in range(4)
+        ]
+        for record in records:
+            await world.discord.interactions.wait(record, lambda r: r.answered)
+        await world.idle()
+    assert texts(refused) == [("sage does not take commands here.", True)] and refused.callback_type == 4
+    busy = [record for record in records if texts(record) == [(BUSY, True)]]
+    assert len(busy) == 2, [texts(record) for record in records]
+    assert len(world.openai.chat_requests) == 2
 
 
 async def test_usage_and_reset_answer_only_the_user(world: World) -> None:
