@@ -97,6 +97,11 @@ def _reference() -> tuple[app_commands.Command[Any, ..., Any], ...]:
     return tuple(command for command in tree.get_commands() if isinstance(command, app_commands.Command))
 
 
+def names() -> list[str]:
+    """Every slash command's name, in registration order."""
+    return [command.name for command in _reference()]
+
+
 def text_option(command: str) -> str | None:
     """The option of ``command`` that takes its free text (its first), if it has any."""
     found = next((c for c in _reference() if c.name == command), None)
