@@ -7,7 +7,9 @@ import logging
 
 import pytest
 
+from orchestrator.persona import bot as bot_module
 from orchestrator.persona.replies import BUSY
+from orchestrator.sandbox.discord_server import RestFault
 from orchestrator.sandbox.discord_server.interactions import ACK_DEADLINE, TOKEN_LIFETIME, InteractionRecord
 from orchestrator.sandbox.openai_server import echo_reply
 
@@ -95,6 +97,21 @@ async def test_a_refused_registration_is_logged_and_prefix_commands_keep_working
     expected = "bot sage: could not register its slash commands (Forbidden: 403 Forbidden (error code: 50001)"
     assert line.startswith(expected), line
     assert "prefix commands keep working" in line
+
+
+@pytest.mark.fault
+async def test_a_start_waits_for_a_slow_registration_only_so_long(
+    world: World, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(bot_module, "REGISTER_WAIT", 0.2)
+    world.discord.inject_rest(RestFault(None, "PUT", "/commands", delay=2.0))
+    world.write([{"name": "sage"}])
+    with caplog.at_level(logging.WARNING):
+        async with world.running():
+            [reply] = await world.chat("!chat hello")
+    assert reply.content and not world.discord.interactions.registrations
+    expected = "bot sage: Discord did not answer the registration of its slash commands within 0.2 s"
+    assert any(r.getMessage().startswith(expected) for r in caplog.records)
 
 
 async def test_chat_with_a_slow_model_is_deferred_then_answered_and_shares_memory_with_prefix_chat(

@@ -50,6 +50,7 @@ from .replies import APOLOGY, BUSY, EMPTY_ANSWER, RESTARTING, empty_chat, help_t
 log = logging.getLogger(__name__)
 
 MAX_INPUT_CHARS = 8000
+REGISTER_WAIT = 10.0  # seconds a start waits for the registration of the bot's slash commands
 
 
 class Answer(NamedTuple):
@@ -134,7 +135,15 @@ class PersonaBot:
             tg.start_soon(self._typing.run)
             try:
                 await self._ready.wait()
-                await self._register_commands()  # running means its slash commands are the current ones
+                # running means its slash commands are the current ones, unless Discord does not answer
+                with anyio.move_on_after(REGISTER_WAIT) as waited:
+                    await self._register_commands()
+                if waited.cancelled_caught:
+                    log.warning(
+                        "bot %s: Discord did not answer the registration of its slash commands within %g s; it "
+                        "runs with its prefix commands and registers them on its next start or reload",
+                        self.spec.name, REGISTER_WAIT,
+                    )  # fmt: skip
                 if self._on_ready_callback:
                     self._on_ready_callback()
                 task_status.started()

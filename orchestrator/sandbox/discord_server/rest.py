@@ -31,7 +31,8 @@ BOT_USER = web.RequestKey("bot_user", User)
 
 @dataclass
 class RestFault:
-    """One injected REST failure or slowness, consumed by the first channel request it matches."""
+    """One injected REST failure or slowness, consumed by the first channel request it matches (or
+    another request, when ``path_contains`` names it)."""
 
     status: int | None  # None: no error, only the delay
     method: str | None = None
@@ -166,11 +167,13 @@ class RestApi:
         return response
 
     def _take_fault(self, request: web.Request) -> RestFault | None:
-        if not request.path.startswith(API_PREFIX + "/channels/"):
-            return None
+        """The first pending fault for this request: a channel request, or another that the fault names
+        by ``path_contains`` (e.g. ``/commands``)."""
+        channel = request.path.startswith(API_PREFIX + "/channels/")
         for index, fault in enumerate(self.faults):
             if (fault.method is None or fault.method == request.method) and (
-                fault.path_contains is None or fault.path_contains in request.path
+                (fault.path_contains is None and channel)
+                or (fault.path_contains is not None and fault.path_contains in request.path)
             ):
                 return self.faults.pop(index)
         return None
