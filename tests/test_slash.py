@@ -222,10 +222,10 @@ async def test_a_missing_option_and_an_unknown_command_get_a_private_answer(worl
     world.write([{"name": "sage"}])
     async with world.running():
         missing = await run(world, "sage", "chat")
-        unknown = await run(world, "sage", "imagine", {"prompt": "a red fox"})
+        unknown = await run(world, "sage", "weather", {"city": "Shiraz"})
     [(text, ephemeral)] = texts(missing)
     assert ephemeral and text.startswith("/chat arrived without an option it needs")
-    assert texts(unknown) == [("sage has no command /imagine; its commands are /chat, /reset, /usage, /panel.", True)]
+    assert texts(unknown) == [("sage has no command /weather; its commands are /chat, /reset, /usage, /panel.", True)]
     assert not world.openai.chat_requests
 
 
@@ -283,3 +283,13 @@ async def test_commands_waiting_when_a_client_crashes_are_answered_by_the_next_i
     for i, record in enumerate(records):
         [(text, ephemeral)] = texts(record)
         assert text.endswith(f"| question {i}") and not ephemeral
+
+
+async def test_chat_in_a_dm_follows_the_dms_rule(world: World) -> None:
+    world.write([{"name": "sage", "access": {"dms": True}}, {"name": "hafez", "prefix": "?"}])
+    async with world.running():
+        answered = await run(world, "sage", "chat", {"message": "in private"}, dm=True)
+        refused = await run(world, "hafez", "chat", {"message": "in private"}, dm=True)
+    [(text, ephemeral)] = texts(answered)
+    assert text.endswith("| in private") and not ephemeral
+    assert texts(refused) == [("hafez does not take commands here.", True)]
