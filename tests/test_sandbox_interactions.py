@@ -23,11 +23,12 @@ class TreeBot(discord.Client):
     answered by an edit and an ephemeral follow-up; ``gate`` holds ``/slow`` until a test lets it go."""
 
     def __init__(self) -> None:
-        super().__init__(intents=discord.Intents.none(), guild_ready_timeout=0.05)
+        super().__init__(intents=discord.Intents(guilds=True, guild_messages=True), guild_ready_timeout=0.05)
         self.tree = app_commands.CommandTree(self)
         self.gate = anyio.Event()
         self.errors: list[BaseException] = []
         self.errored = anyio.Event()  # replaced after each error
+        self.events: list[tuple[str, str]] = []  # (token, gateway event) dispatched to this bot
 
         @self.tree.command(description="Say it back")
         async def echo(interaction: discord.Interaction, text: str) -> None:
@@ -54,6 +55,7 @@ class TreeBot(discord.Client):
 async def bot(sandbox: DiscordSandbox) -> AsyncIterator[TreeBot]:  # noqa: F811
     sandbox.add_bot(TOKEN_A, "alpha")
     client = TreeBot()
+    sandbox.gateway.on_dispatch = lambda session, event, data: client.events.append((session.token, event))
     async with running(sandbox, (client, TOKEN_A)):
         yield client
 
@@ -103,6 +105,10 @@ async def test_deferred_then_edited_then_followed_up(sandbox: DiscordSandbox, bo
     original, follow_up = record.messages
     assert (original.content, original.ephemeral, original.loading) == ("done thinking", False, False)
     assert (follow_up.content, follow_up.ephemeral) == ("just for you", True)
+    assert sandbox.state.messages[original.id]["content"] == "done thinking"  # in the channel, for everyone
+    assert follow_up.id not in sandbox.state.messages
+    events = [event for _session, event in bot.events if event in ("MESSAGE_CREATE", "MESSAGE_UPDATE")]
+    assert events == ["MESSAGE_CREATE", "MESSAGE_UPDATE"]  # "thinking…", then the answer; nothing ephemeral
 
 
 @pytest.mark.bad_input

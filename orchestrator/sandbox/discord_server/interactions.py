@@ -19,8 +19,9 @@
   deferral's ephemeral flag.
 
 Time is :attr:`Interactions.clock` (settable): tests move it instead of sleeping. Everything the
-user saw is in :class:`InteractionRecord` (:attr:`~InteractionRecord.messages`). Unlike Discord, the
-sandbox does not also dispatch the responses as MESSAGE_CREATE events to the channel's bots.
+user saw is in :class:`InteractionRecord` (:attr:`~InteractionRecord.messages`). Responses that
+everyone sees are also messages of the channel (MESSAGE_CREATE, then MESSAGE_UPDATE per edit, to
+the bots there; in its history); ephemeral ones reach no bot.
 """
 
 from __future__ import annotations
@@ -419,6 +420,7 @@ class Interactions:
         else:
             raise ApiError(400, 50035, "Invalid Form Body", {"type": {"_errors": [{"code": "BASE_TYPE_CHOICES"}]}})
         record.callback_type, record.acknowledged_at, record.original = kind, self.clock(), message
+        await self._publish(record, message, "MESSAGE_CREATE")
         await self.state.notify()
         if "with_response" not in request.query:
             return web.Response(status=204)
@@ -434,6 +436,23 @@ class Interactions:
                 "resource": {"type": kind, "message": self._message(record, message)},
             }
         )
+
+    async def _publish(self, record: InteractionRecord, message: ResponseMessage, event: str) -> None:
+        """A response everyone sees is a message of the channel: kept (history lists it) and dispatched
+        to the bots there, as Discord does; an ephemeral one reaches only its user, never a bot."""
+        channel = self.state.channels.get(int(record.payload["channel_id"]))
+        if message.ephemeral or channel is None:
+            return
+        payload = self._message(record, message)
+        if channel.guild_id is not None:
+            payload["guild_id"] = str(channel.guild_id)
+        if event == "MESSAGE_DELETE":
+            self.state.messages.pop(message.id, None)
+            gone: JSONDict = {key: payload[key] for key in ("id", "channel_id", "guild_id") if key in payload}
+            await self.gateway.broadcast(event, channel, lambda _user_id, _intents: gone)
+            return
+        self.state.messages[message.id] = payload
+        await self.gateway.broadcast(event, channel, self.state.message_view(payload))
 
     def _target(self, request: web.Request, verb: str) -> tuple[InteractionRecord, ResponseMessage]:
         """The interaction and the message (``@original`` or an id) a webhook message request names."""
@@ -459,12 +478,14 @@ class Interactions:
             message.content = self._content(body, required=False)
         message.flags &= ~LOADING
         message.edits.append(message.content)
+        await self._publish(record, message, "MESSAGE_UPDATE")
         await self.state.notify()
         return json_response(self._message(record, message))
 
     async def _delete_message(self, request: web.Request) -> web.Response:
-        _record, message = self._target(request, "delete")
+        record, message = self._target(request, "delete")
         message.deleted = True
+        await self._publish(record, message, "MESSAGE_DELETE")
         await self.state.notify()
         return web.Response(status=204)
 
@@ -480,9 +501,11 @@ class Interactions:
             # the first follow-up after a deferral replaces "thinking…", keeping the deferral's flags
             original.content, original.flags = content, original.flags & ~LOADING
             original.edits.append(content)
-            message = original
+            message, event = original, "MESSAGE_UPDATE"
         else:
             message = ResponseMessage(self.state.next_id(), content, int(body.get("flags", 0)) & EPHEMERAL)
             record.followups.append(message)
+            event = "MESSAGE_CREATE"
+        await self._publish(record, message, event)
         await self.state.notify()
         return json_response(self._message(record, message))
