@@ -4,7 +4,10 @@ Each command becomes the job its prefix command would (``/chat message:hi`` is `
 same mailbox, access rules, quotas, memory and channel context; only the answer goes to the
 interaction (``discord_io/interactions.py``) instead of a reply. To add a command, add a callback in
 :func:`build_tree` that calls ``take(interaction, <JobKind>, <text>)``, and the kind to
-:data:`PRIVATE` if only the user should see its answer.
+:data:`PRIVATE` if only the user should see its answer. A command only admins may use at all would
+carry ``@app_commands.default_permissions(...)`` (Discord then hides it from others) and still be
+checked by the bot; ``/reset`` is for everyone (Discord's permission is per command, not per option
+value), so its ``scope:channel`` is checked by the bot alone, as ``<prefix>reset channel`` is.
 
 Registration is a bulk overwrite, globally or, with ``commands: {guilds: [...]}``, in each of those
 guilds; scopes this bot registered before and no longer wants are emptied. A digest of each scope's
