@@ -155,7 +155,9 @@ async def test_a_streamed_answer_edits_the_original_response(world: World) -> No
     async with world.running():
         record = await run(world, "sage", "chat", {"message": "stream it"})
         await world.discord.interactions.wait(record, lambda r: r.text() == "one two three four five six")
-    assert [m.ephemeral for m in record.messages] == [False]
+    [original] = record.messages
+    assert not original.ephemeral
+    assert len(original.edits) >= 2 and original.edits[0] != original.edits[-1], "shown while written"
 
 
 async def test_a_quota_error_is_shown_only_to_the_user(world: World) -> None:
