@@ -3,10 +3,14 @@ through the same mailbox, quotas and memory as prefix commands (persona/slash.py
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import sqlite3
+from pathlib import Path
 
 import pytest
 
+from orchestrator.memory import SQLiteStore
 from orchestrator.persona import bot as bot_module
 from orchestrator.persona.replies import BUSY
 from orchestrator.sandbox.discord_server import RestFault
@@ -97,6 +101,24 @@ async def test_a_refused_registration_is_logged_and_prefix_commands_keep_working
     expected = "bot sage: could not register its slash commands (Forbidden: 403 Forbidden (error code: 50001)"
     assert line.startswith(expected), line
     assert "prefix commands keep working" in line
+
+
+@pytest.mark.fault
+async def test_a_database_that_cannot_remember_the_set_costs_a_registration_not_the_bot(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    SQLiteStore(Path(world.database)).close()  # the tables, so that a trigger can refuse the digests
+    with contextlib.closing(sqlite3.connect(world.database)) as db, db:
+        db.execute("CREATE TRIGGER refuse BEFORE INSERT ON command_sets BEGIN SELECT RAISE(ABORT, 'refused'); END")
+    world.write([{"name": "sage"}])
+    with caplog.at_level(logging.WARNING):
+        async with world.running():
+            [reply] = await world.chat("!chat hello")
+        async with world.running():
+            pass
+    assert reply.content and puts(world, "sage") == [(None, COMMANDS), (None, COMMANDS)]
+    expected = "bot sage: registered its slash commands but could not remember them (IntegrityError: refused)"
+    assert any(r.getMessage().startswith(expected) for r in caplog.records)
 
 
 @pytest.mark.fault

@@ -154,12 +154,9 @@ def interaction_webhook(client: discord.Client, application_id: int, token: str)
 
 
 async def overwrite_commands(
-    client: discord.Client, guild_id: int | None, payload: list[dict[str, Any]]
+    client: discord.Client, application_id: int, guild_id: int | None, payload: list[dict[str, Any]]
 ) -> None:
     """Replace the application's commands, globally (``guild_id`` None) or in one guild, by ``payload``."""
-    application_id = client.application_id
-    if application_id is None:
-        raise RuntimeError("the client has no application id before READY")
     if guild_id is None:
         await client.http.bulk_upsert_global_commands(application_id, payload=payload)
     else:

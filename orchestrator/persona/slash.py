@@ -32,7 +32,7 @@ from ..config import BotSpec
 from ..discord_io import internals
 from ..discord_io.client import describe_error
 from ..discord_io.interactions import command_name, refuse
-from ..memory.store import ConversationStore, StoreUnavailable
+from ..memory.store import ConversationStore
 from ..runtime.mailbox import JobKind
 
 log = logging.getLogger(__name__)
@@ -140,34 +140,50 @@ def digest(payload: list[dict[str, Any]]) -> str:
 async def register(
     client: discord.Client, tree: app_commands.CommandTree[discord.Client], spec: BotSpec, store: ConversationStore
 ) -> None:
-    """Make Discord hold ``spec``'s command set where bots.yaml says, overwriting only what changed."""
+    """Make Discord hold ``spec``'s command set where bots.yaml says, overwriting only what changed.
+    A store that cannot be read or written costs registrations, never the bot: without the digests
+    every scope is registered again."""
+    application_id = client.application_id
+    if application_id is None:  # READY names it; only a client that never connected lacks it
+        log.error("bot %s: Discord named no application for it; its slash commands are not registered", spec.name)
+        return
+    payload = [command.to_dict(tree) for command in tree.get_commands()]
     try:
-        application_id = client.application_id
-        if application_id is None:
-            raise RuntimeError("Discord named no application for the bot")
-        payload = [command.to_dict(tree) for command in tree.get_commands()]
-        wanted: dict[str, list[dict[str, Any]]] = {}
-        if spec.commands.enabled:
-            for guild_id in spec.commands.guilds or (None,):
-                wanted[_scope(application_id, guild_id)] = payload
         stored = await store.command_sets(spec.name)
-        for scope in stored:
-            if scope.startswith(f"{application_id}/") and scope not in wanted:
-                wanted[scope] = []  # registered before, no longer wanted here
-        for scope, commands in wanted.items():
-            wanted_digest = digest(commands)
-            if stored.get(scope, digest([])) == wanted_digest:
-                continue
-            guild_id = _guild_of(scope)
-            await internals.overwrite_commands(client, guild_id, commands)
+    except Exception as exc:  # noqa: BLE001 - any store's failure (SQLite's and PostgreSQL's differ)
+        log.warning(
+            "bot %s: cannot read which slash commands it registered before (%s); registering them again",
+            spec.name, describe_error(exc),
+        )  # fmt: skip
+        stored = {}
+    wanted: dict[str, list[dict[str, Any]]] = {}
+    if spec.commands.enabled:
+        for guild_id in spec.commands.guilds or (None,):
+            wanted[_scope(application_id, guild_id)] = payload
+    for scope in stored:
+        if scope.startswith(f"{application_id}/") and scope not in wanted:
+            wanted[scope] = []  # registered before, no longer wanted here
+    for scope, commands in wanted.items():
+        wanted_digest = digest(commands)
+        if stored.get(scope, digest([])) == wanted_digest:
+            continue
+        guild_id = _guild_of(scope)
+        try:
+            await internals.overwrite_commands(client, application_id, guild_id, commands)
+        except (discord.HTTPException, aiohttp.ClientError, OSError) as exc:
+            log.error(
+                "bot %s: could not register its slash commands (%s); its prefix commands keep working. "
+                "Check that the bot was invited with the applications.commands scope and is in the guilds "
+                "listed under commands.guilds",
+                spec.name, describe_error(exc),
+            )  # fmt: skip
+            return
+        where = "globally" if guild_id is None else f"in guild {guild_id}"
+        log.info("bot %s: registered %d slash command(s) %s", spec.name, len(commands), where)
+        try:
             await store.save_command_set(spec.name, scope, wanted_digest)
-            where = "globally" if guild_id is None else f"in guild {guild_id}"
-            log.info("bot %s: registered %d slash command(s) %s", spec.name, len(commands), where)
-    except (discord.HTTPException, aiohttp.ClientError, OSError, StoreUnavailable, RuntimeError) as exc:
-        log.error(
-            "bot %s: could not register its slash commands (%s); its prefix commands keep working. "
-            "Check that the bot was invited with the applications.commands scope and is in the guilds "
-            "listed under commands.guilds",
-            spec.name,
-            describe_error(exc),
-        )
+        except Exception as exc:  # noqa: BLE001 - as above
+            log.warning(
+                "bot %s: registered its slash commands but could not remember them (%s); its next start "
+                "registers them again", spec.name, describe_error(exc),
+            )  # fmt: skip
