@@ -31,7 +31,8 @@ BOT_USER = web.RequestKey("bot_user", User)
 
 @dataclass
 class RestFault:
-    """One injected REST failure or slowness, consumed by the first channel request it matches."""
+    """One injected REST failure or slowness, consumed by the first channel request it matches (or
+    another request, when ``path_contains`` names it)."""
 
     status: int | None  # None: no error, only the delay
     method: str | None = None
@@ -95,6 +96,8 @@ class RestApi:
         self.rest_log: list[tuple[str, str, int]] = []  # (method, path, status) per REST request
         self.rest_times: list[float] = []  # time.monotonic() of each rest_log entry
         self.on_message_created: Callable[[SentMessage, float], None] | None = None
+        # paths authenticated by something other than a bot token (interaction webhooks)
+        self.token_authenticated: Callable[[str], bool] = lambda _path: False
 
     def routes(self) -> list[web.RouteDef]:
         channel = API_PREFIX + r"/channels/{channel_id:\d+}"
@@ -127,7 +130,8 @@ class RestApi:
         token = request.headers.get("Authorization", "").removeprefix("Bot ")
         response: web.StreamResponse
         bot_tokens = self.state.bot_tokens
-        authorized = request.path == API_PREFIX + "/gateway" or token in bot_tokens
+        path = request.path
+        authorized = path == API_PREFIX + "/gateway" or token in bot_tokens or self.token_authenticated(path)
         fault = self._take_fault(request) if authorized else None
         if fault is not None and fault.delay:
             await asyncio.sleep(fault.delay)
@@ -166,11 +170,13 @@ class RestApi:
         return response
 
     def _take_fault(self, request: web.Request) -> RestFault | None:
-        if not request.path.startswith(API_PREFIX + "/channels/"):
-            return None
+        """The first pending fault for this request: a channel request, or another that the fault names
+        by ``path_contains`` (e.g. ``/commands``)."""
+        channel = request.path.startswith(API_PREFIX + "/channels/")
         for index, fault in enumerate(self.faults):
             if (fault.method is None or fault.method == request.method) and (
-                fault.path_contains is None or fault.path_contains in request.path
+                (fault.path_contains is None and channel)
+                or (fault.path_contains is not None and fault.path_contains in request.path)
             ):
                 return self.faults.pop(index)
         return None
