@@ -112,3 +112,14 @@ def test_fleet_benchmark_produces_its_figures(tmp_path: Path, redis_url: str, po
     assert set(cost["throughput_answers_per_s"]) == {"one process", "1 node", "2 nodes"}
     assert all(value > 0 for value in cost["throughput_answers_per_s"].values())
     assert "every bot it held answers again" in result.stdout and "fleet - single" in result.stdout
+
+
+def test_fleet_benchmark_without_valgrind_says_how_to_get_it(tmp_path: Path, redis_url: str, postgres_dsn: str) -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench_fleet"), "--parts", "instructions", "--valgrind",
+         str(tmp_path / "no-valgrind"), "--redis-url", redis_url, "--postgres-dsn", postgres_dsn,
+         "--output", str(tmp_path / "x.json")],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2 and "apt-get install valgrind" in result.stderr
+    assert not (tmp_path / "x.json").exists()
