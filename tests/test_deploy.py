@@ -141,8 +141,13 @@ def test_the_kubernetes_deployment_runs_replicas_probed_on_healthz_with_secrets_
     bots_yaml = tmp_path / "bots.yaml"
     bots_yaml.write_text(documents["ConfigMap"]["data"][Path(args.config).name], encoding="utf-8")
     assert volume["configMap"]["name"] == documents["ConfigMap"]["metadata"]["name"]
-    env = {"DISCORD_TOKEN_SAGE": "token", "OPENAI_API_KEY": "sk-key", "ORCHESTRATOR_NODE_ID": "personas-0",
-           "FLEET_REDIS_URL": "redis://:secret@redis:6379/0", "DATABASE_URL": "postgresql://p:secret@pg/personas"}
+    env = {
+        "DISCORD_TOKEN_SAGE": "token",
+        "OPENAI_API_KEY": "sk-key",
+        "ORCHESTRATOR_NODE_ID": "personas-0",
+        "FLEET_REDIS_URL": "redis://:secret@redis:6379/0",
+        "DATABASE_URL": "postgresql://p:secret@pg/personas",
+    }
     config = load_config(bots_yaml, env=env, require_redis=True)
     assert config.fleet is not None and config.fleet.redis_url.get_secret_value() == env["FLEET_REDIS_URL"]
     assert not config.warnings, config.warnings
