@@ -103,7 +103,7 @@ async def test_slash_commands_are_answered_and_private_answers_are_marked(capsys
     assert out[out.index("you: /usage") + 1] == "sage: Usage of sage (yours / the whole persona):"
     usage = [line for line in out[out.index("you: /usage") + 1 : out.index("you: /nosuch thing")] if line]
     assert usage[-1].endswith(" (only you see this)") and not any(line.startswith("you:") for line in usage)
-    commands = "/chat, /reset, /usage, /panel"
+    commands = "/chat, /reset, /usage, /panel, /imagine"  # sage has an image_model
     assert out[-1] == f"sage: sage has no command /nosuch; its commands are {commands}. (only you see this)"
 
 
