@@ -416,9 +416,11 @@ async def test_an_imagined_picture_is_saved_and_the_demo_says_where(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     with anyio.fail_after(ANSWER_TIMEOUT / 4):
-        assert await run_demo(BOTS_YAML, ["!imagine a red fox"], None, files_dir=tmp_path) == 0
+        assert await run_demo(BOTS_YAML, ["!imagine a red fox", "/imagine a blue fox"], None, files_dir=tmp_path) == 0
     out = capsys.readouterr().out.splitlines()
     assert any("!imagine <description> (image model gpt-image-1)" in line for line in out), "the banner names it"
-    [shown] = [line for line in out if line.startswith("sage: > a red fox [a-red-fox.png saved to ")]
-    saved = Path(shown.removeprefix("sage: > a red fox [a-red-fox.png saved to ").removesuffix("]"))
-    assert saved.parent == tmp_path and (await anyio.Path(saved).read_bytes()).startswith(b"\x89PNG\r\n\x1a\n")
+    for colour in ("red", "blue"):  # the reply to !imagine, and /imagine's response
+        prefix = f"sage: > a {colour} fox [a-{colour}-fox.png saved to "
+        [shown] = [line for line in out if line.startswith(prefix)]
+        saved = Path(shown.removeprefix(prefix).removesuffix("]"))
+        assert saved.parent == tmp_path and (await anyio.Path(saved).read_bytes()).startswith(b"\x89PNG\r\n\x1a\n")
