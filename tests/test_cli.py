@@ -36,8 +36,9 @@ def test_check_accepts_the_example_and_names_the_bots() -> None:
     result = orchestrator("check", "bots.yaml", env=env)
     assert result.returncode == 0, result.stderr
     assert "OK, 2 bot(s): sage (!chat" in result.stdout and "hafez (?chat" in result.stdout
-    commands = "/chat message, /reset [scope], /usage, /panel topic [rounds], registered globally"
-    assert f"  sage: {commands}\n" in result.stdout and f"  hafez: {commands}\n" in result.stdout
+    commands = "/chat message, /reset [scope], /usage, /panel topic [rounds]"
+    assert f"  sage: {commands}, /imagine prompt, registered globally\n" in result.stdout  # it has an image_model
+    assert f"  hafez: {commands}, registered globally\n" in result.stdout
     assert not result.stderr
 
 

@@ -103,7 +103,7 @@ async def test_slash_commands_are_answered_and_private_answers_are_marked(capsys
     assert out[out.index("you: /usage") + 1] == "sage: Usage of sage (yours / the whole persona):"
     usage = [line for line in out[out.index("you: /usage") + 1 : out.index("you: /nosuch thing")] if line]
     assert usage[-1].endswith(" (only you see this)") and not any(line.startswith("you:") for line in usage)
-    commands = "/chat, /reset, /usage, /panel"
+    commands = "/chat, /reset, /usage, /panel, /imagine"  # sage has an image_model
     assert out[-1] == f"sage: sage has no command /nosuch; its commands are {commands}. (only you see this)"
 
 
@@ -416,9 +416,11 @@ async def test_an_imagined_picture_is_saved_and_the_demo_says_where(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     with anyio.fail_after(ANSWER_TIMEOUT / 4):
-        assert await run_demo(BOTS_YAML, ["!imagine a red fox"], None, files_dir=tmp_path) == 0
+        assert await run_demo(BOTS_YAML, ["!imagine a red fox", "/imagine a blue fox"], None, files_dir=tmp_path) == 0
     out = capsys.readouterr().out.splitlines()
     assert any("!imagine <description> (image model gpt-image-1)" in line for line in out), "the banner names it"
-    [shown] = [line for line in out if line.startswith("sage: > a red fox [a-red-fox.png saved to ")]
-    saved = Path(shown.removeprefix("sage: > a red fox [a-red-fox.png saved to ").removesuffix("]"))
-    assert saved.parent == tmp_path and (await anyio.Path(saved).read_bytes()).startswith(b"\x89PNG\r\n\x1a\n")
+    for colour in ("red", "blue"):  # the reply to !imagine, and /imagine's response
+        prefix = f"sage: > a {colour} fox [a-{colour}-fox.png saved to "
+        [shown] = [line for line in out if line.startswith(prefix)]
+        saved = Path(shown.removeprefix(prefix).removesuffix("]"))
+        assert saved.parent == tmp_path and (await anyio.Path(saved).read_bytes()).startswith(b"\x89PNG\r\n\x1a\n")

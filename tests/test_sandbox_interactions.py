@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import AsyncIterator
 
 import anyio
@@ -12,6 +13,7 @@ from discord import app_commands
 from orchestrator.sandbox.discord_server import DiscordSandbox
 from orchestrator.sandbox.discord_server.interactions import ACK_DEADLINE, TOKEN_LIFETIME
 
+from . import images
 from .fake_time import FakeTime
 from .test_sandbox_discord import TOKEN_A, running, sandbox  # noqa: F401 - the fixture
 
@@ -109,6 +111,36 @@ async def test_deferred_then_edited_then_followed_up(sandbox: DiscordSandbox, bo
     assert follow_up.id not in sandbox.state.messages
     events = [event for _session, event in bot.events if event in ("MESSAGE_CREATE", "MESSAGE_UPDATE")]
     assert events == ["MESSAGE_CREATE", "MESSAGE_UPDATE"]  # "thinking…", then the answer; nothing ephemeral
+
+
+async def test_edits_and_follow_ups_carry_files_and_an_edit_keeps_only_the_attachments_it_lists(
+    sandbox: DiscordSandbox,  # noqa: F811
+    bot: TreeBot,
+) -> None:
+    edits: list[discord.InteractionMessage] = []
+
+    @bot.tree.command(description="Files")
+    async def files(interaction: discord.Interaction) -> None:
+        await interaction.response.defer(thinking=True)
+        both = [discord.File(io.BytesIO(images.png(8, 4)), "one.png"), discord.File(io.BytesIO(b"hi"), "two.txt")]
+        edits.append(await interaction.edit_original_response(content="two files", attachments=both))
+        edits.append(await interaction.edit_original_response(attachments=[edits[0].attachments[0]]))
+        await interaction.followup.send(file=discord.File(io.BytesIO(b"note"), "note.txt"), ephemeral=True)
+
+    await bot.tree.sync()
+    record = await sandbox.interact(TOKEN_A, "files")
+    await sandbox.interactions.wait(record, lambda r: len(r.messages) == 2)
+    original, follow_up = record.messages
+    assert [a.filename for a in edits[0].attachments] == ["one.png", "two.txt"]
+    assert [a.filename for a in edits[1].attachments] == ["one.png"] and edits[1].content == "two files"
+    [kept] = original.attachments
+    assert (kept["filename"], kept["content_type"], kept["width"], kept["height"]) == ("one.png", "image/png", 8, 4)
+    assert await edits[1].attachments[0].read() == images.png(8, 4)  # served by the sandbox
+    assert sandbox.state.messages[original.id]["attachments"] == [kept]  # the channel's copy too
+    assert follow_up.ephemeral and follow_up.content == "" and [a["filename"] for a in follow_up.attachments] == [
+        "note.txt"
+    ]
+    assert sandbox.attachment_bytes(follow_up.attachments[0]["url"]) == b"note"
 
 
 @pytest.mark.bad_input

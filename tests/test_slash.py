@@ -15,11 +15,12 @@ from orchestrator.persona import bot as bot_module
 from orchestrator.persona.replies import BUSY
 from orchestrator.sandbox.discord_server import RestFault
 from orchestrator.sandbox.discord_server.interactions import ACK_DEADLINE, TOKEN_LIFETIME, InteractionRecord
-from orchestrator.sandbox.openai_server import echo_reply
+from orchestrator.sandbox.openai_server import Fault, echo_reply
 
 from .conftest import World, token_for
 from .fake_time import FakeTime
 from .stores import StoreKind
+from .test_imagine import decode_png
 
 COMMANDS = ["chat", "reset", "usage", "panel"]
 
@@ -317,3 +318,62 @@ async def test_chat_in_a_dm_follows_the_dms_rule(world: World) -> None:
     [(text, ephemeral)] = texts(answered)
     assert text.endswith("| in private") and not ephemeral
     assert texts(refused) == [("hafez does not take commands here.", True)]
+
+
+async def test_imagine_is_registered_only_by_a_bot_with_an_image_model_and_follows_a_reload(world: World) -> None:
+    world.write([{"name": "sage", "image_model": "gpt-image-1"}, {"name": "hafez", "prefix": "?"}])
+    async with world.running() as app:
+        assert puts(world, "sage") == [(None, [*COMMANDS, "imagine"])]
+        assert puts(world, "hafez") == [(None, COMMANDS)], "a command that could only say 'not enabled' is not shown"
+        world.write([{"name": "sage"}, {"name": "hafez", "prefix": "?", "image_model": "gpt-image-1"}])
+        (world.tmp_path / ".env").write_text("".join(f"{key}={value}\n" for key, value in world.env().items()))
+        assert await app.reload()
+        await world.discord.state.wait(lambda: True if len(world.discord.interactions.registrations) == 4 else None,
+                                       10, "both sets registered again")  # fmt: skip
+    assert puts(world, "sage")[1:] == [(None, COMMANDS)]
+    assert puts(world, "hafez")[1:] == [(None, [*COMMANDS, "imagine"])]
+
+
+async def test_imagine_answers_with_the_image_as_a_file_of_the_original_response(world: World) -> None:
+    world.write([{"name": "sage", "image_model": "gpt-image-1", "image_size": "64x48"}])
+    async with world.running():
+        record = await run(world, "sage", "imagine", {"prompt": "a red fox"})
+    [request] = world.openai.image_requests
+    assert request.body["prompt"] == "a red fox" and request.body["user"] == str(world.discord.default_user_id)
+    [original] = record.messages
+    assert original is record.original and not original.ephemeral and original.content == "> a red fox"
+    [file] = original.attachments
+    assert file["filename"] == "a-red-fox.png" and file["content_type"] == "image/png"
+    assert (file["width"], file["height"]) == (64, 48)
+    width, height, _ = decode_png(world.discord.attachment_bytes(file["url"]))
+    assert (width, height) == (64, 48)
+    [shown] = [m for m in world.discord.state.messages.values() if m["id"] == str(original.id)]
+    assert [a["filename"] for a in shown["attachments"]] == ["a-red-fox.png"], "the channel sees the image"
+
+
+async def test_imagine_refusals_are_one_line_only_the_user_sees(world: World) -> None:
+    world.write([{"name": "sage", "image_model": "gpt-image-1", "image_size": "16x16",
+                  "user_quota": {"images_per_day": 1}}])  # fmt: skip
+    world.openai.inject_image(Fault.content_policy())
+    async with world.running():
+        refused = await run(world, "sage", "imagine", {"prompt": "something forbidden"})
+        drawn = await run(world, "sage", "imagine", {"prompt": "a kitten"})
+        over = await run(world, "sage", "imagine", {"prompt": "another kitten"})
+    policy = "The model provider refused this request under its content policy. Try asking for something else."
+    assert texts(refused) == [(policy, True)]
+    assert refused.original is not None and refused.original.deleted, "the public 'thinking…' is gone"
+    assert [a["filename"] for a in drawn.messages[0].attachments] == ["a-kitten.png"]
+    [(text, ephemeral)] = texts(over)
+    assert ephemeral and text.startswith("You have reached the limit of images per day; it resets in")
+    assert "\n" not in text and not any(m.attachments for m in over.messages)
+    assert [r.status for r in world.openai.image_requests] == [400, 200]
+
+
+@pytest.mark.bad_input
+async def test_imagine_on_a_bot_without_an_image_model_says_so_privately(world: World) -> None:
+    """Discord may still show /imagine from before a reload that removed the bot's image_model."""
+    world.write([{"name": "sage"}])
+    async with world.running():
+        record = await run(world, "sage", "imagine", {"prompt": "a red fox"})
+    assert texts(record) == [("Image generation is not enabled for sage.", True)]
+    assert world.openai.image_requests == []

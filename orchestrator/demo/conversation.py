@@ -7,8 +7,8 @@ took it has a job in its mailbox by then. So a message nobody answers is reporte
 an answer in progress is waited for (up to ``answer_timeout``, for a slow real provider). A panel
 (``!panel``) answers turn after turn from its own task: the exchange lasts until it has ended.
 Files given to the demo (``--attach``) go with the first message posted; the demo shows the URL
-the sandbox serves each file at. A file a bot posts (an ``!imagine`` image) is saved under
-``files_dir``; the line shown says where.
+the sandbox serves each file at. A file a bot posts (an ``!imagine`` or ``/imagine`` image) is saved
+under ``files_dir``; the line shown says where.
 """
 
 from __future__ import annotations
@@ -107,7 +107,9 @@ class Conversation:
         if not await self._wait_until_handled():  # a panel it started, follow-ups
             return [f"  (no answer within {self.answer_timeout:g} s)"]
         shown = [
-            f"{persona.spec.name}: {message.content}" + (" (only you see this)" if message.ephemeral else "")
+            f"{persona.spec.name}: {message.content}"
+            + "".join(f" [{self._save(message.id, upload)}]" for upload in message.attachments)
+            + (" (only you see this)" if message.ephemeral else "")
             for message in record.messages
         ]
         return shown + [self._show(message) for message in self.server.sent[before:]]
@@ -179,13 +181,13 @@ class Conversation:
         persona = self._by_user_id.get(message.author_id)
         name = persona.spec.name if persona is not None else "?"
         where = "" if message.channel_id == self.server.channel_id else " (DM)"
-        saved = "".join(f" [{self._save(message, upload)}]" for upload in message.uploads)
+        saved = "".join(f" [{self._save(message.id, upload)}]" for upload in message.uploads)
         return f"{name}{where}: {message.content}{saved}"
 
-    def _save(self, message: SentMessage, upload: dict[str, object]) -> str:
-        """Write a posted file under ``files_dir``; what to show for it."""
+    def _save(self, message_id: int, upload: dict[str, object]) -> str:
+        """Write a file the bot posted with message ``message_id`` under ``files_dir``; what to show for it."""
         name = Path(str(upload["filename"])).name  # the bot's file name, never a path
-        target = self.files_dir / f"{message.id}-{name}"
+        target = self.files_dir / f"{message_id}-{name}"
         try:
             self.files_dir.mkdir(parents=True, exist_ok=True)
             target.write_bytes(self.server.attachment_bytes(str(upload["url"])))

@@ -3,7 +3,8 @@
 A slash command is acknowledged at once with a deferred response (the user sees "<bot> is
 thinking…"; Discord allows 3 seconds for that), publicly or, for answers only the user should
 see, ephemerally. The answer then replaces "thinking…" (an edit of the original response, within
-the interaction token's 15 minutes); text past 2,000 characters continues in follow-ups.
+the interaction token's 15 minutes); text past 2,000 characters continues in follow-ups. An image
+(``/imagine``) is a file of that edit.
 
 An :class:`InteractionReply` is only the interaction's webhook (application id, token, the original
 response's id): each call posts through the :class:`~.delivery.Delivery` it is given (retries; in
@@ -13,12 +14,13 @@ could not finish is answered by the next incarnation through its own client, as 
 
 from __future__ import annotations
 
+import io
 import logging
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 import discord
+from discord.utils import MISSING
 
 from . import internals
 from .client import describe_error
@@ -75,18 +77,35 @@ class InteractionReply:
     def _webhook(self, delivery: Delivery) -> discord.Webhook:
         return internals.interaction_webhook(delivery.client, self.application_id, self.token)
 
-    async def _send(self, delivery: Delivery, text: str, *, private: bool) -> discord.WebhookMessage:
-        send = partial(self._webhook(delivery).send, text, ephemeral=private, wait=True)
+    async def _send(
+        self, delivery: Delivery, text: str, *, private: bool, attachment: tuple[str, bytes] | None = None
+    ) -> discord.WebhookMessage:
+        webhook = self._webhook(delivery)
+
+        async def send() -> discord.WebhookMessage:
+            return await webhook.send(text, ephemeral=private, wait=True, file=_file(attachment))
+
         return await delivery.deliver(self.channel_id, send)
 
-    async def answer(self, delivery: Delivery, text: str) -> discord.WebhookMessage:
-        """Show ``text`` in place of "thinking…". Raises on failure."""
-        edit = partial(self._webhook(delivery).edit_message, self.original_id, content=text)
+    async def answer(
+        self, delivery: Delivery, text: str, *, attachment: tuple[str, bytes] | None = None
+    ) -> discord.WebhookMessage:
+        """Show ``text`` in place of "thinking…", with ``attachment`` (file name, bytes) as its file.
+        Raises on failure."""
+        webhook = self._webhook(delivery)
+
+        async def edit() -> discord.WebhookMessage:
+            files = MISSING if attachment is None else [_file(attachment)]
+            return await webhook.edit_message(self.original_id, content=text, attachments=files)
+
         return await delivery.deliver(self.channel_id, edit)
 
-    async def follow_up(self, delivery: Delivery, text: str) -> discord.WebhookMessage:
-        """Post ``text`` after the original response, as private as it. Raises on failure."""
-        return await self._send(delivery, text, private=self.private)
+    async def follow_up(
+        self, delivery: Delivery, text: str, *, attachment: tuple[str, bytes] | None = None
+    ) -> discord.WebhookMessage:
+        """Post ``text`` after the original response, as private as it, with ``attachment`` (file name,
+        bytes) as its file. Raises on failure."""
+        return await self._send(delivery, text, private=self.private, attachment=attachment)
 
     async def send_editable(self, delivery: Delivery, text: str, first: bool) -> discord.WebhookMessage:
         """A streamed answer's messages: the original response first, then follow-ups."""
@@ -104,3 +123,9 @@ class InteractionReply:
                 await self.answer(delivery, text)
         except Exception as exc:  # noqa: BLE001 - nothing is left to tell the user with; the log says why
             log.warning("bot %s: could not answer /%s (%s)", self.bot, self.command, describe_error(exc))
+
+
+def _file(attachment: tuple[str, bytes] | None) -> discord.File:
+    """``attachment`` (file name, bytes) as the file of one request, MISSING for none: a new File per
+    try, since a retry must read the bytes from their start again."""
+    return MISSING if attachment is None else discord.File(io.BytesIO(attachment[1]), attachment[0])

@@ -107,14 +107,14 @@ class PersonaBot:
         self._delivery = Delivery(self.client, self._typing, spec.name, may_post=may_post)
         self._attachments = AttachmentReader(spec.name)
         self._handing_over = False
-        self._commands = slash.build_tree(self.client, self._take_interaction, spec.name)
+        self._commands = slash.build_tree(self.client, self._take_interaction, lambda: self.spec)
 
     # ------------------------------------------------------------------ lifecycle
 
     def update(self, spec: BotSpec) -> None:
         """Apply settings that need no reconnect (persona, model, parameters, quotas, prefix, access,
-        slash commands)."""
-        commands_changed = spec.commands != self.spec.commands
+        slash commands, which follow ``image_model`` too: ``/imagine`` is registered only with one)."""
+        commands_changed = spec.commands != self.spec.commands or slash.offered(spec) != slash.offered(self.spec)
         self.spec = spec
         if commands_changed and self._ready.is_set() and self._notices is not None:
             self._notices.start_soon(self._register_commands)
@@ -472,21 +472,24 @@ class PersonaBot:
             await self._imagine(job)
 
     async def _imagine(self, job: Job) -> None:
-        """Draw what ``job`` asks for and post it as a file in reply, or say why not."""
+        """Draw what ``job`` asks for and post it as a file: in reply, or for ``/imagine`` in place of
+        "thinking…". Why not, instead, is a line only the user sees where Discord allows that."""
         with self._typing.working(job.message.channel.id) as work:
             drawn = await imagine(self, job.message.author.id, job.text)
             work.finish()
         if isinstance(drawn, str):
-            await self._delivery.reply(job.message, drawn)
+            await self._say(job, drawn, private=True)
             return
+        attachment = (drawn.file_name, drawn.data)
         try:
-            await self._delivery.reply(
-                job.message, drawn.caption, raise_errors=True, attachment=(drawn.file_name, drawn.data)
-            )
+            if job.reply is not None:
+                await job.reply.answer(self._delivery, drawn.caption, attachment=attachment)
+            else:
+                await self._delivery.reply(job.message, drawn.caption, raise_errors=True, attachment=attachment)
         except discord.HTTPException as exc:
             self.counters.errors += 1
             log.error("bot %s: Discord refused the image (HTTP %s: %s)", self.spec.name, exc.status, exc.text)
-            await self._delivery.reply(job.message, f"Discord refused to post the image (HTTP {exc.status}).")
+            await self._say(job, f"Discord refused to post the image (HTTP {exc.status}).", private=True)
 
     async def _chat(self, job: Job, key: ConversationKey, *, remember: bool = True) -> bool:
         """Answer ``job``; True when an answer was delivered. A panel turn (``remember=False``) leaves

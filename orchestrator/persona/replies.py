@@ -77,7 +77,7 @@ def help_text(spec: BotSpec) -> str:
         f"- `{p}help`: this message",
     ]
     if spec.commands.enabled:
-        lines.append(f"Slash commands (type / in Discord): {', '.join(f'`/{name}`' for name in slash.names())}.")
+        lines.append(f"Slash commands (type / in Discord): {', '.join(f'`/{name}`' for name in slash.offered(spec))}.")
     lines.append(limits_text(spec.user_quota))
     return "\n".join(lines)
 

@@ -8,6 +8,9 @@ interaction (``discord_io/interactions.py``) instead of a reply. To add a comman
 carry ``@app_commands.default_permissions(...)`` (Discord then hides it from others) and still be
 checked by the bot; ``/reset`` is for everyone (Discord's permission is per command, not per option
 value), so its ``scope:channel`` is checked by the bot alone, as ``<prefix>reset channel`` is.
+``/imagine`` is registered only by a bot with an ``image_model`` (:func:`offers`): Discord users do not
+see a command that could only say it is not enabled. The tree still runs it (a command Discord still
+shows from before a reload), and then the job says so.
 
 Registration is a bulk overwrite, globally or, with ``commands: {guilds: [...]}``, in each of those
 guilds; scopes this bot registered before and no longer wants are emptied. A digest of each scope's
@@ -44,8 +47,16 @@ PRIVATE: frozenset[JobKind] = frozenset({"reset", "reset_channel", "usage"})  # 
 MAX_PANEL_ROUNDS = 20  # the most group.max_panel_rounds allows; each bot checks its own
 
 
-def build_tree(client: discord.Client, take: Take, bot: str) -> app_commands.CommandTree[discord.Client]:
-    """The commands of one persona's client, each queuing its job through ``take``."""
+def offers(spec: BotSpec, command: str) -> bool:
+    """Whether ``spec`` registers ``command``: ``/imagine`` only where image generation is enabled."""
+    return command != "imagine" or spec.image_model is not None
+
+
+def build_tree(
+    client: discord.Client, take: Take, spec: Callable[[], BotSpec]
+) -> app_commands.CommandTree[discord.Client]:
+    """The commands of one persona's client (``spec()``: its settings now), each queuing its job
+    through ``take``."""
     tree: app_commands.CommandTree[discord.Client] = app_commands.CommandTree(client)
 
     @tree.command(description="Talk to this persona; it remembers your conversation")
@@ -70,11 +81,16 @@ def build_tree(client: discord.Client, take: Take, bot: str) -> app_commands.Com
     ) -> None:
         await take(interaction, "panel", f"{rounds} {topic}")
 
+    @tree.command(description="This persona draws what you describe")
+    @app_commands.describe(prompt="What to draw")
+    async def imagine(interaction: discord.Interaction, prompt: str) -> None:
+        await take(interaction, "imagine", prompt)
+
     @tree.error
     async def on_error(interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
-        name = command_name(interaction)
+        name, bot = command_name(interaction), spec().name
         if isinstance(error, app_commands.CommandNotFound):
-            names = ", ".join(f"/{command.name}" for command in tree.get_commands())
+            names = ", ".join(f"/{command}" for command in offered(spec()))
             await refuse(interaction, f"{bot} has no command /{name}; its commands are {names}.")
         elif isinstance(error, app_commands.CommandSignatureMismatch | app_commands.TransformerError):
             log.warning("bot %s: /%s arrived with options it does not take (%s)", bot, name, error)
@@ -96,13 +112,16 @@ def _reference() -> tuple[app_commands.Command[Any, ..., Any], ...]:
 
     async def unused(interaction: discord.Interaction, kind: JobKind, text: str) -> None: ...
 
-    tree = build_tree(discord.Client(intents=discord.Intents(guilds=True)), unused, "")
+    def no_bot() -> BotSpec:
+        raise AssertionError("the reference commands run for no bot")
+
+    tree = build_tree(discord.Client(intents=discord.Intents(guilds=True)), unused, no_bot)
     return tuple(command for command in tree.get_commands() if isinstance(command, app_commands.Command))
 
 
-def names() -> list[str]:
-    """Every slash command's name, in registration order."""
-    return [command.name for command in _reference()]
+def offered(spec: BotSpec) -> list[str]:
+    """The names of the slash commands ``spec`` registers (when its commands are enabled), in order."""
+    return [command.name for command in _reference() if offers(spec, command.name)]
 
 
 def text_option(command: str) -> str | None:
@@ -118,6 +137,7 @@ def describe(spec: BotSpec) -> str:
     commands = [
         " ".join([f"/{command.name}", *(p.name if p.required else f"[{p.name}]" for p in command.parameters)])
         for command in _reference()
+        if offers(spec, command.name)
     ]
     guilds = spec.commands.guilds
     where = f"in guild(s) {', '.join(map(str, guilds))}" if guilds else "globally"
@@ -147,7 +167,7 @@ async def register(
     if application_id is None:  # READY names it; only a client that never connected lacks it
         log.error("bot %s: Discord named no application for it; its slash commands are not registered", spec.name)
         return
-    payload = [command.to_dict(tree) for command in tree.get_commands()]
+    payload = [command.to_dict(tree) for command in tree.get_commands() if offers(spec, command.name)]
     try:
         stored = await store.command_sets(spec.name)
     except Exception as exc:  # noqa: BLE001 - any store's failure (SQLite's and PostgreSQL's differ)

@@ -16,7 +16,10 @@
   Webhook Token), ``GET``/``PATCH``/``DELETE /webhooks/{app}/{token}/messages/@original`` (or the
   message's id, also of a follow-up) and follow-ups ``POST /webhooks/{app}/{token}``. As on
   Discord, the first follow-up after a deferral replaces the "thinking" message and keeps the
-  deferral's ephemeral flag.
+  deferral's ephemeral flag. Edits and follow-ups take files as Discord's message uploads do
+  (multipart: ``payload_json`` plus ``files[n]``); an edit's ``attachments`` array lists what stays
+  (the attachments kept by id and the new files), as in API v10; without it the new files are added.
+  The files are stored and served like any attachment (``attachments.py``).
 
 Time is :attr:`Interactions.clock` (settable): tests move it instead of sleeping. Everything the
 user saw is in :class:`InteractionRecord` (:attr:`~InteractionRecord.messages`). Responses that
@@ -35,7 +38,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from .gateway import Gateway
-from .rest import API_PREFIX, BOT_USER, MAX_CONTENT_LENGTH, ApiError, json_body, json_response
+from .rest import API_PREFIX, BOT_USER, MAX_CONTENT_LENGTH, ApiError, json_body, json_response, read_message_body
 from .state import JSONDict, SandboxState, User
 
 ACK_DEADLINE = 3.0  # seconds to acknowledge an interaction
@@ -74,6 +77,7 @@ class ResponseMessage:
     flags: int
     edits: list[str] = field(default_factory=list)
     deleted: bool = False
+    attachments: list[JSONDict] = field(default_factory=list)  # attachment objects, as messages carry them
 
     @property
     def ephemeral(self) -> bool:
@@ -379,7 +383,7 @@ class Interactions:
             "mention_everyone": False,
             "mentions": [],
             "mention_roles": [],
-            "attachments": [],
+            "attachments": message.attachments,
             "embeds": [],
             "components": [],
             "pinned": False,
@@ -389,13 +393,13 @@ class Interactions:
         }
 
     @staticmethod
-    def _content(body: JSONDict, required: bool) -> str:
+    def _content(body: JSONDict, required: bool, files: Sequence[JSONDict] = ()) -> str:
         content = body.get("content") or ""
         if not isinstance(content, str):
             raise _invalid("content", "Must be a string.")
         if len(content) > MAX_CONTENT_LENGTH:
             raise _invalid("content", f"Must be {MAX_CONTENT_LENGTH} or fewer in length.")
-        if required and not content and not body.get("embeds"):
+        if required and not content and not body.get("embeds") and not files:
             raise ApiError(400, 50006, "Cannot send an empty message")
         return content
 
@@ -471,11 +475,19 @@ class Interactions:
         record, message = self._target(request, "get")
         return json_response(self._message(record, message))
 
+    def _store(self, record: InteractionRecord, files: list[JSONDict]) -> list[JSONDict]:
+        """Keep uploaded ``files`` in the interaction's channel; their attachment objects."""
+        return [self.state.attachment(int(record.payload["channel_id"]), spec) for spec in files]
+
     async def _edit_message(self, request: web.Request) -> web.Response:
         record, message = self._target(request, "edit")
-        body = await json_body(request)
+        body, files = await read_message_body(request)
         if "content" in body:
             message.content = self._content(body, required=False)
+        if "attachments" in body:
+            kept = {str(entry.get("id")) for entry in body["attachments"] or []}
+            message.attachments = [a for a in message.attachments if a["id"] in kept]
+        message.attachments = message.attachments + self._store(record, files)
         message.flags &= ~LOADING
         message.edits.append(message.content)
         await self._publish(record, message, "MESSAGE_UPDATE")
@@ -494,16 +506,18 @@ class Interactions:
         self._check_lifetime(record, "follow-up")
         if record.callback_type is None:
             raise ApiError(404, 10015, "Unknown Webhook")
-        body = await json_body(request)
-        content = self._content(body, required=True)
+        body, files = await read_message_body(request)
+        content = self._content(body, required=True, files=files)
         original = record.original
         if original is not None and original.loading and not original.deleted:
             # the first follow-up after a deferral replaces "thinking…", keeping the deferral's flags
             original.content, original.flags = content, original.flags & ~LOADING
+            original.attachments = self._store(record, files)
             original.edits.append(content)
             message, event = original, "MESSAGE_UPDATE"
         else:
             message = ResponseMessage(self.state.next_id(), content, int(body.get("flags", 0)) & EPHEMERAL)
+            message.attachments = self._store(record, files)
             record.followups.append(message)
             event = "MESSAGE_CREATE"
         await self._publish(record, message, event)

@@ -76,6 +76,35 @@ async def json_body(request: web.Request) -> JSONDict:
     return body
 
 
+async def read_message_body(request: web.Request) -> tuple[JSONDict, list[JSONDict]]:
+    """The JSON payload and uploaded files of a JSON or multipart request, as Discord reads an
+    upload: ``payload_json`` plus ``files[n]`` parts; the payload's ``attachments`` entry with
+    ``id`` n may rename the file or describe it. Each file is a spec for
+    :meth:`SandboxState.attachment` (``filename``, ``data``, ``content_type``...)."""
+    if not request.content_type.startswith("multipart/"):
+        return await json_body(request), []
+    payload: JSONDict = {}
+    uploaded: dict[str, JSONDict] = {}
+    reader = await request.multipart()
+    async for part in reader:
+        if not isinstance(part, BodyPartReader):  # a nested multipart: Discord's API has none
+            continue
+        if part.name == "payload_json":
+            try:
+                payload = json.loads(await part.text())
+            except ValueError:
+                raise ApiError(400, 50109, "The request body contains invalid JSON.") from None
+        elif part.filename:
+            index = (part.name or "").removeprefix("files[").removesuffix("]")
+            data, content_type = bytes(await part.read()), part.headers.get("Content-Type")
+            uploaded[index] = {"filename": part.filename, "data": data, "content_type": content_type}
+    for entry in payload.get("attachments") or []:
+        spec = uploaded.get(str(entry.get("id")))
+        if spec is not None:
+            spec.update({key: entry[key] for key in ("filename", "description") if entry.get(key)})
+    return payload, list(uploaded.values())
+
+
 def _too_long(field_name: str) -> ApiError:
     detail = {"code": "BASE_TYPE_MAX_LENGTH", "message": f"Must be {MAX_CONTENT_LENGTH} or fewer in length."}
     return ApiError(400, 50035, "Invalid Form Body", {field_name: {"_errors": [detail]}})
@@ -219,35 +248,6 @@ class RestApi:
             raise ApiError(404, 10008, "Unknown Message")
         return message
 
-    @staticmethod
-    async def _read_message_body(request: web.Request) -> tuple[JSONDict, list[JSONDict]]:
-        """The JSON payload and uploaded files of a JSON or multipart request, as Discord reads an
-        upload: ``payload_json`` plus ``files[n]`` parts; the payload's ``attachments`` entry with
-        ``id`` n may rename the file or describe it. Each file is a spec for
-        :meth:`SandboxState.attachment` (``filename``, ``data``, ``content_type``...)."""
-        if not request.content_type.startswith("multipart/"):
-            return await json_body(request), []
-        payload: JSONDict = {}
-        uploaded: dict[str, JSONDict] = {}
-        reader = await request.multipart()
-        async for part in reader:
-            if not isinstance(part, BodyPartReader):  # a nested multipart: Discord's API has none
-                continue
-            if part.name == "payload_json":
-                try:
-                    payload = json.loads(await part.text())
-                except ValueError:
-                    raise ApiError(400, 50109, "The request body contains invalid JSON.") from None
-            elif part.filename:
-                index = (part.name or "").removeprefix("files[").removesuffix("]")
-                data, content_type = bytes(await part.read()), part.headers.get("Content-Type")
-                uploaded[index] = {"filename": part.filename, "data": data, "content_type": content_type}
-        for entry in payload.get("attachments") or []:
-            spec = uploaded.get(str(entry.get("id")))
-            if spec is not None:
-                spec.update({key: entry[key] for key in ("filename", "description") if entry.get(key)})
-        return payload, list(uploaded.values())
-
     # ----------------------------------------------------------------- handlers
 
     async def _get_gateway(self, request: web.Request) -> web.Response:
@@ -300,7 +300,7 @@ class RestApi:
         state = self.state
         channel = self._channel(request)
         bot = request[BOT_USER]
-        payload, files = await self._read_message_body(request)
+        payload, files = await read_message_body(request)
         content = payload.get("content") or ""
         if len(content) > MAX_CONTENT_LENGTH:
             raise _too_long("content")
