@@ -69,6 +69,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    from .persona import slash
+
     directory = Path(args.config).absolute().parent  # as load_config: a symlink's own directory
     dotenv = dotenv_in(directory)
     if dotenv is not None:
@@ -80,6 +82,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(f"warning: {warning}")
     names = ", ".join(f"{bot.name} ({bot.prefix}chat, {bot.provider}/{bot.model})" for bot in config.bots.values())
     print(f"{args.config}: OK, {len(config.bots)} bot(s): {names}")
+    for bot in config.bots.values():
+        print(f"  {bot.name}: {slash.describe(bot)}")
     return 0
 
 

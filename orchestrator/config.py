@@ -183,6 +183,12 @@ class VisionSettings(_Model):
         if found is None:
             raise ValueError("must be a number of bytes or a size such as '8 MB' or '500 KB' (1 MB = 1,000,000 bytes)")
         return round(float(found[1]) * _SIZE_UNITS[(found[2] or "b").lower()])
+class CommandSettings(_Model):
+    """``commands:``: the bot's slash commands (persona/slash.py)."""
+
+    enabled: bool = True  # false: no slash commands are registered (prefix commands still work)
+    # register in these guilds only (instant, for testing servers); empty: globally
+    guilds: tuple[int, ...] = ()
 
 
 class RestartSettings(_Model):
@@ -204,6 +210,7 @@ class Defaults(_Model):
     context: ContextSettings = ContextSettings()
     group: GroupSettings = GroupSettings()
     vision: VisionSettings = VisionSettings()
+    commands: CommandSettings = CommandSettings()
     stream: bool = False
     message_content: bool = True  # ask for the privileged Message Content intent (see BotSpec)
     mailbox_size: int = Field(32, ge=1, le=10_000)
@@ -229,6 +236,7 @@ class BotSettings(_Model):
     context: dict[str, Any] = {}
     group: dict[str, Any] = {}
     vision: dict[str, Any] = {}  # or true/false
+    commands: dict[str, Any] = {}
     stream: bool | None = None
     message_content: bool | None = None
     mailbox_size: int | None = Field(None, ge=1, le=10_000)
@@ -306,6 +314,7 @@ class BotSpec:
     context: ContextSettings
     group: GroupSettings
     vision: VisionSettings
+    commands: CommandSettings
     stream: bool
     mailbox_size: int
     concurrency: int
@@ -582,6 +591,7 @@ _KNOWN_KEYS: dict[str, type[_Model]] = {
     "context": ContextSettings,
     "group": GroupSettings,
     "vision": VisionSettings,
+    "commands": CommandSettings,
 }
 
 

@@ -88,3 +88,38 @@ def test_rooms_benchmark_produces_its_figures(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     figures = json.loads(output.read_text())
     assert figures["channels"] == 10 and figures["bytes_per_message"] > 0 and figures["traced_mib"] >= 0
+
+
+def test_fleet_benchmark_produces_its_figures(tmp_path: Path, redis_url: str, postgres_dsn: str) -> None:
+    output = tmp_path / "bench_fleet.json"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench_fleet"), "--quick", "--redis-url", redis_url,
+         "--postgres-dsn", postgres_dsn, "--output", str(output)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(output.read_text())
+    [failover] = figures["failover"]
+    assert failover["kills"] == 1 and failover["unanswered"] == 0 and failover["answered_twice"] == 0
+    assert 0 < failover["best_s"] <= failover["median_s"] <= failover["worst_s"] < 60
+    cost = figures["cost"]
+    assert list(cost["sides"]) == ["single, SQLite", "single, PostgreSQL", "fleet, 1 node"]
+    for side in cost["sides"].values():
+        assert side["answered"] == side["offered"]
+        assert all(math.isfinite(side[key]) and side[key] > 0 for key in ("cpu_ms_per_answer", "added_p50_ms"))
+        assert side["added_p50_ms"] <= side["added_p99_ms"]
+    assert math.isfinite(cost["fleet_minus_single"]["cpu_ms_per_answer"])
+    assert set(cost["throughput_answers_per_s"]) == {"one process", "1 node", "2 nodes"}
+    assert all(value > 0 for value in cost["throughput_answers_per_s"].values())
+    assert "every bot it held answers again" in result.stdout and "fleet - single" in result.stdout
+
+
+def test_fleet_benchmark_without_valgrind_says_how_to_get_it(tmp_path: Path, redis_url: str, postgres_dsn: str) -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench_fleet"), "--parts", "instructions", "--valgrind",
+         str(tmp_path / "no-valgrind"), "--redis-url", redis_url, "--postgres-dsn", postgres_dsn,
+         "--output", str(tmp_path / "x.json")],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2 and "apt-get install valgrind" in result.stderr
+    assert not (tmp_path / "x.json").exists()

@@ -36,6 +36,25 @@ def test_check_accepts_the_example_and_names_the_bots() -> None:
     result = orchestrator("check", "bots.yaml", env=env)
     assert result.returncode == 0, result.stderr
     assert "OK, 2 bot(s): sage (!chat" in result.stdout and "hafez (?chat" in result.stdout
+    commands = "/chat message, /reset [scope], /usage, /panel topic [rounds]"
+    assert f"  sage: {commands}, /imagine prompt, registered globally\n" in result.stdout  # it has an image_model
+    assert f"  hafez: {commands}, registered globally\n" in result.stdout
+    assert not result.stderr
+
+
+def test_check_lists_each_bots_slash_commands_or_says_it_has_none(tmp_path: Path) -> None:
+    (tmp_path / "bots.yaml").write_text(
+        "providers: {openai: {base_url: 'http://127.0.0.1:9/v1', api_key_env: OPENAI_API_KEY}}\n"
+        "bots:\n"
+        "  - {name: sage, token_env: TOKEN_SAGE, persona: You are Sage., commands: {guilds: [123, 456]}}\n"
+        "  - {name: hafez, token_env: TOKEN_HAFEZ, persona: You are Hafez., prefix: '?', commands: {enabled: false}}\n"
+    )
+    env = base_env() | {"OPENAI_API_KEY": "sk-check-000000", "TOKEN_SAGE": "t-sage-0000", "TOKEN_HAFEZ": "t-hafez-00"}
+    result = orchestrator("check", str(tmp_path / "bots.yaml"), env=env)
+    assert result.returncode == 0, result.stderr
+    commands = "/chat message, /reset [scope], /usage, /panel topic [rounds]"
+    assert f"  sage: {commands}, registered in guild(s) 123, 456\n" in result.stdout
+    assert "  hafez: no slash commands (commands.enabled is false)\n" in result.stdout
 
 
 def test_check_fails_with_file_and_line_and_never_prints_secrets(tmp_path: Path) -> None:

@@ -56,6 +56,9 @@ async def run(capsys: pytest.CaptureFixture[str], *messages: str, config: str = 
         ("> and then?", Line(Kind.REPLY, "and then?")),
         (">and then?", Line(Kind.REPLY, "and then?")),
         ("/dm hafez سلام دوست", Line(Kind.DM, "سلام دوست", "hafez")),
+        ("/chat hello there", Line(Kind.SLASH, "hello there", None, command="chat")),
+        ("/Chat@Hafez سلام", Line(Kind.SLASH, "سلام", "hafez", command="chat")),
+        ("/usage", Line(Kind.SLASH, "", None, command="usage")),
     ],
 )
 def test_parse_line(typed: str, line: Line) -> None:
@@ -70,6 +73,7 @@ def test_parse_line(typed: str, line: Line) -> None:
         ("/dm bob hi", "no bot named 'bob' here"),
         ("/dm sage", "a DM needs a bot and a text: /dm <bot> <text>"),
         ("/dm", "a DM needs a bot and a text"),
+        ("/chat@bob hi", "no bot named 'bob' here"),
         (">  ", "a reply needs a text: > <text>"),
     ],
 )
@@ -89,6 +93,18 @@ async def test_unanswered_lines_are_reported_at_once(capsys: pytest.CaptureFixtu
         out.count("  " + NO_ANSWER + ", a mention ('@sage hello'), a reply ('> text') or a DM ('/dm sage hello'))") == 2
     )
     assert out[-1].startswith(SAGE_SAYS + 'you said "hello".')
+
+
+async def test_slash_commands_are_answered_and_private_answers_are_marked(capsys: pytest.CaptureFixture[str]) -> None:
+    out = await run(capsys, "/chat hello", "!chat and now?", "/usage", "/nosuch thing")
+    assert out[out.index("you: /chat hello") + 1].startswith(SAGE_SAYS + 'you said "hello".')
+    prefixed = out[out.index("you: !chat and now?") + 1]
+    assert prefixed.startswith(SAGE_SAYS + 'you said "and now?".') and '1 earlier turn, the last: "' in prefixed
+    assert out[out.index("you: /usage") + 1] == "sage: Usage of sage (yours / the whole persona):"
+    usage = [line for line in out[out.index("you: /usage") + 1 : out.index("you: /nosuch thing")] if line]
+    assert usage[-1].endswith(" (only you see this)") and not any(line.startswith("you:") for line in usage)
+    commands = "/chat, /reset, /usage, /panel, /imagine"  # sage has an image_model
+    assert out[-1] == f"sage: sage has no command /nosuch; its commands are {commands}. (only you see this)"
 
 
 async def test_a_mention_and_a_reply_reach_the_bot(capsys: pytest.CaptureFixture[str]) -> None:
@@ -400,9 +416,11 @@ async def test_an_imagined_picture_is_saved_and_the_demo_says_where(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     with anyio.fail_after(ANSWER_TIMEOUT / 4):
-        assert await run_demo(BOTS_YAML, ["!imagine a red fox"], None, files_dir=tmp_path) == 0
+        assert await run_demo(BOTS_YAML, ["!imagine a red fox", "/imagine a blue fox"], None, files_dir=tmp_path) == 0
     out = capsys.readouterr().out.splitlines()
     assert any("!imagine <description> (image model gpt-image-1)" in line for line in out), "the banner names it"
-    [shown] = [line for line in out if line.startswith("sage: > a red fox [a-red-fox.png saved to ")]
-    saved = Path(shown.removeprefix("sage: > a red fox [a-red-fox.png saved to ").removesuffix("]"))
-    assert saved.parent == tmp_path and (await anyio.Path(saved).read_bytes()).startswith(b"\x89PNG\r\n\x1a\n")
+    for colour in ("red", "blue"):  # the reply to !imagine, and /imagine's response
+        prefix = f"sage: > a {colour} fox [a-{colour}-fox.png saved to "
+        [shown] = [line for line in out if line.startswith(prefix)]
+        saved = Path(shown.removeprefix(prefix).removesuffix("]"))
+        assert saved.parent == tmp_path and (await anyio.Path(saved).read_bytes()).startswith(b"\x89PNG\r\n\x1a\n")

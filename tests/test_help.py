@@ -49,6 +49,7 @@ async def test_help_answers_through_the_mailbox_without_asking_the_model(world: 
     for command in ("`!chat <text>`", "`!reset`", "`!reset channel`", "`!usage`", "`!help`"):
         assert command in sage.content
     assert "Your limits: 6 requests per minute, 50000 tokens per day." in sage.content
+    assert "Slash commands (type / in Discord): `/chat`, `/reset`, `/usage`, `/panel`." in sage.content
 
     assert hafez.content.startswith("**hafez**: A Persian poet who answers in verse.\n")
     assert "or send me a direct message." in hafez.content and "`?usage`" in hafez.content

@@ -145,6 +145,7 @@ async def test_help_names_imagine_only_where_it_is_enabled(world: World) -> None
         [sages] = await world.chat("!help")
         [hafezs] = await world.chat("?help")
     assert "- `!imagine <description>`: I draw it" in sages.content and "3 images per day" in sages.content
+    assert "`/usage`, `/panel`, `/imagine`." in sages.content
     assert "imagine" not in hafezs.content
 
 

@@ -332,3 +332,15 @@ async def test_a_sqlite_database_from_before_speakers_is_migrated(tmp_path: Path
         Turn("assistant", "new a", "", (6,)),
     ]
     reopened.close()
+
+
+async def test_command_set_digests_are_kept_per_bot_and_scope_across_a_reopen(store_kind: StoreKind) -> None:
+    async with store_kind.open() as store:
+        assert await store.command_sets("sage") == {}
+        await store.save_command_set("sage", "1/global", "a" * 64)
+        await store.save_command_set("sage", "1/guild/2", "b" * 64)
+        await store.save_command_set("sage", "1/global", "c" * 64)  # overwritten, not added
+        await store.save_command_set("hafez", "3/global", "d" * 64)
+    async with store_kind.open() as store:
+        assert await store.command_sets("sage") == {"1/global": "c" * 64, "1/guild/2": "b" * 64}
+        assert await store.command_sets("hafez") == {"3/global": "d" * 64}

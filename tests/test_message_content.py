@@ -47,6 +47,22 @@ async def test_without_message_content_mentions_replies_and_dms_are_answered_and
     assert len(world.openai.chat_requests) == requests
 
 
+async def test_without_message_content_slash_commands_are_answered_in_a_channel(world: World) -> None:
+    """A slash command's text comes with the interaction, which needs no privileged intent."""
+    world.write([{"name": "sage", "message_content": False}])
+    token = token_for("sage")
+    async with world.running():
+        record = await world.discord.interact(token, "chat", {"message": "what is virtue?"})
+        await world.discord.interactions.wait(record, lambda r: r.answered)
+        await world.idle()
+    intents = world.discord.identified_intents[token]
+    assert intents and all(not bits & MESSAGE_CONTENT for bits in intents)
+    [answer] = record.messages
+    assert not answer.ephemeral and "what is virtue?" in answer.content
+    [request] = world.openai.chat_requests
+    assert request.body["messages"][-1]["content"] == "alice: what is virtue?"
+
+
 async def test_without_message_content_channel_context_keeps_only_what_the_bot_can_read(world: World) -> None:
     world.write([{"name": "sage", "message_content": False, "context": {"channel_messages": 20}}])
     token = token_for("sage")

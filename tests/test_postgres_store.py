@@ -55,9 +55,9 @@ async def test_the_tables_are_made_once_and_a_newer_schema_is_refused(postgres_u
         pass
     async with PostgresStore.open(postgres_url) as store:
         await store.append_exchange(KEY, "q", "a")
-    assert await query(postgres_url, "SELECT version FROM schema_version") == [(3,)]
+    assert await query(postgres_url, "SELECT version FROM schema_version") == [(4,)]
     await query(postgres_url, "UPDATE schema_version SET version = 99")
-    with pytest.raises(SchemaTooNew, match="schema version 99, newer than this orchestrator's 3: upgrade"):
+    with pytest.raises(SchemaTooNew, match="schema version 99, newer than this orchestrator's 4: upgrade"):
         async with PostgresStore.open(postgres_url):
             pass
     assert await query(postgres_url, "SELECT content FROM turns ORDER BY id") == [("q",), ("a",)]

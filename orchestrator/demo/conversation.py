@@ -7,8 +7,8 @@ took it has a job in its mailbox by then. So a message nobody answers is reporte
 an answer in progress is waited for (up to ``answer_timeout``, for a slow real provider). A panel
 (``!panel``) answers turn after turn from its own task: the exchange lasts until it has ended.
 Files given to the demo (``--attach``) go with the first message posted; the demo shows the URL
-the sandbox serves each file at. A file a bot posts (an ``!imagine`` image) is saved under
-``files_dir``; the line shown says where.
+the sandbox serves each file at. A file a bot posts (an ``!imagine`` or ``/imagine`` image) is saved
+under ``files_dir``; the line shown says where.
 """
 
 from __future__ import annotations
@@ -20,8 +20,10 @@ from pathlib import Path
 import anyio
 
 from ..config import BotSpec
+from ..persona import slash
 from ..runtime.supervisor import Supervisor
 from ..sandbox.discord_server import DiscordSandbox, SentMessage
+from ..sandbox.discord_server.interactions import InteractionRecord
 from ..sandbox.discord_server.state import JSONDict
 from .syntax import Kind, Line, parse_line
 
@@ -70,6 +72,8 @@ class Conversation:
             line = parse_line(text, self.personas)
         except ValueError as exc:
             return [f"  ({exc})"]
+        if line.kind is Kind.SLASH:
+            return await self._slash(line)
         before = len(self.server.sent)
         posted = await self._post(line)
         if posted is None:
@@ -82,6 +86,33 @@ class Conversation:
             return [*attached, f"  ({self._unanswered(line)})"]
         self._last_answer = answers[-1]
         return [*attached, *(self._show(message) for message in answers)]
+
+    async def _slash(self, line: Line) -> list[str]:
+        """Run a slash command of the bot ``line`` names (or the first); the lines to show: its response,
+        follow-ups (marked when only the user sees them), and what the bots posted meanwhile (a panel)."""
+        assert line.command is not None
+        persona = self.personas[line.bot] if line.bot is not None else next(iter(self.personas.values()))
+        option = slash.text_option(line.command)
+        before = len(self.server.sent)
+        try:
+            record = await self.server.interact(
+                persona.token, line.command, {option: line.text} if option and line.text else {}, user_id=self.user_id
+            )
+        except LookupError:
+            return [f"  ({persona.spec.name} is not connected)"]
+        try:
+            await self.server.interactions.wait(record, _settled, timeout=self.answer_timeout)
+        except TimeoutError:
+            return [f"  (no answer within {self.answer_timeout:g} s)"]
+        if not await self._wait_until_handled():  # a panel it started, follow-ups
+            return [f"  (no answer within {self.answer_timeout:g} s)"]
+        shown = [
+            f"{persona.spec.name}: {message.content}"
+            + "".join(f" [{self._save(message.id, upload)}]" for upload in message.attachments)
+            + (" (only you see this)" if message.ephemeral else "")
+            for message in record.messages
+        ]
+        return shown + [self._show(message) for message in self.server.sent[before:]]
 
     async def _post(self, line: Line) -> JSONDict | None:
         """Post ``line`` as the user (with the files still to send); None if it replies while there is
@@ -150,16 +181,21 @@ class Conversation:
         persona = self._by_user_id.get(message.author_id)
         name = persona.spec.name if persona is not None else "?"
         where = "" if message.channel_id == self.server.channel_id else " (DM)"
-        saved = "".join(f" [{self._save(message, upload)}]" for upload in message.uploads)
+        saved = "".join(f" [{self._save(message.id, upload)}]" for upload in message.uploads)
         return f"{name}{where}: {message.content}{saved}"
 
-    def _save(self, message: SentMessage, upload: dict[str, object]) -> str:
-        """Write a posted file under ``files_dir``; what to show for it."""
+    def _save(self, message_id: int, upload: dict[str, object]) -> str:
+        """Write a file the bot posted with message ``message_id`` under ``files_dir``; what to show for it."""
         name = Path(str(upload["filename"])).name  # the bot's file name, never a path
-        target = self.files_dir / f"{message.id}-{name}"
+        target = self.files_dir / f"{message_id}-{name}"
         try:
             self.files_dir.mkdir(parents=True, exist_ok=True)
             target.write_bytes(self.server.attachment_bytes(str(upload["url"])))
         except OSError as exc:
             return f"{name}: could not be saved to {target}: {exc.strerror or exc}"
         return f"{name} saved to {target}"
+
+
+def _settled(record: InteractionRecord) -> bool:
+    """The bot has answered the command, or Discord refused its answer."""
+    return record.answered or bool(record.refused)

@@ -4,6 +4,7 @@
     @sage hello         the same with a real mention of bot "sage"
     > text, >text       a reply to the last answer
     /dm sage hi         a direct message to bot "sage" (if its access.dms allows DMs)
+    /chat hello         a slash command of the first bot; /chat@hafez hello, of bot "hafez"
 """
 
 from __future__ import annotations
@@ -12,7 +13,10 @@ import enum
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-USAGE = "@<bot> <text> mentions a bot, '> <text>' replies to the last answer, /dm <bot> <text> sends a DM"
+USAGE = (
+    "@<bot> <text> mentions a bot, '> <text>' replies to the last answer, /dm <bot> <text> sends a DM, "
+    "/chat <text> runs a slash command (/chat@<bot> <text>: another bot's)"
+)
 
 
 class Kind(enum.Enum):
@@ -20,13 +24,15 @@ class Kind(enum.Enum):
     MENTION = "mention"
     REPLY = "reply"
     DM = "dm"
+    SLASH = "slash"
 
 
 @dataclass(frozen=True)
 class Line:
     kind: Kind
     text: str
-    bot: str | None = None  # the bot mentioned or messaged directly
+    bot: str | None = None  # the bot mentioned or messaged directly (a slash command: None is the first bot)
+    command: str | None = None  # a slash command's name
 
 
 def parse_line(line: str, bots: Iterable[str]) -> Line:
@@ -46,6 +52,9 @@ def parse_line(line: str, bots: Iterable[str]) -> Line:
         if not bot or not text.strip():
             raise ValueError("a DM needs a bot and a text: /dm <bot> <text>")
         return Line(Kind.DM, text.strip(), bot_named(bot))
+    if command.startswith("/") and len(command) > 1:
+        name, _, bot = command[1:].partition("@")
+        return Line(Kind.SLASH, rest.strip(), bot_named(bot) if bot else None, command=name.lower())
     if stripped.startswith(">"):
         text = stripped[1:].strip()
         if not text:

@@ -86,6 +86,10 @@ class Delivery:
         self._bot = bot
         self._may_post = may_post
 
+    @property
+    def client(self) -> discord.Client:
+        return self._client
+
     def channel(self, message: discord.Message) -> discord.PartialMessageable:
         """Where to answer ``message`` through this client (a job handed over after a crash carries a
         message whose own channel object belongs to the closed client)."""

@@ -15,6 +15,14 @@ compatibility job (scripts/compat) runs the end-to-end tests against:
   building a ``discord.Message`` from Discord's answer, which nothing reads (~5% of an answer);
 - ``ConnectionState._ready_task``: discord.py leaves it running after ``close()``; it would
   dispatch ``ready`` on a closed client.
+- slash commands (``persona/slash.py``): a ``discord.Message`` built from an interaction with the
+  client's ``ConnectionState``, so that a slash command becomes the same job as a prefix command
+  (access rules, mailbox, memory and channel context read a message); and the bulk-overwrite calls
+  of ``HTTPClient`` that ``CommandTree.sync`` makes, for the set of commands and the scope we choose
+  (``sync`` registers only what the tree holds for one scope, and cannot clear a scope we left);
+  and an interaction's webhook built as ``Interaction.followup`` builds it (``Webhook.from_state``:
+  an application webhook, which may post ephemeral messages), on the client of the incarnation
+  that answers, which after a crash is not the one that received the interaction.
 """
 
 from __future__ import annotations
@@ -118,6 +126,45 @@ async def post_message(
     ) as params:
         data = await client.http.send_message(channel_id, params=params)
     return int(data["id"])
+
+
+def message_from_interaction(client: discord.Client, interaction: discord.Interaction, content: str) -> discord.Message:
+    """A message standing for a slash command: its id is the interaction's, its author the user who
+    ran it (a member with roles in a guild), its channel and guild the interaction's, its text ``content``."""
+    user = interaction.user
+    data: dict[str, Any] = {
+        "id": str(interaction.id),
+        "channel_id": str(interaction.channel_id),
+        "author": {"id": str(user.id), "username": user.name, "discriminator": "0", "avatar": None},
+        "content": content,
+        "timestamp": interaction.created_at.isoformat(),
+        "edited_timestamp": None,
+        "type": 0,
+        "flags": 0,
+    }
+    if interaction.guild_id is not None:
+        data["guild_id"] = str(interaction.guild_id)
+    channel: Any = interaction.channel
+    if channel is None or not isinstance(channel, discord.abc.Messageable):
+        channel = client.get_partial_messageable(interaction.channel_id or 0, guild_id=interaction.guild_id)
+    message = discord.Message(state=client._connection, channel=channel, data=data)  # type: ignore[arg-type]  # a partial payload
+    message.author = user
+    return message
+
+
+def interaction_webhook(client: discord.Client, application_id: int, token: str) -> discord.Webhook:
+    """The webhook of an interaction (its original response and follow-ups), posting through ``client``."""
+    return discord.Webhook.from_state(data={"id": application_id, "type": 3, "token": token}, state=client._connection)
+
+
+async def overwrite_commands(
+    client: discord.Client, application_id: int, guild_id: int | None, payload: list[dict[str, Any]]
+) -> None:
+    """Replace the application's commands, globally (``guild_id`` None) or in one guild, by ``payload``."""
+    if guild_id is None:
+        await client.http.bulk_upsert_global_commands(application_id, payload=payload)
+    else:
+        await client.http.bulk_upsert_guild_commands(application_id, guild_id, payload=payload)
 
 
 def cancel_ready_task(client: discord.Client) -> None:

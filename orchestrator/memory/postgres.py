@@ -107,6 +107,15 @@ _MIGRATIONS = (
     """
     ALTER TABLE daily_usage ADD COLUMN IF NOT EXISTS images BIGINT NOT NULL DEFAULT 0;
     """,
+    # 4: each bot's registered slash command sets, by scope (persona/slash.py)
+    """
+    CREATE TABLE IF NOT EXISTS command_sets (
+        bot TEXT NOT NULL,
+        scope TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        PRIMARY KEY (bot, scope)
+    );
+    """,
 )
 
 _T = TypeVar("_T")
@@ -445,6 +454,19 @@ class PostgresStore:
             return deleted + self._drop_pending(lambda k: k.bot == bot and k.channel == channel)
 
         return await self._after_pending(delete)
+
+    async def command_sets(self, bot: str) -> dict[str, str]:
+        async with self._connection() as conn:
+            rows = await conn.fetch("SELECT scope, digest FROM command_sets WHERE bot = $1", bot)
+        return {scope: digest for scope, digest in rows}
+
+    async def save_command_set(self, bot: str, scope: str, digest: str) -> None:
+        async with self._connection() as conn:
+            await conn.execute(
+                "INSERT INTO command_sets (bot, scope, digest) VALUES ($1, $2, $3) "
+                "ON CONFLICT (bot, scope) DO UPDATE SET digest = excluded.digest",
+                bot, scope, digest,
+            )  # fmt: skip
 
     async def prune(self, bot: str, max_age_seconds: float | None, max_turns: int) -> int:
         """Drop ``bot``'s turns older than ``max_age_seconds`` and beyond its newest ``max_turns`` per conversation."""

@@ -58,6 +58,12 @@ CREATE TABLE IF NOT EXISTS daily_usage (
     images INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (day, bot, user)
 );
+CREATE TABLE IF NOT EXISTS command_sets (
+    bot TEXT NOT NULL,
+    scope TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    PRIMARY KEY (bot, scope)
+);
 """
 # daily_usage columns added since the first schema (databases from before spend, before images)
 _ADDED_USAGE_COLUMNS = {
@@ -302,6 +308,23 @@ class SQLiteStore:
             removed += 2 * (len(self._pending) - len(kept))
             self._pending = kept
         return removed
+
+    async def command_sets(self, bot: str) -> dict[str, str]:
+        def read() -> list[tuple[str, str]]:
+            return self._db.execute("SELECT scope, digest FROM command_sets WHERE bot=?", (bot,)).fetchall()
+
+        return dict(await self._run(read))
+
+    async def save_command_set(self, bot: str, scope: str, digest: str) -> None:
+        def save() -> None:
+            with self._db:
+                self._db.execute(
+                    "INSERT INTO command_sets (bot, scope, digest) VALUES (?, ?, ?) "
+                    "ON CONFLICT (bot, scope) DO UPDATE SET digest = excluded.digest",
+                    (bot, scope, digest),
+                )
+
+        await self._run(save)
 
     async def prune(self, bot: str, max_age_seconds: float | None, max_turns: int) -> int:
         """Drop ``bot``'s turns older than ``max_age_seconds`` and beyond its newest ``max_turns`` per conversation."""

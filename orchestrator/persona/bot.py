@@ -7,9 +7,10 @@ answers in flight. Jobs of one conversation run in arrival order; different conv
 concurrently up to ``concurrency``.
 
 How a user addresses a persona: ``<prefix>chat <text>`` (each bot has its own prefix), an
-@mention of the bot, a reply to one of the bot's messages, or a DM when ``access.dms`` allows. A bot
-with ``message_content: false`` does not ask for the privileged intent; in guild channels it then
-answers mentions and replies only (persona/access.py).
+@mention of the bot, a reply to one of the bot's messages, a DM when ``access.dms`` allows, or a
+slash command (``slash.py``: the same jobs, answered through the interaction). A bot with
+``message_content: false`` does not ask for the privileged intent; in guild channels it then answers
+mentions, replies and slash commands only (persona/access.py).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from ..config import BotSpec, VisionSettings
 from ..discord_io import gateway_filter, internals
 from ..discord_io.client import DiscordUnreachable, build_client, describe_error, network_failure, typing_sender
 from ..discord_io.delivery import Delivery, retry_server_errors
+from ..discord_io.interactions import InteractionReply, refuse
 from ..discord_io.streaming import EditBudgets, StreamingReply
 from ..discord_io.text import clean_user_text, neutralize_mentions, split_message
 from ..discord_io.typing_indicator import TypingIndicator, Work
@@ -43,7 +45,7 @@ from ..memory import SHARED, ConversationKey, Turn, fit_context
 from ..ops.sentry import report_exception
 from ..runtime.mailbox import Job, JobKind, Mailbox
 from ..runtime.services import BotCounters, Services
-from . import access
+from . import access, slash
 from .attachments import AttachmentReader, AttachmentRefused, ReadAttachments
 from .catch_up import catch_up
 from .commands import parse_command
@@ -54,6 +56,7 @@ from .replies import APOLOGY, BUSY, EMPTY_ANSWER, RESTARTING, empty_chat, help_t
 log = logging.getLogger(__name__)
 
 MAX_INPUT_CHARS = 8000
+REGISTER_WAIT = 10.0  # seconds a start waits for the registration of the bot's slash commands
 
 
 class Answer(NamedTuple):
@@ -104,12 +107,17 @@ class PersonaBot:
         self._delivery = Delivery(self.client, self._typing, spec.name, may_post=may_post)
         self._attachments = AttachmentReader(spec.name)
         self._handing_over = False
+        self._commands = slash.build_tree(self.client, self._take_interaction, lambda: self.spec)
 
     # ------------------------------------------------------------------ lifecycle
 
     def update(self, spec: BotSpec) -> None:
-        """Apply settings that need no reconnect (persona, model, parameters, quotas, prefix, access)."""
+        """Apply settings that need no reconnect (persona, model, parameters, quotas, prefix, access,
+        slash commands, which follow ``image_model`` too: ``/imagine`` is registered only with one)."""
+        commands_changed = spec.commands != self.spec.commands or slash.offered(spec) != slash.offered(self.spec)
         self.spec = spec
+        if commands_changed and self._ready.is_set() and self._notices is not None:
+            self._notices.start_soon(self._register_commands)
 
     def stop(self, *, hand_over: bool = False) -> None:
         """Stop taking new messages; queued and in-flight answers finish, then the client closes.
@@ -134,6 +142,17 @@ class PersonaBot:
             tg.start_soon(self._typing.run)
             try:
                 await self._ready.wait()
+                # running means its slash commands are the current ones, unless Discord does not answer
+                with anyio.move_on_after(REGISTER_WAIT) as waited:
+                    await self._register_commands()
+                if waited.cancelled_caught:
+                    log.warning(
+                        "bot %s: Discord did not answer the registration of its slash commands within %g s; it "
+                        "runs with its prefix commands and registers them on its next start or reload",
+                        self.spec.name, REGISTER_WAIT,
+                    )  # fmt: skip
+                if self._on_ready_callback:
+                    self._on_ready_callback()
                 task_status.started()
                 async with anyio.create_task_group() as jobs:
                     await self._dispatch(jobs)
@@ -205,8 +224,6 @@ class PersonaBot:
         if not self._ready.is_set():
             log.info("bot %s is online as %s", self.spec.name, self.client.user)
             self._ready.set()
-            if self._on_ready_callback:
-                self._on_ready_callback()
         if self._catch_up_from and self._notices is not None:  # a new session, to which Discord replays nothing
             self._notices.start_soon(self._catch_up, self._catch_up_from)
         self._catch_up_from = {}
@@ -308,16 +325,42 @@ class PersonaBot:
             log.warning(
                 "bot %s: too many messages waiting (%d), answering busy", self.spec.name, self.mailbox.in_flight
             )
-            self._notify(job.message, BUSY)
+            self._notify(job, BUSY)
         elif outcome == "closed":
             if self._handing_over:
                 log.debug("bot %s: message %s is left to the node that runs it next", self.spec.name, job.message.id)
                 return
-            self._notify(job.message, RESTARTING)
+            self._notify(job, RESTARTING)
 
-    def _notify(self, message: discord.Message, text: str) -> None:
+    def _notify(self, job: Job, text: str) -> None:
         if self._notices is not None:  # None only before run(), when no message can arrive
-            self._notices.start_soon(self._delivery.reply, message, text)
+            self._notices.start_soon(partial(self._say, job, text, private=True))
+
+    async def _say(self, job: Job, text: str, *, private: bool = False) -> None:
+        """Tell the user a line of the bot's own (not the model's): a reply to their message or, for a
+        slash command, its response (``private``: only they see it). A failure is logged."""
+        if job.reply is None:
+            await self._delivery.reply(job.message, text)
+        else:
+            await job.reply.tell(self._delivery, text, private=private)
+
+    async def _register_commands(self) -> None:
+        await slash.register(self.client, self._commands, self.spec, self.services.store)
+
+    async def _take_interaction(self, interaction: discord.Interaction, kind: JobKind, text: str) -> None:
+        """A slash command (run by discord.py's command tree): acknowledged at once with "thinking…",
+        then queued as the job its prefix command would be, answered through the interaction."""
+        me = self.client.user
+        message = internals.message_from_interaction(self.client, interaction, text)
+        if me is None or not access.allowed(self.spec.access, message, me.id, self._allows_bot(message.author.id)):
+            await refuse(interaction, f"{self.spec.name} does not take commands here.")
+            return
+        if kind == "chat" and not self._presence.may_answer(message):
+            await refuse(interaction, "Too many persona messages in this channel right now; try again shortly.")
+            return
+        reply = await InteractionReply.defer(interaction, self.spec.name, private=kind in slash.PRIVATE)
+        if reply is not None:
+            self._enqueue(Job(kind, message, text, time.monotonic(), reply=reply))
 
     async def _catch_up(self, taken: dict[int, int]) -> None:
         """Take what arrived while the bot had no session (a restart, or a session Discord invalidated)."""
@@ -373,7 +416,7 @@ class PersonaBot:
                 self.counters.errors += 1
                 log.exception("bot %s: unexpected error while handling %s", self.spec.name, job.kind)
                 report_exception(bot=self.spec.name, provider=self.spec.provider, model=self.spec.model)
-                await self._delivery.reply(job.message, APOLOGY)
+                await self._say(job, APOLOGY, private=True)
         finally:
             done.set()
             if self._tails.get(key) is done:
@@ -404,52 +447,49 @@ class PersonaBot:
                     job.turn.finish(answered)
         elif job.kind == "panel":
             note = partial(self._delivery.post, job.message, reply=False)
-            await self._delivery.reply(job.message, self._presence.start_panel(job.message, job.text, note))
+            await self._say(job, self._presence.start_panel(job.message, job.text, note))
         elif job.kind == "stop":
-            await self._delivery.reply(job.message, self._presence.stop_panel(job.message))
+            await self._say(job, self._presence.stop_panel(job.message))
         elif job.kind == "reset":
             removed = await self.services.store.reset(key)
-            await self._delivery.reply(
-                job.message, f"Our conversation is cleared ({removed // 2} exchanges forgotten)."
-            )
+            await self._say(job, f"Our conversation is cleared ({removed // 2} exchanges forgotten).")
         elif job.kind == "reset_channel":
             if not access.is_admin(self.spec.access, job.message):
-                await self._delivery.reply(
-                    job.message, "Only an admin of this bot can clear the whole channel's memory."
-                )
+                await self._say(job, "Only an admin of this bot can clear the whole channel's memory.")
                 return
             removed = await self.services.store.reset_channel(self.spec.name, job.message.channel.id)
-            await self._delivery.reply(
-                job.message, f"This channel's conversations with me are cleared ({removed} messages)."
-            )
+            await self._say(job, f"This channel's conversations with me are cleared ({removed} messages).")
         elif job.kind == "usage":
             spec, pool = self.spec, self.services.pool
             user = str(job.message.author.id)
             mine = await pool.admission.usage(spec.name, user, spec.quota, spec.user_quota)
             total = await pool.admission.usage(spec.name, QuotaBook.ALL_USERS, spec.quota, spec.user_quota)
             images = await pool.admission.images_today(spec.name, user, spec.quota, spec.user_quota)
-            await self._delivery.reply(job.message, usage_text(spec, mine, total, images))
+            await self._say(job, usage_text(spec, mine, total, images))
         elif job.kind == "help":
-            await self._delivery.reply(job.message, help_text(self.spec))
+            await self._say(job, help_text(self.spec))
         elif job.kind == "imagine":
             await self._imagine(job)
 
     async def _imagine(self, job: Job) -> None:
-        """Draw what ``job`` asks for and post it as a file in reply, or say why not."""
+        """Draw what ``job`` asks for and post it as a file: in reply, or for ``/imagine`` in place of
+        "thinking…". Why not, instead, is a line only the user sees where Discord allows that."""
         with self._typing.working(job.message.channel.id) as work:
             drawn = await imagine(self, job.message.author.id, job.text)
             work.finish()
         if isinstance(drawn, str):
-            await self._delivery.reply(job.message, drawn)
+            await self._say(job, drawn, private=True)
             return
+        attachment = (drawn.file_name, drawn.data)
         try:
-            await self._delivery.reply(
-                job.message, drawn.caption, raise_errors=True, attachment=(drawn.file_name, drawn.data)
-            )
+            if job.reply is not None:
+                await job.reply.answer(self._delivery, drawn.caption, attachment=attachment)
+            else:
+                await self._delivery.reply(job.message, drawn.caption, raise_errors=True, attachment=attachment)
         except discord.HTTPException as exc:
             self.counters.errors += 1
             log.error("bot %s: Discord refused the image (HTTP %s: %s)", self.spec.name, exc.status, exc.text)
-            await self._delivery.reply(job.message, f"Discord refused to post the image (HTTP {exc.status}).")
+            await self._say(job, f"Discord refused to post the image (HTTP {exc.status}).", private=True)
 
     async def _chat(self, job: Job, key: ConversationKey, *, remember: bool = True) -> bool:
         """Answer ``job``; True when an answer was delivered. A panel turn (``remember=False``) leaves
@@ -459,7 +499,7 @@ class PersonaBot:
         text = clean_user_text(job.text)[:MAX_INPUT_CHARS]
         files = job.message.attachments if job.kind == "chat" else []
         if not text and not files:
-            await self._delivery.reply(job.message, empty_chat(spec.prefix))
+            await self._say(job, empty_chat(spec.prefix), private=True)
             return False
         store = self.services.store
         with self._typing.working(job.message.channel.id) as work:
@@ -497,7 +537,7 @@ class PersonaBot:
             except ProviderError as exc:
                 log.warning("bot %s: %s", spec.name, exc)
                 work.finish()
-                await self._delivery.reply(job.message, exc.user_message)
+                await self._say(job, exc.user_message, private=True)
                 return False
             except discord.HTTPException as exc:
                 self.counters.errors += 1
@@ -551,8 +591,13 @@ class PersonaBot:
                 self.spec.name, result.requested_at - job.received, time.monotonic() - result.answered_at
             )
         if not chunks:
-            await self._delivery.reply(message, EMPTY_ANSWER)
+            await self._say(job, EMPTY_ANSWER)
             return None
+        if job.reply is not None:  # a slash command: no pings (an edit would not notify anyway)
+            sent = [await job.reply.answer(self._delivery, chunks[0])]
+            for chunk in chunks[1:]:
+                sent.append(await job.reply.follow_up(self._delivery, chunk))
+            return Answer(answer, tuple(message.id for message in sent))
         part = _parts(job)
         ids = [await self._delivery.reply(message, chunks[0], raise_errors=True, mention=mention, part=part(0))]
         for index, chunk in enumerate(chunks[1:], 1):
@@ -573,6 +618,8 @@ class PersonaBot:
 
         async def send(text: str, first: bool) -> discord.Message:
             work.finish()  # the text itself shows progress from here on
+            if job.reply is not None:
+                return await job.reply.send_editable(self._delivery, text, first)
             return await self._delivery.send_editable(message, text, first=first, part=part(0) if first else None)
 
         reply = StreamingReply(
@@ -589,7 +636,7 @@ class PersonaBot:
             log.warning("bot %s: %s", self.spec.name, exc)
             cut = True
         if not reply.text.strip():
-            await self._delivery.reply(message, EMPTY_ANSWER)
+            await self._say(job, EMPTY_ANSWER)
             return None
         await retry_server_errors(partial(reply.finish, cut=cut))  # finish only rewrites what Discord does not show yet
         return None if cut else Answer(reply.text.strip(), reply.message_ids)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from ..config import BotSpec, QuotaSettings
 from ..llm.quota import UsageReport
 from ..llm.spend import format_usd
+from . import slash
 
 BUSY = "I'm answering too many messages right now. Please try again in a moment."
 RESTARTING = "I'm restarting. Please try again in a few seconds."
@@ -74,8 +75,10 @@ def help_text(spec: BotSpec) -> str:
         f"- `{p}usage`: what you have used and what is left",
         *([f"- `{p}imagine <description>`: I draw it"] if spec.image_model is not None else []),
         f"- `{p}help`: this message",
-        limits_text(spec.user_quota),
     ]
+    if spec.commands.enabled:
+        lines.append(f"Slash commands (type / in Discord): {', '.join(f'`/{name}`' for name in slash.offered(spec))}.")
+    lines.append(limits_text(spec.user_quota))
     return "\n".join(lines)
 
 

@@ -14,6 +14,7 @@ import anyio
 import discord
 
 from ..community.panel import PanelTurn
+from ..discord_io.interactions import InteractionReply
 
 JobKind = Literal["chat", "reset", "reset_channel", "usage", "help", "panel", "stop", "panel_turn", "imagine"]
 
@@ -25,6 +26,7 @@ class Job:
     text: str = ""
     received: float = 0.0
     turn: PanelTurn | None = None  # a panel's conductor waits for this job ("panel_turn")
+    reply: InteractionReply | None = None  # a slash command's: answered through its interaction, not a reply
 
 
 _REMEMBERED_IDS = 2000  # message ids a mailbox remembers as taken

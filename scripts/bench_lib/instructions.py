@@ -78,7 +78,7 @@ async def run(args: Any, command: str) -> dict[str, Any]:
             await warm_bytecode_cache(children)
             async with World(bench, "instructions", "orchestrator", make_bots(1), CONVERSATIONS,
                              channels=CONVERSATIONS, heartbeat_interval_ms=HEARTBEAT_MS) as world:  # fmt: skip
-                figures = await _count(bench, world, callgrind, small, large)
+                figures = await count(bench, world, callgrind, small, large)
         finally:
             await children.stop_all()
     return {
@@ -98,7 +98,12 @@ async def run(args: Any, command: str) -> dict[str, Any]:
     }  # fmt: skip
 
 
-async def _count(bench: Bench, world: World, callgrind: Callgrind, small: int, large: int) -> dict[str, Any]:
+async def count(
+    bench: Bench, world: World, callgrind: Callgrind, small: int, large: int,
+    env: dict[str, str] | None = None, sections: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Launch the orchestrator of ``world`` under callgrind (``env`` and ``sections`` as in
+    :meth:`World.launch`), warm it up, count the two windows; the figure and the windows."""
     await world.launch(
         provider={"max_concurrency": 4},
         defaults={
@@ -107,7 +112,8 @@ async def _count(bench: Bench, world: World, callgrind: Callgrind, small: int, l
             "user_quota": {"requests_per_minute": 600, "tokens_per_minute": 10**7, "tokens_per_day": 10**8},
         },
         wrapper=callgrind.command("orchestrator"),
-        env={"PYTHONHASHSEED": "0"},
+        env={"PYTHONHASHSEED": "0", **(env or {})},
+        sections=sections,
     )  # fmt: skip
     bench.say("instructions: the orchestrator is starting under callgrind (uninstrumented until counting)")
     await world.ready(timeout=300)

@@ -44,6 +44,8 @@ WARM_IMPORTS = (
 
 def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    # This checkout's orchestrator, also where the installed one is another checkout's (a shared .venv)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     env["PYTHONPYCACHEPREFIX"] = str(PYCACHE)
     env.update(extra or {})
     return env
@@ -338,7 +340,9 @@ def write_orchestrator_config(
     *,
     provider: dict[str, Any] | None = None,
     defaults: dict[str, Any] | None = None,
+    sections: dict[str, Any] | None = None,
 ) -> Path:
+    """bots.yaml for ``bots`` against the sandbox; ``sections`` adds top-level sections (``fleet``)."""
     discord: dict[str, Any] = {"api_url": sandbox["api_url"], "gateway_url": sandbox["gateway_url"]}
     if guild_ready_timeout_in_config():
         discord["guild_ready_timeout"] = GUILD_READY_TIMEOUT
@@ -364,6 +368,7 @@ def write_orchestrator_config(
             {"name": b.name, "token_env": b.token_env, "persona": b.persona, "prefix": b.prefix, "weight": b.weight}
             for b in bots
         ],
+        **(sections or {}),
     }
     path.write_text(yaml.safe_dump(document, sort_keys=False), encoding="utf-8")
     return path

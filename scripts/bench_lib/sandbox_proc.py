@@ -84,7 +84,7 @@ class BenchOpenAI(OpenAISandbox):
         self.log: list[tuple[int | None, str | None, int, float, float]] = []
         self._seen: dict[int, tuple[dict[str, Any], int]] = {}
 
-    async def _record(self, request: web.Request, body: dict[str, Any], status: int) -> None:
+    async def _record(self, request: web.Request, body: dict[str, Any], status: int, images: list[str]) -> None:
         # Not the base class's: it keeps every body and wakes waiters, which a long run does not need.
         self._seen[id(request)] = (body, status)
 

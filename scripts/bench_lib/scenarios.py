@@ -270,16 +270,18 @@ class World:
         seed: bool = False,
         wrapper: Sequence[str] = (),
         env: dict[str, str] | None = None,
+        sections: dict[str, Any] | None = None,
     ) -> None:
-        """Start the side; ``wrapper`` (an argv prefix) and ``env`` (extra variables) apply to the
-        orchestrator only."""
+        """Start the side; ``wrapper`` (an argv prefix), ``env`` (extra variables) and ``sections``
+        (more top-level sections of bots.yaml) apply to the orchestrator only."""
         log = await self._stack.enter_async_context(opened(self.bench.log_dir / f"{self.label}-{self.side}.log"))
         if self.side == "orchestrator":
             database = self.workdir / "memory.sqlite3"
             if seed:
                 seed_memory(database, self.bots, self.info["channel_id"], self.info["user_ids"])
             config = write_orchestrator_config(
-                self.workdir / "bots.yaml", self.bots, self.info, database, provider=provider, defaults=defaults
+                self.workdir / "bots.yaml", self.bots, self.info, database, provider=provider, defaults=defaults,
+                sections=sections,
             )
             environment = {**orchestrator_env(self.bots, self.info, database), **(env or {})}
             self.proc = await OrchestratorProc.start(self.bench.children, config, environment, log, wrapper)

@@ -6,7 +6,8 @@ It composes the shared :class:`SandboxState`, the websocket :class:`Gateway` and
 what bots send through REST is recorded in :attr:`sent`; faults and disconnections are injected
 with :meth:`inject_rest` and :meth:`drop_gateway`; an application's privileged intent is set with
 :meth:`set_message_content_intent`. Attachments are stored and served at their own URLs
-(``attachments.py``). ``POST /_sandbox/messages``, ``POST /_sandbox/intents`` and
+(``attachments.py``); slash commands are run with :meth:`interact` (``interactions.py``).
+``POST /_sandbox/messages``, ``POST /_sandbox/intents`` and
 ``GET /_sandbox/sent`` offer the same to another process (``python -m orchestrator.sandbox.discord_server``).
 """
 
@@ -14,12 +15,13 @@ from __future__ import annotations
 
 import dataclasses
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from aiohttp import web
 
 from .attachments import ROUTE as ATTACHMENT_ROUTE
 from .gateway import Gateway, GatewaySession
+from .interactions import InteractionRecord, Interactions
 from .rest import API_PREFIX, ApiError, RestApi, RestFault, json_body, json_response
 from .state import JSONDict, SandboxState, SentMessage
 
@@ -58,6 +60,8 @@ class DiscordSandbox:
             compress=compress,
         )
         self.rest = RestApi(self.state, self.gateway)
+        self.interactions = Interactions(self.state, self.gateway)
+        self.rest.token_authenticated = self.interactions.token_authenticated
         self.guild_id = self.state.guild_id
         self.channel_id = self.state.channel_id
         self.default_user_id = self.state.default_user_id
@@ -155,6 +159,7 @@ class DiscordSandbox:
                 web.get("/gateway", self.gateway.handle),
                 web.get(ATTACHMENT_ROUTE, self.state.files.serve),
                 *self.rest.routes(),
+                *self.interactions.routes(),
                 web.post("/_sandbox/messages", self._control_post),
                 web.get("/_sandbox/sent", self._control_sent),
                 web.post("/_sandbox/intents", self._control_intents),
@@ -297,6 +302,23 @@ class DiscordSandbox:
     def delete_attachment(self, url_or_id: str | int) -> None:
         """Remove an attachment: its URL answers 404 from now on (an expired CDN link)."""
         self.state.files.delete(url_or_id)
+
+    async def interact(
+        self,
+        bot_token: str,
+        name: str,
+        options: Mapping[str, object] | Sequence[JSONDict] = (),
+        *,
+        user_id: int | None = None,
+        channel_id: int | None = None,
+        dm: bool = False,
+        delivered_after: float = 0.0,
+    ) -> InteractionRecord:
+        """A user runs ``/name`` with ``options`` (name -> value, or option objects): INTERACTION_CREATE
+        goes to that bot's session (see :meth:`Interactions.fire`); the record shows the bot's responses."""
+        return await self.interactions.fire(
+            bot_token, name, options, user_id=user_id, channel_id=channel_id, dm=dm, delivered_after=delivered_after
+        )
 
     def sent_by(self, bot_user_id: int) -> list[SentMessage]:
         """Messages the given bot sent, in order."""

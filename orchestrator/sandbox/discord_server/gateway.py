@@ -249,6 +249,15 @@ class Gateway:
         await self.send_frame(ws, json.dumps({"op": _INVALID_SESSION, "d": False}))
         await ws.close()
 
+    async def dispatch_to(self, token: str, event: str, data: JSONDict) -> None:
+        """Dispatch ``event`` to the ready session of one bot (interactions go to their application only).
+        Raises ``LookupError`` when that bot has no ready session."""
+        session = self.sessions.get(token)
+        if session is None or session.ws is None or not session.ready:
+            raise LookupError("no ready gateway session for this token")
+        async with session.lock:
+            await self.send_dispatch(session, event, data)
+
     async def send_dispatch(
         self, session: GatewaySession, event: str, data: JSONDict, encoded: str | None = None
     ) -> None:

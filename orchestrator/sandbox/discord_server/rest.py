@@ -31,7 +31,8 @@ BOT_USER = web.RequestKey("bot_user", User)
 
 @dataclass
 class RestFault:
-    """One injected REST failure or slowness, consumed by the first channel request it matches."""
+    """One injected REST failure or slowness, consumed by the first channel request it matches (or
+    another request, when ``path_contains`` names it)."""
 
     status: int | None  # None: no error, only the delay
     method: str | None = None
@@ -75,6 +76,35 @@ async def json_body(request: web.Request) -> JSONDict:
     return body
 
 
+async def read_message_body(request: web.Request) -> tuple[JSONDict, list[JSONDict]]:
+    """The JSON payload and uploaded files of a JSON or multipart request, as Discord reads an
+    upload: ``payload_json`` plus ``files[n]`` parts; the payload's ``attachments`` entry with
+    ``id`` n may rename the file or describe it. Each file is a spec for
+    :meth:`SandboxState.attachment` (``filename``, ``data``, ``content_type``...)."""
+    if not request.content_type.startswith("multipart/"):
+        return await json_body(request), []
+    payload: JSONDict = {}
+    uploaded: dict[str, JSONDict] = {}
+    reader = await request.multipart()
+    async for part in reader:
+        if not isinstance(part, BodyPartReader):  # a nested multipart: Discord's API has none
+            continue
+        if part.name == "payload_json":
+            try:
+                payload = json.loads(await part.text())
+            except ValueError:
+                raise ApiError(400, 50109, "The request body contains invalid JSON.") from None
+        elif part.filename:
+            index = (part.name or "").removeprefix("files[").removesuffix("]")
+            data, content_type = bytes(await part.read()), part.headers.get("Content-Type")
+            uploaded[index] = {"filename": part.filename, "data": data, "content_type": content_type}
+    for entry in payload.get("attachments") or []:
+        spec = uploaded.get(str(entry.get("id")))
+        if spec is not None:
+            spec.update({key: entry[key] for key in ("filename", "description") if entry.get(key)})
+    return payload, list(uploaded.values())
+
+
 def _too_long(field_name: str) -> ApiError:
     detail = {"code": "BASE_TYPE_MAX_LENGTH", "message": f"Must be {MAX_CONTENT_LENGTH} or fewer in length."}
     return ApiError(400, 50035, "Invalid Form Body", {field_name: {"_errors": [detail]}})
@@ -95,6 +125,8 @@ class RestApi:
         self.rest_log: list[tuple[str, str, int]] = []  # (method, path, status) per REST request
         self.rest_times: list[float] = []  # time.monotonic() of each rest_log entry
         self.on_message_created: Callable[[SentMessage, float], None] | None = None
+        # paths authenticated by something other than a bot token (interaction webhooks)
+        self.token_authenticated: Callable[[str], bool] = lambda _path: False
 
     def routes(self) -> list[web.RouteDef]:
         channel = API_PREFIX + r"/channels/{channel_id:\d+}"
@@ -127,7 +159,8 @@ class RestApi:
         token = request.headers.get("Authorization", "").removeprefix("Bot ")
         response: web.StreamResponse
         bot_tokens = self.state.bot_tokens
-        authorized = request.path == API_PREFIX + "/gateway" or token in bot_tokens
+        path = request.path
+        authorized = path == API_PREFIX + "/gateway" or token in bot_tokens or self.token_authenticated(path)
         fault = self._take_fault(request) if authorized else None
         if fault is not None and fault.delay:
             await asyncio.sleep(fault.delay)
@@ -166,11 +199,13 @@ class RestApi:
         return response
 
     def _take_fault(self, request: web.Request) -> RestFault | None:
-        if not request.path.startswith(API_PREFIX + "/channels/"):
-            return None
+        """The first pending fault for this request: a channel request, or another that the fault names
+        by ``path_contains`` (e.g. ``/commands``)."""
+        channel = request.path.startswith(API_PREFIX + "/channels/")
         for index, fault in enumerate(self.faults):
             if (fault.method is None or fault.method == request.method) and (
-                fault.path_contains is None or fault.path_contains in request.path
+                (fault.path_contains is None and channel)
+                or (fault.path_contains is not None and fault.path_contains in request.path)
             ):
                 return self.faults.pop(index)
         return None
@@ -212,35 +247,6 @@ class RestApi:
         if message is None or message["channel_id"] != str(channel.id):
             raise ApiError(404, 10008, "Unknown Message")
         return message
-
-    @staticmethod
-    async def _read_message_body(request: web.Request) -> tuple[JSONDict, list[JSONDict]]:
-        """The JSON payload and uploaded files of a JSON or multipart request, as Discord reads an
-        upload: ``payload_json`` plus ``files[n]`` parts; the payload's ``attachments`` entry with
-        ``id`` n may rename the file or describe it. Each file is a spec for
-        :meth:`SandboxState.attachment` (``filename``, ``data``, ``content_type``...)."""
-        if not request.content_type.startswith("multipart/"):
-            return await json_body(request), []
-        payload: JSONDict = {}
-        uploaded: dict[str, JSONDict] = {}
-        reader = await request.multipart()
-        async for part in reader:
-            if not isinstance(part, BodyPartReader):  # a nested multipart: Discord's API has none
-                continue
-            if part.name == "payload_json":
-                try:
-                    payload = json.loads(await part.text())
-                except ValueError:
-                    raise ApiError(400, 50109, "The request body contains invalid JSON.") from None
-            elif part.filename:
-                index = (part.name or "").removeprefix("files[").removesuffix("]")
-                data, content_type = bytes(await part.read()), part.headers.get("Content-Type")
-                uploaded[index] = {"filename": part.filename, "data": data, "content_type": content_type}
-        for entry in payload.get("attachments") or []:
-            spec = uploaded.get(str(entry.get("id")))
-            if spec is not None:
-                spec.update({key: entry[key] for key in ("filename", "description") if entry.get(key)})
-        return payload, list(uploaded.values())
 
     # ----------------------------------------------------------------- handlers
 
@@ -294,7 +300,7 @@ class RestApi:
         state = self.state
         channel = self._channel(request)
         bot = request[BOT_USER]
-        payload, files = await self._read_message_body(request)
+        payload, files = await read_message_body(request)
         content = payload.get("content") or ""
         if len(content) > MAX_CONTENT_LENGTH:
             raise _too_long("content")
