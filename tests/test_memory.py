@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import sqlite3
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -262,6 +264,62 @@ async def test_a_locked_database_keeps_exchanges_in_memory_and_writes_them_once_
         r.getMessage() for r in caplog.records if r.name == "orchestrator.memory.sqlite" and r.levelno >= logging.ERROR
     ]
     assert not errors
+
+
+class _LockedAtBegin:
+    """A store's connection whose next ``BEGIN IMMEDIATE`` first runs ``meanwhile``, then is refused
+    as a locked database would refuse it."""
+
+    def __init__(self, db: sqlite3.Connection, meanwhile: Callable[[], None]) -> None:
+        self._db = db
+        self._meanwhile = meanwhile
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._db, name)
+
+    def __enter__(self) -> sqlite3.Connection:
+        return self._db.__enter__()
+
+    def __exit__(self, *exc: object) -> None:
+        self._db.__exit__(*exc)  # type: ignore[arg-type]
+
+    def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:
+        if sql == "BEGIN IMMEDIATE":
+            self._meanwhile()
+            raise sqlite3.OperationalError("database is locked")
+        return self._db.execute(sql, *args)
+
+
+def _wait_until_asleep(condition: threading.Condition) -> None:
+    """Until a thread waits on ``condition`` (threading offers no event for it; CPython lists its waiters)."""
+    deadline = time.monotonic() + 10
+    while not condition._waiters:  # type: ignore[attr-defined]
+        assert time.monotonic() < deadline, "the writer thread never went back to waiting"
+        time.sleep(0.001)
+
+
+async def test_writes_a_read_could_not_make_are_retried_by_the_writer_thread(tmp_path: Path) -> None:
+    """A read writes what is pending first. When the database refuses, the writes go back to pending;
+    the writer thread, woken by the append, may have looked while they were out and gone back to sleep.
+    It must be woken again, or they would wait in memory until the next read or the close."""
+    db = tmp_path / "m.sqlite3"
+    store = SQLiteStore(db, flush_interval=0)
+    key = ConversationKey("sage", 1, 2)
+    pending = store._pending_cv
+    await until(lambda: bool(pending._waiters))  # type: ignore[attr-defined]  # the writer waits for work
+    pending.acquire()  # the writer, once woken, must take this lock before it looks
+    await store.append_exchange(key, "q", "a")  # wakes the writer
+
+    def let_the_writer_look() -> None:  # the exchange is out of pending, being written
+        pending.release()
+        _wait_until_asleep(pending)  # it found nothing to write
+
+    with store._lock:  # what a read does first, on a database that refuses
+        connection, store._db = store._db, _LockedAtBegin(store._db, let_the_writer_look)  # type: ignore[assignment]
+        assert store._flush() is not None
+        store._db = connection
+    await until(lambda: turns_on_disk(db) == exchange(key, "q", "a"))  # written by the writer thread alone
+    store.close()
 
 
 async def test_appends_never_hand_work_to_a_thread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

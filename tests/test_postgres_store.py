@@ -4,9 +4,11 @@ and test_spend.py). Each test has its tables in a schema of its own (`postgres_u
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import anyio
 import anyio.abc
@@ -24,6 +26,7 @@ from .conftest import World
 from .inprocess import run_cli
 from .stores import PostgresKind
 from .test_fleet_services import closed_port
+from .waiting import until
 
 KEY = ConversationKey("sage", 1, 2)
 LOGGER = "orchestrator.memory.postgres"
@@ -140,6 +143,74 @@ async def test_connections_postgresql_closed_a_restart_cost_no_exchange(postgres
         store.drop_cached("sage")
         assert [t.content for t in await store.history(KEY, 10)] == ["before", "the restart", "after", "it"]
     assert len(await PostgresKind(postgres_url).turns()) == 4
+
+
+class CommitAnswerHolder:
+    """A loopback TCP proxy to PostgreSQL that, once armed, holds back the answer to the next COMMIT
+    until released: the database has committed while the client still waits to hear so."""
+
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url)
+        self.target = (parts.hostname or "127.0.0.1", parts.port or 5432)
+        self.url = url
+        self.commit_sent = anyio.Event()
+        self._armed = False
+        self._released = anyio.Event()
+
+    async def serve(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+        port = listener.extra(anyio.abc.SocketAttribute.local_port)
+        parts = urlsplit(self.url)
+        self.url = urlunsplit(parts._replace(netloc=f"{parts.netloc.rsplit('@', 1)[0]}@127.0.0.1:{port}"))
+        async with listener, anyio.create_task_group() as tg:
+            task_status.started()
+            await listener.serve(self._pipe, task_group=tg)
+
+    def arm(self) -> None:
+        self._armed = True
+
+    def release(self) -> None:
+        self._released.set()
+
+    async def _pipe(self, client: anyio.abc.SocketStream) -> None:
+        server = await anyio.connect_tcp(*self.target)
+        async with client, server, anyio.create_task_group() as tg:
+            tg.start_soon(self._copy, client, server, True, tg.cancel_scope)
+            await self._copy(server, client, False, tg.cancel_scope)
+
+    async def _copy(
+        self, source: anyio.abc.SocketStream, sink: anyio.abc.SocketStream, to_server: bool, done: anyio.CancelScope
+    ) -> None:
+        with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
+            async for chunk in source:
+                if to_server and self._armed and b"COMMIT" in chunk:
+                    self.commit_sent.set()  # before the server can answer it
+                elif not to_server and self.commit_sent.is_set():
+                    await self._released.wait()
+                await sink.send(chunk)
+        done.cancel()
+
+
+@pytest.mark.fault
+async def test_a_write_cancelled_while_its_commit_is_answered_is_not_written_again(postgres_url: str) -> None:
+    """Stopping (or giving up a read that waits for the pending writes) while a COMMIT is on its way
+    must not put its batch back: the database may have committed it, and the close would add it again."""
+    proxy = CommitAnswerHolder(postgres_url)
+    usage = "SELECT tokens, usd FROM daily_usage WHERE day = '2026-12-01' AND bot = 'sage'"
+    async with anyio.create_task_group() as proxies:
+        await proxies.start(proxy.serve)
+        async with PostgresStore.open(proxy.url, flush_interval=3600) as store:  # only flush() writes
+            proxy.arm()
+            store.add_daily_usage("2026-12-01", "sage", "*", 72)
+            store.add_daily_spend("2026-12-01", "sage", "*", 0.0072)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(store.flush)
+                await proxy.commit_sent.wait()
+                await until(lambda: query(postgres_url, usage))  # committed; the store awaits the answer
+                tg.cancel_scope.cancel()
+                proxy.release()  # the cancellation was requested first
+        proxies.cancel_scope.cancel()
+    assert await query(postgres_url, usage) == [(72, 0.0072)]
 
 
 # ---------------------------------------------------------------- several processes

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -218,13 +219,7 @@ class PostgresStore:
                 except Exception as exc:  # noqa: BLE001 - re-raised below as itself, not in an ExceptionGroup
                     failure = exc
                 finally:
-                    # Stop the writer between two writes, not during one: a COMMIT cut short by the
-                    # cancellation may have happened all the same, and the rows it kept pending for
-                    # the close would be written twice. One stuck longer than that is cut short anyway.
-                    with anyio.move_on_after(CLOSE_TIMEOUT, shield=True):
-                        async with store._lock:
-                            tg.cancel_scope.cancel()
-                    tg.cancel_scope.cancel()
+                    tg.cancel_scope.cancel()  # a write under way ends first: _flush shields it
             if failure is not None:
                 raise failure
         finally:
@@ -244,12 +239,8 @@ class PostgresStore:
 
     async def _close(self) -> None:
         """Write what is pending (bounded by ``CLOSE_TIMEOUT``), then close the pool."""
-        error: Exception | None = None
-        with anyio.move_on_after(CLOSE_TIMEOUT) as waited:
-            async with self._lock:
-                error = await self._flush()
-        if waited.cancelled_caught:
-            error = StoreUnavailable(f"{self.where} failed: no answer within {CLOSE_TIMEOUT:g} s")
+        async with self._lock:  # free: the writer and the store's users are done
+            error = await self._flush(within=CLOSE_TIMEOUT)
         if error is not None and (self._pending or self._pending_usage):
             log.error(
                 "could not write on close (%s): %d exchange(s) and the unsaved token usage are lost",
@@ -334,10 +325,14 @@ class PostgresStore:
         async with self._lock:
             await self._flush()
 
-    async def _flush(self) -> StoreUnavailable | None:
+    async def _flush(self, within: float = math.inf) -> StoreUnavailable | None:
         """Write pending exchanges and usage in one transaction (the caller holds ``_lock``).
 
-        On failure everything stays pending, in order, for the next attempt; returns the error."""
+        On failure everything stays pending, in order, for the next attempt; returns the error.
+        Cancelling the caller does not cut the write short: a batch whose COMMIT was on its way when
+        the writer stopped (or a read waiting for the write was given up) may well be committed, and
+        putting it back would write it again on close, counting the day's tokens and spend twice.
+        The write ends within its own timeouts (connecting, each statement), or ``within`` seconds."""
         exchanges, self._pending = self._pending, []
         usage, self._pending_usage = self._pending_usage, {}
         if self._wakeup.is_set():  # an unset one may be what the writer waits on: keep it
@@ -352,33 +347,36 @@ class PostgresStore:
             self._wakeup.set()
 
         try:
-            async with self._connection() as conn, conn.transaction():  # every exchange whole, or nothing
-                if exchanges:
-                    await conn.executemany(
-                        "INSERT INTO turns (bot, channel, user_id, role, content, created, speaker, message_ids) "
-                        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-                        [
-                            (e.key.bot, e.key.channel, e.key.user, turn.role, turn.content, e.created, turn.speaker,
-                             list(turn.message_ids))
-                            for e in exchanges
-                            for turn in e.turns()
-                        ],
-                    )
-                if usage:
-                    await conn.executemany(
-                        "INSERT INTO daily_usage (day, bot, user_id, tokens, usd, images) "
-                        "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (day, bot, user_id) DO UPDATE "
-                        "SET tokens = daily_usage.tokens + excluded.tokens, usd = daily_usage.usd + excluded.usd, "
-                        "images = daily_usage.images + excluded.images",
-                        [(*key, *totals) for key, totals in usage.items()],
-                    )
+            with anyio.CancelScope(shield=True, deadline=anyio.current_time() + within) as write:
+                async with self._connection() as conn, conn.transaction():  # every exchange whole, or nothing
+                    if exchanges:
+                        await conn.executemany(
+                            "INSERT INTO turns (bot, channel, user_id, role, content, created, speaker, message_ids) "
+                            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                            [
+                                (e.key.bot, e.key.channel, e.key.user, turn.role, turn.content, e.created,
+                                 turn.speaker, list(turn.message_ids))
+                                for e in exchanges
+                                for turn in e.turns()
+                            ],
+                        )  # fmt: skip
+                    if usage:
+                        await conn.executemany(
+                            "INSERT INTO daily_usage (day, bot, user_id, tokens, usd, images) "
+                            "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (day, bot, user_id) DO UPDATE "
+                            "SET tokens = daily_usage.tokens + excluded.tokens, usd = daily_usage.usd + excluded.usd, "
+                            "images = daily_usage.images + excluded.images",
+                            [(*key, *totals) for key, totals in usage.items()],
+                        )
+            if write.cancelled_caught:  # no answer in time: as a statement timing out
+                raise StoreUnavailable(f"{self.where} failed: no answer within {within:g} s")
         except StoreUnavailable as exc:
             keep_pending()
             if not self._failing:
                 log.warning("could not write conversations and token usage (%s); keeping them in memory, retrying", exc)
             self._failing = True
             return exc
-        except BaseException:  # cancelled mid-write: the close writes them
+        except BaseException:  # e.g. KeyboardInterrupt: the close writes them
             keep_pending()
             raise
         if self._failing:

@@ -209,6 +209,9 @@ class SQLiteStore:
                 self._pending[:0] = exchanges
                 for key, totals in usage.items():
                     add_usage(self._pending_usage, key, *totals)
+                # Woken by the append, the writer thread may have looked while they were out (a read
+                # flushing first), found nothing and gone back to sleep: wake it to retry them.
+                self._pending_cv.notify()
             if not self._failing:
                 log.warning(
                     "could not write conversations and token usage to %s (%s); keeping them in memory and retrying",
