@@ -32,6 +32,7 @@ from anyio.abc import TaskStatus
 from .config import Config, PostgresURL, load_config, read_environment
 from .discord_io.client import configure_discord, install_reconnect_log_filter
 from .errors import ConfigError
+from .fleet.claims import FleetClaims
 from .fleet.connection import shown
 from .fleet.node import FleetCoordinator, fleet_node
 from .fleet.quotas import FleetQuotas
@@ -145,6 +146,7 @@ class App:
                     await tg.start(self._supervise, supervisor, tg.cancel_scope)
                     if fleet is not None:
                         services.may_post = fleet.may_post
+                        services.claims = FleetClaims(fleet.store.redis, fleet.store.key_prefix, fleet.store.holder)
                         await tg.start(fleet.run)
                     if self.handle_signals:
                         tg.start_soon(self._handle_signals)

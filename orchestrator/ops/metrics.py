@@ -39,6 +39,8 @@ In fleet mode (orchestrator/fleet/), also:
     orchestrator_fleet_lease_acquisitions_total{bot}    leases taken by this node
     orchestrator_fleet_lease_losses_total{bot}          leases lost without releasing them (not renewed in time)
     orchestrator_fleet_failovers_total{bot}             bots taken over from a node whose lease ran out
+    orchestrator_fleet_messages_claimed_elsewhere_total{bot}  messages taken here that another node claimed
+                                                        first, or answered already (fleet/claims.py)
 """
 
 from __future__ import annotations
@@ -164,6 +166,10 @@ class _LiveCollector(Collector):
             "dropped": CounterMetricFamily(
                 "orchestrator_gateway_events_dropped",
                 "Gateway messages that could not concern the bot, dropped before decoding.", labels=["bot"],
+            ),
+            "claimed_elsewhere": CounterMetricFamily(
+                "orchestrator_fleet_messages_claimed_elsewhere",
+                "Messages taken here but left to another node of the fleet, which claimed them first.", labels=["bot"],
             ),
         }
         now = time.monotonic()

@@ -400,11 +400,18 @@ class PersonaBot:
         incarnation of this bot (a crash closes discord.py's HTTP session, so nothing can be sent).
         """
         handed_over = False
+        claims = self.services.claims if _claimed(job) else None
         try:
+            if claims is not None and not await claims.claim(self.spec.name, job.message.id):
+                self.counters.claimed_elsewhere += 1
+                log.debug("bot %s: message %s is answered by another node", self.spec.name, job.message.id)
+                return
             if previous is not None:
                 await previous.wait()
             async with slots:
                 await self._handle(job, key)
+            if claims is not None:
+                await claims.finish(self.spec.name, job.message.id)
         except anyio.get_cancelled_exc_class():
             handed_over = self._hand_over(job)
             raise
@@ -417,6 +424,8 @@ class PersonaBot:
                 log.exception("bot %s: unexpected error while handling %s", self.spec.name, job.kind)
                 report_exception(bot=self.spec.name, provider=self.spec.provider, model=self.spec.model)
                 await self._say(job, APOLOGY, private=True)
+                if claims is not None:  # answered with an apology: not to be tried again elsewhere
+                    await claims.finish(self.spec.name, job.message.id)
         finally:
             done.set()
             if self._tails.get(key) is done:
@@ -640,6 +649,14 @@ class PersonaBot:
             return None
         await retry_server_errors(partial(reply.finish, cut=cut))  # finish only rewrites what Discord does not show yet
         return None if cut else Answer(reply.text.strip(), reply.message_ids)
+
+
+def _claimed(job: Job) -> bool:
+    """Whether ``job`` is claimed fleet-wide before it runs: a user's message, which another node may
+    take too (catching up, or over a second connection of the bot). A slash command is not: Discord
+    delivers its interaction to one connection, and only that node can answer it. Nor is a panel turn:
+    the node running the panel hands it out, replying to the same message turn after turn."""
+    return job.reply is None and job.kind != "panel_turn"
 
 
 def _parts(job: Job) -> Callable[[int], int | None]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from ..community import Community
 from ..llm.images import MAX_IMAGE_BYTES
@@ -24,12 +25,22 @@ class RuntimeOptions:
     image_max_bytes: int = MAX_IMAGE_BYTES  # a generated image larger than this is not downloaded or posted
 
 
+class MessageClaims(Protocol):
+    """Fleet-wide "taken once" (orchestrator/fleet/claims.py): whether this node answers a message."""
+
+    async def claim(self, bot: str, message_id: int) -> bool: ...
+
+    async def finish(self, bot: str, message_id: int) -> None: ...
+
+
 @dataclass
 class Services:
     """What every bot shares: the provider pool, the memory store, the community and runtime options.
 
     ``may_post(bot)`` (fleet mode) tells whether this node may post as ``bot`` now: a local check of
-    its lease's deadline, without I/O (orchestrator/fleet/)."""
+    its lease's deadline, without I/O (orchestrator/fleet/). ``claims`` (fleet mode) claims a user message
+fleet-wide before the model is asked about it; None in one process, where the mailbox's own "taken
+once" is enough."""
 
     pool: LLMPool
     store: ConversationStore
@@ -37,6 +48,7 @@ class Services:
     metrics: Metrics | None = None
     community: Community = field(default_factory=Community)
     may_post: Callable[[str], bool] | None = None
+    claims: MessageClaims | None = None
 
 
 @dataclass
@@ -48,3 +60,4 @@ class BotCounters:
     busy: int = 0
     errors: int = 0
     dropped: int = 0  # gateway MESSAGE_CREATEs for others, dropped undecoded (discord_io/gateway_filter.py)
+    claimed_elsewhere: int = 0  # messages taken here but answered by another node (fleet/claims.py)
