@@ -8,11 +8,13 @@ writing memory for one message.
 
 Key, under ``fleet:<key_prefix>:``:
 
-    taken:<bot>:<message id>   the lease holder answering it, then ``done`` once it is answered; expires
-                               after :data:`CLAIM_TTL`
+    taken:<bot>:<message id>   the lease holder answering it; expires after :data:`CLAIM_TTL`
 
 A claim (one Lua script, so atomic across nodes) is granted unless another holder has the bot's lease
-(that node answers, and a node without the lease could not post anyway) or the message is ``done``.
+(that node answers, and a node without the lease could not post anyway). A message answered already
+needs no mark of its own: the answer is a reply to it, and catch-up (persona/catch_up.py), the only
+way a message reaches a node again, skips the messages the bot has replied to; so an answer costs one
+round trip to Redis, not two.
 A claim left by a holder that has lost the lease since (its process paused or died mid-answer, or a
 graceful stop cut its answer short) is taken over: that node cannot post any more, and the message
 would be lost otherwise.
@@ -38,21 +40,12 @@ log = logging.getLogger(__name__)
 # Longer than the catch-up window (RuntimeOptions.catch_up_window, 5 minutes): a node catching up
 # never reads a message older than that, so one whose claim has expired is never read again.
 CLAIM_TTL = 600.0
-DONE = "done"
 
 # KEYS: taken, lease. ARGV: holder, ttl ms. Returns 1 when this holder may answer the message.
 _CLAIM = """
 local lease = redis.call('GET', KEYS[2])
 if lease and string.sub(lease, 1, #ARGV[1] + 1) ~= ARGV[1] .. '/' then return 0 end
-if redis.call('GET', KEYS[1]) == 'done' then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return 1
-"""
-
-# KEYS: taken. ARGV: holder, ttl ms. Only the holder's own claim becomes "done".
-_FINISH = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-redis.call('SET', KEYS[1], 'done', 'PX', ARGV[2])
 return 1
 """
 
@@ -69,7 +62,6 @@ class FleetClaims:
         self._ttl_ms = int(ttl * 1000)
         self._clock = clock
         self._claim = redis.register_script(_CLAIM)
-        self._finish = redis.register_script(_FINISH)
         self._retry_at = 0.0
         self.redis_error: str | None = None  # why Redis could not be used last, None while it answers
 
@@ -77,7 +69,7 @@ class FleetClaims:
         return f"{self._base}taken:{bot}:{message_id}"
 
     async def claim(self, bot: str, message_id: int) -> bool:
-        """Whether this node answers message ``message_id`` to ``bot``: False when another node does or did."""
+        """Whether this node answers message ``message_id`` to ``bot``: False when another node does."""
         if self._clock() < self._retry_at:
             return True
         try:
@@ -88,15 +80,6 @@ class FleetClaims:
             return True
         self._reachable()
         return bool(granted)
-
-    async def finish(self, bot: str, message_id: int) -> None:
-        """Mark message ``message_id`` answered, so that no node answers it again."""
-        if self._clock() < self._retry_at:
-            return
-        try:
-            await self._finish([self.key(bot, message_id)], [self.holder, self._ttl_ms])
-        except REDIS_ERRORS as exc:
-            self._unreachable(exc)
 
     def _unreachable(self, exc: BaseException) -> None:
         self._retry_at = self._clock() + RECHECK

@@ -410,8 +410,6 @@ class PersonaBot:
                 await previous.wait()
             async with slots:
                 await self._handle(job, key)
-            if claims is not None:
-                await claims.finish(self.spec.name, job.message.id)
         except anyio.get_cancelled_exc_class():
             handed_over = self._hand_over(job)
             raise
@@ -424,8 +422,6 @@ class PersonaBot:
                 log.exception("bot %s: unexpected error while handling %s", self.spec.name, job.kind)
                 report_exception(bot=self.spec.name, provider=self.spec.provider, model=self.spec.model)
                 await self._say(job, APOLOGY, private=True)
-                if claims is not None:  # answered with an apology: not to be tried again elsewhere
-                    await claims.finish(self.spec.name, job.message.id)
         finally:
             done.set()
             if self._tails.get(key) is done:

@@ -30,8 +30,6 @@ class MessageClaims(Protocol):
 
     async def claim(self, bot: str, message_id: int) -> bool: ...
 
-    async def finish(self, bot: str, message_id: int) -> None: ...
-
 
 @dataclass
 class Services:
