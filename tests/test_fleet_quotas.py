@@ -233,6 +233,30 @@ async def test_settles_reach_redis_in_batches_and_the_last_ones_when_the_node_st
         await client.aclose()
 
 
+async def test_a_batch_of_settles_redis_cannot_take_stays_counted_at_its_estimates(
+    redis: Redis, key_prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = Clock()
+    proxy = TcpProxy(6379)
+    limit = QuotaSettings(tokens_per_minute=10_000)
+    async with anyio.create_task_group() as tg:
+        port = await tg.start(proxy.serve)
+        client = open_redis(f"redis://127.0.0.1:{port}/0", timeout=0.5)
+        try:
+            a, b = node(client, key_prefix, clock), node(redis, key_prefix, clock)
+            async with a.settling():
+                reservation = await a.reserve("openai", "sage", "u1", 100, limit, NONE)
+                proxy.cut()
+                await a.settle(reservation, None, 6, 4)  # queued
+                with caplog.at_level(logging.WARNING):
+                    await a.flush()  # Redis is gone: the batch is lost, not raised
+                assert a.redis_error is not None and "cannot reach Redis for the quotas" in caplog.text
+            assert (await b.usage("sage", "*", limit, NONE)).tokens_last_minute == 100, "over, never under"
+        finally:
+            await client.aclose()
+        tg.cancel_scope.cancel()
+
+
 def provider(max_concurrency: int | None) -> ProviderSpec:
     settings = ProviderSettings(base_url="http://127.0.0.1:9/v1", max_concurrency=max_concurrency)
     return ProviderSpec("p", settings.base_url, SecretStr(""), settings)
