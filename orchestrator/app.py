@@ -170,10 +170,10 @@ class App:
             return
         async with fleet_node(spec, supervisor, pool.share_concurrency) as coordinator:
             self.fleet = coordinator
-            pool.admission = FleetQuotas(
-                coordinator.store.redis, spec.key_prefix, pool.quotas, pool.spend, pool.images
-            )
-            yield coordinator
+            quotas = FleetQuotas(coordinator.store.redis, spec.key_prefix, pool.quotas, pool.spend, pool.images)
+            async with quotas.settling():  # settles reach Redis in batches, the last ones as the node stops
+                pool.admission = quotas
+                yield coordinator
 
     def _start_up_line(self) -> str:
         """``starting 2 bots: sage, hafez; health on 127.0.0.1:8080``: what this process will run."""

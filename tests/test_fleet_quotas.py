@@ -1,7 +1,8 @@
 """Fleet-wide quotas on the real Redis (fleet/quotas.py): two nodes' reservations count against one
 limit; settling replaces the estimate, a refund gives it back; the day rolls over at midnight UTC;
 the spend cap holds across nodes; every key expires; a node cut off from Redis holds the limits by
-itself. And a provider's max_concurrency is divided among the live nodes. Then the same with two
+itself; settles reach Redis in batches, over-counting meanwhile, and the last ones as the node stops.
+And a provider's max_concurrency is divided among the live nodes. Then the same with two
 in-process apps over the loopback Discord and OpenAI: three answers a minute in all, whichever
 nodes give them; the concurrency share shrinking as a node joins and growing back as it leaves."""
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import anyio
 import pytest
@@ -19,6 +21,7 @@ from redis.asyncio import Redis
 from orchestrator.app import App
 from orchestrator.config import ModelPrice, ProviderSettings, ProviderSpec, QuotaSettings
 from orchestrator.errors import QuotaExceeded
+from orchestrator.fleet import quotas as fleet_quotas
 from orchestrator.fleet.connection import open_redis
 from orchestrator.fleet.placement import place
 from orchestrator.fleet.quotas import RECHECK, FleetQuotas
@@ -175,6 +178,80 @@ async def test_a_node_cut_off_from_redis_holds_the_limits_by_itself_until_redis_
             await quotas.reserve("openai", "sage", "u1", 10, NONE, two)  # Redis had counted one of the three
             assert quotas.redis_error is None
             await refused(quotas, "u1", 10, NONE, two)
+        finally:
+            await client.aclose()
+        tg.cancel_scope.cancel()
+
+
+class CountingRedis(Redis):
+    """A client that counts its script calls by their number of keys (a settle's are six per reservation)."""
+
+    keys_per_call: list[int]
+
+    async def evalsha(self, sha: str, numkeys: int, *args: Any) -> Any:  # type: ignore[override]
+        self.keys_per_call.append(numkeys)
+        return await super().evalsha(sha, numkeys, *args)
+
+
+async def test_settles_reach_redis_in_batches_and_the_last_ones_when_the_node_stops(
+    redis: Redis, redis_url: str, key_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(fleet_quotas, "SETTLE_EVERY", 3600.0)  # batches go when full, or as the node stops
+    monkeypatch.setattr(fleet_quotas, "SETTLE_BATCH", 4)
+    clock = Clock()
+    client = CountingRedis.from_url(redis_url)
+    client.keys_per_call = []
+    a, b = node(client, key_prefix, clock), node(redis, key_prefix, clock)
+    limit, cap = QuotaSettings(tokens_per_minute=10_000), QuotaSettings(usd_per_day=1.0)
+
+    async def tokens() -> int:  # as the other node sees them
+        return (await b.usage("sage", "*", limit, NONE)).tokens_last_minute
+
+    try:
+        async with a.settling():
+            reservations = [await a.reserve("openai", "sage", f"u{n}", 100, limit, NONE) for n in range(10)]
+            client.keys_per_call.clear()
+            for batch in (1, 2):  # a full batch goes without waiting
+                for reservation in reservations[4 * batch - 4:4 * batch]:
+                    await a.settle(reservation, None, 6, 4)  # 10 tokens each
+                await until(lambda: len(client.keys_per_call) == batch)  # noqa: B023 (awaited here)
+            for reservation in reservations[8:]:
+                await a.settle(reservation, None, 6, 4)
+            assert client.keys_per_call == [24, 24]
+            assert await tokens() == 8 * 10 + 2 * 100, "the two queued still count at their estimate"
+            assert a.local.book.tokens_used == {("sage", "openai"): 100}, "this node counted all ten at once"
+            capped = await a.reserve("openai", "sage", "u1", 100, cap, NONE)
+            await a.settle(capped, ModelPrice(input=10, output=10), 6, 4)  # under a spend cap: at once
+            assert client.keys_per_call[-1] == 6 and (await b.usage("sage", "*", cap, NONE)).usd_today > 0
+            assert await tokens() == 8 * 10 + 2 * 100 + 10
+        assert await tokens() == 10 * 10 + 10, "the node stopping settled the two queued"
+        assert client.keys_per_call[-1] == 12
+        late = await a.reserve("openai", "sage", "u1", 100, limit, NONE)
+        await a.settle(late, None, 6, 4)  # no batching once stopped: at once
+        assert await tokens() == 10 * 10 + 10 + 10
+    finally:
+        await client.aclose()
+
+
+async def test_a_batch_of_settles_redis_cannot_take_stays_counted_at_its_estimates(
+    redis: Redis, key_prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = Clock()
+    proxy = TcpProxy(6379)
+    limit = QuotaSettings(tokens_per_minute=10_000)
+    async with anyio.create_task_group() as tg:
+        port = await tg.start(proxy.serve)
+        client = open_redis(f"redis://127.0.0.1:{port}/0", timeout=0.5)
+        try:
+            a, b = node(client, key_prefix, clock), node(redis, key_prefix, clock)
+            async with a.settling():
+                reservation = await a.reserve("openai", "sage", "u1", 100, limit, NONE)
+                proxy.cut()
+                await a.settle(reservation, None, 6, 4)  # queued
+                with caplog.at_level(logging.WARNING):
+                    await a.flush()  # Redis is gone: the batch is lost, not raised
+                assert a.redis_error is not None and "cannot reach Redis for the quotas" in caplog.text
+            assert (await b.usage("sage", "*", limit, NONE)).tokens_last_minute == 100, "over, never under"
         finally:
             await client.aclose()
         tg.cancel_scope.cancel()

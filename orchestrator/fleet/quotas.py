@@ -12,6 +12,16 @@ capacity) neither refuse with the wait of a sliding window nor settle a variable
 keep UTC-day budgets and money caps; and the project adds no dependency for it. The scripts are
 short and every limit's rule matches the book's line for line.
 
+Settles are batched: while :meth:`FleetQuotas.settling` runs (the fleet node's lifetime), a settle
+is counted in this node's books at once and queued for Redis, and one script call applies what has
+queued every :data:`SETTLE_EVERY` seconds (or as soon as :data:`SETTLE_BATCH` have), the rest on the
+way out. One Redis round trip per answer instead of two: a round trip costs a node about as much CPU as
+the rest of its fleet work per answer. Until its settle is applied a reservation counts at its
+estimate (prompt + max_tokens, never below the real usage): the fleet over-counts for those
+milliseconds, never under. Settles that could under-count go at once: real usage above the
+estimate, and any reservation under a ``usd_per_day`` cap (its money is counted only when settled).
+Outside :meth:`~FleetQuotas.settling` (before the node starts, after it stopped) every settle goes at once.
+
 Keys, under ``fleet:<key_prefix>:quota:<bot>:<user>:`` (user ``*``: the whole bot):
 
     w    sorted set: the reservations of the last 60 s by time (Redis' clock, ms); its size is the
@@ -38,12 +48,13 @@ over-counting, never under-counting.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import secrets
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from typing import Any, NamedTuple
 
 import anyio
 from redis.asyncio import Redis
@@ -59,6 +70,9 @@ from .connection import REDIS_ERRORS, describe
 log = logging.getLogger(__name__)
 
 RECHECK = 2.0  # seconds between tries of an unreachable Redis; each try may wait the client's timeout
+SETTLE_EVERY = 0.05  # seconds a settle may wait in this node's queue for others to share its Redis call
+SETTLE_BATCH = 100  # settles in one call at most: a full queue goes without waiting the rest of SETTLE_EVERY
+SPEND_CAPPED = "$"  # first character of a ticket under a usd_per_day cap: its settle is never queued
 SCOPES = ("bot", "user")
 NO_LIMIT = QuotaSettings()
 
@@ -154,19 +168,23 @@ end
 return {1}
 """
 
-# KEYS: as _RESERVE. ARGV: now ms ('' = Redis' clock), reservation id, real tokens - estimate, USD.
-# A reservation already out of its window was counted out at its estimate; the day is today's.
+# KEYS: w, t, d of the bot, then of the user, for each settle in turn. ARGV: now ms ('' = Redis' clock),
+# then for each settle: reservation id, real tokens - estimate, USD. A reservation already out of its
+# window was counted out at its estimate; the day is today's. Each window is pruned once per call.
 _SETTLE = _COMMON + """
-local delta, cost = tonumber(ARGV[3]), tonumber(ARGV[4])
-for scope = 1, 2 do
-  local w, t, d = KEYS[3 * scope - 2], KEYS[3 * scope - 1], KEYS[3 * scope]
-  prune(w, t)
-  if redis.call('ZSCORE', w, ARGV[2]) and redis.call('HEXISTS', t, ARGV[2]) == 1 then  -- never a key without expiry
-    redis.call('HINCRBY', t, ARGV[2], delta)
-    redis.call('HINCRBY', t, '_total', delta)
+local pruned = {}
+for i = 0, (#ARGV - 1) / 3 - 1 do
+  local ticket, delta, cost = ARGV[2 + 3 * i], tonumber(ARGV[3 + 3 * i]), tonumber(ARGV[4 + 3 * i])
+  for scope = 1, 2 do
+    local w, t, d = KEYS[6 * i + 3 * scope - 2], KEYS[6 * i + 3 * scope - 1], KEYS[6 * i + 3 * scope]
+    if not pruned[w] then prune(w, t); pruned[w] = true end
+    if redis.call('ZSCORE', w, ticket) and redis.call('HEXISTS', t, ticket) == 1 then  -- never a key without expiry
+      redis.call('HINCRBY', t, ticket, delta)
+      redis.call('HINCRBY', t, '_total', delta)
+    end
+    local tokens, usd, images = daily(d)
+    set_day(d, math.max(0, tokens + delta), usd + cost, images)
   end
-  local tokens, usd, images = daily(d)
-  set_day(d, math.max(0, tokens + delta), usd + cost, images)
 end
 return 1
 """
@@ -217,6 +235,16 @@ return {everyone, mine}
 """
 
 
+class _Settle(NamedTuple):
+    """A settle on its way to Redis: the ARGV of one reservation in :data:`_SETTLE`."""
+
+    bot: str
+    user: str
+    ticket: str
+    delta: int  # real tokens - estimate
+    usd: str  # repr of the cost
+
+
 def limited(quota: QuotaSettings) -> bool:
     return any(value is not None for value in (
         quota.requests_per_minute, quota.tokens_per_minute, quota.tokens_per_day, quota.usd_per_day
@@ -251,6 +279,9 @@ class FleetQuotas:
         self._images_today = redis.register_script(_IMAGES_TODAY)
         self._retry_at = 0.0
         self.redis_error: str | None = None  # why Redis could not be used last, None while it answers
+        self._queue: list[_Settle] | None = None  # settles waiting for their batch; None: no batching now
+        self._queued = anyio.Event()  # set when the queue gets its first settle
+        self._full = anyio.Event()  # set when it holds SETTLE_BATCH
 
     def _keys(self, bot: str, user: str) -> list[str]:
         return [f"{self._base}{bot}:{who}:{kind}" for who in (QuotaBook.ALL_USERS, user) for kind in "wtd"]
@@ -258,12 +289,66 @@ class FleetQuotas:
     def _now(self) -> str:
         return "" if self._now_ms is None else str(self._now_ms())
 
+    @contextlib.asynccontextmanager
+    async def settling(self) -> AsyncIterator[None]:
+        """Batch the settles to Redis for as long as this runs (see the module's docstring); on the way
+        out, what is queued is applied and later settles go to Redis one by one again."""
+        self._queue = []
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._flush_forever)
+                try:
+                    yield
+                finally:
+                    tg.cancel_scope.cancel()
+        finally:
+            queue, self._queue = self._queue, None
+            with anyio.CancelScope(shield=True):  # a node stopping still settles what it answered
+                await self._apply(queue or [])
+
+    async def _flush_forever(self) -> None:
+        while True:
+            await self._queued.wait()
+            with anyio.move_on_after(SETTLE_EVERY):
+                await self._full.wait()
+            self._queued, self._full = anyio.Event(), anyio.Event()  # the next settle's, set by it
+            await self.flush()
+
+    async def flush(self) -> None:
+        """Apply the settles queued so far, :data:`SETTLE_BATCH` to a Redis call."""
+        queue = self._queue
+        if not queue:
+            return
+        self._queue = []
+        with anyio.CancelScope(shield=True):  # taken off the queue: they reach Redis or are lost with it
+            await self._apply(queue)
+
+    async def _apply(self, settles: list[_Settle]) -> None:
+        for start in range(0, len(settles), SETTLE_BATCH):  # a bounded run of the script each
+            await self._apply_batch(settles[start:start + SETTLE_BATCH])
+
+    async def _apply_batch(self, settles: list[_Settle]) -> None:
+        if self._clock() < self._retry_at:
+            return  # an unreachable Redis keeps the estimates: their minute and day pass
+        keys = [key for settle in settles for key in self._keys(settle.bot, settle.user)]
+        args: list[Any] = [self._now()]
+        for settle in settles:
+            args += settle[2:]
+        try:
+            await self._settle(keys, args)  # the client's timeout bounds the wait
+        except REDIS_ERRORS as exc:
+            self._unreachable(exc)
+        else:
+            self._reachable()
+
     async def reserve(
         self, provider: str, bot: str, user: str, estimate: int, bot_quota: QuotaSettings, user_quota: QuotaSettings
     ) -> Reservation:
         if not (limited(bot_quota) or limited(user_quota)) or self._clock() < self._retry_at:
             return self.local.take(provider, bot, user, estimate, bot_quota, user_quota)
         ticket = secrets.token_hex(8)
+        if bot_quota.usd_per_day is not None or user_quota.usd_per_day is not None:
+            ticket = SPEND_CAPPED + ticket
         limits = [_arg(value) for quota in (bot_quota, user_quota) for value in (
             quota.requests_per_minute, quota.tokens_per_minute, quota.tokens_per_day, quota.usd_per_day
         )]
@@ -295,23 +380,27 @@ class FleetQuotas:
             return
         delta = prompt_tokens + completion_tokens - reservation.estimate
         usd = self.local.count(reservation, price, prompt_tokens, completion_tokens)
-        if not reservation.ticket or self._clock() < self._retry_at:
+        ticket = reservation.ticket
+        if not ticket or self._clock() < self._retry_at:
             return  # an unreachable Redis keeps the estimate: its minute and day pass
-        keys = self._keys(reservation.bot, reservation.user)
-        try:
-            # Shielded: a refund on the way out of a cancelled call must still reach Redis; the
-            # client's timeout bounds the wait.
+        settle = _Settle(reservation.bot, reservation.user, ticket, delta, repr(usd))
+        queue = self._queue
+        if queue is None or delta > 0 or ticket.startswith(SPEND_CAPPED):
+            # Shielded: a refund on the way out of a cancelled call must still reach Redis.
             with anyio.CancelScope(shield=True):
-                await self._settle(keys, [self._now(), reservation.ticket, delta, repr(usd)])
-        except REDIS_ERRORS as exc:
-            self._unreachable(exc)
-        else:
-            self._reachable()
+                await self._apply([settle])
+            return
+        queue.append(settle)
+        if len(queue) == 1:
+            self._queued.set()
+        if len(queue) >= SETTLE_BATCH:
+            self._full.set()
 
     async def usage(self, bot: str, user: str, bot_quota: QuotaSettings, user_quota: QuotaSettings) -> UsageReport:
         """The fleet's count when the bot has a limit (else, or while Redis is unreachable, this node's)."""
         if not (limited(bot_quota) or limited(user_quota)) or self._clock() < self._retry_at:
             return self.local.report(bot, user)
+        await self.flush()  # this node's own answers count in what it shows
         keys = self._keys(bot, user)[3:] if user != QuotaBook.ALL_USERS else self._keys(bot, user)[:3]
         try:
             requests, tokens, today, usd = await self._usage(keys, [self._now()])
