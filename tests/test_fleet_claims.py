@@ -16,8 +16,7 @@ import pytest
 from redis.asyncio import Redis
 
 from orchestrator.fleet.claims import FleetClaims
-from orchestrator.fleet.connection import open_redis
-from orchestrator.fleet.quotas import RECHECK
+from orchestrator.fleet.connection import RECHECK, open_redis
 from orchestrator.runtime.supervisor import BotState
 from tests.conftest import World
 from tests.fleet_helpers import TcpProxy

@@ -15,9 +15,9 @@ from redis.asyncio import Redis
 
 from orchestrator.config import QuotaSettings
 from orchestrator.errors import QuotaExceeded
-from orchestrator.fleet.connection import open_redis
+from orchestrator.fleet.connection import RECHECK, open_redis
 from orchestrator.fleet.placement import place
-from orchestrator.fleet.quotas import RECHECK, FleetQuotas
+from orchestrator.fleet.quotas import FleetQuotas
 from orchestrator.llm.images import ImageBook
 from orchestrator.llm.quota import QuotaBook
 from orchestrator.llm.spend import SpendBook

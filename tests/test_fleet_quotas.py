@@ -22,9 +22,9 @@ from orchestrator.app import App
 from orchestrator.config import ModelPrice, ProviderSettings, ProviderSpec, QuotaSettings
 from orchestrator.errors import QuotaExceeded
 from orchestrator.fleet import quotas as fleet_quotas
-from orchestrator.fleet.connection import open_redis
+from orchestrator.fleet.connection import RECHECK, open_redis
 from orchestrator.fleet.placement import place
-from orchestrator.fleet.quotas import RECHECK, FleetQuotas
+from orchestrator.fleet.quotas import FleetQuotas
 from orchestrator.llm.pool import LLMPool
 from orchestrator.llm.quota import QuotaBook
 from orchestrator.llm.spend import SpendBook, SpendCapReached

@@ -21,7 +21,7 @@ would be lost otherwise.
 
 Redis unreachable (or slower than the fleet's timeout): the claim is granted, this node judging alone
 as with the leases and quotas (a message is never lost for want of Redis), said once per outage in
-the log; Redis is tried again after :data:`~orchestrator.fleet.quotas.RECHECK` seconds.
+the log; Redis is tried again after :data:`~orchestrator.fleet.connection.RECHECK` seconds.
 """
 
 from __future__ import annotations
@@ -32,8 +32,7 @@ from collections.abc import Callable
 
 from redis.asyncio import Redis
 
-from .connection import REDIS_ERRORS, describe
-from .quotas import RECHECK
+from .connection import REDIS_ERRORS, RedisOutage
 
 log = logging.getLogger(__name__)
 
@@ -60,37 +59,33 @@ class FleetClaims:
         self.holder = holder
         self._base = f"fleet:{key_prefix}:"
         self._ttl_ms = int(ttl * 1000)
-        self._clock = clock
         self._claim = redis.register_script(_CLAIM)
-        self._retry_at = 0.0
-        self.redis_error: str | None = None  # why Redis could not be used last, None while it answers
+        self._outage = RedisOutage(
+            clock,
+            log,
+            lost="fleet: cannot reach Redis to claim messages (%s); this node answers every message it takes "
+            "until Redis answers again (another node may answer one of them too)",
+            back="fleet: Redis answers again; messages are claimed fleet-wide again",
+        )
+
+    @property
+    def redis_error(self) -> str | None:
+        """Why Redis could not be used last; None while it answers."""
+        return self._outage.error
 
     def key(self, bot: str, message_id: int) -> str:
         return f"{self._base}taken:{bot}:{message_id}"
 
     async def claim(self, bot: str, message_id: int) -> bool:
         """Whether this node answers message ``message_id`` to ``bot``: False when another node does."""
-        if self._clock() < self._retry_at:
+        if self._outage.waiting():
             return True
         try:
             granted = await self._claim([self.key(bot, message_id), f"{self._base}lease:{bot}"],
                                         [self.holder, self._ttl_ms])
         except REDIS_ERRORS as exc:
-            self._unreachable(exc)
+            self._outage.failed(exc)
             return True
-        self._reachable()
+        self._outage.answered()
         return bool(granted)
 
-    def _unreachable(self, exc: BaseException) -> None:
-        self._retry_at = self._clock() + RECHECK
-        if self.redis_error is None:
-            log.warning(
-                "fleet: cannot reach Redis to claim messages (%s); this node answers every message it takes "
-                "until Redis answers again (another node may answer one of them too)", describe(exc),
-            )
-        self.redis_error = describe(exc)
-
-    def _reachable(self) -> None:
-        if self.redis_error is not None:
-            log.info("fleet: Redis answers again; messages are claimed fleet-wide again")
-            self.redis_error = None

@@ -3,6 +3,8 @@ within its lease), one immediate retry (a pooled connection that died with a res
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from urllib.parse import urlsplit, urlunsplit
 
 from redis.asyncio import Redis
@@ -12,6 +14,7 @@ from redis.exceptions import RedisError
 
 # What a node survives as "Redis is unreachable": it keeps its bots until their leases run out.
 REDIS_ERRORS: tuple[type[Exception], ...] = (RedisError, OSError)
+RECHECK = 2.0  # seconds between tries of an unreachable Redis; each try may wait the client's timeout
 
 
 def open_redis(url: str, timeout: float) -> Redis:
@@ -35,3 +38,32 @@ def shown(url: str) -> str:
     host = parts.hostname or ""
     netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
     return urlunsplit(parts._replace(netloc=netloc))
+
+
+class RedisOutage:
+    """For a part of a node that carries on by itself while Redis does not answer (quotas, claims):
+    whether to try Redis now (again :data:`RECHECK` seconds after a failure, so an outage does not
+    cost every answer the client's timeout), and one log line when an outage begins and one when it ends."""
+
+    def __init__(self, clock: Callable[[], float], log: logging.Logger, *, lost: str, back: str) -> None:
+        self._clock = clock  # monotonic
+        self._log = log
+        self._lost = lost  # "... (%s) ...": what the node does meanwhile, with the error
+        self._back = back
+        self._retry_at = 0.0
+        self.error: str | None = None  # why Redis could not be used last, None while it answers
+
+    def waiting(self) -> bool:
+        """True while Redis failed less than :data:`RECHECK` seconds ago: do not try it yet."""
+        return self._clock() < self._retry_at
+
+    def failed(self, exc: BaseException) -> None:
+        self._retry_at = self._clock() + RECHECK
+        if self.error is None:
+            self._log.warning(self._lost, describe(exc))
+        self.error = describe(exc)
+
+    def answered(self) -> None:
+        if self.error is not None:
+            self._log.info(self._back)
+            self.error = None

@@ -65,11 +65,10 @@ from ..llm.admission import LocalQuotas
 from ..llm.images import ImageBook, ImageTicket
 from ..llm.quota import QuotaBook, Reservation, UsageReport
 from ..llm.spend import SpendBook, SpendCapReached
-from .connection import REDIS_ERRORS, describe
+from .connection import REDIS_ERRORS, RedisOutage
 
 log = logging.getLogger(__name__)
 
-RECHECK = 2.0  # seconds between tries of an unreachable Redis; each try may wait the client's timeout
 SETTLE_EVERY = 0.05  # seconds a settle may wait in this node's queue for others to share its Redis call
 SETTLE_BATCH = 100  # settles in one call at most: a full queue goes without waiting the rest of SETTLE_EVERY
 SPEND_CAPPED = "$"  # first character of a ticket under a usd_per_day cap: its settle is never queued
@@ -270,18 +269,27 @@ class FleetQuotas:
         self.local = LocalQuotas(book, spend, images or ImageBook())
         self._base = f"fleet:{key_prefix}:quota:"
         self._now_ms = now_ms  # None: Redis' own clock
-        self._clock = clock  # monotonic: when to try an unreachable Redis again
         self._reserve = redis.register_script(_RESERVE)
         self._settle = redis.register_script(_SETTLE)
         self._usage = redis.register_script(_USAGE)
         self._take_image = redis.register_script(_TAKE_IMAGE)
         self._give_back_image = redis.register_script(_GIVE_BACK_IMAGE)
         self._images_today = redis.register_script(_IMAGES_TODAY)
-        self._retry_at = 0.0
-        self.redis_error: str | None = None  # why Redis could not be used last, None while it answers
+        self._outage = RedisOutage(
+            clock,
+            log,
+            lost="fleet: cannot reach Redis for the quotas (%s); this node holds the limits of bots.yaml by "
+            "itself, counting only what it answers, until Redis answers again",
+            back="fleet: Redis answers again; the quotas are fleet-wide again",
+        )
         self._queue: list[_Settle] | None = None  # settles waiting for their batch; None: no batching now
         self._queued = anyio.Event()  # set when the queue gets its first settle
         self._full = anyio.Event()  # set when it holds SETTLE_BATCH
+
+    @property
+    def redis_error(self) -> str | None:
+        """Why Redis could not be used last; None while it answers."""
+        return self._outage.error
 
     def _keys(self, bot: str, user: str) -> list[str]:
         return [f"{self._base}{bot}:{who}:{kind}" for who in (QuotaBook.ALL_USERS, user) for kind in "wtd"]
@@ -328,7 +336,7 @@ class FleetQuotas:
             await self._apply_batch(settles[start:start + SETTLE_BATCH])
 
     async def _apply_batch(self, settles: list[_Settle]) -> None:
-        if self._clock() < self._retry_at:
+        if self._outage.waiting():
             return  # an unreachable Redis keeps the estimates: their minute and day pass
         keys = [key for settle in settles for key in self._keys(settle.bot, settle.user)]
         args: list[Any] = [self._now()]
@@ -337,14 +345,14 @@ class FleetQuotas:
         try:
             await self._settle(keys, args)  # the client's timeout bounds the wait
         except REDIS_ERRORS as exc:
-            self._unreachable(exc)
+            self._outage.failed(exc)
         else:
-            self._reachable()
+            self._outage.answered()
 
     async def reserve(
         self, provider: str, bot: str, user: str, estimate: int, bot_quota: QuotaSettings, user_quota: QuotaSettings
     ) -> Reservation:
-        if not (limited(bot_quota) or limited(user_quota)) or self._clock() < self._retry_at:
+        if not (limited(bot_quota) or limited(user_quota)) or self._outage.waiting():
             return self.local.take(provider, bot, user, estimate, bot_quota, user_quota)
         ticket = secrets.token_hex(8)
         if bot_quota.usd_per_day is not None or user_quota.usd_per_day is not None:
@@ -355,9 +363,9 @@ class FleetQuotas:
         try:
             reply: list[Any] = await self._reserve(self._keys(bot, user), [self._now(), ticket, estimate, *limits])
         except REDIS_ERRORS as exc:
-            self._unreachable(exc)
+            self._outage.failed(exc)
             return self.local.take(provider, bot, user, estimate, bot_quota, user_quota)
-        self._reachable()
+        self._outage.answered()
         if not reply[0]:
             _, scope_index, limit, wait_ms = reply
             scope = SCOPES[int(scope_index) - 1]
@@ -381,7 +389,7 @@ class FleetQuotas:
         delta = prompt_tokens + completion_tokens - reservation.estimate
         usd = self.local.count(reservation, price, prompt_tokens, completion_tokens)
         ticket = reservation.ticket
-        if not ticket or self._clock() < self._retry_at:
+        if not ticket or self._outage.waiting():
             return  # an unreachable Redis keeps the estimate: its minute and day pass
         settle = _Settle(reservation.bot, reservation.user, ticket, delta, repr(usd))
         queue = self._queue
@@ -398,16 +406,16 @@ class FleetQuotas:
 
     async def usage(self, bot: str, user: str, bot_quota: QuotaSettings, user_quota: QuotaSettings) -> UsageReport:
         """The fleet's count when the bot has a limit (else, or while Redis is unreachable, this node's)."""
-        if not (limited(bot_quota) or limited(user_quota)) or self._clock() < self._retry_at:
+        if not (limited(bot_quota) or limited(user_quota)) or self._outage.waiting():
             return self.local.report(bot, user)
         await self.flush()  # this node's own answers count in what it shows
         keys = self._keys(bot, user)[3:] if user != QuotaBook.ALL_USERS else self._keys(bot, user)[:3]
         try:
             requests, tokens, today, usd = await self._usage(keys, [self._now()])
         except REDIS_ERRORS as exc:
-            self._unreachable(exc)
+            self._outage.failed(exc)
             return self.local.report(bot, user)
-        self._reachable()
+        self._outage.answered()
         limits = bot_quota if user == QuotaBook.ALL_USERS else user_quota
         return UsageReport(bot, user, int(requests), int(tokens), int(today), limits, float(usd))
 
@@ -415,15 +423,15 @@ class FleetQuotas:
         self, provider: str, bot: str, user: str, bot_quota: QuotaSettings, user_quota: QuotaSettings
     ) -> ImageTicket:
         images = self.local.images
-        if not _draws_limited(bot_quota, user_quota) or self._clock() < self._retry_at:
+        if not _draws_limited(bot_quota, user_quota) or self._outage.waiting():
             return images.take(provider, bot, user, bot_quota, user_quota)
         limits = [_arg(quota.images_per_day) for quota in (bot_quota, user_quota)]
         try:
             reply: list[Any] = await self._take_image(self._day_keys(bot, user), [self._now(), *limits])
         except REDIS_ERRORS as exc:
-            self._unreachable(exc)
+            self._outage.failed(exc)
             return images.take(provider, bot, user, bot_quota, user_quota)
-        self._reachable()
+        self._outage.answered()
         if not reply[0]:
             _, scope_index, wait_ms = reply
             raise QuotaExceeded(provider, SCOPES[int(scope_index) - 1], "images_per_day", int(wait_ms) / 1000)
@@ -433,29 +441,29 @@ class FleetQuotas:
 
     async def give_back_image(self, ticket: ImageTicket) -> None:
         self.local.images.give_back(ticket)
-        if ticket.fleet_day is None or self._clock() < self._retry_at:
+        if ticket.fleet_day is None or self._outage.waiting():
             return  # an unreachable Redis keeps the image counted: its day passes
         try:
             with anyio.CancelScope(shield=True):  # as in settle: the give-back of a cancelled image counts
                 await self._give_back_image(self._day_keys(ticket.bot, ticket.user), [self._now(), ticket.fleet_day])
         except REDIS_ERRORS as exc:
-            self._unreachable(exc)
+            self._outage.failed(exc)
         else:
-            self._reachable()
+            self._outage.answered()
 
     async def images_today(
         self, bot: str, user: str, bot_quota: QuotaSettings, user_quota: QuotaSettings
     ) -> tuple[int, int]:
         """The fleet's count when the bot or its users have ``images_per_day`` (else, or while Redis is
         unreachable, this node's)."""
-        if not _draws_limited(bot_quota, user_quota) or self._clock() < self._retry_at:
+        if not _draws_limited(bot_quota, user_quota) or self._outage.waiting():
             return await self.local.images_today(bot, user, bot_quota, user_quota)
         try:
             everyone, mine = await self._images_today(self._day_keys(bot, user), [self._now()])
         except REDIS_ERRORS as exc:
-            self._unreachable(exc)
+            self._outage.failed(exc)
             return await self.local.images_today(bot, user, bot_quota, user_quota)
-        self._reachable()
+        self._outage.answered()
         return int(mine), int(everyone)
 
     def _day_keys(self, bot: str, user: str) -> list[str]:
@@ -463,19 +471,6 @@ class FleetQuotas:
         keys = self._keys(bot, user)
         return [keys[2], keys[5]]
 
-    def _unreachable(self, exc: BaseException) -> None:
-        self._retry_at = self._clock() + RECHECK
-        if self.redis_error is None:
-            log.warning(
-                "fleet: cannot reach Redis for the quotas (%s); this node holds the limits of bots.yaml by "
-                "itself, counting only what it answers, until Redis answers again", describe(exc),
-            )
-        self.redis_error = describe(exc)
-
-    def _reachable(self) -> None:
-        if self.redis_error is not None:
-            log.info("fleet: Redis answers again; the quotas are fleet-wide again")
-            self.redis_error = None
 
 
 def _draws_limited(bot_quota: QuotaSettings, user_quota: QuotaSettings) -> bool:
