@@ -31,6 +31,14 @@ Event = tuple[float, str, str, str]  # (monotonic time, node, bot, "start" | "st
 
 
 @pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[Redis]:
+    """A client of the local Redis, as a node opens one (fleet/connection.open_redis)."""
+    client = open_redis(redis_url, timeout=2.0)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
 async def key_prefix(tmp_path: Path, redis_url: str) -> AsyncIterator[str]:
     """A key prefix of this test's own (also apart from the same test in another run); its keys are
     deleted afterwards."""

@@ -8,7 +8,6 @@ model request; and Redis cut off, every message is still answered."""
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import anyio
@@ -30,13 +29,6 @@ MESSAGE = 1234567890
 @dataclass
 class Clock:
     monotonic: float = 1000.0
-
-
-@pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[Redis]:
-    client = open_redis(redis_url, timeout=2.0)
-    yield client
-    await client.aclose()
 
 
 async def hold_lease(redis: Redis, key_prefix: str, holder: str, token: int) -> None:

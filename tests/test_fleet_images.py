@@ -7,7 +7,6 @@ images a day for a user in all, whichever node draws them, and ``!usage`` shows 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
 
 import anyio
 import pytest
@@ -29,13 +28,6 @@ from tests.waiting import until
 
 NONE = QuotaSettings()
 TWO = QuotaSettings(images_per_day=2)
-
-
-@pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[Redis]:
-    client = open_redis(redis_url, timeout=2.0)
-    yield client
-    await client.aclose()
 
 
 def node(redis: Redis, key_prefix: str, clock: Clock) -> FleetQuotas:

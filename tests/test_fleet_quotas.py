@@ -9,7 +9,6 @@ nodes give them; the concurrency share shrinking as a node joins and growing bac
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,13 +47,6 @@ class Clock:
     def advance(self, seconds: float) -> None:
         self.ms += round(seconds * 1000)
         self.monotonic += seconds
-
-
-@pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[Redis]:
-    client = open_redis(redis_url, timeout=2.0)
-    yield client
-    await client.aclose()
 
 
 def node(redis: Redis, key_prefix: str, clock: Clock) -> FleetQuotas:
