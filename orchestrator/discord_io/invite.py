@@ -22,7 +22,7 @@ PERMISSIONS: dict[str, tuple[str, str]] = {
     "send_messages": ("Send Messages", "answer, and show \"typing…\""),
     "send_messages_in_threads": ("Send Messages in Threads", "answer in threads"),
     "read_message_history": ("Read Message History", "reply to a message; read what it missed while restarting"),
-    "attach_files": ("Attach Files", "not used yet: images, without inviting every bot again"),
+    "attach_files": ("Attach Files", "post the images `!imagine` and `/imagine` draw"),
 }
 
 
