@@ -27,7 +27,9 @@ import openai
 from openai.types import ImagesResponse
 
 from ..config import QuotaSettings
+from ..download import DownloadFailed, TooLarge, read_bounded
 from ..errors import ImageUnavailable, ProviderBadResponse, QuotaExceeded
+from ..imagesize import image_info
 from .quota import QuotaBook, utc_day
 from .transport import omitted_headers
 
@@ -39,8 +41,6 @@ if TYPE_CHECKING:
 DAY = 86400.0
 MAX_IMAGE_BYTES = 10 * 1024 * 1024  # Discord's upload limit for a bot in a server without boosts
 DOWNLOAD_TIMEOUT = 30.0
-_CHUNK = 64 * 1024
-_FORMATS = ((b"\x89PNG\r\n\x1a\n", "png"), (b"\xff\xd8\xff", "jpg"), (b"GIF87a", "gif"), (b"GIF89a", "gif"))
 
 
 class ImageSink(Protocol):
@@ -176,7 +176,8 @@ async def _draw(pool: LLMPool, call: ImageCall, max_bytes: int) -> Image:
             data = base64.b64decode(first.b64_json, validate=True)
         except (binascii.Error, ValueError) as exc:
             raise ProviderBadResponse(call.provider, f"the image's base64 cannot be decoded: {exc}") from exc
-        _check_size(call.provider, len(data), max_bytes)
+        if len(data) > max_bytes:
+            raise _too_large(call.provider, max_bytes)
     elif first is not None and first.url:
         data = await download(call.provider, first.url, max_bytes)
     else:
@@ -190,42 +191,30 @@ async def download(provider: str, url: str, max_bytes: int) -> bytes:
     A session of its own, without the provider's headers: the image is usually on another host
     (OpenAI's blob storage), which must not see the API key. Images are few, so no session is kept."""
     try:
-        async with (
-            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=DOWNLOAD_TIMEOUT)) as session,
-            session.get(url) as response,
-        ):
-            if response.status != 200:
-                raise ImageUnavailable(
-                    provider, f"the image's download failed: HTTP {response.status}",
-                    "The image was made but could not be downloaded from the model provider. Please try again.",
-                )  # fmt: skip
-            _check_size(provider, response.content_length or 0, max_bytes)
-            data = bytearray()
-            async for chunk in response.content.iter_chunked(_CHUNK):
-                data += chunk
-                _check_size(provider, len(data), max_bytes)
-            return bytes(data)
-    except (aiohttp.ClientError, TimeoutError) as exc:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=DOWNLOAD_TIMEOUT)) as session:
+            return await read_bounded(session, url, max_bytes)
+    except TooLarge:
+        raise _too_large(provider, max_bytes) from None
+    except DownloadFailed as failed:
+        cause = failed.__cause__
+        how = f"HTTP {failed.status}" if failed.status is not None else f"{type(cause).__name__}: {cause}"
         raise ImageUnavailable(
-            provider, f"the image's download failed: {type(exc).__name__}: {exc}",
+            provider, f"the image's download failed: {how}",
             "The image was made but could not be downloaded from the model provider. Please try again.",
-        ) from exc  # fmt: skip
+        ) from cause  # fmt: skip
 
 
-def _check_size(provider: str, size: int, max_bytes: int) -> None:
-    if size > max_bytes:
-        limit = f"{max_bytes / 1024 / 1024:.3g} MB" if max_bytes >= 1024 * 1024 else f"{max_bytes} bytes"
-        raise ImageUnavailable(
-            provider, f"the image is larger than {max_bytes} bytes",
-            f"The image is larger than {limit}, too large to post here.",
-        )  # fmt: skip
+def _too_large(provider: str, max_bytes: int) -> ImageUnavailable:
+    limit = f"{max_bytes / 1024 / 1024:.3g} MB" if max_bytes >= 1024 * 1024 else f"{max_bytes} bytes"
+    return ImageUnavailable(
+        provider, f"the image is larger than {max_bytes} bytes",
+        f"The image is larger than {limit}, too large to post here.",
+    )  # fmt: skip
 
 
 def _extension(provider: str, data: bytes) -> str:
-    """The image's format from its first bytes (a file name's extension is how Discord shows it)."""
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "webp"
-    for signature, extension in _FORMATS:
-        if data.startswith(signature):
-            return extension
-    raise ProviderBadResponse(provider, f"the answer is not a PNG, JPEG, GIF or WebP image (starts {data[:8]!r})")
+    """The image's format from its header (a file name's extension is how Discord shows it)."""
+    info = image_info(data)
+    if info is None:
+        raise ProviderBadResponse(provider, f"the answer is not a PNG, JPEG, GIF or WebP image (starts {data[:8]!r})")
+    return "jpg" if info.format == "jpeg" else info.format

@@ -27,6 +27,7 @@ import discord
 
 from ..config import VisionSettings
 from ..discord_io.attachments import TEXT_EXTENSIONS, kind_of, note
+from ..download import DownloadFailed, TooLarge, read_bounded
 from ..imagesize import image_info
 
 MAX_TEXT_BYTES = 100_000
@@ -123,28 +124,22 @@ class AttachmentReader:
 
     async def _download(self, attachment: discord.Attachment, limit: int, what: str) -> bytes:
         """The attachment's bytes, refused when over ``limit`` (as Discord declares it, or as it arrives)."""
-        too_big = AttachmentRefused(
-            f"`{attachment.filename}` is {size_text(attachment.size)}; I read {what} up to {size_text(limit)}."
-        )
-        if attachment.size > limit:
-            raise too_big
         if self._session is None:  # created here: aiohttp wants a running event loop
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=DOWNLOAD_TIMEOUT))
         try:
-            async with self._session.get(attachment.url) as response:
-                if response.status != 200:
-                    raise AttachmentRefused(
-                        f"I couldn't download `{attachment.filename}` (HTTP {response.status}); it may have been "
-                        "deleted. Send it again."
-                    )
-                data = bytearray()
-                async for chunk in response.content.iter_chunked(64 * 1024):
-                    data += chunk
-                    if len(data) > limit:  # Discord's declared size was wrong: stop reading
-                        raise too_big
-        except (aiohttp.ClientError, TimeoutError) as exc:
+            return await read_bounded(self._session, attachment.url, limit, declared=attachment.size)
+        except TooLarge:
+            raise AttachmentRefused(
+                f"`{attachment.filename}` is {size_text(attachment.size)}; I read {what} up to {size_text(limit)}."
+            ) from None
+        except DownloadFailed as failed:
+            if failed.status is not None:
+                raise AttachmentRefused(
+                    f"I couldn't download `{attachment.filename}` (HTTP {failed.status}); it may have been deleted. "
+                    "Send it again."
+                ) from None
+            exc = failed.__cause__
             reason = type(exc).__name__ if isinstance(exc, TimeoutError) else str(exc) or type(exc).__name__
             raise AttachmentRefused(
                 f"I couldn't download `{attachment.filename}` ({reason}). Try again in a moment."
             ) from exc
-        return bytes(data)
