@@ -48,6 +48,11 @@ def answer_nonce(question_id: int, part: int) -> str:
     return f"{question_id}:{part}"
 
 
+def _nonce(message: discord.Message, part: int | None) -> int | str:
+    """Part ``part`` of the answer to ``message`` has the nonce any node would give it; None: a new one."""
+    return new_nonce() if part is None else answer_nonce(message.id, part)
+
+
 def _retryable(exc: Exception) -> bool:
     if isinstance(exc, discord.DiscordServerError):
         return exc.status not in (500, 502, 504, 524)
@@ -128,7 +133,7 @@ class Delivery:
         when a retry follows a response lost on the way back (``enforce_nonce``); ``part`` of an answer
         to ``message``: the nonce any node would use for it."""
         reference = message.to_reference(fail_if_not_exists=False) if reply else None
-        nonce = new_nonce() if part is None else answer_nonce(message.id, part)
+        nonce = _nonce(message, part)
         send = partial(internals.post_message, self._client, message.channel.id, text,
                        nonce=nonce, reply_to=reference, mention=mention, attachment=attachment)  # fmt: skip
         return await self.deliver(message.channel.id, send)
@@ -140,7 +145,7 @@ class Delivery:
         ``part`` as for :meth:`post`."""
         reference = message.to_reference(fail_if_not_exists=False) if first else None
         channel = self.channel(message)
-        nonce = new_nonce() if part is None else answer_nonce(message.id, part)
+        nonce = _nonce(message, part)
         return await self.deliver(message.channel.id, partial(
             channel.send, text, reference=reference, allowed_mentions=NO_MENTIONS, nonce=nonce
         ))  # fmt: skip

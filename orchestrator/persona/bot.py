@@ -508,7 +508,7 @@ class PersonaBot:
             return False
         store = self.services.store
         with self._typing.working(job.message.channel.id) as work:
-            read = await self._read_attachments(job.message, files, spec.vision, work)
+            read = await self._read_attachments(job, files, spec.vision, work)
             if read is None:
                 return False
             history = await self._history(key) if remember else []
@@ -565,15 +565,15 @@ class PersonaBot:
         return True
 
     async def _read_attachments(
-        self, message: discord.Message, files: list[discord.Attachment], vision: VisionSettings, work: Work
+        self, job: Job, files: list[discord.Attachment], vision: VisionSettings, work: Work
     ) -> ReadAttachments | None:
         """What the message's files add for the model; None when one was refused (the user is told why)."""
         try:
             return await self._attachments.read(files, vision)
         except AttachmentRefused as refused:
-            log.info("bot %s: refused an attachment of message %s: %s", self.spec.name, message.id, refused)
+            log.info("bot %s: refused an attachment of message %s: %s", self.spec.name, job.message.id, refused)
             work.finish()
-            await self._delivery.reply(message, str(refused))
+            await self._say(job, str(refused))
             return None
 
     async def _history(self, key: ConversationKey) -> list[Turn]:
