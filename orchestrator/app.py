@@ -134,7 +134,7 @@ class App:
                 services = Services(pool, store, self.options, metrics=self.metrics)
                 services.community.configure(bot.context.channel_messages for bot in config.bots.values())
                 self.supervisor = supervisor = Supervisor(config, services, placed=config.fleet is not None)
-                async with self._fleet_node(supervisor, pool) as fleet, anyio.create_task_group() as tg:
+                async with self._fleet_node(supervisor, services) as fleet, anyio.create_task_group() as tg:
                     self._scope = tg.cancel_scope
                     port = self.health_port if self.health_port is not None else config.health_port
                     if port is not None:
@@ -145,8 +145,6 @@ class App:
                     await tg.start(services.community.panels.run)
                     await tg.start(self._supervise, supervisor, tg.cancel_scope)
                     if fleet is not None:
-                        services.may_post = fleet.may_post
-                        services.claims = FleetClaims(fleet.store.redis, fleet.store.key_prefix, fleet.store.holder)
                         await tg.start(fleet.run)
                     if self.handle_signals:
                         tg.start_soon(self._handle_signals)
@@ -161,16 +159,23 @@ class App:
         log.info("all bots stopped; bye")
 
     @contextlib.asynccontextmanager
-    async def _fleet_node(self, supervisor: Supervisor, pool: LLMPool) -> AsyncIterator[FleetCoordinator | None]:
-        """The fleet coordinator in fleet mode (None otherwise), for as long as the app runs. The pool's
-        quotas are then counted in the fleet's Redis, and its providers' max_concurrency shared."""
+    async def _fleet_node(
+        self, supervisor: Supervisor, services: Services
+    ) -> AsyncIterator[FleetCoordinator | None]:
+        """The fleet coordinator in fleet mode (None otherwise), for as long as the app runs. The bots
+        then post only under their lease and claim each message in the fleet's Redis, the pool's quotas
+        are counted there, and its providers' max_concurrency is shared among the nodes."""
         spec = self.config.fleet
         if spec is None:
             yield None
             return
+        pool = services.pool
         async with fleet_node(spec, supervisor, pool.share_concurrency) as coordinator:
             self.fleet = coordinator
-            quotas = FleetQuotas(coordinator.store.redis, spec.key_prefix, pool.quotas, pool.spend, pool.images)
+            leases = coordinator.store
+            services.may_post = coordinator.may_post
+            services.claims = FleetClaims(leases.redis, leases.key_prefix, leases.holder)
+            quotas = FleetQuotas(leases.redis, spec.key_prefix, pool.quotas, pool.spend, pool.images)
             async with quotas.settling():  # settles reach Redis in batches, the last ones as the node stops
                 pool.admission = quotas
                 yield coordinator

@@ -29,8 +29,7 @@ import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
 from ..config import FleetSpec
-from .connection import REDIS_ERRORS, open_redis
-from .connection import describe as _describe
+from .connection import REDIS_ERRORS, describe, open_redis
 from .leases import Lease, LeaseStore, node_of
 from .placement import place
 
@@ -131,10 +130,10 @@ class FleetCoordinator:
                 held = ", ".join(sorted(self.leases)) or "none"
                 log.warning(
                     "fleet: cannot reach Redis (%s); the bots held here (%s) keep running until their leases "
-                    "run out (%.1fs at most), then stop until Redis answers again", _describe(exc), held,
+                    "run out (%.1fs at most), then stop until Redis answers again", describe(exc), held,
                     self.store.lease_ttl,
                 )
-            self.redis_error = _describe(exc)
+            self.redis_error = describe(exc)
             return
         if self.redis_error is not None and self.redis_error != NOT_YET:
             log.info("fleet: Redis answers again")
@@ -196,7 +195,7 @@ class FleetCoordinator:
         except REDIS_ERRORS as exc:
             self._left_off[bot] = positions
             log.warning("fleet: could not release the lease of bot %s (%s); it runs out within %.1fs",
-                        bot, _describe(exc), self.store.lease_ttl)
+                        bot, describe(exc), self.store.lease_ttl)
             return
         log.info("fleet: bot %s stopped here and its lease released", bot)
 
@@ -250,7 +249,7 @@ class FleetCoordinator:
             await self.store.leave()
         except REDIS_ERRORS as exc:
             log.warning("fleet: could not leave cleanly (%s); the leases held here run out within %.1fs",
-                        _describe(exc), self.store.lease_ttl)
+                        describe(exc), self.store.lease_ttl)
 
     # ------------------------------------------------------------------ status
 
