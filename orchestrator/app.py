@@ -163,8 +163,9 @@ class App:
         self, supervisor: Supervisor, services: Services
     ) -> AsyncIterator[FleetCoordinator | None]:
         """The fleet coordinator in fleet mode (None otherwise), for as long as the app runs. The bots
-        then post only under their lease and claim each message in the fleet's Redis, the pool's quotas
-        are counted there, and its providers' max_concurrency is shared among the nodes."""
+        then answer and post only under their lease and mark the messages they answered in the fleet's
+        Redis, the pool's quotas are counted there, and its providers' max_concurrency is shared among
+        the nodes."""
         spec = self.config.fleet
         if spec is None:
             yield None
@@ -174,9 +175,11 @@ class App:
             self.fleet = coordinator
             leases = coordinator.store
             services.may_post = coordinator.may_post
-            services.claims = FleetClaims(leases.redis, leases.key_prefix, leases.holder)
+            claims = FleetClaims(leases.redis, leases.key_prefix, leases.holder)
             quotas = FleetQuotas(leases.redis, spec.key_prefix, pool.quotas, pool.spend, pool.images)
-            async with quotas.settling():  # settles reach Redis in batches, the last ones as the node stops
+            # Marks and settles reach Redis in batches, the last ones as the node stops.
+            async with claims.marking(), quotas.settling():
+                services.claims = claims
                 pool.admission = quotas
                 yield coordinator
 

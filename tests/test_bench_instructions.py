@@ -27,7 +27,8 @@ def test_instructions_per_answer_of_a_tiny_workload(tmp_path: Path) -> None:
         pytest.fail("valgrind is not installed; scripts/bench --instructions needs it (apt-get install valgrind)")
     output = tmp_path / "instructions.json"
     run = subprocess.run(
-        [*BENCH, "--instructions", "--instructions-messages", "1,3", "--output", str(output)],
+        [*BENCH, "--instructions", "--instructions-messages", "1,3", "--instructions-idle", "1",
+         "--output", str(output)],
         cwd=ROOT, capture_output=True, text=True, timeout=300,  # a hang guard, not a speed assertion
     )  # fmt: skip
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
@@ -41,6 +42,10 @@ def test_instructions_per_answer_of_a_tiny_workload(tmp_path: Path) -> None:
         assert window["provider_requests_per_answer"] == 1.0
         assert window["typing_posts_per_answer"] == 1.0
         assert window["answers_overlapping_the_next_message"] in range(window["messages"])  # reported, not judged
+    # the idle window: work per second (timers), and the figure without it
+    assert results["idle_s"] == 1 and results["idle_per_s"] > 0
+    assert results["marginal_per_answer"] < results["instructions_per_answer"]
+    assert "without messages" in run.stdout
     assert results["meta"]["commit"] and "valgrind" in results["meta"]["valgrind"]
     dumps = [p for p in Path(results["meta"]["callgrind_files"]).glob("orchestrator.*") if p.suffix != ".log"]
     assert len(dumps) >= 2  # one per window (and one at exit), for callgrind_annotate

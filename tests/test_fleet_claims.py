@@ -1,9 +1,9 @@
-"""Fleet-wide "taken once" (fleet/claims.py) on the real Redis: of two nodes only the lease holder's claim
-of a message is granted, and only until it is answered; a claim left by a node that has lost the lease
-is taken over (the message is not lost); every claim expires; a node cut off from Redis claims alone,
-saying so once. Then with two in-process apps over the loopback Discord and OpenAI: a message that
-a second node reads while the lease holder is answering it (catching up) is answered once, after one
-model request; and Redis cut off, every message is still answered."""
+"""Fleet-wide "taken once" (fleet/claims.py) on the real Redis: a message answered is marked once
+(the first holder stays) with an expiry, in batches, the last ones as the node stops; a node cut off
+from Redis marks nothing and says so once. Then with two in-process apps over the loopback Discord and
+OpenAI: a node running a bot without its lease answers nothing it reads (one model request in all);
+a node catching up leaves a message another node answered even where the reply lies beyond what it
+reads; and Redis cut off, every message is still answered."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from redis.asyncio import Redis
 
 from orchestrator.fleet.claims import FleetClaims
 from orchestrator.fleet.connection import RECHECK, open_redis
+from orchestrator.persona.catch_up import CATCH_UP_LIMIT
 from orchestrator.runtime.supervisor import BotState
 from tests.conftest import World
 from tests.fleet_helpers import TcpProxy
@@ -31,69 +32,61 @@ class Clock:
     monotonic: float = 1000.0
 
 
-async def hold_lease(redis: Redis, key_prefix: str, holder: str, token: int) -> None:
-    """Stands for the lease of bot sage held by ``holder`` (leases.py's value: "<holder>/<token>")."""
-    await redis.set(f"fleet:{key_prefix}:lease:sage", f"{holder}/{token}")
+async def test_an_answered_message_is_marked_once_with_an_expiry(redis: Redis, key_prefix: str) -> None:
+    a, b = FleetClaims(redis, key_prefix, A, ttl=60.0), FleetClaims(redis, key_prefix, B)
+    assert await b.answered_already("sage", [MESSAGE, MESSAGE + 1]) == set()
+    await a.answered("sage", MESSAGE)  # not batching: at once
+    assert await b.answered_already("sage", [MESSAGE, MESSAGE + 1]) == {MESSAGE}
+    await b.answered("sage", MESSAGE)  # a second answer (it cannot happen under the leases) keeps the first mark
+    assert await redis.get(a.key("sage", MESSAGE)) == A.encode()
+    assert 0 < await redis.pttl(a.key("sage", MESSAGE)) <= 60_000
+    assert await a.answered_already("rumi", [MESSAGE]) == set(), "another bot"
+    await b.answered("sage", MESSAGE + 2)
+    assert 300_000 < await redis.pttl(b.key("sage", MESSAGE + 2)) <= 600_000, "longer than catch-up's window"
 
 
-async def test_only_the_lease_holder_claims_a_message(
-    redis: Redis, key_prefix: str
-) -> None:
-    a, b = FleetClaims(redis, key_prefix, A), FleetClaims(redis, key_prefix, B)
-    await hold_lease(redis, key_prefix, A, 7)
-    assert await b.claim("sage", MESSAGE) is False  # node-a runs sage: it answers
-    assert await a.claim("sage", MESSAGE) is True
-    assert await a.claim("sage", MESSAGE) is True  # its own claim again: a job requeued after a crash
-    assert await b.claim("sage", MESSAGE) is False
-    assert await a.claim("sage", MESSAGE + 1) is True, "another message"
-    assert await a.claim("rumi", MESSAGE) is True, "another bot (no lease: nobody else runs it)"
+async def test_marks_go_in_batches_and_the_last_ones_as_the_node_stops(redis: Redis, key_prefix: str) -> None:
+    claims = FleetClaims(redis, key_prefix, A, every=3600.0)  # no batch goes by time in this test
+    async with claims.marking():
+        for offset in range(3):
+            await claims.answered("sage", MESSAGE + offset)
+        assert not await redis.exists(claims.key("sage", MESSAGE)), "queued, not sent yet"
+        assert await claims.answered_already("sage", [MESSAGE + 2]) == {MESSAGE + 2}, "a read sends what is queued"
+        assert await redis.exists(claims.key("sage", MESSAGE))
+        await claims.answered("sage", MESSAGE + 3)
+    assert await redis.exists(claims.key("sage", MESSAGE + 3)), "sent as the node stopped"
+    fast = FleetClaims(redis, key_prefix, B)
+    async with fast.marking():
+        await fast.answered("rumi", MESSAGE)
+        await until(lambda: _exists(redis, fast.key("rumi", MESSAGE)))  # within MARK_EVERY, without a read
 
 
-async def test_a_claim_left_by_a_node_that_lost_the_lease_is_taken_over(redis: Redis, key_prefix: str) -> None:
-    a, b = FleetClaims(redis, key_prefix, A), FleetClaims(redis, key_prefix, B)
-    await hold_lease(redis, key_prefix, A, 7)
-    assert await a.claim("sage", MESSAGE) is True  # node-a takes it, then its lease runs out mid-answer
-    await hold_lease(redis, key_prefix, B, 8)
-    assert await b.claim("sage", MESSAGE) is True, "node-a cannot post any more: node-b answers"
-    assert await a.claim("sage", MESSAGE) is False, "node-a, paused and back, leaves it to node-b"
+async def _exists(redis: Redis, key: str) -> bool:
+    return bool(await redis.exists(key))
 
 
-async def test_every_claim_expires(redis: Redis, key_prefix: str) -> None:
-    claims = FleetClaims(redis, key_prefix, A, ttl=0.3)
-    assert await claims.claim("sage", MESSAGE) is True
-    key = claims.key("sage", MESSAGE)
-    assert 0 < await redis.pttl(key) <= 300
-    await until(lambda: _gone(redis, key))
-    default = FleetClaims(redis, key_prefix, A)
-    assert await default.claim("sage", MESSAGE + 2) is True
-    assert 300_000 < await redis.pttl(default.key("sage", MESSAGE + 2)) <= 600_000, "longer than catch-up's window"
-
-
-async def _gone(redis: Redis, key: str) -> bool:
-    return not await redis.exists(key)
-
-
-async def test_a_node_cut_off_from_redis_claims_alone_and_says_so_once(
+async def test_a_node_cut_off_from_redis_marks_nothing_and_says_so_once(
     redis: Redis, key_prefix: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     clock = Clock()
     proxy = TcpProxy(6379)
-    await hold_lease(redis, key_prefix, B, 8)  # node-b runs sage: node-a's claims are refused while Redis answers
     async with anyio.create_task_group() as tg:
         port = await tg.start(proxy.serve)
         client = open_redis(f"redis://127.0.0.1:{port}/0", timeout=0.5)
         try:
             claims = FleetClaims(client, key_prefix, A, clock=lambda: clock.monotonic)
-            assert await claims.claim("sage", MESSAGE) is False
+            await claims.answered("sage", MESSAGE)
             proxy.cut()
             with caplog.at_level(logging.WARNING):
-                assert await claims.claim("sage", MESSAGE + 1) is True
+                await claims.answered("sage", MESSAGE + 1)  # lost, not raised
+                assert await claims.answered_already("sage", [MESSAGE]) == set(), "catch-up goes by the replies"
                 clock.monotonic += RECHECK  # tried again, still cut off: no second line
-                assert await claims.claim("sage", MESSAGE + 2) is True
-            assert caplog.text.count("cannot reach Redis to claim messages") == 1 and claims.redis_error
+                assert await claims.answered_already("sage", [MESSAGE]) == set()
+            assert caplog.text.count("cannot reach Redis to mark answered messages") == 1 and claims.redis_error
             await tg.start(proxy.serve)  # Redis answers again on the same port, tried after RECHECK
             clock.monotonic += RECHECK
-            assert await claims.claim("sage", MESSAGE + 3) is False and claims.redis_error is None
+            assert await claims.answered_already("sage", [MESSAGE, MESSAGE + 1]) == {MESSAGE}
+            assert claims.redis_error is None
         finally:
             await client.aclose()
         tg.cancel_scope.cancel()
@@ -102,7 +95,7 @@ async def test_a_node_cut_off_from_redis_claims_alone_and_says_so_once(
 # ---------------------------------------------------------------- two apps, one fleet
 
 
-async def test_a_message_read_again_by_another_node_is_answered_once_after_one_model_request(
+async def test_a_node_running_a_bot_without_its_lease_answers_nothing_it_reads(
     world: World, redis_url: str, key_prefix: str, postgres_url: str
 ) -> None:
     world.database = postgres_url
@@ -126,6 +119,31 @@ async def test_a_message_read_again_by_another_node_is_answered_once_after_one_m
         assert 'orchestrator_fleet_messages_claimed_elsewhere_total{bot="sage"} 1.0' in metrics
 
 
+async def test_a_node_catching_up_leaves_a_message_another_node_answered_though_the_reply_is_beyond_its_read(
+    world: World, redis_url: str, key_prefix: str, postgres_url: str
+) -> None:
+    world.database = postgres_url
+    world.openai.latency = 0.5  # the channel goes on while node-a is answering
+    write_fleet(world, redis_url, key_prefix, {"sage": "!"}, ttl=60.0)
+    async with nodes(world, "node-a") as apps:
+        await until(lambda: running(apps["node-a"]) == {"sage"})
+        question = await world.discord.post("!chat answered once")
+        await world.openai.wait_for_requests(1)
+        for index in range(CATCH_UP_LIMIT):  # chatter: the answer lands beyond a catch-up read from the question
+            await world.discord.post(f"chatter {index}")
+        await answered_once(world, question, "sage")
+    async with nodes(world, "node-b") as apps:  # sage's lease, released by node-a, is node-b's
+        b = apps["node-b"]
+        await until(lambda: running(b) == {"sage"})
+        assert b.supervisor is not None
+        actor = b.supervisor.children["sage"].actor
+        assert actor is not None  # a catch-up from before the question (a position saved before it was answered)
+        await actor._catch_up({world.discord.channel_id: int(question["id"]) - 1})
+        await actor.wait_idle()
+    assert len([m for m in world.discord.sent if m.reference_id == int(question["id"])]) == 1, "answered again"
+    assert len(world.openai.chat_requests) == 1
+
+
 @pytest.mark.fault
 async def test_with_redis_cut_off_every_message_is_still_answered_and_the_log_says_so_once(
     world: World, key_prefix: str, postgres_url: str, caplog: pytest.LogCaptureFixture
@@ -143,7 +161,8 @@ async def test_with_redis_cut_off_every_message_is_still_answered_and_the_log_sa
             with caplog.at_level(logging.WARNING, logger="orchestrator.fleet.claims"):
                 for question in ("!chat while cut off", "!chat still cut off"):
                     await answered_once(world, await world.discord.post(question), "sage")
+                await until(lambda: "cannot reach Redis to mark answered messages" in caplog.text)
             assert a.supervisor is not None and a.supervisor.children["sage"].state is BotState.RUNNING
         tg.cancel_scope.cancel()
-    assert caplog.text.count("cannot reach Redis to claim messages") == 1, caplog.text
+    assert caplog.text.count("cannot reach Redis to mark answered messages") == 1, caplog.text
 

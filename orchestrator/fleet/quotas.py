@@ -53,7 +53,7 @@ import dataclasses
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import anyio
@@ -65,6 +65,7 @@ from ..llm.admission import LocalQuotas
 from ..llm.images import ImageBook, ImageTicket
 from ..llm.quota import QuotaBook, Reservation, UsageReport
 from ..llm.spend import SpendBook, SpendCapReached
+from .batch import WriteBehind
 from .connection import REDIS_ERRORS, RedisOutage
 
 log = logging.getLogger(__name__)
@@ -282,9 +283,7 @@ class FleetQuotas:
             "itself, counting only what it answers, until Redis answers again",
             back="fleet: Redis answers again; the quotas are fleet-wide again",
         )
-        self._queue: list[_Settle] | None = None  # settles waiting for their batch; None: no batching now
-        self._queued = anyio.Event()  # set when the queue gets its first settle
-        self._full = anyio.Event()  # set when it holds SETTLE_BATCH
+        self._settles = WriteBehind(self._apply_batch, every=SETTLE_EVERY, size=SETTLE_BATCH)
 
     @property
     def redis_error(self) -> str | None:
@@ -297,43 +296,14 @@ class FleetQuotas:
     def _now(self) -> str:
         return "" if self._now_ms is None else str(self._now_ms())
 
-    @contextlib.asynccontextmanager
-    async def settling(self) -> AsyncIterator[None]:
+    def settling(self) -> contextlib.AbstractAsyncContextManager[None]:
         """Batch the settles to Redis for as long as this runs (see the module's docstring); on the way
         out, what is queued is applied and later settles go to Redis one by one again."""
-        self._queue = []
-        try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(self._flush_forever)
-                try:
-                    yield
-                finally:
-                    tg.cancel_scope.cancel()
-        finally:
-            queue, self._queue = self._queue, None
-            with anyio.CancelScope(shield=True):  # a node stopping still settles what it answered
-                await self._apply(queue or [])
-
-    async def _flush_forever(self) -> None:
-        while True:
-            await self._queued.wait()
-            with anyio.move_on_after(SETTLE_EVERY):
-                await self._full.wait()
-            self._queued, self._full = anyio.Event(), anyio.Event()  # the next settle's, set by it
-            await self.flush()
+        return self._settles.running()
 
     async def flush(self) -> None:
-        """Apply the settles queued so far, :data:`SETTLE_BATCH` to a Redis call."""
-        queue = self._queue
-        if not queue:
-            return
-        self._queue = []
-        with anyio.CancelScope(shield=True):  # taken off the queue: they reach Redis or are lost with it
-            await self._apply(queue)
-
-    async def _apply(self, settles: list[_Settle]) -> None:
-        for start in range(0, len(settles), SETTLE_BATCH):  # a bounded run of the script each
-            await self._apply_batch(settles[start:start + SETTLE_BATCH])
+        """Apply the settles queued so far."""
+        await self._settles.flush()
 
     async def _apply_batch(self, settles: list[_Settle]) -> None:
         if self._outage.waiting():
@@ -392,17 +362,10 @@ class FleetQuotas:
         if not ticket or self._outage.waiting():
             return  # an unreachable Redis keeps the estimate: its minute and day pass
         settle = _Settle(reservation.bot, reservation.user, ticket, delta, repr(usd))
-        queue = self._queue
-        if queue is None or delta > 0 or ticket.startswith(SPEND_CAPPED):
+        if delta > 0 or ticket.startswith(SPEND_CAPPED) or not self._settles.add(settle):
             # Shielded: a refund on the way out of a cancelled call must still reach Redis.
             with anyio.CancelScope(shield=True):
-                await self._apply([settle])
-            return
-        queue.append(settle)
-        if len(queue) == 1:
-            self._queued.set()
-        if len(queue) >= SETTLE_BATCH:
-            self._full.set()
+                await self._settles.apply([settle])
 
     async def usage(self, bot: str, user: str, bot_quota: QuotaSettings, user_quota: QuotaSettings) -> UsageReport:
         """The fleet's count when the bot has a limit (else, or while Redis is unreachable, this node's)."""

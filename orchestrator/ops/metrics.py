@@ -39,8 +39,8 @@ In fleet mode (orchestrator/fleet/), also:
     orchestrator_fleet_lease_acquisitions_total{bot}    leases taken by this node
     orchestrator_fleet_lease_losses_total{bot}          leases lost without releasing them (not renewed in time)
     orchestrator_fleet_failovers_total{bot}             bots taken over from a node whose lease ran out
-    orchestrator_fleet_messages_claimed_elsewhere_total{bot}  messages taken here that another node claimed
-                                                        first, or answered already (fleet/claims.py)
+    orchestrator_fleet_messages_claimed_elsewhere_total{bot}  messages taken here without the bot's lease:
+                                                        left to the node holding it (fleet/claims.py)
 """
 
 from __future__ import annotations
@@ -169,7 +169,7 @@ class _LiveCollector(Collector):
             ),
             "claimed_elsewhere": CounterMetricFamily(
                 "orchestrator_fleet_messages_claimed_elsewhere",
-                "Messages taken here but left to another node of the fleet, which claimed them first.", labels=["bot"],
+                "Messages taken here without the bot's lease, left to the node holding it.", labels=["bot"],
             ),
         }
         now = time.monotonic()

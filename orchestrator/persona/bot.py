@@ -370,7 +370,11 @@ class PersonaBot:
             self._decoded_at = time.monotonic()
             self._take_message(message)
 
-        await catch_up(self.client, taken, self.services.options.catch_up_window, take, self.spec.name)
+        claims = self.services.claims
+        answered_elsewhere = None if claims is None else partial(claims.answered_already, self.spec.name)
+        await catch_up(
+            self.client, taken, self.services.options.catch_up_window, take, self.spec.name, answered_elsewhere
+        )
         if caught := self.mailbox.in_flight - before:
             log.info("bot %s: answering %d message(s) sent while it had no session", self.spec.name, caught)
 
@@ -400,9 +404,10 @@ class PersonaBot:
         incarnation of this bot (a crash closes discord.py's HTTP session, so nothing can be sent).
         """
         handed_over = False
-        claims = self.services.claims if _claimed(job) else None
+        claimed = _claimed(job)
+        may_post, claims = self.services.may_post, self.services.claims
         try:
-            if claims is not None and not await claims.claim(self.spec.name, job.message.id):
+            if claimed and may_post is not None and not may_post(self.spec.name):
                 self.counters.claimed_elsewhere += 1
                 log.debug("bot %s: message %s is answered by another node", self.spec.name, job.message.id)
                 return
@@ -410,6 +415,8 @@ class PersonaBot:
                 await previous.wait()
             async with slots:
                 await self._handle(job, key)
+            if claimed and claims is not None:
+                await claims.answered(self.spec.name, job.message.id)
         except anyio.get_cancelled_exc_class():
             handed_over = self._hand_over(job)
             raise
@@ -648,10 +655,11 @@ class PersonaBot:
 
 
 def _claimed(job: Job) -> bool:
-    """Whether ``job`` is claimed fleet-wide before it runs: a user's message, which another node may
-    take too (catching up, or over a second connection of the bot). A slash command is not: Discord
-    delivers its interaction to one connection, and only that node can answer it. Nor is a panel turn:
-    the node running the panel hands it out, replying to the same message turn after turn."""
+    """Whether ``job`` is "taken once" fleet-wide (fleet/claims.py): a user's message, which another
+    node may take too (catching up, or over a stray second connection of the bot), so it is answered
+    only under the bot's lease and marked answered. A slash command is not: Discord delivers its
+    interaction to one connection, and only that node can answer it. Nor is a panel turn: the node
+    running the panel hands it out, replying to the same message turn after turn."""
     return job.reply is None and job.kind != "panel_turn"
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -26,9 +26,11 @@ class RuntimeOptions:
 
 
 class MessageClaims(Protocol):
-    """Fleet-wide "taken once" (orchestrator/fleet/claims.py): whether this node answers a message."""
+    """Fleet-wide "taken once" (orchestrator/fleet/claims.py): the messages answered anywhere in the fleet."""
 
-    async def claim(self, bot: str, message_id: int) -> bool: ...
+    async def answered(self, bot: str, message_id: int) -> None: ...
+
+    async def answered_already(self, bot: str, message_ids: Sequence[int]) -> set[int]: ...
 
 
 @dataclass
@@ -36,9 +38,9 @@ class Services:
     """What every bot shares: the provider pool, the memory store, the community and runtime options.
 
     ``may_post(bot)`` (fleet mode) tells whether this node may post as ``bot`` now: a local check of
-    its lease's deadline, without I/O (orchestrator/fleet/). ``claims`` (fleet mode) claims a user message
-fleet-wide before the model is asked about it; None in one process, where the mailbox's own "taken
-once" is enough."""
+    its lease's deadline, without I/O (orchestrator/fleet/); a bot asks it before it answers a user's
+message too. ``claims`` (fleet mode) marks the messages answered, and tells a bot catching up which
+ones another node answered; None in one process, where the mailbox's own "taken once" is enough."""
 
     pool: LLMPool
     store: ConversationStore

@@ -76,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--instructions", action="store_true",
                         help="instead of the scenarios: count the orchestrator's instructions per answered !chat under "
                              "valgrind's callgrind, for a fixed workload (results/bench_instructions.json)")
+    parser.add_argument("--instructions-idle", type=float, default=0.0, metavar="SECONDS",
+                        help="with --instructions: also count a window of SECONDS without messages, to tell the "
+                        "work done per second from the work per answer (default 0: none)")
     parser.add_argument("--instructions-messages", default="50,250", metavar="N1,N2",
                         help="--instructions: messages in the two counted windows; the figure is "
                              "(I(N2) - I(N1)) / (N2 - N1) (50,250)")

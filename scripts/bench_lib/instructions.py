@@ -78,7 +78,7 @@ async def run(args: Any, command: str) -> dict[str, Any]:
             await warm_bytecode_cache(children)
             async with World(bench, "instructions", "orchestrator", make_bots(1), CONVERSATIONS,
                              channels=CONVERSATIONS, heartbeat_interval_ms=HEARTBEAT_MS) as world:  # fmt: skip
-                figures = await count(bench, world, callgrind, small, large)
+                figures = await count(bench, world, callgrind, small, large, idle=args.instructions_idle)
         finally:
             await children.stop_all()
     return {
@@ -100,10 +100,13 @@ async def run(args: Any, command: str) -> dict[str, Any]:
 
 async def count(
     bench: Bench, world: World, callgrind: Callgrind, small: int, large: int,
-    env: dict[str, str] | None = None, sections: dict[str, Any] | None = None,
+    env: dict[str, str] | None = None, sections: dict[str, Any] | None = None, idle: float = 0.0,
 ) -> dict[str, Any]:
     """Launch the orchestrator of ``world`` under callgrind (``env`` and ``sections`` as in
-    :meth:`World.launch`), warm it up, count the two windows; the figure and the windows."""
+    :meth:`World.launch`), warm it up, count the two windows; the figure and the windows. With
+    ``idle`` > 0, a third window of ``idle`` seconds without messages counts the work done per unit
+    of time (timers, a fleet node's rounds), which the figure charges to the answers at PERIOD each:
+    ``idle_per_s`` and ``marginal_per_answer`` (the figure without it) are added."""
     await world.launch(
         provider={"max_concurrency": 4},
         defaults={
@@ -149,9 +152,16 @@ async def count(
             "answers_overlapping_the_next_message": overlapping,  # 0, or the machine is too slow for PERIOD
             "wall_s": load["end"] - load["start"],
         }
-    await asyncio.to_thread(callgrind.stop, pid)
     figure = per_unit((small, windows["small"]["instructions"]), (large, windows["large"]["instructions"]))
-    return {"instructions_per_answer": figure, "windows": windows}
+    figures: dict[str, Any] = {"instructions_per_answer": figure, "windows": windows}
+    if idle > 0:
+        bench.say(f"instructions: counting {idle:g} s without messages")
+        await asyncio.sleep(idle)
+        await asyncio.to_thread(callgrind.lap, pid, "idle")
+        idle_per_s = callgrind.read(pid, "idle") / idle
+        figures |= {"idle_s": idle, "idle_per_s": idle_per_s, "marginal_per_answer": figure - idle_per_s * PERIOD}
+    await asyncio.to_thread(callgrind.stop, pid)
+    return figures
 
 
 def table(results: dict[str, Any]) -> str:
@@ -176,4 +186,9 @@ def table(results: dict[str, Any]) -> str:
                 f"  WARNING: {window['answers_overlapping_the_next_message']} answers were still in progress when the "
                 f"next message came ({PERIOD} s apart): this machine is too slow for the fixed workload"
             )
+    if "idle_per_s" in results:
+        lines.append(
+            f"  {results['idle_s']:g} s without messages: {results['idle_per_s'] / 1e6:.3f} M instructions per second; "
+            f"per answer without that work: {results['marginal_per_answer'] / 1e6:.3f} M"
+        )
     return "\n".join(lines)
