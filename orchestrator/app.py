@@ -32,7 +32,6 @@ from anyio.abc import TaskStatus
 from .config import Config, PostgresURL, load_config, read_environment
 from .discord_io.client import configure_discord, install_reconnect_log_filter
 from .errors import ConfigError
-from .fleet.claims import FleetClaims
 from .fleet.connection import shown
 from .fleet.node import FleetCoordinator, fleet_node
 from .fleet.quotas import FleetQuotas
@@ -175,11 +174,9 @@ class App:
             self.fleet = coordinator
             leases = coordinator.store
             services.may_post = coordinator.may_post
-            claims = FleetClaims(leases.redis, leases.key_prefix, leases.holder)
+            services.claims = coordinator.claims
             quotas = FleetQuotas(leases.redis, spec.key_prefix, pool.quotas, pool.spend, pool.images)
-            # Marks and settles reach Redis in batches, the last ones as the node stops.
-            async with claims.marking(), quotas.settling():
-                services.claims = claims
+            async with quotas.settling():  # settles reach Redis in batches, the last ones as the node stops
                 pool.admission = quotas
                 yield coordinator
 

@@ -11,7 +11,7 @@ import anyio
 import pytest
 
 from orchestrator.fleet.connection import open_redis
-from orchestrator.fleet.leases import LOCAL_SHARE, Acquired, LeaseStore, node_of
+from orchestrator.fleet.leases import LOCAL_SHARE, Acquired, LeaseStore, Round, node_of
 from orchestrator.fleet.placement import owner, place
 from tests.fleet_helpers import Event, TcpProxy, fleet, holders
 from tests.waiting import until
@@ -55,7 +55,7 @@ async def test_a_lease_is_taken_once_renewed_only_by_its_holder_and_released_onl
         assert first.lease is not None and first.holder == ""
         refused = (await b.acquire(["sage"]))["sage"]
         assert refused.lease is None and node_of(refused.holder) == "node-a"
-        assert await a.renew([first.lease], {"sage": {7: 70}}) == {"sage": True}
+        assert (await a.keep_alive([first.lease], {"sage": {7: 70}}, {})).kept == {"sage": True}
         tries: list[Acquired] = []
 
         async def taken_by_b() -> bool:  # node-a stops renewing: its lease runs out in Redis
@@ -67,7 +67,7 @@ async def test_a_lease_is_taken_once_renewed_only_by_its_holder_and_released_onl
         assert taken.lease is not None and taken.lease.token > first.lease.token
         assert taken.holder == a.holder, "a holder that never released is named: a failover"
         assert taken.catch_up == {7: 70}
-        assert await a.renew([first.lease], {}) == {"sage": False}, "a lost lease is not renewed"
+        assert (await a.keep_alive([first.lease], {}, {})).kept == {"sage": False}, "a lost lease is not renewed"
         assert not await a.release(first.lease, {7: 71}), "nor released: it is node-b's now"
         assert (await a.acquire(["sage"]))["sage"].holder == b.holder
         assert await b.release(taken.lease, {7: 72})
@@ -115,12 +115,12 @@ async def test_a_paused_holder_loses_its_lease_refuses_to_post_and_the_next_hold
 
         paused = anyio.Event()
 
-        async def no_renewal(*args: object) -> dict[str, bool]:
+        async def no_renewal(*args: object) -> Round:
             paused.set()
             await anyio.sleep_forever()
             raise AssertionError
 
-        a.coordinator.store.renew = no_renewal  # type: ignore[method-assign]
+        a.coordinator.store.keep_alive = no_renewal  # type: ignore[method-assign]
         await paused.wait()
         b = start("node-b", ["sage"], timeline)
         await until(lambda: not a.coordinator.may_post("sage"))

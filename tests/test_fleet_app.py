@@ -21,6 +21,7 @@ from redis.asyncio import Redis
 
 from orchestrator import cli
 from orchestrator.app import App
+from orchestrator.fleet.leases import Round
 from orchestrator.fleet.placement import place
 from orchestrator.runtime.supervisor import BotState
 from orchestrator.sandbox.discord_server.rest import RestFault
@@ -138,11 +139,11 @@ async def test_a_node_whose_lease_ran_out_does_not_post(
         await until(lambda: running(a) == {"sage"})
         assert a.fleet is not None
 
-        async def paused(*args: object) -> dict[str, bool]:  # as if the process stopped running for a while
+        async def paused(*args: object) -> Round:  # as if the process stopped running for a while
             await anyio.sleep_forever()
             raise AssertionError
 
-        a.fleet.store.renew = paused  # type: ignore[method-assign]
+        a.fleet.store.keep_alive = paused  # type: ignore[method-assign]
         question = await world.discord.post("!chat are you still the one?")
         await world.openai.wait_for_requests(1)
         a.fleet.leases["sage"].valid_until = 0.0  # ... long enough for the lease to run out
@@ -288,11 +289,11 @@ async def test_a_post_retried_after_a_discord_error_is_dropped_once_the_lease_ha
         assert a.fleet is not None
         fleet = a.fleet
 
-        async def paused(*args: object) -> dict[str, bool]:  # renewals stop coming through
+        async def paused(*args: object) -> Round:  # renewals stop coming through
             await anyio.sleep_forever()
             raise AssertionError
 
-        fleet.store.renew = paused  # type: ignore[method-assign]
+        fleet.store.keep_alive = paused  # type: ignore[method-assign]
 
         class LeaseRunsOut(logging.Handler):  # while the retry waits, the lease runs out
             def emit(self, record: logging.LogRecord) -> None:

@@ -1,9 +1,9 @@
-"""Fleet-wide "taken once" (fleet/claims.py) on the real Redis: a message answered is marked once
-(the first holder stays) with an expiry, in batches, the last ones as the node stops; a node cut off
-from Redis marks nothing and says so once. Then with two in-process apps over the loopback Discord and
+"""Fleet-wide "taken once" (fleet/claims.py) on the real Redis: the messages a node answered are marked
+with its next round and with a release (the first holder's mark stays), with an expiry; a node cut off
+from Redis reads no marks and says so once. Then with two in-process apps over the loopback Discord and
 OpenAI: a node running a bot without its lease answers nothing it reads (one model request in all);
 a node catching up leaves a message another node answered even where the reply lies beyond what it
-reads; and Redis cut off, every message is still answered."""
+reads; and Redis cut off (within the lease), every message is still answered."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from redis.asyncio import Redis
 
 from orchestrator.fleet.claims import FleetClaims
 from orchestrator.fleet.connection import RECHECK, open_redis
+from orchestrator.fleet.leases import ANSWERED_TTL, Lease, LeaseStore
 from orchestrator.persona.catch_up import CATCH_UP_LIMIT
 from orchestrator.runtime.supervisor import BotState
 from tests.conftest import World
@@ -23,7 +24,6 @@ from tests.fleet_helpers import TcpProxy
 from tests.test_fleet_app import NODES, answered_once, nodes, running, write_fleet
 from tests.waiting import until
 
-A, B = "node-a#1", "node-b#2"  # two nodes' lease holders
 MESSAGE = 1234567890
 
 
@@ -32,61 +32,58 @@ class Clock:
     monotonic: float = 1000.0
 
 
-async def test_an_answered_message_is_marked_once_with_an_expiry(redis: Redis, key_prefix: str) -> None:
-    a, b = FleetClaims(redis, key_prefix, A, ttl=60.0), FleetClaims(redis, key_prefix, B)
-    assert await b.answered_already("sage", [MESSAGE, MESSAGE + 1]) == set()
-    await a.answered("sage", MESSAGE)  # not batching: at once
-    assert await b.answered_already("sage", [MESSAGE, MESSAGE + 1]) == {MESSAGE}
-    await b.answered("sage", MESSAGE)  # a second answer (it cannot happen under the leases) keeps the first mark
-    assert await redis.get(a.key("sage", MESSAGE)) == A.encode()
-    assert 0 < await redis.pttl(a.key("sage", MESSAGE)) <= 60_000
-    assert await a.answered_already("rumi", [MESSAGE]) == set(), "another bot"
-    await b.answered("sage", MESSAGE + 2)
-    assert 300_000 < await redis.pttl(b.key("sage", MESSAGE + 2)) <= 600_000, "longer than catch-up's window"
+async def test_messages_answered_are_marked_with_the_next_round_and_the_first_mark_stays(
+    redis: Redis, key_prefix: str
+) -> None:
+    a, b = LeaseStore(redis, key_prefix, "node-a", 6.0), LeaseStore(redis, key_prefix, "node-b", 6.0)
+    claims = FleetClaims(a)
+    lease = (await a.acquire(["sage"]))["sage"].lease
+    assert lease is not None
+    claims.answered("sage", MESSAGE)
+    claims.answered("sage", MESSAGE + 1)
+    claims.answered("rumi", MESSAGE)  # not held here: waits for a round that renews it
+    assert await claims.answered_already("sage", [MESSAGE, MESSAGE + 1, MESSAGE + 2]) == set(), "not sent yet"
+    await a.keep_alive([lease], {}, {"sage": claims.take("sage")})
+    assert await FleetClaims(b).answered_already("sage", [MESSAGE, MESSAGE + 1, MESSAGE + 2]) == {MESSAGE, MESSAGE + 1}
+    assert claims.take("sage") == [] and claims.take("rumi") == [MESSAGE], "handed over once"
+    key = a.answered_key("sage", MESSAGE)
+    assert await redis.get(key) == lease.value.encode()
+    assert 300_000 < await redis.pttl(key) <= ANSWERED_TTL * 1000, "longer than catch-up's window"
+    other = Lease("sage", lease.token + 1, "node-b#x/99", 0.0)  # (it cannot happen under the leases)
+    assert (await b.keep_alive([other], {}, {"sage": [MESSAGE]})).kept == {"sage": False}
+    assert await redis.get(key) == lease.value.encode(), "set if absent: the first answer's mark stays"
 
 
-async def test_marks_go_in_batches_and_the_last_ones_as_the_node_stops(redis: Redis, key_prefix: str) -> None:
-    claims = FleetClaims(redis, key_prefix, A, every=3600.0)  # no batch goes by time in this test
-    async with claims.marking():
-        for offset in range(3):
-            await claims.answered("sage", MESSAGE + offset)
-        assert not await redis.exists(claims.key("sage", MESSAGE)), "queued, not sent yet"
-        assert await claims.answered_already("sage", [MESSAGE + 2]) == {MESSAGE + 2}, "a read sends what is queued"
-        assert await redis.exists(claims.key("sage", MESSAGE))
-        await claims.answered("sage", MESSAGE + 3)
-    assert await redis.exists(claims.key("sage", MESSAGE + 3)), "sent as the node stopped"
-    fast = FleetClaims(redis, key_prefix, B)
-    async with fast.marking():
-        await fast.answered("rumi", MESSAGE)
-        await until(lambda: _exists(redis, fast.key("rumi", MESSAGE)))  # within MARK_EVERY, without a read
+async def test_a_release_marks_what_was_answered_since_the_last_round(redis: Redis, key_prefix: str) -> None:
+    store = LeaseStore(redis, key_prefix, "node-a", 6.0)
+    lease = (await store.acquire(["sage"]))["sage"].lease
+    assert lease is not None
+    assert await store.release(lease, {7: 70}, {"sage": [MESSAGE]})
+    assert await FleetClaims(store).answered_already("sage", [MESSAGE]) == {MESSAGE}
 
 
-async def _exists(redis: Redis, key: str) -> bool:
-    return bool(await redis.exists(key))
-
-
-async def test_a_node_cut_off_from_redis_marks_nothing_and_says_so_once(
+async def test_a_node_cut_off_from_redis_reads_no_marks_and_says_so_once(
     redis: Redis, key_prefix: str, caplog: pytest.LogCaptureFixture
 ) -> None:
+    await redis.set(LeaseStore(redis, key_prefix, "node-a", 6.0).answered_key("sage", MESSAGE), "node-b#1/1")
     clock = Clock()
     proxy = TcpProxy(6379)
     async with anyio.create_task_group() as tg:
         port = await tg.start(proxy.serve)
         client = open_redis(f"redis://127.0.0.1:{port}/0", timeout=0.5)
         try:
-            claims = FleetClaims(client, key_prefix, A, clock=lambda: clock.monotonic)
-            await claims.answered("sage", MESSAGE)
+            claims = FleetClaims(LeaseStore(client, key_prefix, "node-a", 6.0), clock=lambda: clock.monotonic)
+            assert await claims.answered_already("sage", [MESSAGE]) == {MESSAGE}
             proxy.cut()
             with caplog.at_level(logging.WARNING):
-                await claims.answered("sage", MESSAGE + 1)  # lost, not raised
                 assert await claims.answered_already("sage", [MESSAGE]) == set(), "catch-up goes by the replies"
                 clock.monotonic += RECHECK  # tried again, still cut off: no second line
                 assert await claims.answered_already("sage", [MESSAGE]) == set()
-            assert caplog.text.count("cannot reach Redis to mark answered messages") == 1 and claims.redis_error
+            assert caplog.text.count("cannot reach Redis to read which messages were answered") == 1
+            assert claims.redis_error
             await tg.start(proxy.serve)  # Redis answers again on the same port, tried after RECHECK
             clock.monotonic += RECHECK
-            assert await claims.answered_already("sage", [MESSAGE, MESSAGE + 1]) == {MESSAGE}
-            assert claims.redis_error is None
+            assert await claims.answered_already("sage", [MESSAGE]) == {MESSAGE} and claims.redis_error is None
         finally:
             await client.aclose()
         tg.cancel_scope.cancel()
@@ -145,8 +142,8 @@ async def test_a_node_catching_up_leaves_a_message_another_node_answered_though_
 
 
 @pytest.mark.fault
-async def test_with_redis_cut_off_every_message_is_still_answered_and_the_log_says_so_once(
-    world: World, key_prefix: str, postgres_url: str, caplog: pytest.LogCaptureFixture
+async def test_with_redis_cut_off_every_message_is_still_answered(
+    world: World, key_prefix: str, postgres_url: str
 ) -> None:
     world.database = postgres_url
     proxy = TcpProxy(6379)
@@ -157,12 +154,9 @@ async def test_with_redis_cut_off_every_message_is_still_answered_and_the_log_sa
             a = apps["node-a"]
             await until(lambda: running(a) == {"sage"})
             await answered_once(world, await world.discord.post("!chat before"), "sage")
-            proxy.cut()
-            with caplog.at_level(logging.WARNING, logger="orchestrator.fleet.claims"):
-                for question in ("!chat while cut off", "!chat still cut off"):
-                    await answered_once(world, await world.discord.post(question), "sage")
-                await until(lambda: "cannot reach Redis to mark answered messages" in caplog.text)
+            proxy.cut()  # within the lease (60 s): the node keeps sage, and an answer needs no Redis
+            for question in ("!chat while cut off", "!chat still cut off"):
+                await answered_once(world, await world.discord.post(question), "sage")
             assert a.supervisor is not None and a.supervisor.children["sage"].state is BotState.RUNNING
         tg.cancel_scope.cancel()
-    assert caplog.text.count("cannot reach Redis to mark answered messages") == 1, caplog.text
 

@@ -1,7 +1,8 @@
 """Fleet-wide quotas on the real Redis (fleet/quotas.py): two nodes' reservations count against one
 limit; settling replaces the estimate, a refund gives it back; the day rolls over at midnight UTC;
 the spend cap holds across nodes; every key expires; a node cut off from Redis holds the limits by
-itself; settles reach Redis in batches, over-counting meanwhile, and the last ones as the node stops.
+itself; settles reach Redis in batches or with the node's next reserve, over-counting meanwhile, and the
+last ones as the node stops.
 And a provider's max_concurrency is divided among the live nodes. Then the same with two
 in-process apps over the loopback Discord and OpenAI: three answers a minute in all, whichever
 nodes give them; the concurrency share shrinking as a node joins and growing back as it leaves."""
@@ -185,7 +186,7 @@ class CountingRedis(Redis):
         return await super().evalsha(sha, numkeys, *args)
 
 
-async def test_settles_reach_redis_in_batches_and_the_last_ones_when_the_node_stops(
+async def test_settles_reach_redis_in_batches_or_with_the_next_reserve_and_the_last_ones_when_the_node_stops(
     redis: Redis, redis_url: str, key_prefix: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(fleet_quotas, "SETTLE_EVERY", 3600.0)  # batches go when full, or as the node stops
@@ -212,15 +213,20 @@ async def test_settles_reach_redis_in_batches_and_the_last_ones_when_the_node_st
             assert client.keys_per_call == [24, 24]
             assert await tokens() == 8 * 10 + 2 * 100, "the two queued still count at their estimate"
             assert a.local.book.tokens_used == {("sage", "openai"): 100}, "this node counted all ten at once"
-            capped = await a.reserve("openai", "sage", "u1", 100, cap, NONE)
+            capped = await a.reserve("openai", "sage", "u1", 100, cap, NONE)  # it carries the two queued
+            assert client.keys_per_call[-1] == 6 + 2 * 6, "no call of their own"
+            assert await tokens() == 10 * 10 + 100
             await a.settle(capped, ModelPrice(input=10, output=10), 6, 4)  # under a spend cap: at once
             assert client.keys_per_call[-1] == 6 and (await b.usage("sage", "*", cap, NONE)).usd_today > 0
-            assert await tokens() == 8 * 10 + 2 * 100 + 10
-        assert await tokens() == 10 * 10 + 10, "the node stopping settled the two queued"
-        assert client.keys_per_call[-1] == 12
+            assert await tokens() == 10 * 10 + 10
+            last = await a.reserve("openai", "sage", "u2", 100, limit, NONE)
+            await a.settle(last, None, 6, 4)  # queued
+            assert await tokens() == 10 * 10 + 10 + 100
+        assert await tokens() == 10 * 10 + 10 + 10, "the node stopping settled the one queued"
+        assert client.keys_per_call[-1] == 6
         late = await a.reserve("openai", "sage", "u1", 100, limit, NONE)
         await a.settle(late, None, 6, 4)  # no batching once stopped: at once
-        assert await tokens() == 10 * 10 + 10 + 10
+        assert await tokens() == 10 * 10 + 10 + 10 + 10
     finally:
         await client.aclose()
 

@@ -3,7 +3,8 @@
 A node's round trips to Redis cost it about as much CPU as the rest of its fleet work per answer,
 so what need not be written before the answer goes on (a quota settle, an "answered" mark) is
 queued, and one call applies what has queued every ``every`` seconds, or as soon as ``size`` items
-have. What is queued when the batching stops (the node stopping) is applied on the way out.
+have, unless a call the node makes anyway carries them first (:meth:`WriteBehind.take`). What is
+queued when the batching stops (the node stopping) is applied on the way out.
 """
 
 from __future__ import annotations
@@ -56,6 +57,15 @@ class WriteBehind(Generic[T]):
         if len(queue) >= self.size:
             self._full.set()
         return True
+
+    def take(self, limit: int) -> list[T]:
+        """Up to ``limit`` queued items, oldest first, off the queue: the caller sends them with a call
+        of its own."""
+        queue = self._queue
+        if not queue:
+            return []
+        taken, self._queue = queue[:limit], queue[limit:]
+        return taken
 
     async def flush(self) -> None:
         """Apply what is queued now (before a read that should count it)."""

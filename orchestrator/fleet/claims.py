@@ -15,62 +15,44 @@ A user message reaches a node in one of two ways, and each gets the check it nee
   Redis as answered (:meth:`FleetClaims.answered_already`), which also covers a reply that lies
   beyond catch-up's read.
 
-Every message a node answers is marked, in batches (batch.py: one round trip every
-:data:`MARK_EVERY` seconds at most, not one per answer):
+The messages a node answers are marked with its next round (node.py, every ``lease_ttl / 3``) or
+with the release of the bot's lease, in the round trip that renews or releases the lease
+(leases.py: ``answered:<bot>:<message id>``, set if absent, expiring after ``ANSWERED_TTL``): an
+answer costs no round trip of its own. Marks not sent yet when a node dies are lost with it; its
+answers are replies, which catch-up skips.
 
-    answered:<bot>:<message id>   under ``fleet:<key_prefix>:``: the holder that answered it first
-                                  (SET NX), expiring after :data:`MARK_TTL`
-
-Redis unreachable (or slower than the fleet's timeout): marks are dropped and catch-up goes by the
-replies alone (a message is never lost for want of Redis), said once per outage in the log; Redis is
-tried again after :data:`~orchestrator.fleet.connection.RECHECK` seconds.
+Redis unreachable (or slower than the fleet's timeout): catch-up goes by the replies alone (a
+message is never lost for want of Redis), said once per outage in the log; Redis is tried again
+after :data:`~orchestrator.fleet.connection.RECHECK` seconds.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
 
-from redis.asyncio import Redis
-
-from .batch import WriteBehind
 from .connection import REDIS_ERRORS, RedisOutage
+from .leases import LeaseStore
 
 log = logging.getLogger(__name__)
 
-# Longer than the catch-up window (RuntimeOptions.catch_up_window, 5 minutes): a node catching up
-# never reads a message older than that, so one whose mark has expired is never read again.
-MARK_TTL = 600.0
-MARK_EVERY = 0.05  # seconds a mark may wait for others to share its Redis call
-MARK_BATCH = 200
-
-
-class _Mark(NamedTuple):
-    bot: str
-    message_id: int
+PENDING = 10_000  # marks kept per bot between two rounds at most (the oldest go first)
 
 
 class FleetClaims:
-    """The marks of one node (``holder``: its lease holder, one per process, leases.py)."""
+    """The marks of one node: those waiting for the next round, and the fleet's, read for catch-up."""
 
-    def __init__(
-        self, redis: Redis, key_prefix: str, holder: str, *, ttl: float = MARK_TTL, every: float = MARK_EVERY,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.holder = holder
-        self._redis = redis
-        self._base = f"fleet:{key_prefix}:"
-        self._ttl_ms = int(ttl * 1000)
-        self._marks = WriteBehind(self._write, every=every, size=MARK_BATCH)
+    def __init__(self, store: LeaseStore, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.store = store
+        self._pending: dict[str, deque[int]] = {}
         self._outage = RedisOutage(
             clock,
             log,
-            lost="fleet: cannot reach Redis to mark answered messages (%s); a node catching up goes by the bots' "
-            "replies alone until Redis answers again",
-            back="fleet: Redis answers again; answered messages are marked fleet-wide again",
+            lost="fleet: cannot reach Redis to read which messages were answered (%s); catching up goes by "
+            "the bots' replies alone until Redis answers again",
+            back="fleet: Redis answers again; catching up leaves the messages the fleet answered again",
         )
 
     @property
@@ -78,42 +60,27 @@ class FleetClaims:
         """Why Redis could not be used last; None while it answers."""
         return self._outage.error
 
-    def key(self, bot: str, message_id: int) -> str:
-        return f"{self._base}answered:{bot}:{message_id}"
+    def answered(self, bot: str, message_id: int) -> None:
+        """Message ``message_id`` was answered here as ``bot``: marked with the next round."""
+        pending = self._pending.get(bot)
+        if pending is None:
+            pending = self._pending[bot] = deque(maxlen=PENDING)
+        pending.append(message_id)
 
-    def marking(self) -> contextlib.AbstractAsyncContextManager[None]:
-        """Send the marks in batches for as long as this runs (the node's lifetime); outside it, each
-        mark goes at once."""
-        return self._marks.running()
-
-    async def answered(self, bot: str, message_id: int) -> None:
-        """Mark message ``message_id`` as answered by ``bot`` on this node."""
-        mark = _Mark(bot, message_id)
-        if not self._marks.add(mark):
-            await self._marks.apply([mark])
+    def take(self, bot: str) -> list[int]:
+        """The marks of ``bot`` waiting for a round, handed over to it."""
+        pending = self._pending.pop(bot, None)
+        return list(pending) if pending else []
 
     async def answered_already(self, bot: str, message_ids: Sequence[int]) -> set[int]:
-        """Which of ``message_ids`` some node has answered as ``bot`` (marked; queued here counts too)."""
+        """Which of ``message_ids`` some node has marked answered as ``bot``."""
         if not message_ids or self._outage.waiting():
             return set()
-        await self._marks.flush()
+        keys = [self.store.answered_key(bot, message_id) for message_id in message_ids]
         try:
-            holders = await self._redis.mget([self.key(bot, message_id) for message_id in message_ids])
+            holders = await self.store.redis.mget(keys)
         except REDIS_ERRORS as exc:
             self._outage.failed(exc)
             return set()
         self._outage.answered()
         return {message_id for message_id, holder in zip(message_ids, holders, strict=True) if holder is not None}
-
-    async def _write(self, marks: list[_Mark]) -> None:
-        if self._outage.waiting():
-            return  # catch-up goes by the replies meanwhile
-        pipe = self._redis.pipeline(transaction=False)
-        for mark in marks:
-            pipe.set(self.key(*mark), self.holder, nx=True, px=self._ttl_ms)
-        try:
-            await pipe.execute()
-        except REDIS_ERRORS as exc:
-            self._outage.failed(exc)
-        else:
-            self._outage.answered()

@@ -4,13 +4,15 @@ within its lease), one immediate retry (a pooled connection that died with a res
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError, RedisError
 
 # What a node survives as "Redis is unreachable": it keeps its bots until their leases run out.
 REDIS_ERRORS: tuple[type[Exception], ...] = (RedisError, OSError)
@@ -22,6 +24,29 @@ def open_redis(url: str, timeout: float) -> Redis:
     return Redis.from_url(
         url, socket_timeout=timeout, socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 1)
     )
+
+
+ScriptCall = tuple[AsyncScript, Sequence[Any], Sequence[Any]]  # a script, its keys, its arguments
+
+
+async def run_scripts(redis: Redis, calls: Sequence[ScriptCall]) -> list[Any]:
+    """Lua script calls in one round trip, their replies in order. redis-py's own pipelining of scripts
+    asks Redis ``SCRIPT EXISTS`` first, a second round trip every time; here each goes as EVALSHA. A
+    Redis that has lost its scripts (restarted) gets them loaded and the calls again: a call whose
+    script was there then runs twice, which the fleet's scripts allow (each checks before it writes)."""
+    try:
+        return await _evalsha(redis, calls)
+    except NoScriptError:
+        for script in {id(call[0]): call[0] for call in calls}.values():
+            await redis.script_load(script.script)
+        return await _evalsha(redis, calls)
+
+
+async def _evalsha(redis: Redis, calls: Sequence[ScriptCall]) -> list[Any]:
+    pipe = redis.pipeline(transaction=False)
+    for script, keys, args in calls:
+        pipe.evalsha(script.sha, len(keys), *keys, *args)
+    return list(await pipe.execute())
 
 
 def describe(exc: BaseException) -> str:

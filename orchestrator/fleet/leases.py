@@ -9,6 +9,8 @@ Keys, all under ``fleet:<key_prefix>:``:
     holder:<bot>     {node: holder, token, since}: the holder as of its taking the lease; deleted on release, so
                      a holder found here by the next taker never released it (a failover)
     catch_up:<bot>   {channel: message id}: where the next holder reads what the bot may not have answered
+    answered:<bot>:<message id>   "<holder>/<token>" of the first holder that answered it (fleet/claims.py),
+                     set if absent with each renewal and release, expiring after :data:`ANSWERED_TTL`
     node:<id>        {"bots": [...], "instance": ...}, expires after lease_ttl: a live node and the bots it holds
     nodes            sorted set of node ids by last heartbeat (Redis' clock, ms): how nodes find each other
 
@@ -28,7 +30,12 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from .connection import ScriptCall, run_scripts
+
 LOCAL_SHARE = 0.9
+# How long a message stays marked answered (fleet/claims.py): longer than the catch-up window
+# (RuntimeOptions.catch_up_window, 5 minutes), so a message read again by catch-up is still marked.
+ANSWERED_TTL = 600.0
 
 # KEYS: lease, fence, holder, catch_up. ARGV: holder, ttl ms.
 # Returns {token, previous holder that never released ('' if none), catch_up as a flat list}, or
@@ -55,25 +62,28 @@ redis.call('HSET', KEYS[3], 'node', ARGV[1], 'token', token, 'since', now)
 return {token, previous, redis.call('HGETALL', KEYS[4])}
 """
 
-# KEYS: lease, catch_up. ARGV: value, ttl ms, then channel/message id pairs (none: leave catch_up).
+# KEYS: lease, catch_up, then the answered marks to set. ARGV: value, ttl ms, marks' ttl ms, then
+# channel/message id pairs (none: leave catch_up). The marks are set whoever holds the lease now.
 _RENEW = """
+for i = 3, #KEYS do redis.call('SET', KEYS[i], ARGV[1], 'NX', 'PX', ARGV[3]) end
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
-if #ARGV > 2 then
+if #ARGV > 3 then
   redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[2], unpack(ARGV, 3))
+  redis.call('HSET', KEYS[2], unpack(ARGV, 4))
 end
 return 1
 """
 
-# KEYS: lease, holder, catch_up. ARGV: value, then channel/message id pairs (none: leave catch_up).
-# Compare-and-delete: never another holder's lease.
+# KEYS: lease, holder, catch_up, then the answered marks to set. ARGV: value, marks' ttl ms, then
+# channel/message id pairs (none: leave catch_up). Compare-and-delete: never another holder's lease.
 _RELEASE = """
+for i = 4, #KEYS do redis.call('SET', KEYS[i], ARGV[1], 'NX', 'PX', ARGV[2]) end
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 redis.call('DEL', KEYS[1], KEYS[2])
-if #ARGV > 1 then
+if #ARGV > 2 then
   redis.call('DEL', KEYS[3])
-  redis.call('HSET', KEYS[3], unpack(ARGV, 2))
+  redis.call('HSET', KEYS[3], unpack(ARGV, 3))
 end
 return 1
 """
@@ -122,6 +132,15 @@ class Acquired:
 
 
 @dataclass(frozen=True)
+class Round:
+    """What a node's round found."""
+
+    nodes: list[str]  # the live node ids, this one too
+    twin: str | None  # another process that heartbeat as this node before (its instance), if any
+    kept: dict[str, bool]  # by bot: the lease is still ours (False: lost)
+
+
+@dataclass(frozen=True)
 class NodeView:
     node: str
     last_heartbeat_ms: int  # Redis' clock
@@ -158,6 +177,7 @@ class LeaseStore:
         self.key_prefix = key_prefix
         self.lease_ttl = lease_ttl
         self._ttl_ms = max(1, round(lease_ttl * 1000))
+        self._answered_ttl_ms = round(ANSWERED_TTL * 1000)
         self._base = f"fleet:{key_prefix}:"
         self.clock = clock  # monotonic: the local deadlines of leases
         self._acquire = redis.register_script(_ACQUIRE)
@@ -175,13 +195,14 @@ class LeaseStore:
     def _valid_from(self, asked: float) -> float:
         return asked + self.lease_ttl * LOCAL_SHARE
 
+    def answered_key(self, bot: str, message_id: int) -> str:
+        return self.key("answered", f"{bot}:{message_id}")
+
     async def acquire(self, bots: Sequence[str]) -> dict[str, Acquired]:
         """Try to take each bot's lease (or confirm it is ours)."""
-        pipe = self.redis.pipeline(transaction=False)
-        for bot in bots:
-            await self._acquire(self._bot_keys(bot), [self.holder, self._ttl_ms], client=pipe)
+        calls = [(self._acquire, self._bot_keys(bot), [self.holder, self._ttl_ms]) for bot in bots]
         asked = self.clock()
-        replies = await pipe.execute()
+        replies = await run_scripts(self.redis, calls)
         results = {}
         for bot, (token, holder, flat) in zip(bots, replies, strict=True):
             holder = _text(holder)
@@ -192,36 +213,47 @@ class LeaseStore:
             results[bot] = Acquired(lease, holder, catch_up)
         return results
 
-    async def renew(self, leases: Sequence[Lease], catch_up: Mapping[str, Mapping[int, int]]) -> dict[str, bool]:
-        """Extend each lease that is still ours (moving its ``valid_until`` on); False: it is lost.
-        ``catch_up`` (by bot) replaces where the next holder will catch up from."""
-        pipe = self.redis.pipeline(transaction=False)
+    async def keep_alive(
+        self,
+        leases: Sequence[Lease],
+        catch_up: Mapping[str, Mapping[int, int]],
+        answered: Mapping[str, Sequence[int]],
+    ) -> Round:
+        """A node's round trip every ``lease_ttl / 3``: say this node is alive and which bots it holds,
+        and extend each lease that is still ours (moving its ``valid_until`` on). ``catch_up`` (by bot)
+        replaces where the next holder will catch up from; ``answered`` (by bot) are the messages
+        answered here since the last round, to mark."""
+        document = json.dumps({"bots": sorted(lease.bot for lease in leases), "instance": self.instance})
+        calls: list[ScriptCall] = [
+            (self._heartbeat, [self.key("node", self.node_id), self.key("nodes")],
+             [self.node_id, self._ttl_ms, document])
+        ]  # fmt: skip
         for lease in leases:
-            keys = [self.key("lease", lease.bot), self.key("catch_up", lease.bot)]
-            await self._renew(keys, [lease.value, self._ttl_ms, *_flat(catch_up.get(lease.bot, {}))], client=pipe)
+            keys = [self.key("lease", lease.bot), self.key("catch_up", lease.bot),
+                    *self._answered_keys(lease.bot, answered)]  # fmt: skip
+            args = [lease.value, self._ttl_ms, self._answered_ttl_ms, *_flat(catch_up.get(lease.bot, {}))]
+            calls.append((self._renew, keys, args))
         asked = self.clock()
-        replies = await pipe.execute()
+        (previous, live), *renewed = await run_scripts(self.redis, calls)
         kept = {}
-        for lease, ok in zip(leases, replies, strict=True):
+        for lease, ok in zip(leases, renewed, strict=True):
             kept[lease.bot] = bool(ok)
             if ok:
                 lease.valid_until = max(lease.valid_until, self._valid_from(asked))
-        return kept
-
-    async def release(self, lease: Lease, catch_up: Mapping[int, int]) -> bool:
-        """Give the lease up if it is still ours, saying where the next holder catches up from; False:
-        it was not ours (any more)."""
-        keys = [self.key("lease", lease.bot), self.key("holder", lease.bot), self.key("catch_up", lease.bot)]
-        return bool(await self._release(keys, [lease.value, *_flat(catch_up)]))
-
-    async def heartbeat(self, bots: Sequence[str]) -> tuple[list[str], str | None]:
-        """Say this node is alive and which bots it holds; returns the live node ids (this one too) and
-        the process that heartbeat as this node before, if it was another one."""
-        document = json.dumps({"bots": sorted(bots), "instance": self.instance})
-        keys = [self.key("node", self.node_id), self.key("nodes")]
-        previous, live = await self._heartbeat(keys, [self.node_id, self._ttl_ms, document])
         instance = json.loads(previous).get("instance") if previous else None
-        return [_text(node) for node in live], (instance if instance != self.instance else None)
+        return Round([_text(node) for node in live], instance if instance != self.instance else None, kept)
+
+    async def release(
+        self, lease: Lease, catch_up: Mapping[int, int], answered: Mapping[str, Sequence[int]] | None = None
+    ) -> bool:
+        """Give the lease up if it is still ours, saying where the next holder catches up from and
+        marking what was answered since the last round; False: it was not ours (any more)."""
+        keys = [self.key("lease", lease.bot), self.key("holder", lease.bot), self.key("catch_up", lease.bot),
+                *self._answered_keys(lease.bot, answered or {})]  # fmt: skip
+        return bool(await self._release(keys, [lease.value, self._answered_ttl_ms, *_flat(catch_up)]))
+
+    def _answered_keys(self, bot: str, answered: Mapping[str, Sequence[int]]) -> list[str]:
+        return [self.answered_key(bot, message_id) for message_id in answered.get(bot, ())]
 
     async def leave(self) -> None:
         await self._leave([self.key("node", self.node_id), self.key("nodes")], [self.node_id])

@@ -2,9 +2,10 @@
 
 Every ``lease_ttl / 3`` seconds (:meth:`FleetCoordinator.tick`) the node
 
-1. heartbeats (``node:<id>``, with the bots it holds) and learns the live nodes;
-2. renews the leases it holds (and saves where each bot's next holder would catch up from);
-   a lease found taken by another node is lost: its bot stops at once;
+1. heartbeats (``node:<id>``, with the bots it holds) and learns the live nodes, and in the same
+   round trip renews the leases it holds, saving where each bot's next holder would catch up from
+   and marking the messages answered since the last round (claims.py); a lease found taken by
+   another node is lost: its bot stops at once;
 3. places every configured bot by rendezvous hashing over the live nodes (placement.py);
 4. drains the bots it holds that now belong elsewhere (graceful stop, then release), and takes the
    free leases of the bots that belong here, starting each bot only once its lease is held.
@@ -29,6 +30,7 @@ import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
 from ..config import FleetSpec
+from .claims import FleetClaims
 from .connection import REDIS_ERRORS, describe, open_redis
 from .leases import Lease, LeaseStore, node_of
 from .placement import place
@@ -63,6 +65,7 @@ class FleetCoordinator:
         self, store: LeaseStore, runner: BotRunner, nodes_changed: Callable[[int], None] | None = None
     ) -> None:
         self.store = store
+        self.claims = FleetClaims(store)  # the messages answered here, marked with each round
         self.runner = runner
         self.nodes_changed = nodes_changed  # told how many nodes are live whenever that changes (the pool)
         self.node_id = store.node_id
@@ -108,21 +111,28 @@ class FleetCoordinator:
                 await self._leave()
 
     async def tick(self) -> None:
-        """One round: heartbeat, renew, place. Redis being unreachable is logged once per outage."""
+        """One round: heartbeat and renew (one round trip), place. Redis being unreachable is logged once
+        per outage."""
         try:
-            nodes, other = await self.store.heartbeat(list(self.leases))
-            if other is not None and self._heartbeats and not self._warned_twin:
+            leases = list(self.leases.values())
+            positions = {lease.bot: self.runner.catch_up_positions(lease.bot) for lease in leases}
+            answered = {lease.bot: self.claims.take(lease.bot) for lease in leases}
+            found = await self.store.keep_alive(leases, positions, answered)
+            if found.twin is not None and self._heartbeats and not self._warned_twin:
                 self._warned_twin = True
                 log.error("fleet: another process also uses node id %s: give each node its own node_id (or "
                           "ORCHESTRATOR_NODE_ID); the leases still keep each bot on one process", self.node_id)
             self._heartbeats += 1
-            live = sorted(nodes)
+            for lease in leases:
+                if not found.kept[lease.bot] and self.leases.get(lease.bot) is lease:
+                    self._lose(lease, "its lease expired in Redis or another node holds it now")
+            self._deadlines_changed()
+            live = sorted(found.nodes)
             if live != self.live_nodes:
                 log.info("fleet: %d live node(s): %s (this one: %s)", len(live), ", ".join(live), self.node_id)
                 if self.nodes_changed is not None and len(live) != len(self.live_nodes):
                     self.nodes_changed(len(live))
             self.live_nodes = live
-            await self._renew()
             if not self.runner.stop_requested:
                 await self._place()
         except REDIS_ERRORS as exc:
@@ -138,17 +148,6 @@ class FleetCoordinator:
         if self.redis_error is not None and self.redis_error != NOT_YET:
             log.info("fleet: Redis answers again")
         self.redis_error = None
-
-    async def _renew(self) -> None:
-        leases = list(self.leases.values())
-        if not leases:
-            return
-        positions = {lease.bot: self.runner.catch_up_positions(lease.bot) for lease in leases}
-        kept = await self.store.renew(leases, positions)
-        for lease in leases:
-            if not kept[lease.bot] and self.leases.get(lease.bot) is lease:
-                self._lose(lease, "its lease expired in Redis or another node holds it now")
-        self._deadlines_changed()
 
     async def _place(self) -> None:
         nodes = set(self.live_nodes) | {self.node_id}
@@ -191,7 +190,7 @@ class FleetCoordinator:
         del self.leases[bot]
         self._deadlines_changed()
         try:
-            await self.store.release(lease, positions)
+            await self.store.release(lease, positions, {bot: self.claims.take(bot)})
         except REDIS_ERRORS as exc:
             self._left_off[bot] = positions
             log.warning("fleet: could not release the lease of bot %s (%s); it runs out within %.1fs",
@@ -244,7 +243,7 @@ class FleetCoordinator:
         try:
             for bot, lease in list(self.leases.items()):
                 if bot not in running:
-                    await self.store.release(lease, self.runner.catch_up_positions(bot))
+                    await self.store.release(lease, self.runner.catch_up_positions(bot), {bot: self.claims.take(bot)})
                     del self.leases[bot]
             await self.store.leave()
         except REDIS_ERRORS as exc:

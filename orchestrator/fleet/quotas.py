@@ -13,13 +13,15 @@ keep UTC-day budgets and money caps; and the project adds no dependency for it. 
 short and every limit's rule matches the book's line for line.
 
 Settles are batched: while :meth:`FleetQuotas.settling` runs (the fleet node's lifetime), a settle
-is counted in this node's books at once and queued for Redis, and one script call applies what has
-queued every :data:`SETTLE_EVERY` seconds (or as soon as :data:`SETTLE_BATCH` have), the rest on the
-way out. One Redis round trip per answer instead of two: a round trip costs a node about as much CPU as
+is counted in this node's books at once and queued for Redis; the node's next reserve carries what
+has queued (the script applies it first), and one script call applies what no reserve took within
+:data:`SETTLE_EVERY` seconds (or as soon as :data:`SETTLE_BATCH` have queued), the rest on the way
+out. One Redis round trip per answer instead of two: a round trip costs a node about as much CPU as
 the rest of its fleet work per answer. Until its settle is applied a reservation counts at its
-estimate (prompt + max_tokens, never below the real usage): the fleet over-counts for those
-milliseconds, never under. Settles that could under-count go at once: real usage above the
-estimate, and any reservation under a ``usd_per_day`` cap (its money is counted only when settled).
+estimate (prompt + max_tokens, never below the real usage): the fleet over-counts for that time
+(until this node's next request, a second at most), never under. Settles that could under-count go
+at once: real usage above the estimate, and any reservation under a ``usd_per_day`` cap (its money
+is counted only when settled).
 Outside :meth:`~FleetQuotas.settling` (before the node starts, after it stopped) every settle goes at once.
 
 Keys, under ``fleet:<key_prefix>:quota:<bot>:<user>:`` (user ``*``: the whole bot):
@@ -70,7 +72,7 @@ from .connection import REDIS_ERRORS, RedisOutage
 
 log = logging.getLogger(__name__)
 
-SETTLE_EVERY = 0.05  # seconds a settle may wait in this node's queue for others to share its Redis call
+SETTLE_EVERY = 1.0  # seconds a settle may wait in this node's queue for a reserve (or others) to carry it
 SETTLE_BATCH = 100  # settles in one call at most: a full queue goes without waiting the rest of SETTLE_EVERY
 SPEND_CAPPED = "$"  # first character of a ticket under a usd_per_day cap: its settle is never queued
 SCOPES = ("bot", "user")
@@ -110,12 +112,35 @@ local function set_day(d, tokens, usd, images)
   redis.call('HSET', d, 'day', today, 'tokens', tokens, 'usd', string.format('%.17g', usd), 'images', images)
   redis.call('PEXPIRE', d, 2 * DAY)
 end
+
+-- Settles: the w, t, d keys of the bot, then of the user, of each in turn from KEYS[k]; their
+-- reservation id, real tokens - estimate and USD from ARGV[a] to the end. A reservation already out
+-- of its window was counted out at its estimate; the day is today's. Each window is pruned once.
+local function settle_all(k, a)
+  local pruned = {}
+  for i = 0, (#ARGV - a + 1) / 3 - 1 do
+    local ticket, delta, cost = ARGV[a + 3 * i], tonumber(ARGV[a + 1 + 3 * i]), tonumber(ARGV[a + 2 + 3 * i])
+    for scope = 1, 2 do
+      local w, t, d = KEYS[k + 6 * i + 3 * scope - 3], KEYS[k + 6 * i + 3 * scope - 2], KEYS[k + 6 * i + 3 * scope - 1]
+      if not pruned[w] then prune(w, t); pruned[w] = true end
+      if redis.call('ZSCORE', w, ticket) and redis.call('HEXISTS', t, ticket) == 1 then  -- never a key without expiry
+        redis.call('HINCRBY', t, ticket, delta)
+        redis.call('HINCRBY', t, '_total', delta)
+      end
+      local tokens, usd, images = daily(d)
+      set_day(d, math.max(0, tokens + delta), usd + cost, images)
+    end
+  end
+end
 """
 
-# KEYS: w, t, d of the bot, then of the user. ARGV: now ms ('' = Redis' clock), reservation id,
-# estimate, then for the bot and for the user: requests/min, tokens/min, tokens/day, usd/day ('' = none).
-# Returns {1} when reserved, else {0, scope (1 bot, 2 user), limit, ms until it fits}.
+# KEYS: w, t, d of the bot, then of the user, then those of the settles it carries (as _SETTLE's).
+# ARGV: now ms ('' = Redis' clock), reservation id, estimate, then for the bot and for the user:
+# requests/min, tokens/min, tokens/day, usd/day ('' = none), then the settles (as _SETTLE's).
+# The settles are applied first. Returns {1} when reserved, else {0, scope (1 bot, 2 user), limit,
+# ms until it fits}.
 _RESERVE = _COMMON + """
+settle_all(7, 12)
 local estimate = tonumber(ARGV[3])
 
 -- ms until `needed` more fits under `limit` in a window: until enough of its oldest have left it
@@ -169,23 +194,9 @@ return {1}
 """
 
 # KEYS: w, t, d of the bot, then of the user, for each settle in turn. ARGV: now ms ('' = Redis' clock),
-# then for each settle: reservation id, real tokens - estimate, USD. A reservation already out of its
-# window was counted out at its estimate; the day is today's. Each window is pruned once per call.
+# then for each settle: reservation id, real tokens - estimate, USD.
 _SETTLE = _COMMON + """
-local pruned = {}
-for i = 0, (#ARGV - 1) / 3 - 1 do
-  local ticket, delta, cost = ARGV[2 + 3 * i], tonumber(ARGV[3 + 3 * i]), tonumber(ARGV[4 + 3 * i])
-  for scope = 1, 2 do
-    local w, t, d = KEYS[6 * i + 3 * scope - 2], KEYS[6 * i + 3 * scope - 1], KEYS[6 * i + 3 * scope]
-    if not pruned[w] then prune(w, t); pruned[w] = true end
-    if redis.call('ZSCORE', w, ticket) and redis.call('HEXISTS', t, ticket) == 1 then  -- never a key without expiry
-      redis.call('HINCRBY', t, ticket, delta)
-      redis.call('HINCRBY', t, '_total', delta)
-    end
-    local tokens, usd, images = daily(d)
-    set_day(d, math.max(0, tokens + delta), usd + cost, images)
-  end
-end
+settle_all(1, 2)
 return 1
 """
 
@@ -330,8 +341,13 @@ class FleetQuotas:
         limits = [_arg(value) for quota in (bot_quota, user_quota) for value in (
             quota.requests_per_minute, quota.tokens_per_minute, quota.tokens_per_day, quota.usd_per_day
         )]
+        keys = self._keys(bot, user)
+        args: list[Any] = [self._now(), ticket, estimate, *limits]
+        for settle in self._settles.take(SETTLE_BATCH):  # queued settles ride along: no call of their own
+            keys += self._keys(settle.bot, settle.user)
+            args += settle[2:]
         try:
-            reply: list[Any] = await self._reserve(self._keys(bot, user), [self._now(), ticket, estimate, *limits])
+            reply: list[Any] = await self._reserve(keys, args)
         except REDIS_ERRORS as exc:
             self._outage.failed(exc)
             return self.local.take(provider, bot, user, estimate, bot_quota, user_quota)

@@ -416,7 +416,7 @@ class PersonaBot:
             async with slots:
                 await self._handle(job, key)
             if claimed and claims is not None:
-                await claims.answered(self.spec.name, job.message.id)
+                claims.answered(self.spec.name, job.message.id)
         except anyio.get_cancelled_exc_class():
             handed_over = self._hand_over(job)
             raise
