@@ -10,10 +10,10 @@ import time
 import anyio
 import pytest
 
-from orchestrator.fleet.connection import open_redis
+from orchestrator.fleet.connection import open_redis, run_scripts
 from orchestrator.fleet.leases import LOCAL_SHARE, Acquired, LeaseStore, Round, node_of
 from orchestrator.fleet.placement import owner, place
-from tests.fleet_helpers import Event, TcpProxy, fleet, holders
+from tests.fleet_helpers import Event, PrivateRedis, TcpProxy, fleet, holders
 from tests.waiting import until
 
 TTL = 1.0
@@ -74,6 +74,23 @@ async def test_a_lease_is_taken_once_renewed_only_by_its_holder_and_released_onl
         again = (await a.acquire(["sage"]))["sage"]
         assert again.lease is not None and again.holder == "" and again.catch_up == {7: 72}
         assert again.lease.token > taken.lease.token
+    finally:
+        await redis.aclose()
+
+
+async def test_scripts_go_in_one_round_trip_and_again_after_redis_lost_them(private_redis: PrivateRedis) -> None:
+    redis = open_redis(private_redis.url, timeout=1.0)
+    try:
+        add = redis.register_script("return redis.call('INCRBY', KEYS[1], ARGV[1])")
+        name = redis.register_script("return ARGV[1]")
+        await redis.script_load(add.script)
+        calls = [(add, ["n"], [2]), (name, [], ["x"]), (add, ["n"], [3])]
+        # name was never loaded: all go again, so the adds that ran the first time run twice (the fleet's
+        # scripts allow it: each checks before it writes)
+        assert await run_scripts(redis, calls) == [7, b"x", 10]
+        assert await run_scripts(redis, calls) == [12, b"x", 15], "loaded now: once"
+        await redis.script_flush()  # as a restarted Redis: no scripts (a server of this test's own)
+        assert await run_scripts(redis, calls[:1]) == [17]
     finally:
         await redis.aclose()
 
