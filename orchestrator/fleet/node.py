@@ -203,6 +203,7 @@ class FleetCoordinator:
     def _lose(self, lease: Lease, why: str) -> None:
         """The lease is no longer ours (or may not be): stop its bot at once."""
         del self.leases[lease.bot]
+        self.claims.take(lease.bot)  # its marks not sent yet are dropped: its answers are replies catch-up skips
         self.losses[lease.bot] += 1
         self._deadlines_changed()
         log.error("fleet: bot %s stops at once on this node: %s; it starts again on the node that takes its "
