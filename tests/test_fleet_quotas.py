@@ -177,12 +177,14 @@ async def test_a_node_cut_off_from_redis_holds_the_limits_by_itself_until_redis_
 
 
 class CountingRedis(Redis):
-    """A client that counts its script calls by their number of keys (a settle's are six per reservation)."""
+    """A client that records its script calls: a reserve (six keys) or a settle (none), and how many
+    settles each carries (the arguments after a reserve's five and a settle's two)."""
 
-    keys_per_call: list[int]
+    calls: list[tuple[str, int]]
 
     async def evalsha(self, sha: str, numkeys: int, *args: Any) -> Any:  # type: ignore[override]
-        self.keys_per_call.append(numkeys)
+        kind, fixed = ("reserve", 5) if numkeys == 6 else ("settle", 2)
+        self.calls.append((kind, len(args) - numkeys - fixed))
         return await super().evalsha(sha, numkeys, *args)
 
 
@@ -193,7 +195,7 @@ async def test_settles_reach_redis_in_batches_or_with_the_next_reserve_and_the_l
     monkeypatch.setattr(fleet_quotas, "SETTLE_BATCH", 4)
     clock = Clock()
     client = CountingRedis.from_url(redis_url)
-    client.keys_per_call = []
+    client.calls = []
     a, b = node(client, key_prefix, clock), node(redis, key_prefix, clock)
     limit, cap = QuotaSettings(tokens_per_minute=10_000), QuotaSettings(usd_per_day=1.0)
 
@@ -203,27 +205,27 @@ async def test_settles_reach_redis_in_batches_or_with_the_next_reserve_and_the_l
     try:
         async with a.settling():
             reservations = [await a.reserve("openai", "sage", f"u{n}", 100, limit, NONE) for n in range(10)]
-            client.keys_per_call.clear()
+            client.calls.clear()
             for batch in (1, 2):  # a full batch goes without waiting
                 for reservation in reservations[4 * batch - 4:4 * batch]:
                     await a.settle(reservation, None, 6, 4)  # 10 tokens each
-                await until(lambda: len(client.keys_per_call) == batch)  # noqa: B023 (awaited here)
+                await until(lambda: len(client.calls) == batch)  # noqa: B023 (awaited here)
             for reservation in reservations[8:]:
                 await a.settle(reservation, None, 6, 4)
-            assert client.keys_per_call == [24, 24]
+            assert client.calls == [("settle", 4), ("settle", 4)]
             assert await tokens() == 8 * 10 + 2 * 100, "the two queued still count at their estimate"
             assert a.local.book.tokens_used == {("sage", "openai"): 100}, "this node counted all ten at once"
             capped = await a.reserve("openai", "sage", "u1", 100, cap, NONE)  # it carries the two queued
-            assert client.keys_per_call[-1] == 6 + 2 * 6, "no call of their own"
+            assert client.calls[-1] == ("reserve", 2), "no call of their own"
             assert await tokens() == 10 * 10 + 100
             await a.settle(capped, ModelPrice(input=10, output=10), 6, 4)  # under a spend cap: at once
-            assert client.keys_per_call[-1] == 6 and (await b.usage("sage", "*", cap, NONE)).usd_today > 0
+            assert client.calls[-1] == ("settle", 1) and (await b.usage("sage", "*", cap, NONE)).usd_today > 0
             assert await tokens() == 10 * 10 + 10
             last = await a.reserve("openai", "sage", "u2", 100, limit, NONE)
             await a.settle(last, None, 6, 4)  # queued
             assert await tokens() == 10 * 10 + 10 + 100
         assert await tokens() == 10 * 10 + 10 + 10, "the node stopping settled the one queued"
-        assert client.keys_per_call[-1] == 6
+        assert client.calls[-1] == ("settle", 1)
         late = await a.reserve("openai", "sage", "u1", 100, limit, NONE)
         await a.settle(late, None, 6, 4)  # no batching once stopped: at once
         assert await tokens() == 10 * 10 + 10 + 10 + 10

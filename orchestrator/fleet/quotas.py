@@ -52,11 +52,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import logging
 import secrets
 import time
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 import anyio
 from redis.asyncio import Redis
@@ -113,15 +114,17 @@ local function set_day(d, tokens, usd, images)
   redis.call('PEXPIRE', d, 2 * DAY)
 end
 
--- Settles: the w, t, d keys of the bot, then of the user, of each in turn from KEYS[k]; their
--- reservation id, real tokens - estimate and USD from ARGV[a] to the end. A reservation already out
--- of its window was counted out at its estimate; the day is today's. Each window is pruned once.
-local function settle_all(k, a)
+-- Settles, one in each ARGV from ARGV[a] on: "<bot> <user> <reservation id> <real tokens - estimate>
+-- <USD>", their keys under the prefix `base`. A reservation already out of its window was counted
+-- out at its estimate; the day is today's. Each window is pruned once.
+local function settle_all(base, a)
   local pruned = {}
-  for i = 0, (#ARGV - a + 1) / 3 - 1 do
-    local ticket, delta, cost = ARGV[a + 3 * i], tonumber(ARGV[a + 1 + 3 * i]), tonumber(ARGV[a + 2 + 3 * i])
-    for scope = 1, 2 do
-      local w, t, d = KEYS[k + 6 * i + 3 * scope - 3], KEYS[k + 6 * i + 3 * scope - 2], KEYS[k + 6 * i + 3 * scope - 1]
+  for i = a, #ARGV do
+    local bot, user, ticket, delta, cost = string.match(ARGV[i], '^(%S+) (%S+) (%S+) (%S+) (%S+)$')
+    delta, cost = tonumber(delta), tonumber(cost)
+    for _, who in ipairs({'*', user}) do
+      local scope = base .. bot .. ':' .. who .. ':'
+      local w, t, d = scope .. 'w', scope .. 't', scope .. 'd'
       if not pruned[w] then prune(w, t); pruned[w] = true end
       if redis.call('ZSCORE', w, ticket) and redis.call('HEXISTS', t, ticket) == 1 then  -- never a key without expiry
         redis.call('HINCRBY', t, ticket, delta)
@@ -134,14 +137,16 @@ local function settle_all(k, a)
 end
 """
 
-# KEYS: w, t, d of the bot, then of the user, then those of the settles it carries (as _SETTLE's).
-# ARGV: now ms ('' = Redis' clock), reservation id, estimate, then for the bot and for the user:
-# requests/min, tokens/min, tokens/day, usd/day ('' = none), then the settles (as _SETTLE's).
-# The settles are applied first. Returns {1} when reserved, else {0, scope (1 bot, 2 user), limit,
-# ms until it fits}.
+# KEYS: w, t, d of the bot, then of the user. ARGV: now ms ('' = Redis' clock), reservation id,
+# estimate, the limits (comma-separated, '' = none: for the bot and for the user, requests/min,
+# tokens/min, tokens/day, usd/day), the quota keys' prefix, then the settles it carries (as _SETTLE's),
+# applied first. Few arguments: each costs the node's client about as much as a line of Lua.
+# Returns {1} when reserved, else {0, scope (1 bot, 2 user), limit, ms until it fits}.
 _RESERVE = _COMMON + """
-settle_all(7, 12)
+settle_all(ARGV[5], 6)
 local estimate = tonumber(ARGV[3])
+local limits, n = {}, 0
+for value in (ARGV[4] .. ','):gmatch('([^,]*),') do n = n + 1; limits[n] = tonumber(value) end
 
 -- ms until `needed` more fits under `limit` in a window: until enough of its oldest have left it
 local function wait(w, t, total, needed, limit, requests)
@@ -154,7 +159,7 @@ local function wait(w, t, total, needed, limit, requests)
   return WINDOW
 end
 
-local function limit(scope, index) return tonumber(ARGV[3 + 4 * (scope - 1) + index]) end
+local function limit(scope, index) return limits[4 * (scope - 1) + index] end
 
 for scope = 1, 2 do prune(KEYS[3 * scope - 2], KEYS[3 * scope - 1]) end
 for scope = 1, 2 do  -- the spend caps first, as the single-process pool checks them first
@@ -193,10 +198,10 @@ end
 return {1}
 """
 
-# KEYS: w, t, d of the bot, then of the user, for each settle in turn. ARGV: now ms ('' = Redis' clock),
-# then for each settle: reservation id, real tokens - estimate, USD.
+# ARGV: now ms ('' = Redis' clock), the quota keys' prefix, then one settle in each:
+# "<bot> <user> <reservation id> <real tokens - estimate> <USD>" (names and ids have no spaces).
 _SETTLE = _COMMON + """
-settle_all(1, 2)
+settle_all(ARGV[2], 3)
 return 1
 """
 
@@ -246,14 +251,9 @@ return {everyone, mine}
 """
 
 
-class _Settle(NamedTuple):
-    """A settle on its way to Redis: the ARGV of one reservation in :data:`_SETTLE`."""
-
-    bot: str
-    user: str
-    ticket: str
-    delta: int  # real tokens - estimate
-    usd: str  # repr of the cost
+def _settle_arg(reservation: Reservation, ticket: str, delta: int, usd: float) -> str:
+    """A settle on its way to Redis: its ARGV in :data:`_SETTLE`."""
+    return f"{reservation.bot} {reservation.user} {ticket} {delta} {usd!r}"
 
 
 def limited(quota: QuotaSettings) -> bool:
@@ -281,6 +281,8 @@ class FleetQuotas:
         self.local = LocalQuotas(book, spend, images or ImageBook())
         self._base = f"fleet:{key_prefix}:quota:"
         self._now_ms = now_ms  # None: Redis' own clock
+        self._instance = secrets.token_hex(4)  # reservation ids: this client's, then a count
+        self._tickets = itertools.count()
         self._reserve = redis.register_script(_RESERVE)
         self._settle = redis.register_script(_SETTLE)
         self._usage = redis.register_script(_USAGE)
@@ -294,7 +296,7 @@ class FleetQuotas:
             "itself, counting only what it answers, until Redis answers again",
             back="fleet: Redis answers again; the quotas are fleet-wide again",
         )
-        self._settles = WriteBehind(self._apply_batch, every=SETTLE_EVERY, size=SETTLE_BATCH)
+        self._settles = WriteBehind[str](self._apply_batch, every=SETTLE_EVERY, size=SETTLE_BATCH)
 
     @property
     def redis_error(self) -> str | None:
@@ -316,15 +318,11 @@ class FleetQuotas:
         """Apply the settles queued so far."""
         await self._settles.flush()
 
-    async def _apply_batch(self, settles: list[_Settle]) -> None:
+    async def _apply_batch(self, settles: list[str]) -> None:
         if self._outage.waiting():
             return  # an unreachable Redis keeps the estimates: their minute and day pass
-        keys = [key for settle in settles for key in self._keys(settle.bot, settle.user)]
-        args: list[Any] = [self._now()]
-        for settle in settles:
-            args += settle[2:]
         try:
-            await self._settle(keys, args)  # the client's timeout bounds the wait
+            await self._settle([], [self._now(), self._base, *settles])  # the client's timeout bounds the wait
         except REDIS_ERRORS as exc:
             self._outage.failed(exc)
         else:
@@ -335,19 +333,16 @@ class FleetQuotas:
     ) -> Reservation:
         if not (limited(bot_quota) or limited(user_quota)) or self._outage.waiting():
             return self.local.take(provider, bot, user, estimate, bot_quota, user_quota)
-        ticket = secrets.token_hex(8)
+        ticket = f"{self._instance}{next(self._tickets)}"
         if bot_quota.usd_per_day is not None or user_quota.usd_per_day is not None:
             ticket = SPEND_CAPPED + ticket
-        limits = [_arg(value) for quota in (bot_quota, user_quota) for value in (
+        limits = ",".join(_arg(value) for quota in (bot_quota, user_quota) for value in (
             quota.requests_per_minute, quota.tokens_per_minute, quota.tokens_per_day, quota.usd_per_day
-        )]
-        keys = self._keys(bot, user)
-        args: list[Any] = [self._now(), ticket, estimate, *limits]
-        for settle in self._settles.take(SETTLE_BATCH):  # queued settles ride along: no call of their own
-            keys += self._keys(settle.bot, settle.user)
-            args += settle[2:]
+        ))
+        # Queued settles ride along: no call of their own.
+        args: list[Any] = [self._now(), ticket, estimate, limits, self._base, *self._settles.take(SETTLE_BATCH)]
         try:
-            reply: list[Any] = await self._reserve(keys, args)
+            reply: list[Any] = await self._reserve(self._keys(bot, user), args)
         except REDIS_ERRORS as exc:
             self._outage.failed(exc)
             return self.local.take(provider, bot, user, estimate, bot_quota, user_quota)
@@ -377,7 +372,7 @@ class FleetQuotas:
         ticket = reservation.ticket
         if not ticket or self._outage.waiting():
             return  # an unreachable Redis keeps the estimate: its minute and day pass
-        settle = _Settle(reservation.bot, reservation.user, ticket, delta, repr(usd))
+        settle = _settle_arg(reservation, ticket, delta, usd)
         if delta > 0 or ticket.startswith(SPEND_CAPPED) or not self._settles.add(settle):
             # Shielded: a refund on the way out of a cancelled call must still reach Redis.
             with anyio.CancelScope(shield=True):
