@@ -70,6 +70,7 @@ from ..llm.quota import QuotaBook, Reservation, UsageReport
 from ..llm.spend import SpendBook, SpendCapReached
 from .batch import WriteBehind
 from .connection import REDIS_ERRORS, RedisOutage
+from .line import ScriptLine
 
 log = logging.getLogger(__name__)
 
@@ -283,7 +284,7 @@ class FleetQuotas:
         self._now_ms = now_ms  # None: Redis' own clock
         self._instance = secrets.token_hex(4)  # reservation ids: this client's, then a count
         self._tickets = itertools.count()
-        self._reserve = redis.register_script(_RESERVE)
+        self._reserve = ScriptLine(redis, redis.register_script(_RESERVE))  # on every answer: a connection of its own
         self._settle = redis.register_script(_SETTLE)
         self._usage = redis.register_script(_USAGE)
         self._take_image = redis.register_script(_TAKE_IMAGE)
