@@ -138,13 +138,17 @@ local function settle_all(base, a)
 end
 """
 
-# KEYS: w, t, d of the bot, then of the user. ARGV: now ms ('' = Redis' clock), reservation id,
-# estimate, the limits (comma-separated, '' = none: for the bot and for the user, requests/min,
-# tokens/min, tokens/day, usd/day), the quota keys' prefix, then the settles it carries (as _SETTLE's),
-# applied first. Few arguments: each costs the node's client about as much as a line of Lua.
-# Returns {1} when reserved, else {0, scope (1 bot, 2 user), limit, ms until it fits}.
+# KEYS: the prefixes of the bot's keys and of the user's (their w, t and d). ARGV: now ms ('' = Redis'
+# clock), reservation id, estimate, the limits (comma-separated, '' = none: for the bot and for the
+# user, requests/min, tokens/min, tokens/day, usd/day), the quota keys' prefix, then the settles it
+# carries (as _SETTLE's), applied first. Few arguments: each costs the node's client about as much
+# as a line of Lua. Returns {1} when reserved, else {0, scope (1 bot, 2 user), limit, ms until it fits}.
 _RESERVE = _COMMON + """
 settle_all(ARGV[5], 6)
+local K = {}  -- w, t, d of the bot, then of the user
+for scope = 1, 2 do
+  K[3 * scope - 2], K[3 * scope - 1], K[3 * scope] = KEYS[scope] .. 'w', KEYS[scope] .. 't', KEYS[scope] .. 'd'
+end
 local estimate = tonumber(ARGV[3])
 local limits, n = {}, 0
 for value in (ARGV[4] .. ','):gmatch('([^,]*),') do n = n + 1; limits[n] = tonumber(value) end
@@ -162,16 +166,16 @@ end
 
 local function limit(scope, index) return limits[4 * (scope - 1) + index] end
 
-for scope = 1, 2 do prune(KEYS[3 * scope - 2], KEYS[3 * scope - 1]) end
+for scope = 1, 2 do prune(K[3 * scope - 2], K[3 * scope - 1]) end
 for scope = 1, 2 do  -- the spend caps first, as the single-process pool checks them first
   local cap = limit(scope, 4)
   if cap then
-    local _, usd = daily(KEYS[3 * scope])
+    local _, usd = daily(K[3 * scope])
     if usd >= cap then return {0, scope, 'usd_per_day', DAY - now % DAY} end
   end
 end
 for scope = 1, 2 do
-  local w, t, d = KEYS[3 * scope - 2], KEYS[3 * scope - 1], KEYS[3 * scope]
+  local w, t, d = K[3 * scope - 2], K[3 * scope - 1], K[3 * scope]
   local rpm, tpm, tpd = limit(scope, 1), limit(scope, 2), limit(scope, 3)
   if rpm then
     local count = redis.call('ZCARD', w)
@@ -187,7 +191,7 @@ for scope = 1, 2 do
   end
 end
 for scope = 1, 2 do
-  local w, t, d = KEYS[3 * scope - 2], KEYS[3 * scope - 1], KEYS[3 * scope]
+  local w, t, d = K[3 * scope - 2], K[3 * scope - 1], K[3 * scope]
   redis.call('ZADD', w, now, ARGV[2])
   redis.call('HSET', t, ARGV[2], estimate)
   redis.call('HINCRBY', t, '_total', estimate)
@@ -304,8 +308,12 @@ class FleetQuotas:
         """Why Redis could not be used last; None while it answers."""
         return self._outage.error
 
+    def _scopes(self, bot: str, user: str) -> list[str]:
+        """The prefixes of the bot's keys and of the user's."""
+        return [f"{self._base}{bot}:{QuotaBook.ALL_USERS}:", f"{self._base}{bot}:{user}:"]
+
     def _keys(self, bot: str, user: str) -> list[str]:
-        return [f"{self._base}{bot}:{who}:{kind}" for who in (QuotaBook.ALL_USERS, user) for kind in "wtd"]
+        return [f"{scope}{kind}" for scope in self._scopes(bot, user) for kind in "wtd"]
 
     def _now(self) -> str:
         return "" if self._now_ms is None else str(self._now_ms())
@@ -343,7 +351,7 @@ class FleetQuotas:
         # Queued settles ride along: no call of their own.
         args: list[Any] = [self._now(), ticket, estimate, limits, self._base, *self._settles.take(SETTLE_BATCH)]
         try:
-            reply: list[Any] = await self._reserve(self._keys(bot, user), args)
+            reply: list[Any] = await self._reserve(self._scopes(bot, user), args)
         except REDIS_ERRORS as exc:
             self._outage.failed(exc)
             return self.local.take(provider, bot, user, estimate, bot_quota, user_quota)
