@@ -58,7 +58,7 @@ async def test_a_release_marks_what_was_answered_since_the_last_round(redis: Red
     store = LeaseStore(redis, key_prefix, "node-a", 6.0)
     lease = (await store.acquire(["sage"]))["sage"].lease
     assert lease is not None
-    assert await store.release(lease, {7: 70}, {"sage": [MESSAGE]})
+    assert await store.release(lease, {7: 70}, [MESSAGE])
     assert await FleetClaims(store).answered_already("sage", [MESSAGE]) == {MESSAGE}
 
 

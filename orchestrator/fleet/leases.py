@@ -229,8 +229,8 @@ class LeaseStore:
              [self.node_id, self._ttl_ms, document])
         ]  # fmt: skip
         for lease in leases:
-            keys = [self.key("lease", lease.bot), self.key("catch_up", lease.bot),
-                    *self._answered_keys(lease.bot, answered)]  # fmt: skip
+            marks = (self.answered_key(lease.bot, message_id) for message_id in answered.get(lease.bot, ()))
+            keys = [self.key("lease", lease.bot), self.key("catch_up", lease.bot), *marks]
             args = [lease.value, self._ttl_ms, self._answered_ttl_ms, *_flat(catch_up.get(lease.bot, {}))]
             calls.append((self._renew, keys, args))
         asked = self.clock()
@@ -243,17 +243,12 @@ class LeaseStore:
         instance = json.loads(previous).get("instance") if previous else None
         return Round([_text(node) for node in live], instance if instance != self.instance else None, kept)
 
-    async def release(
-        self, lease: Lease, catch_up: Mapping[int, int], answered: Mapping[str, Sequence[int]] | None = None
-    ) -> bool:
+    async def release(self, lease: Lease, catch_up: Mapping[int, int], answered: Sequence[int] = ()) -> bool:
         """Give the lease up if it is still ours, saying where the next holder catches up from and
         marking what was answered since the last round; False: it was not ours (any more)."""
         keys = [self.key("lease", lease.bot), self.key("holder", lease.bot), self.key("catch_up", lease.bot),
-                *self._answered_keys(lease.bot, answered or {})]  # fmt: skip
+                *(self.answered_key(lease.bot, message_id) for message_id in answered)]  # fmt: skip
         return bool(await self._release(keys, [lease.value, self._answered_ttl_ms, *_flat(catch_up)]))
-
-    def _answered_keys(self, bot: str, answered: Mapping[str, Sequence[int]]) -> list[str]:
-        return [self.answered_key(bot, message_id) for message_id in answered.get(bot, ())]
 
     async def leave(self) -> None:
         await self._leave([self.key("node", self.node_id), self.key("nodes")], [self.node_id])

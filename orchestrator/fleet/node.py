@@ -6,8 +6,8 @@ Every ``lease_ttl / 3`` seconds (:meth:`FleetCoordinator.tick`) the node
    round trip renews the leases it holds, saving where each bot's next holder would catch up from
    and marking the messages answered since the last round (claims.py); a lease found taken by
    another node is lost: its bot stops at once;
-3. places every configured bot by rendezvous hashing over the live nodes (placement.py);
-4. drains the bots it holds that now belong elsewhere (graceful stop, then release), and takes the
+2. places every configured bot by rendezvous hashing over the live nodes (placement.py);
+3. drains the bots it holds that now belong elsewhere (graceful stop, then release), and takes the
    free leases of the bots that belong here, starting each bot only once its lease is held.
 
 A separate watchdog stops a bot at once when its lease's local deadline passes without a renewal
@@ -190,7 +190,7 @@ class FleetCoordinator:
         del self.leases[bot]
         self._deadlines_changed()
         try:
-            await self.store.release(lease, positions, {bot: self.claims.take(bot)})
+            await self.store.release(lease, positions, self.claims.take(bot))
         except REDIS_ERRORS as exc:
             self._left_off[bot] = positions
             log.warning("fleet: could not release the lease of bot %s (%s); it runs out within %.1fs",
@@ -244,7 +244,7 @@ class FleetCoordinator:
         try:
             for bot, lease in list(self.leases.items()):
                 if bot not in running:
-                    await self.store.release(lease, self.runner.catch_up_positions(bot), {bot: self.claims.take(bot)})
+                    await self.store.release(lease, self.runner.catch_up_positions(bot), self.claims.take(bot))
                     del self.leases[bot]
             await self.store.leave()
         except REDIS_ERRORS as exc:
