@@ -1,6 +1,7 @@
 """fleet/line.py on real Redis servers: a script called on a connection of its own answers as the
 script does; Redis losing its scripts, being restarted, or a call cancelled mid-way (its reply still
-coming) leave the line working, and a cut-off Redis is an error the quotas know (REDIS_ERRORS)."""
+coming) leave the line working; its commands are packed as redis-py packs them; a call slower than the
+client's timeout fails as a timeout, and a cut-off Redis is an error the quotas know too (REDIS_ERRORS)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import anyio
 import pytest
 
 from orchestrator.fleet.connection import REDIS_ERRORS, open_redis
-from orchestrator.fleet.line import ScriptLine
+from orchestrator.fleet.line import ScriptLine, pack
 from tests.fleet_helpers import PrivateRedis, TcpProxy
 
 ECHO = "redis.call('INCR', KEYS[1]); return ARGV[1]"
@@ -54,6 +55,25 @@ async def test_a_call_given_up_mid_way_does_not_leave_its_reply_to_the_next(priv
         with anyio.move_on_after(0.05):
             await line([], ["late", 300])
         assert await line([], ["next", 0]) == b"next"
+    finally:
+        await redis.aclose()
+
+
+def test_a_command_is_packed_as_redis_py_packs_it() -> None:
+    from redis.asyncio.connection import Connection
+
+    parts = (b"EVALSHA", b"0123abcd", 2, "fleet:p:quota:sage:*:", "fleet:p:quota:sage:42:", "", "t1", 500,
+             "100000,,3,0.5", "sage 42 t0 -12 0.0017", "hafez ünïcode 1 2 3", 0.25, -7)  # fmt: skip
+    assert pack(*parts) == b"".join(Connection().pack_command(*parts))
+
+
+async def test_a_call_slower_than_the_clients_timeout_fails_as_redis_failures_do(private_redis: PrivateRedis) -> None:
+    redis = open_redis(private_redis.url, timeout=0.1)
+    try:
+        line = ScriptLine(redis, redis.register_script(SLOW))
+        with pytest.raises(REDIS_ERRORS) as failure:
+            await line([], ["late", 300])  # tried twice, as the client would: 0.2 s in all
+        assert isinstance(failure.value, TimeoutError)
     finally:
         await redis.aclose()
 
