@@ -111,6 +111,10 @@ def test_fleet_benchmark_produces_its_figures(tmp_path: Path, redis_url: str, po
     assert math.isfinite(cost["fleet_minus_single"]["cpu_ms_per_answer"])
     assert set(cost["throughput_answers_per_s"]) == {"one process", "1 node", "2 nodes"}
     assert all(value > 0 for value in cost["throughput_answers_per_s"].values())
+    reserve = figures["reserve"]
+    assert reserve["calls"] == 50 and len(reserve["pairs"]) == 1
+    assert all(math.isfinite(reserve[key]) and reserve[key] > 0 for key in ("fleet_ms_median", "local_ms_median"))
+    assert "fleet-wide quotas per answer" in result.stdout
     assert "every bot it held answers again" in result.stdout and "fleet - single" in result.stdout
 
 

@@ -97,6 +97,14 @@ def read_dump(out_dir: Path, pid: int, label: str) -> int:
     raise RuntimeError(f"callgrind wrote no dump {label!r} for pid {pid} into {out_dir}")
 
 
+def total(path: Path) -> int:
+    """The instructions in a callgrind output file of a whole run (counted from the start)."""
+    found = _TOTALS.search(path.read_text(errors="replace"))
+    if found is None:
+        raise RuntimeError(f"no totals in callgrind's file {path}")
+    return int(found.group(1))
+
+
 def per_unit(small: tuple[int, int], large: tuple[int, int]) -> float:
     """Instructions per unit of work from two windows ``(units, instructions)``; fixed costs cancel."""
     (n1, i1), (n2, i2) = small, large
