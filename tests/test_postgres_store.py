@@ -145,9 +145,12 @@ async def test_connections_postgresql_closed_a_restart_cost_no_exchange(postgres
     assert len(await PostgresKind(postgres_url).turns()) == 4
 
 
-class CommitAnswerHolder:
-    """A loopback TCP proxy to PostgreSQL that, once armed, holds back the answer to the next COMMIT
-    until released: the database has committed while the client still waits to hear so."""
+class WriteAnswerHolder:
+    """A loopback TCP proxy to PostgreSQL that, once armed, holds back the answer to the store's next
+    write (one statement, committed on its own) until released: the database has committed while the
+    client still waits to hear so. The write is prepared first (its text goes to the server; asyncpg
+    waits for that answer, and may look up its types in between), then executed: a chunk that begins
+    with a Bind message naming that statement."""
 
     def __init__(self, url: str) -> None:
         parts = urlsplit(url)
@@ -155,6 +158,7 @@ class CommitAnswerHolder:
         self.url = url
         self.commit_sent = anyio.Event()
         self._armed = False
+        self._statement: bytes | None = None  # the write's prepared statement, once its Parse went by
         self._released = anyio.Event()
 
     async def serve(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -183,8 +187,10 @@ class CommitAnswerHolder:
     ) -> None:
         with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
             async for chunk in source:
-                if to_server and self._armed and b"COMMIT" in chunk:
-                    self.commit_sent.set()  # before the server can answer it
+                if to_server and self._armed and chunk[:1] == b"P" and b"new_turns" in chunk:
+                    self._statement = chunk[5 : chunk.index(b"\x00", 5) + 1]  # Parse: type, length, name
+                elif to_server and self._statement and chunk[:1] == b"B" and self._statement in chunk:
+                    self.commit_sent.set()  # its execution (Bind, Execute), before the server can answer it
                 elif not to_server and self.commit_sent.is_set():
                     await self._released.wait()
                 await sink.send(chunk)
@@ -192,10 +198,10 @@ class CommitAnswerHolder:
 
 
 @pytest.mark.fault
-async def test_a_write_cancelled_while_its_commit_is_answered_is_not_written_again(postgres_url: str) -> None:
-    """Stopping (or giving up a read that waits for the pending writes) while a COMMIT is on its way
-    must not put its batch back: the database may have committed it, and the close would add it again."""
-    proxy = CommitAnswerHolder(postgres_url)
+async def test_a_write_cancelled_while_its_answer_is_on_its_way_is_not_written_again(postgres_url: str) -> None:
+    """Stopping (or giving up a read that waits for the pending writes) while the answer to a write is
+    on its way must not put its batch back: the database may have committed it, and the close would add it again."""
+    proxy = WriteAnswerHolder(postgres_url)
     usage = "SELECT tokens, usd FROM daily_usage WHERE day = '2026-12-01' AND bot = 'sage'"
     async with anyio.create_task_group() as proxies:
         await proxies.start(proxy.serve)

@@ -40,7 +40,7 @@ class ScriptLine:
         self._script = script
         self._sha = script.sha.encode()
         self._connection: AbstractConnection | None = None
-        self._lock = anyio.Lock()
+        self._lock = anyio.Lock(fast_acquire=True)  # the call that follows yields; no extra loop turn before it
 
     async def __call__(self, keys: Sequence[Any], args: Sequence[Any]) -> Any:
         async with self._lock:
