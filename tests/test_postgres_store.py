@@ -129,6 +129,25 @@ async def test_refused_writes_warn_once_and_say_when_writing_works_again(
     assert [content for *_, content in await kind.turns()] == ["q0", "a0", "q1", "a1", "q2", "a2"]
 
 
+async def test_a_batch_is_written_whole_or_not_at_all(postgres_url: str) -> None:
+    """The turns and the daily totals of a batch go in one statement: a refused total keeps the turns
+    back too, and the next write saves each once."""
+    usage = "SELECT tokens FROM daily_usage WHERE bot = 'sage'"
+    async with PostgresStore.open(postgres_url) as store:
+        refuse = "CREATE FUNCTION refuse_usage() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE 'no'; END $$"
+        await query(postgres_url, refuse)
+        on_insert = "BEFORE INSERT ON daily_usage FOR EACH ROW EXECUTE FUNCTION refuse_usage()"
+        await query(postgres_url, f"CREATE TRIGGER refuse_usage {on_insert}")
+        await store.append_exchange(KEY, "q", "a")
+        store.add_daily_usage("2026-12-01", "sage", "*", 40)
+        await store.flush()
+        assert await PostgresKind(postgres_url).turns() == [] and await query(postgres_url, usage) == []
+        await query(postgres_url, "DROP FUNCTION refuse_usage CASCADE")
+        await store.flush()
+    assert [content for *_, content in await PostgresKind(postgres_url).turns()] == ["q", "a"]
+    assert await query(postgres_url, usage) == [(40,)]
+
+
 @pytest.mark.fault
 async def test_connections_postgresql_closed_a_restart_cost_no_exchange(postgres_url: str) -> None:
     name = f"orchestrator_{postgres_url.rsplit('=', 1)[1]}"

@@ -381,10 +381,10 @@ class PostgresStore:
             await self._flush()
 
     async def _flush(self, within: float = math.inf) -> StoreUnavailable | None:
-        """Write pending exchanges and usage in one transaction (the caller holds ``_lock``).
+        """Write pending exchanges and usage in one statement (the caller holds ``_lock``).
 
         On failure everything stays pending, in order, for the next attempt; returns the error.
-        Cancelling the caller does not cut the write short: a batch whose COMMIT was on its way when
+        Cancelling the caller does not cut the write short: a batch whose answer was on its way when
         the writer stopped (or a read waiting for the write was given up) may well be committed, and
         putting it back would write it again on close, counting the day's tokens and spend twice.
         The write ends within its own timeouts (connecting, each statement), or ``within`` seconds."""
