@@ -1,17 +1,17 @@
 """The running process: shared services, the supervisor, signals, live reload and housekeeping.
 
-    App.run
-    ├── LLMPool            shared providers (closed last)
-    ├── store              memory + usage: SQLite, or PostgreSQL with its writer task (memory/open.py)
-    └── task group
-        ├── HealthServer.serve     /healthz and /metrics on 127.0.0.1 (when a health port is set)
-        ├── QuotaBook.follow_days  each UTC day's token usage, read in a worker thread
-        ├── Supervisor.run         every bot (see supervisor.py); in fleet mode the bots this node holds
-        ├── FleetCoordinator.run   fleet mode: heartbeats, leases, placement (see fleet/node.py)
-        ├── signal handler         SIGINT/SIGTERM → graceful stop (a second one: stop now), SIGHUP → reload
-        ├── config watcher         bots.yaml / .env saved → reload
-        ├── start-up GC freeze     once every bot has started
-        └── retention pruning      old conversation turns, in the background
+App.run
+├── LLMPool            shared providers (closed last)
+├── store              memory + usage: SQLite, or PostgreSQL with its writer task (memory/open.py)
+└── task group
+    ├── HealthServer.serve     /healthz and /metrics on 127.0.0.1 (when a health port is set)
+    ├── QuotaBook.follow_days  each UTC day's token usage, read in a worker thread
+    ├── Supervisor.run         every bot (see supervisor.py); in fleet mode the bots this node holds
+    ├── FleetCoordinator.run   fleet mode: heartbeats, leases, placement (see fleet/node.py)
+    ├── signal handler         SIGINT/SIGTERM → graceful stop (a second one: stop now), SIGHUP → reload
+    ├── config watcher         bots.yaml / .env saved → reload
+    ├── start-up GC freeze     once every bot has started
+    └── retention pruning      old conversation turns, in the background
 """
 
 from __future__ import annotations
@@ -126,9 +126,10 @@ class App:
         configure_discord(config.discord)
         install_reconnect_log_filter()
         try:
-            async with open_store(config.database) as store, LLMPool(
-                config.providers, QuotaBook(store), SpendBook(store), images=ImageBook(store)
-            ) as pool:
+            async with (
+                open_store(config.database) as store,
+                LLMPool(config.providers, QuotaBook(store), SpendBook(store), images=ImageBook(store)) as pool,
+            ):
                 self.pool = pool
                 services = Services(pool, store, self.options, metrics=self.metrics)
                 services.community.configure(bot.context.channel_messages for bot in config.bots.values())
@@ -158,9 +159,7 @@ class App:
         log.info("all bots stopped; bye")
 
     @contextlib.asynccontextmanager
-    async def _fleet_node(
-        self, supervisor: Supervisor, services: Services
-    ) -> AsyncIterator[FleetCoordinator | None]:
+    async def _fleet_node(self, supervisor: Supervisor, services: Services) -> AsyncIterator[FleetCoordinator | None]:
         """The fleet coordinator in fleet mode (None otherwise), for as long as the app runs. The bots
         then answer and post only under their lease and mark the messages they answered in the fleet's
         Redis, the pool's quotas are counted there, and its providers' max_concurrency is shared among
@@ -188,8 +187,10 @@ class App:
         fleet = self.config.fleet
         if fleet is None:
             return f"starting {bots}; {health}"
-        return (f"node {fleet.node_id} joins fleet {fleet.key_prefix!r} at {shown(fleet.redis_url.get_secret_value())} "
-                f"and runs its share of {bots}; {health}")
+        return (
+            f"node {fleet.node_id} joins fleet {fleet.key_prefix!r} at {shown(fleet.redis_url.get_secret_value())} "
+            f"and runs its share of {bots}; {health}"
+        )
 
     @staticmethod
     async def _supervise(
@@ -285,7 +286,10 @@ class App:
             limit = bot.quota.tokens_per_day
             log.info(
                 "usage of bot %s: %d requests and %d tokens in the last minute, %d tokens today%s",
-                bot.name, usage.requests_last_minute, usage.tokens_last_minute, usage.tokens_today,
+                bot.name,
+                usage.requests_last_minute,
+                usage.tokens_last_minute,
+                usage.tokens_today,
                 f" of {limit}" if limit else "",
             )
 

@@ -201,17 +201,19 @@ def format_status(report: dict[str, Any]) -> list[str]:
     for name, bot in sorted(report.get("bots", {}).items()):
         usage = bot.get("usage", {})
         error = bot.get("last_error") or ""
-        rows.append((
-            name,
-            bot["state"],
-            format_duration(bot["uptime_s"]) if bot["state"] == "running" else "-",
-            str(bot["restarts"]),
-            str(bot["chats"]),
-            str(bot["answered"]),
-            str(usage.get("requests_last_minute", "-")),
-            str(usage.get("tokens_today", "-")),
-            error if len(error) <= 100 else error[:99] + "…",
-        ))
+        rows.append(
+            (
+                name,
+                bot["state"],
+                format_duration(bot["uptime_s"]) if bot["state"] == "running" else "-",
+                str(bot["restarts"]),
+                str(bot["chats"]),
+                str(bot["answered"]),
+                str(usage.get("requests_last_minute", "-")),
+                str(usage.get("tokens_today", "-")),
+                error if len(error) <= 100 else error[:99] + "…",
+            )
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
     return [
         "  ".join([cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=True)] + [row[-1]]).rstrip()
@@ -239,8 +241,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         if report.get("last_reload_error"):
             print(f"the last edit of bots.yaml was rejected:\n{report['last_reload_error']}")
     elif not args.fleet:
-        print("say where to look: --health-port PORT or --url URL (a running orchestrator), and/or --fleet",
-              file=sys.stderr)
+        print(
+            "say where to look: --health-port PORT or --url URL (a running orchestrator), and/or --fleet",
+            file=sys.stderr,
+        )
         return 2
     if (args.fleet or "fleet" in report) and not _print_fleet(args.config):
         return 2
@@ -319,8 +323,11 @@ def cmd_invite(args: argparse.Namespace) -> int:
             status = 1
         else:
             if from_token is not None and from_token != answer:
-                print(f"bot {bot.name!r}: Discord says its application is {answer}, not {from_token} as its token "
-                      "suggests; using Discord's", file=sys.stderr)
+                print(
+                    f"bot {bot.name!r}: Discord says its application is {answer}, not {from_token} as its token "
+                    "suggests; using Discord's",
+                    file=sys.stderr,
+                )
             print(f"{bot.name}: {invite_url(answer, permissions)}")
     return status
 
@@ -459,16 +466,18 @@ def _positive_int(text: str) -> int:
     return value
 
 
-
 def _add_global_options(parser: argparse.ArgumentParser, **defaults: str) -> None:
     """``--log-level`` and ``--log-format``: with ``defaults`` on the main parser; without (suppressed)
     on each command's, so a value given before the command is not reset by the command's default."""
     parser.add_argument(
-        "--log-level", default=defaults.get("log_level", argparse.SUPPRESS),
+        "--log-level",
+        default=defaults.get("log_level", argparse.SUPPRESS),
         help="DEBUG, INFO, WARNING or ERROR (default INFO)",
     )
     parser.add_argument(
-        "--log-format", choices=("text", "json"), default=defaults.get("log_format", argparse.SUPPRESS),
+        "--log-format",
+        choices=("text", "json"),
+        default=defaults.get("log_format", argparse.SUPPRESS),
         help="text or json, one object per line (default text)",
     )
 
@@ -487,7 +496,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("config", nargs="?", default=DEFAULT_CONFIG)
     run.add_argument("--no-watch", action="store_true", help="do not reload bots.yaml when it changes")
     run.add_argument(
-        "--health-port", type=int, metavar="PORT",
+        "--health-port",
+        type=int,
+        metavar="PORT",
         help="serve /healthz and /metrics on this port (default: health_port of bots.yaml; off when neither)",
     )
     run.add_argument("--health-host", default="127.0.0.1", help="address for --health-port (default 127.0.0.1)")
@@ -517,7 +528,8 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--health-port", type=int, metavar="PORT", help="the --health-port of the running orchestrator")
     where.add_argument("--url", help="its /healthz URL, e.g. http://127.0.0.1:8080/healthz")
     status.add_argument(
-        "--fleet", action="store_true",
+        "--fleet",
+        action="store_true",
         help="also the fleet, read from the Redis of bots.yaml: nodes, and each bot's holder and lease age "
         "(shown without it too when /healthz has a fleet section)",
     )

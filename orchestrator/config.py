@@ -47,8 +47,6 @@ _NOT_A_NAME = (
 )
 
 
-
-
 _IMAGE_SIZE = re.compile(r"([1-9]\d{1,3})x([1-9]\d{1,3})")
 
 
@@ -183,6 +181,8 @@ class VisionSettings(_Model):
         if found is None:
             raise ValueError("must be a number of bytes or a size such as '8 MB' or '500 KB' (1 MB = 1,000,000 bytes)")
         return round(float(found[1]) * _SIZE_UNITS[(found[2] or "b").lower()])
+
+
 class CommandSettings(_Model):
     """``commands:``: the bot's slash commands (persona/slash.py)."""
 
@@ -329,7 +329,10 @@ class BotSpec:
         """True when going from ``self`` to ``other`` needs a new Discord connection (and actor); the
         intents are sent once, when the connection identifies."""
         return (self.token, self.mailbox_size, self.concurrency, self.message_content) != (
-            other.token, other.mailbox_size, other.concurrency, other.message_content
+            other.token,
+            other.mailbox_size,
+            other.concurrency,
+            other.message_content,
         )
 
 
@@ -427,8 +430,14 @@ def load_config(
         dotenv = dotenv_in(path.parent)
         env = _environment_over(dotenv)
     return parse_config(
-        raw, name, env, base_dir=path.parent, dotenv=dotenv,
-        require_tokens=require_tokens, require_api_keys=require_api_keys, require_redis=require_redis,
+        raw,
+        name,
+        env,
+        base_dir=path.parent,
+        dotenv=dotenv,
+        require_tokens=require_tokens,
+        require_api_keys=require_api_keys,
+        require_redis=require_redis,
     )
 
 
@@ -493,8 +502,10 @@ class _SecretSource:
 
     def not_set(self, variable: str, what: str) -> str:
         if self.dotenv is not None:
-            return (f"environment variable {variable} is not set (neither in the environment nor in {self.dotenv}); "
-                    f"put {what} in one of them")
+            return (
+                f"environment variable {variable} is not set (neither in the environment nor in {self.dotenv}); "
+                f"put {what} in one of them"
+            )
         return f"environment variable {variable} is not set; put {what} in the environment or in {self.dotenv_expected}"
 
 
@@ -661,9 +672,11 @@ def _issue_from_pydantic(err: Any, data: Any, lines: dict[tuple[Any, ...], int],
         key = str(loc[-1])
         message = f"unknown key {key!r}"
         if parent is not None and f"{key}_env" in parent.model_fields:
-            message += (f"; did you mean {key + '_env'!r}? Do not paste secrets into bots.yaml: put the value in the "
-                        "environment or in the .env beside bots.yaml and write the variable's name under "
-                        f"{key + '_env'!r}")
+            message += (
+                f"; did you mean {key + '_env'!r}? Do not paste secrets into bots.yaml: put the value in the "
+                "environment or in the .env beside bots.yaml and write the variable's name under "
+                f"{key + '_env'!r}"
+            )
         elif parent is not None:
             close = difflib.get_close_matches(key, list(parent.model_fields), n=1)
             if close:
@@ -710,8 +723,10 @@ def _resolve(
         elif pset.api_key_env:
             key = env.get(pset.api_key_env, "")
             if not key and secrets.require_api_keys:
-                issue(("providers", pname, "api_key_env"),
-                      secrets.not_set(pset.api_key_env, f"the API key of provider {pname!r}"))
+                issue(
+                    ("providers", pname, "api_key_env"),
+                    secrets.not_set(pset.api_key_env, f"the API key of provider {pname!r}"),
+                )
         providers[pname] = ProviderSpec(pname, pset.base_url.rstrip("/"), SecretStr(key), pset)
 
     defaults = settings.defaults
@@ -737,8 +752,11 @@ def _resolve(
         elif not token:
             issue((*loc, "token_env"), secrets.not_set(bot.token_env, f"the Discord token of bot {bot.name!r}"))
         elif token in seen_tokens:
-            issue((*loc, "token_env"), f"bot {bot.name!r} uses the same Discord token as bot {seen_tokens[token]!r}; "
-                  "each bot needs its own application token")
+            issue(
+                (*loc, "token_env"),
+                f"bot {bot.name!r} uses the same Discord token as bot {seen_tokens[token]!r}; "
+                "each bot needs its own application token",
+            )
         else:
             seen_tokens[token] = bot.name
         provider = bot.provider or defaults.provider or (next(iter(providers)) if len(providers) == 1 else None)
@@ -761,9 +779,12 @@ def _resolve(
         model = bot.model or defaults.model
         price = providers[provider].settings.prices.get(model) or settings.prices.get(model)
         if price is None and (merged["quota"].usd_per_day or merged["user_quota"].usd_per_day):
-            issue(loc, f"bot {bot.name!r} has a daily spend limit (usd_per_day) but no price for its model {model!r}; "
-                  f"add one under 'prices:' (top level, or under provider {provider!r}), e.g. "
-                  f"prices: {{{model}: {{input: 0.15, output: 0.60}}}} (USD per million tokens)")
+            issue(
+                loc,
+                f"bot {bot.name!r} has a daily spend limit (usd_per_day) but no price for its model {model!r}; "
+                f"add one under 'prices:' (top level, or under provider {provider!r}), e.g. "
+                f"prices: {{{model}: {{input: 0.15, output: 0.60}}}} (USD per million tokens)",
+            )
             continue
         bots[bot.name] = BotSpec(
             name=bot.name,
@@ -798,17 +819,27 @@ def _resolve(
     )
     warnings = [str(located(bot_locs[second], message)) for second, message in _overlaps(list(bots.values()))]
     warnings += [
-        str(located(_message_content_loc(settings, bot_locs[spec.name]), _WITHOUT_MESSAGE_CONTENT.format(
-            bot=spec.name, prefix=spec.prefix
-        )))
+        str(
+            located(
+                _message_content_loc(settings, bot_locs[spec.name]),
+                _WITHOUT_MESSAGE_CONTENT.format(bot=spec.name, prefix=spec.prefix),
+            )
+        )
         for spec in bots.values()
         if not spec.message_content
     ]
     if "://" in settings.database and PostgresURL(SecretStr(settings.database)).has_password:
-        warnings.append(str(located(("database",), (
-            "the database URL in bots.yaml carries a password; put the URL in .env "
-            "(e.g. DATABASE_URL=postgresql://...) and write 'database_env: DATABASE_URL'"
-        ))))
+        warnings.append(
+            str(
+                located(
+                    ("database",),
+                    (
+                        "the database URL in bots.yaml carries a password; put the URL in .env "
+                        "(e.g. DATABASE_URL=postgresql://...) and write 'database_env: DATABASE_URL'"
+                    ),
+                )
+            )
+        )
     return Config(
         path=Path(name),
         discord=discord_settings,
@@ -867,8 +898,10 @@ def fleet_needs_postgres(fleet: FleetSettings | None, database: Path | PostgresU
     their memory, and a SQLite file belongs to one machine."""
     if fleet is None or isinstance(database, PostgresURL):
         return None
-    return (f"a fleet needs PostgreSQL: its nodes share memory, and SQLite ({database.name}) is a file on one "
-            "machine; set 'database_env' (or 'database') to a postgresql:// URL")
+    return (
+        f"a fleet needs PostgreSQL: its nodes share memory, and SQLite ({database.name}) is a file on one "
+        "machine; set 'database_env' (or 'database') to a postgresql:// URL"
+    )
 
 
 _REDIS_SCHEMES = ("redis", "rediss", "unix")
@@ -882,14 +915,20 @@ def _resolve_fleet(
     loc = ("fleet",)
     url = ""
     if (fleet.redis_url is None) == (fleet.redis_url_env is None):
-        issue(loc, "fleet needs the Redis server: set either 'redis_url' (e.g. redis://10.0.0.5:6379/0) or "
-                   "'redis_url_env' (the name of an environment variable holding it, for a URL with a password)")
+        issue(
+            loc,
+            "fleet needs the Redis server: set either 'redis_url' (e.g. redis://10.0.0.5:6379/0) or "
+            "'redis_url_env' (the name of an environment variable holding it, for a URL with a password)",
+        )
         return None
     if fleet.redis_url is not None:
         url = fleet.redis_url
         if urlsplit(url).password is not None:  # never echo it
-            issue((*loc, "redis_url"), "this URL has a password, which does not belong in bots.yaml: put the URL in "
-                  "the environment or in the .env beside bots.yaml and write the variable's name under 'redis_url_env'")
+            issue(
+                (*loc, "redis_url"),
+                "this URL has a password, which does not belong in bots.yaml: put the URL in "
+                "the environment or in the .env beside bots.yaml and write the variable's name under 'redis_url_env'",
+            )
             return None
     elif fleet.redis_url_env is not None and not _ENV_NAME.fullmatch(fleet.redis_url_env):
         issue((*loc, "redis_url_env"), _NOT_A_NAME)
@@ -912,8 +951,11 @@ def _resolve_fleet(
         return None
     node_id = secrets.env.get("ORCHESTRATOR_NODE_ID") or fleet.node_id or f"{socket.gethostname()}-{os.getpid()}"
     if not _NODE_ID.fullmatch(node_id):
-        issue((*loc, "node_id"), f"node id {node_id[:100]!r} (from ORCHESTRATOR_NODE_ID, node_id or the host name) "
-              "must be 1-100 letters, digits and . _ : -; set node_id or ORCHESTRATOR_NODE_ID")
+        issue(
+            (*loc, "node_id"),
+            f"node id {node_id[:100]!r} (from ORCHESTRATOR_NODE_ID, node_id or the host name) "
+            "must be 1-100 letters, digits and . _ : -; set node_id or ORCHESTRATOR_NODE_ID",
+        )
         return None
     return FleetSpec(SecretStr(url), node_id, fleet.lease_ttl, fleet.key_prefix)
 
@@ -957,14 +999,15 @@ def _overlaps(bots: list[BotSpec]) -> list[tuple[str, str]]:
                 first.access.guilds, second.access.guilds
             ):
                 continue
-            found.append((
-                second.name,
-                f"bots {first.name!r} and {second.name!r} both answer '{first.prefix}chat' where their channels "
-                f"overlap; give one of them another 'prefix' or disjoint 'access.channels'",
-            ))
+            found.append(
+                (
+                    second.name,
+                    f"bots {first.name!r} and {second.name!r} both answer '{first.prefix}chat' where their channels "
+                    f"overlap; give one of them another 'prefix' or disjoint 'access.channels'",
+                )
+            )
     return found
 
 
 def _disjoint(a: tuple[int, ...], b: tuple[int, ...]) -> bool:
     return bool(a) and bool(b) and not set(a) & set(b)
-

@@ -109,8 +109,16 @@ async def fleet(url: str, key_prefix: str, ttl: float) -> AsyncIterator[Callable
 
 
 def _start(
-    tg: anyio.abc.TaskGroup, clients: list[Redis], url: str, key_prefix: str, ttl: float,
-    node_id: str, bots: Collection[str], timeline: list[Event], *, via: str | None = None,
+    tg: anyio.abc.TaskGroup,
+    clients: list[Redis],
+    url: str,
+    key_prefix: str,
+    ttl: float,
+    node_id: str,
+    bots: Collection[str],
+    timeline: list[Event],
+    *,
+    via: str | None = None,
 ) -> Node:
     redis = open_redis(via or url, timeout=ttl / 6)
     clients.append(redis)
@@ -193,8 +201,11 @@ class PrivateRedis:
         try:
             self._process = await anyio.open_process(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         except FileNotFoundError:
-            pytest.fail("this test starts a Redis of its own, but redis-server is not on PATH: install Redis "
-                        "(e.g. apt-get install redis-server)", pytrace=False)
+            pytest.fail(
+                "this test starts a Redis of its own, but redis-server is not on PATH: install Redis "
+                "(e.g. apt-get install redis-server)",
+                pytrace=False,
+            )
         await until(self._answers, within=10)
 
     async def stop(self) -> None:

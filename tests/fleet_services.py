@@ -89,15 +89,19 @@ def _messages(reply: bytes) -> list[tuple[bytes, bytes]]:
 
 def _login_settled(reply: bytes) -> bool:
     """Whether the server has said how the login ends: ready, refused, or a password wanted."""
-    return any(kind in (b"Z", b"E") or (kind == b"R" and body[:4] != struct.pack("!i", _AUTH_OK))
-               for kind, body in _messages(reply))
+    return any(
+        kind in (b"Z", b"E") or (kind == b"R" and body[:4] != struct.pack("!i", _AUTH_OK))
+        for kind, body in _messages(reply)
+    )
 
 
 def check_postgres(dsn: str) -> None:
     """Log in to the database of a postgresql:// DSN without a password, as trust auth allows."""
     parts = urlsplit(dsn)
     if parts.scheme not in ("postgresql", "postgres"):
-        raise ServiceUnavailable(f"FLEET_POSTGRES_DSN must be a postgresql:// URL, not {parts.scheme or 'no scheme'}://")
+        raise ServiceUnavailable(
+            f"FLEET_POSTGRES_DSN must be a postgresql:// URL, not {parts.scheme or 'no scheme'}://"
+        )
     host, port = parts.hostname or "127.0.0.1", parts.port or 5432
     user = unquote(parts.username or "postgres")
     database = unquote(parts.path.lstrip("/")) or user

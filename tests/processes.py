@@ -28,7 +28,10 @@ async def orchestrator_run(
     with log.open("ab") as output:
         process = await anyio.open_process(
             [sys.executable, "-m", "orchestrator", "run", str(config), *([] if watch else ["--no-watch"])],
-            cwd=ROOT, env=dict(env), stdout=output, stderr=output,
+            cwd=ROOT,
+            env=dict(env),
+            stdout=output,
+            stderr=output,
         )
         try:
             yield process

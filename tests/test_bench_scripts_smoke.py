@@ -14,9 +14,23 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_stream_benchmark_produces_its_figures(tmp_path: Path) -> None:
     output = tmp_path / "bench_stream.json"
     result = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "bench_stream"), "--first-token", "0.05", "--tokens-per-second", "400",
-         "--words", "20", "--runs", "2", "--output", str(output)],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "bench_stream"),
+            "--first-token",
+            "0.05",
+            "--tokens-per-second",
+            "400",
+            "--words",
+            "20",
+            "--runs",
+            "2",
+            "--output",
+            str(output),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     figures = json.loads(output.read_text())
@@ -31,7 +45,9 @@ def test_pool_benchmark_produces_its_figures(tmp_path: Path) -> None:
     output = tmp_path / "bench_pool.json"
     result = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "bench_pool"), "--requests", "20", "--output", str(output)],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     figures = json.loads(output.read_text())
@@ -43,9 +59,19 @@ def test_pool_benchmark_produces_its_figures(tmp_path: Path) -> None:
 def test_burst_benchmark_produces_its_figures(tmp_path: Path) -> None:
     output = tmp_path / "bench_burst.json"
     result = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "bench_burst"), "--users", "2,3", "--latency", "0.02",
-         "--output", str(output)],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "bench_burst"),
+            "--users",
+            "2,3",
+            "--latency",
+            "0.02",
+            "--output",
+            str(output),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     figures = json.loads(output.read_text())
@@ -62,7 +88,9 @@ def test_burst_benchmark_produces_its_figures(tmp_path: Path) -> None:
 def test_burst_benchmark_refuses_bad_sizes(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "bench_burst"), "--users", "ten", "--output", str(tmp_path / "x.json")],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 2 and "--users takes comma-separated integers" in result.stderr
     assert not (tmp_path / "x.json").exists()

@@ -22,8 +22,9 @@ PATHS = ("create-httpx2", "create-aiohttp", "post-httpx2", "post-aiohttp", "tran
 
 def test_cpu_and_instructions_per_call_for_every_path(tmp_path: Path) -> None:
     if shutil.which("valgrind") is None:
-        pytest.fail("valgrind is not installed; scripts/bench_transport counts instructions with it "
-                    "(apt-get install valgrind)")
+        pytest.fail(
+            "valgrind is not installed; scripts/bench_transport counts instructions with it (apt-get install valgrind)"
+        )
     output = tmp_path / "transport.json"
     run = subprocess.run(
         [*SCRIPT, "--calls", "5", "--warm-calls", "2", "--instruction-calls", "1,2", "--output", str(output)],

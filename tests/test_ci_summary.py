@@ -21,7 +21,10 @@ def report(path: Path, tests: int, failures: int = 0, errors: int = 0, skipped: 
 def summary(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, str(ROOT / ".ci" / "summary.py"), *args],
-        capture_output=True, text=True, timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
 
 

@@ -22,8 +22,13 @@ def orchestrator(
     *args: str, env: dict[str, str] | None = None, input: str | None = None, cwd: Path = ROOT
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "orchestrator", *args], cwd=cwd, env=env, input=input, capture_output=True,
-        text=True, timeout=120,
+        [sys.executable, "-m", "orchestrator", *args],
+        cwd=cwd,
+        env=env,
+        input=input,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
@@ -94,8 +99,7 @@ def test_check_reads_the_dotenv_beside_bots_yaml_from_any_directory_and_says_whi
     assert f"no .env in {config_dir}: secrets come from the environment only" in result.stdout
     assert (
         "DISCORD_TOKEN_SAGE is not set; put the Discord token of bot 'sage' in the environment"
-        f" or in {config_dir / '.env'}"
-        in result.stderr
+        f" or in {config_dir / '.env'}" in result.stderr
     )
     assert "t-same" not in result.stdout + result.stderr
 

@@ -26,8 +26,13 @@ ENV = {"OPENAI_API_KEY": "sk-fuzz-key-000000", "TOKEN_A": "fuzz-token-a-000000",
 VALID: dict[str, Any] = {
     "discord": {"api_url": "http://127.0.0.1:1/api/v10", "guild_ready_timeout": 0.5},
     "providers": {
-        "openai": {"base_url": "http://127.0.0.1:1/v1", "api_key_env": "OPENAI_API_KEY", "max_concurrency": 4,
-                   "timeout": 30, "max_retries": 2}
+        "openai": {
+            "base_url": "http://127.0.0.1:1/v1",
+            "api_key_env": "OPENAI_API_KEY",
+            "max_concurrency": 4,
+            "timeout": 30,
+            "max_retries": 2,
+        }
     },
     "defaults": {
         "provider": "openai",

@@ -169,7 +169,7 @@ async def test_the_sample_script_shows_the_room_heard_and_a_panel(capsys: pytest
     assert panel[0] == 'sage: Panel on "is wisdom learned or given?": sage, hafez, 1 round. `!stop` ends it.'
     topic = 'you said "Panel discussion. Topic: is wisdom learned or given? Round 1 of 1. The other panelists: '
     assert panel[1].startswith(SAGE_SAYS + topic + "hafez.")
-    assert panel[2].startswith('hafez: (sandbox model, not a real LLM) Y' + topic[1:] + "sage.")
+    assert panel[2].startswith("hafez: (sandbox model, not a real LLM) Y" + topic[1:] + "sage.")
     assert len(panel) == 3
 
 
@@ -270,8 +270,7 @@ def test_demo_reads_messages_from_stdin() -> None:
     )
     assert (
         'you said "two". [persona: Sage, a calm philosophy tutor · gpt-4o-mini · T=0.3 · '
-        '1 earlier turn, the last: "one"]'
-        in result.stdout
+        '1 earlier turn, the last: "one"]' in result.stdout
     )
 
 

@@ -114,8 +114,29 @@ def assert_cluster_edges(chunks: list[str]) -> None:
 # ---------------------------------------------------------------- generators
 
 _clusters = st.sampled_from(
-    ["a", "b", "z", "Q", "7", "é", E_ACUTE, "o\u0308\u0304", FAMILY, THUMBS_MEDIUM, FLAG_IR, FLAG_FR,
-     KEYCAP_ONE, "\u2764\ufe0f", "ک", "س", "क्ष", ".", ",", "!", "\u00a0"]
+    [
+        "a",
+        "b",
+        "z",
+        "Q",
+        "7",
+        "é",
+        E_ACUTE,
+        "o\u0308\u0304",
+        FAMILY,
+        THUMBS_MEDIUM,
+        FLAG_IR,
+        FLAG_FR,
+        KEYCAP_ONE,
+        "\u2764\ufe0f",
+        "ک",
+        "س",
+        "क्ष",
+        ".",
+        ",",
+        "!",
+        "\u00a0",
+    ]
 )
 _short_words = st.lists(_clusters, min_size=1, max_size=8).map("".join)
 # a long "word" (URL, hash, emoji wall) that has to be hard-split; repeating keeps generation cheap
@@ -393,8 +414,22 @@ def test_neutralize_mentions_is_idempotent() -> None:
 
 
 @pytest.mark.parametrize(
-    "junk", ["\u200b", "\u200e", "\u200f", "\u202a", "\u202b", "\u202c", "\u202d", "\u202e",
-             "\u2066", "\u2067", "\u2068", "\u2069", "\ufeff"]
+    "junk",
+    [
+        "\u200b",
+        "\u200e",
+        "\u200f",
+        "\u202a",
+        "\u202b",
+        "\u202c",
+        "\u202d",
+        "\u202e",
+        "\u2066",
+        "\u2067",
+        "\u2068",
+        "\u2069",
+        "\ufeff",
+    ],
 )
 def test_clean_user_text_removes_invisible_controls(junk: str) -> None:
     assert clean_user_text(f"{junk}he{junk}llo{junk}") == "hello"

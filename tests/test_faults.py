@@ -42,8 +42,9 @@ def two_bots(world: World, *, stream: bool = False, **provider: object) -> None:
     """sage (``!``) is the bot under fault; hafez (``?``) is the sibling that must not notice."""
     world.write(
         [{"name": "sage", "stream": stream}, {"name": "hafez", "prefix": "?"}],
-        providers={"openai": {"base_url": world.openai.base_url, "api_key_env": "OPENAI_API_KEY", "timeout": 10,
-                              **provider}},
+        providers={
+            "openai": {"base_url": world.openai.base_url, "api_key_env": "OPENAI_API_KEY", "timeout": 10, **provider}
+        },
     )
 
 

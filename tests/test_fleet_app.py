@@ -59,7 +59,10 @@ async def nodes(world: World, *names: str) -> AsyncIterator[dict[str, App]]:
     apps = {
         name: App(
             world.load(node_env(world, name)),
-            options=FAST, handle_signals=False, watch=False, health_port=0,
+            options=FAST,
+            handle_signals=False,
+            watch=False,
+            health_port=0,
         )
         for name in names
     }
@@ -211,8 +214,9 @@ async def test_a_redis_restart_stops_the_bots_once_their_leases_run_out_and_they
             stopped = log.index(f"bot {bot} stops at once on this node: its lease could not be renewed in time")
             assert log.index("cannot reach Redis") < stopped, log
         assert dict(a.fleet.losses) == {"sage": 1, "hafez": 1} and dict(b.fleet.losses) == {"rumi": 1, "khayyam": 1}
-        meanwhile = [(await world.discord.post(f"{prefix}chat while down, {bot}"), bot)
-                     for bot, prefix in PREFIXES.items()]
+        meanwhile = [
+            (await world.discord.post(f"{prefix}chat while down, {bot}"), bot) for bot, prefix in PREFIXES.items()
+        ]
 
         await private_redis.start()
         await until(lambda: running(a) == {"sage", "hafez"} and running(b) == {"rumi", "khayyam"})
@@ -256,7 +260,10 @@ async def test_postgresql_cut_off_the_node_answers_without_memory_says_so_and_sa
 
 
 async def test_the_password_of_the_redis_url_never_shows_in_the_log_or_the_status(
-    world: World, key_prefix: str, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str],
+    world: World,
+    key_prefix: str,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     password = "redis-pw-5ecret"
@@ -264,8 +271,13 @@ async def test_the_password_of_the_redis_url_never_shows_in_the_log_or_the_statu
         world.write([{"name": "sage", "prefix": "!"}], fleet={"redis_url_env": "REDIS_URL", "key_prefix": key_prefix})
         monkeypatch.setenv("REDIS_URL", redis.url)  # what `orchestrator status` reads
         caplog.set_level(logging.INFO)
-        app = App(world.load({"REDIS_URL": redis.url, "ORCHESTRATOR_NODE_ID": "node-a"}),
-                  options=FAST, handle_signals=False, watch=False, health_port=0)
+        app = App(
+            world.load({"REDIS_URL": redis.url, "ORCHESTRATOR_NODE_ID": "node-a"}),
+            options=FAST,
+            handle_signals=False,
+            watch=False,
+            health_port=0,
+        )
         async with anyio.create_task_group() as tg:
             await tg.start(app.run)
             await until(lambda: running(app) == {"sage"})

@@ -159,4 +159,3 @@ async def test_with_redis_cut_off_every_message_is_still_answered(
                 await answered_once(world, await world.discord.post(question), "sage")
             assert a.supervisor is not None and a.supervisor.children["sage"].state is BotState.RUNNING
         tg.cancel_scope.cancel()
-

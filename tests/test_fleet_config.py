@@ -36,9 +36,11 @@ def test_a_fleet_section_resolves_with_defaults_and_the_node_id_from_the_environ
     assert spec is not None and spec.redis_url.get_secret_value() == "redis://10.0.0.5:6379/0"
     assert (spec.lease_ttl, spec.key_prefix) == (6.0, "default")
     assert spec.node_id == f"{socket.gethostname()}-{os.getpid()}"
-    named = fleet("fleet: {redis_url_env: REDIS_URL, node_id: box-1, lease_ttl: 2}\n",
-                  FLEET_ENV | {"REDIS_URL": "redis://:s3cret-password@h:6379", "ORCHESTRATOR_NODE_ID": "pod-7"},
-                  require_redis=True)
+    named = fleet(
+        "fleet: {redis_url_env: REDIS_URL, node_id: box-1, lease_ttl: 2}\n",
+        FLEET_ENV | {"REDIS_URL": "redis://:s3cret-password@h:6379", "ORCHESTRATOR_NODE_ID": "pod-7"},
+        require_redis=True,
+    )
     assert named is not None and named.node_id == "pod-7" and named.lease_ttl == 2
     assert "s3cret" not in repr(named)
     assert parse_config(GOOD, "bots.yaml", FLEET_ENV).fleet is None
@@ -87,7 +89,9 @@ def test_status_says_why_it_cannot_show_the_fleet(tmp_path: Path, capsys: pytest
         closed.bind(("127.0.0.1", 0))
         port = closed.getsockname()[1]
         path.write_text(GOOD + "fleet: {redis_url_env: FLEET_URL}\n")
-        (tmp_path / ".env").write_text(f"FLEET_URL=redis://:pass-w0rd-x@127.0.0.1:{port}/0\nORCHESTRATOR_DATABASE=postgresql://db.internal/x\n")
+        (tmp_path / ".env").write_text(
+            f"FLEET_URL=redis://:pass-w0rd-x@127.0.0.1:{port}/0\nORCHESTRATOR_DATABASE=postgresql://db.internal/x\n"
+        )
         assert cli.cmd_status(parser.parse_args(["status", "--fleet", str(path)])) == 2
     err = capsys.readouterr().err
     assert f"cannot read the fleet from Redis at redis://:***@127.0.0.1:{port}/0" in err

@@ -130,7 +130,8 @@ async def test_a_bot_added_to_bots_yaml_starts_on_one_node_and_a_removed_one_sto
             def applied() -> bool:
                 attar = world.discord.sessions.get(token_for("attar"))
                 return (
-                    attar is not None and attar.ready
+                    attar is not None
+                    and attar.ready
                     and all(world.discord.open_connections(token_for(bot)) == 0 for bot in removed)
                 )
 

@@ -57,8 +57,9 @@ def node(redis: Redis, key_prefix: str, clock: Clock) -> FleetQuotas:
     )
 
 
-async def refused(quotas: FleetQuotas, user: str, estimate: int, bot: QuotaSettings, per_user: QuotaSettings
-                  ) -> QuotaExceeded:
+async def refused(
+    quotas: FleetQuotas, user: str, estimate: int, bot: QuotaSettings, per_user: QuotaSettings
+) -> QuotaExceeded:
     with pytest.raises(QuotaExceeded) as caught:
         await quotas.reserve("openai", "sage", user, estimate, bot, per_user)
     return caught.value
@@ -206,7 +207,7 @@ async def test_settles_reach_redis_in_batches_or_with_the_next_reserve_and_the_l
             reservations = [await a.reserve("openai", "sage", f"u{n}", 100, limit, NONE) for n in range(10)]
             client.calls.clear()
             for batch in (1, 2):  # a full batch goes without waiting
-                for reservation in reservations[4 * batch - 4:4 * batch]:
+                for reservation in reservations[4 * batch - 4 : 4 * batch]:
                     await a.settle(reservation, None, 6, 4)  # 10 tokens each
                 await until(lambda: len(client.calls) == batch)  # noqa: B023 (awaited here)
             for reservation in reservations[8:]:

@@ -55,8 +55,9 @@ def test_the_fixtures_hand_out_the_local_services(postgres_dsn: str, redis_url: 
     assert redis_url == DEFAULT_REDIS_URL
 
 
-@pytest.mark.parametrize(("check", "scheme", "name"), [(check_redis, "redis", "Redis"),
-                                                       (check_postgres, "postgresql", "PostgreSQL")])
+@pytest.mark.parametrize(
+    ("check", "scheme", "name"), [(check_redis, "redis", "Redis"), (check_postgres, "postgresql", "PostgreSQL")]
+)
 def test_a_stopped_service_fails_the_test_saying_how_to_start_it(check: Check, scheme: str, name: str) -> None:
     port = closed_port()
     with pytest.raises(pytest.fail.Exception) as failed:
@@ -102,8 +103,13 @@ def test_a_server_that_is_not_postgres_is_named() -> None:
     )
 
 
-@pytest.mark.parametrize(("check", "address", "variable"), [(check_redis, "http://127.0.0.1:6379", "FLEET_REDIS_URL"),
-                                                            (check_postgres, "127.0.0.1:5432", "FLEET_POSTGRES_DSN")])
+@pytest.mark.parametrize(
+    ("check", "address", "variable"),
+    [
+        (check_redis, "http://127.0.0.1:6379", "FLEET_REDIS_URL"),
+        (check_postgres, "127.0.0.1:5432", "FLEET_POSTGRES_DSN"),
+    ],
+)
 def test_an_address_of_the_wrong_kind_names_the_variable(check: Check, address: str, variable: str) -> None:
     with pytest.raises(ServiceUnavailable, match=f"{variable} must be a"):
         check(address)

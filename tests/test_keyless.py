@@ -49,7 +49,9 @@ async def test_a_keyless_provider_adds_nothing_to_redact(world: World, caplog: p
 async def test_the_transport_sends_what_the_clients_defaults_leave_out_neither() -> None:
     async with OpenAISandbox(api_keys=None) as sandbox:
         client = openai.AsyncOpenAI(
-            base_url=sandbox.base_url, api_key="never-sent", default_headers={"Authorization": openai.omit},
+            base_url=sandbox.base_url,
+            api_key="never-sent",
+            default_headers={"Authorization": openai.omit},
             max_retries=0,
         )
         transport = ChatTransport(client)

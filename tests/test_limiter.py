@@ -135,7 +135,8 @@ async def test_new_slots_go_to_waiting_bots_at_once_and_lost_ones_are_withdrawn_
 
 def provider_yaml(extra: str = "") -> str:
     return (
-        "providers:\n  openai:\n    base_url: http://127.0.0.1:1/v1\n" + extra
+        "providers:\n  openai:\n    base_url: http://127.0.0.1:1/v1\n"
+        + extra
         + "bots:\n  - {name: sage, token_env: TOKEN, persona: You are Sage.}\n"
     )
 

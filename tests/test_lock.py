@@ -69,7 +69,10 @@ def test_env_refuses_a_python_older_than_3_11_by_name(tmp_path: Path) -> None:
     done = subprocess.run(
         ["bash", "-c", f'source "{ROOT}/scripts/_env.sh"'],
         env={"PATH": "/usr/bin:/bin", "PYTHON": str(old_python)},
-        capture_output=True, text=True, timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert done.returncode == 1
     assert f"{old_python} is not Python 3.11 or newer" in done.stderr

@@ -48,6 +48,7 @@ class SkewedClock:
     def monotonic(self) -> float:
         return time.monotonic() + self.skew
 
+
 BAD_TOKEN = "bad-discord-token-secret-7777"
 REFUSED_KEY = "sk-refused-secret-key-4242"
 DSN = "https://0123456789abcdef@sentry.invalid/42"

@@ -417,11 +417,17 @@ def test_a_password_written_into_bots_yaml_works_but_is_warned_about() -> None:
     ("tail", "env", "expected"),
     [
         ("database_env: NOPE\n", {}, "bots.yaml:4: database_env: environment variable NOPE is not set"),
-        ("database: x.sqlite3\ndatabase_env: DB\n", {"DB": "postgresql://h/d"},
-         "bots.yaml:5: database_env: set either"),
+        (
+            "database: x.sqlite3\ndatabase_env: DB\n",
+            {"DB": "postgresql://h/d"},
+            "bots.yaml:5: database_env: set either",
+        ),
         ("database_env: postgresql://h/d\n", {}, "bots.yaml:4: database_env: must be the *name* of an environment"),
-        ("database: mysql://u:pw@h/d\n", {}, "bots.yaml:4: database: the database must be a SQLite file path or a "
-         "postgresql:// URL, not a mysql:// URL"),
+        (
+            "database: mysql://u:pw@h/d\n",
+            {},
+            "bots.yaml:4: database: the database must be a SQLite file path or a postgresql:// URL, not a mysql:// URL",
+        ),
         ("database_env: DB\n", {"DB": "postgresql://h:port/d"}, "bots.yaml:4: database_env: the database URL's port"),
     ],
 )

@@ -40,11 +40,13 @@ async def test_add_change_and_remove_bots_by_editing_the_file(live: World) -> No
         assert supervisor is not None
         keep_actor = supervisor.children["keep"].actor
         edit_actor = supervisor.children["edit"].actor
-        world.write([
-            {"name": "keep"},
-            {"name": "edit", "prefix": "?", "persona": "You are Edited now.", "model": "sandbox-small"},
-            {"name": "new", "prefix": "&"},
-        ])
+        world.write(
+            [
+                {"name": "keep"},
+                {"name": "edit", "prefix": "?", "persona": "You are Edited now.", "model": "sandbox-small"},
+                {"name": "new", "prefix": "&"},
+            ]
+        )
         write_dotenv(world)
         assert await app.reload()
         await supervisor.wait_for_state("new", BotState.RUNNING)

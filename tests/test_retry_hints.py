@@ -29,16 +29,34 @@ def http_date(seconds_from_now: float) -> str:
         ({"retry-after-ms": "250", "retry-after": "1"}, 0.25),  # the precise one wins
         ({"llm_provider-retry-after": "60"}, 60.0),  # LiteLLM passing its upstream's hint on
         ({"x-upstream-retry-after-ms": "1500"}, 1.5),
-        ({"x-ratelimit-remaining-tokens": "0", "x-ratelimit-reset-tokens": "6m0s",
-          "x-ratelimit-remaining-requests": "99", "x-ratelimit-reset-requests": "120ms"}, 360.0),
+        (
+            {
+                "x-ratelimit-remaining-tokens": "0",
+                "x-ratelimit-reset-tokens": "6m0s",
+                "x-ratelimit-remaining-requests": "99",
+                "x-ratelimit-reset-requests": "120ms",
+            },
+            360.0,
+        ),
         ({"x-ratelimit-reset-requests": "1s"}, 1.0),  # nothing says which limit: the reset given
         # OpenAI sends resets on every answer; a 5xx with limits left asks for no wait
         ({"x-ratelimit-remaining-requests": "99", "x-ratelimit-reset-requests": "8.6s"}, None),
         ({"retry-after": "soon", "x-ratelimit-remaining-requests": "0"}, None),  # spent, but no time given
         ({}, None),
     ],
-    ids=["seconds", "http-date", "past-date", "ms-first", "litellm-prefixed", "prefixed-ms", "spent-tokens-reset",
-         "reset-alone", "reset-with-limits-left", "unreadable", "none"],
+    ids=[
+        "seconds",
+        "http-date",
+        "past-date",
+        "ms-first",
+        "litellm-prefixed",
+        "prefixed-ms",
+        "spent-tokens-reset",
+        "reset-alone",
+        "reset-with-limits-left",
+        "unreadable",
+        "none",
+    ],
 )
 def test_retry_hints(headers: dict[str, str], wait: float | None) -> None:
     got = retry_after_from(headers, now=NOW)
@@ -55,8 +73,14 @@ def test_duration_and_spent_limits() -> None:
 def sage(world: World, *, stream: bool = False, timeout: float = 10) -> None:
     world.write(
         [{"name": "sage", "stream": stream}],
-        providers={"openai": {"base_url": world.openai.base_url, "api_key_env": "OPENAI_API_KEY", "timeout": timeout,
-                              "max_retries": 3}},
+        providers={
+            "openai": {
+                "base_url": world.openai.base_url,
+                "api_key_env": "OPENAI_API_KEY",
+                "timeout": timeout,
+                "max_retries": 3,
+            }
+        },
     )
 
 

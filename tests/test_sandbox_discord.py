@@ -53,7 +53,10 @@ def make_bot(*, message_content: bool = True, members: bool = False, debug_event
     intents.message_content = message_content
     intents.members = members
     bot = FastBot(
-        command_prefix="!", intents=intents, guild_ready_timeout=0.05, chunk_guilds_at_startup=False,
+        command_prefix="!",
+        intents=intents,
+        guild_ready_timeout=0.05,
+        chunk_guilds_at_startup=False,
         enable_debug_events=debug_events,
     )
 

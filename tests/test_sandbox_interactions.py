@@ -137,9 +137,11 @@ async def test_edits_and_follow_ups_carry_files_and_an_edit_keeps_only_the_attac
     assert (kept["filename"], kept["content_type"], kept["width"], kept["height"]) == ("one.png", "image/png", 8, 4)
     assert await edits[1].attachments[0].read() == images.png(8, 4)  # served by the sandbox
     assert sandbox.state.messages[original.id]["attachments"] == [kept]  # the channel's copy too
-    assert follow_up.ephemeral and follow_up.content == "" and [a["filename"] for a in follow_up.attachments] == [
-        "note.txt"
-    ]
+    assert (
+        follow_up.ephemeral
+        and follow_up.content == ""
+        and [a["filename"] for a in follow_up.attachments] == ["note.txt"]
+    )
     assert sandbox.attachment_bytes(follow_up.attachments[0]["url"]) == b"note"
 
 

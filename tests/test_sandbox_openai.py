@@ -77,11 +77,10 @@ async def test_echo_reply_is_short_labelled_and_shows_what_reached_the_model() -
         bare = await ask(client, "  line one\n  line two ")
     assert reply.choices[0].message.content == (
         '(sandbox model, not a real LLM) Ada here — you said "how are you?". '
-        "[persona: Ada · gpt-4o-mini · T=0.7 top_p=0.9 · 1 earlier turn, the last: \"hello\"]"
+        '[persona: Ada · gpt-4o-mini · T=0.7 top_p=0.9 · 1 earlier turn, the last: "hello"]'
     )
     assert (
-        bare
-        == '(sandbox model, not a real LLM) You said "line one line two". '
+        bare == '(sandbox model, not a real LLM) You said "line one line two". '
         "[persona: none · gpt-4o-mini · no earlier turns]"
     )
 
@@ -315,9 +314,7 @@ async def image_message(client: openai.AsyncOpenAI, *urls: str) -> str | None:
     return reply.choices[0].message.content
 
 
-async def test_image_parts_by_url_and_inline_are_seen(
-    sandbox: OpenAISandbox, client: openai.AsyncOpenAI
-) -> None:
+async def test_image_parts_by_url_and_inline_are_seen(sandbox: OpenAISandbox, client: openai.AsyncOpenAI) -> None:
     async with DiscordSandbox() as discord_sandbox:
         posted = await discord_sandbox.post("", attachments=[{"filename": "cat.png", "data": images.png(64, 48)}])
         url = posted["attachments"][0]["url"]

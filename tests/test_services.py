@@ -52,8 +52,9 @@ def test_the_local_services_answer_and_nothing_is_started() -> None:
     assert "Redis answers on 127.0.0.1:6379" in done.stderr
 
 
-@pytest.mark.parametrize(("service", "install"), [("redis", "apt-get install redis-server"),
-                                                  ("postgres", "apt-get install postgresql")])
+@pytest.mark.parametrize(
+    ("service", "install"), [("redis", "apt-get install redis-server"), ("postgres", "apt-get install postgresql")]
+)
 def test_a_service_that_is_not_installed_says_how_to_install_it(tmp_path: Path, service: str, install: str) -> None:
     # A PATH with the shell's basic tools only.
     for tool in ("awk", "sleep"):

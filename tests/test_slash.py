@@ -230,9 +230,7 @@ async def test_usage_and_reset_answer_only_the_user(world: World) -> None:
 
 
 async def test_panel_runs_a_panel_of_the_personas_here(world: World) -> None:
-    world.write(
-        [{"name": "sage"}, {"name": "hafez", "prefix": "?"}], defaults={"group": {"talk_to_personas": False}}
-    )
+    world.write([{"name": "sage"}, {"name": "hafez", "prefix": "?"}], defaults={"group": {"talk_to_personas": False}})
     async with world.running():
         record = await run(world, "sage", "panel", {"topic": "tea or coffee", "rounds": 1})
         bots = set(world.bot_ids.values())

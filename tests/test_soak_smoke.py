@@ -19,9 +19,27 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_soak_smoke_run_reports_sane_figures(tmp_path: Path) -> None:
     out = tmp_path / "soak.json"
     result = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "soak"), "--seconds", "5", "--bots", "2", "--users", "5",
-         "--grace", "3", "--fault-interval", "0.3", "--out", str(out)],
-        cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False,
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "soak"),
+            "--seconds",
+            "5",
+            "--bots",
+            "2",
+            "--users",
+            "5",
+            "--grace",
+            "3",
+            "--fault-interval",
+            "0.3",
+            "--out",
+            str(out),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr + (out.with_suffix(".log").read_text()[-3000:])
     report = json.loads(out.read_text(encoding="utf-8"))

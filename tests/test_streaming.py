@@ -11,9 +11,12 @@ from .conftest import World
 def writes_per_window(world: World, channel_id: int, window: float = 5.0) -> int:
     """The most message sends + edits in ``channel_id`` within any ``window`` seconds."""
     times = sorted(
-        t for (method, path, status), t in zip(world.discord.rest_log, world.discord.rest_times, strict=True)
-        if method in ("POST", "PATCH") and path.endswith(("/messages", "/messages/" + path.rsplit("/", 1)[-1]))
-        and f"/channels/{channel_id}/" in path and status < 300
+        t
+        for (method, path, status), t in zip(world.discord.rest_log, world.discord.rest_times, strict=True)
+        if method in ("POST", "PATCH")
+        and path.endswith(("/messages", "/messages/" + path.rsplit("/", 1)[-1]))
+        and f"/channels/{channel_id}/" in path
+        and status < 300
     )
     return max((sum(1 for u in times if t <= u < t + window) for t in times), default=0)
 
@@ -72,9 +75,10 @@ async def test_cut_stream_keeps_the_partial_answer_marked_and_remembers_nothing(
 
 
 async def test_stream_failing_before_any_text_gives_the_plain_error(world: World) -> None:
-    world.write([{"name": "sage", "stream": True}], providers={
-        "openai": {"base_url": world.openai.base_url, "api_key_env": "OPENAI_API_KEY", "max_retries": 0}
-    })
+    world.write(
+        [{"name": "sage", "stream": True}],
+        providers={"openai": {"base_url": world.openai.base_url, "api_key_env": "OPENAI_API_KEY", "max_retries": 0}},
+    )
     world.openai.inject(Fault.server_error(503))
     async with world.running():
         [message] = await world.chat("!chat hi")

@@ -125,8 +125,13 @@ async def run_demo(
                 for name in config.bots:
                     await supervisor.wait_for_state(name, BotState.RUNNING, BotState.FAILED)
                 conversation = Conversation(
-                    discord_server, supervisor, personas, user_id,
-                    config_name=config_path, answer_timeout=answer_timeout, files_dir=files_dir,
+                    discord_server,
+                    supervisor,
+                    personas,
+                    user_id,
+                    config_name=config_path,
+                    answer_timeout=answer_timeout,
+                    files_dir=files_dir,
                     attachments=files,
                 )
                 await _talk(conversation, config, messages, input_fd, provider_url)
@@ -203,9 +208,7 @@ def _sample_messages(config: Config) -> list[str]:
 def _point_providers(config: Config, sandbox_url: str, provider_url: str | None) -> Config:
     key = os.environ.get("DEMO_API_KEY", "") if provider_url else SANDBOX_KEY
     providers = {
-        name: dataclasses.replace(
-            spec, base_url=provider_url or sandbox_url, api_key=type(spec.api_key)(key)
-        )
+        name: dataclasses.replace(spec, base_url=provider_url or sandbox_url, api_key=type(spec.api_key)(key))
         for name, spec in config.providers.items()
     }
     return dataclasses.replace(config, providers=providers)

@@ -1,10 +1,10 @@
 """What a demo line means: a channel message, a mention of a bot, a reply to the last answer, or a DM.
 
-    !chat hello         a message in #general (each bot answers its own prefix)
-    @sage hello         the same with a real mention of bot "sage"
-    > text, >text       a reply to the last answer
-    /dm sage hi         a direct message to bot "sage" (if its access.dms allows DMs)
-    /chat hello         a slash command of the first bot; /chat@hafez hello, of bot "hafez"
+!chat hello         a message in #general (each bot answers its own prefix)
+@sage hello         the same with a real mention of bot "sage"
+> text, >text       a reply to the last answer
+/dm sage hi         a direct message to bot "sage" (if its access.dms allows DMs)
+/chat hello         a slash command of the first bot; /chat@hafez hello, of bot "hafez"
 """
 
 from __future__ import annotations

@@ -38,7 +38,6 @@ from discord.utils import MISSING
 NO_PINGS = discord.AllowedMentions.none()
 
 
-
 def wrap_gateway_frames(
     client: discord.Client, wrap: Callable[[Any, Callable[[Any], Awaitable[None]]], Callable[[Any], Awaitable[None]]]
 ) -> None:

@@ -19,7 +19,7 @@ SCOPES = ("bot", "applications.commands")
 # What each permission is for; the names are discord.Permissions flags, the labels the portal's.
 PERMISSIONS: dict[str, tuple[str, str]] = {
     "view_channel": ("View Channels", "see the channels it answers in"),
-    "send_messages": ("Send Messages", "answer, and show \"typing…\""),
+    "send_messages": ("Send Messages", 'answer, and show "typing…"'),
     "send_messages_in_threads": ("Send Messages in Threads", "answer in threads"),
     "read_message_history": ("Read Message History", "reply to a message; read what it missed while restarting"),
     "attach_files": ("Attach Files", "post the images `!imagine` and `/imagine` draw"),

@@ -275,9 +275,7 @@ def neutralize_mentions(text: str) -> str:
     return _MENTION_TAG.sub("<@\u200b", _MENTION_EVERYONE.sub("@\u200b", text))
 
 
-_INVISIBLE = dict.fromkeys(
-    [0x200B, 0x200E, 0x200F, 0xFEFF, *range(0x202A, 0x202F), *range(0x2066, 0x206A)]
-)
+_INVISIBLE = dict.fromkeys([0x200B, 0x200E, 0x200F, 0xFEFF, *range(0x202A, 0x202F), *range(0x2066, 0x206A)])
 
 
 def clean_user_text(text: str) -> str:

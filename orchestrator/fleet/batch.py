@@ -76,7 +76,7 @@ class WriteBehind(Generic[T]):
     async def apply(self, items: list[T]) -> None:
         """Apply ``items`` now, ``size`` to a call."""
         for start in range(0, len(items), self.size):
-            await self._apply(items[start:start + self.size])
+            await self._apply(items[start : start + self.size])
 
     async def _flush_forever(self) -> None:
         # A look every ``every`` seconds rather than a wake-up per first item: under load most items

@@ -21,9 +21,7 @@ RECHECK = 2.0  # seconds between tries of an unreachable Redis; each try may wai
 
 def open_redis(url: str, timeout: float) -> Redis:
     """A client for ``url`` whose every attempt (connecting, or one command) gives up after ``timeout`` s."""
-    return Redis.from_url(
-        url, socket_timeout=timeout, socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 1)
-    )
+    return Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 1))
 
 
 ScriptCall = tuple[AsyncScript, Sequence[Any], Sequence[Any]]  # a script, its keys, its arguments

@@ -168,8 +168,9 @@ class FleetView:
 class LeaseStore:
     """The fleet's Redis keys and scripts. Every call is one round trip (a pipeline for many bots)."""
 
-    def __init__(self, redis: Redis, key_prefix: str, node_id: str, lease_ttl: float,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, redis: Redis, key_prefix: str, node_id: str, lease_ttl: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.redis = redis
         self.node_id = node_id
         self.instance = secrets.token_hex(4)
@@ -297,4 +298,3 @@ def _flat(positions: Mapping[int, int]) -> list[str]:
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
-

@@ -120,8 +120,11 @@ class FleetCoordinator:
             found = await self.store.keep_alive(leases, positions, answered)
             if found.twin is not None and self._heartbeats and not self._warned_twin:
                 self._warned_twin = True
-                log.error("fleet: another process also uses node id %s: give each node its own node_id (or "
-                          "ORCHESTRATOR_NODE_ID); the leases still keep each bot on one process", self.node_id)
+                log.error(
+                    "fleet: another process also uses node id %s: give each node its own node_id (or "
+                    "ORCHESTRATOR_NODE_ID); the leases still keep each bot on one process",
+                    self.node_id,
+                )
             self._heartbeats += 1
             for lease in leases:
                 if not found.kept[lease.bot] and self.leases.get(lease.bot) is lease:
@@ -140,7 +143,9 @@ class FleetCoordinator:
                 held = ", ".join(sorted(self.leases)) or "none"
                 log.warning(
                     "fleet: cannot reach Redis (%s); the bots held here (%s) keep running until their leases "
-                    "run out (%.1fs at most), then stop until Redis answers again", describe(exc), held,
+                    "run out (%.1fs at most), then stop until Redis answers again",
+                    describe(exc),
+                    held,
                     self.store.lease_ttl,
                 )
             self.redis_error = describe(exc)
@@ -171,8 +176,11 @@ class FleetCoordinator:
             self.acquisitions[bot] += 1
             if got.holder and got.holder != self.store.holder:
                 self.failovers[bot] += 1
-                log.warning("fleet: bot %s taken over from node %s, whose lease ran out without being released",
-                            bot, node_of(got.holder))
+                log.warning(
+                    "fleet: bot %s taken over from node %s, whose lease ran out without being released",
+                    bot,
+                    node_of(got.holder),
+                )
             log.info("fleet: bot %s starts on this node (lease token %d)", bot, got.lease.token)
             # Redis' catch-up point is the newest when it has one: every holder saves its own there.
             left_off = self._left_off.pop(bot, {})
@@ -193,8 +201,12 @@ class FleetCoordinator:
             await self.store.release(lease, positions, self.claims.take(bot))
         except REDIS_ERRORS as exc:
             self._left_off[bot] = positions
-            log.warning("fleet: could not release the lease of bot %s (%s); it runs out within %.1fs",
-                        bot, describe(exc), self.store.lease_ttl)
+            log.warning(
+                "fleet: could not release the lease of bot %s (%s); it runs out within %.1fs",
+                bot,
+                describe(exc),
+                self.store.lease_ttl,
+            )
             return
         log.info("fleet: bot %s stopped here and its lease released", bot)
 
@@ -206,8 +218,11 @@ class FleetCoordinator:
         self.claims.take(lease.bot)  # its marks not sent yet are dropped: its answers are replies catch-up skips
         self.losses[lease.bot] += 1
         self._deadlines_changed()
-        log.error("fleet: bot %s stops at once on this node: %s; it starts again on the node that takes its "
-                  "lease next", lease.bot, why)
+        log.error(
+            "fleet: bot %s stops at once on this node: %s; it starts again on the node that takes its lease next",
+            lease.bot,
+            why,
+        )
         self._stopping.add(lease.bot)
         assert self._tg is not None
         self._tg.start_soon(self._stop_at_once, lease.bot, name=f"fleet stop {lease.bot}")
@@ -248,8 +263,11 @@ class FleetCoordinator:
                     del self.leases[bot]
             await self.store.leave()
         except REDIS_ERRORS as exc:
-            log.warning("fleet: could not leave cleanly (%s); the leases held here run out within %.1fs",
-                        describe(exc), self.store.lease_ttl)
+            log.warning(
+                "fleet: could not leave cleanly (%s); the leases held here run out within %.1fs",
+                describe(exc),
+                self.store.lease_ttl,
+            )
 
     # ------------------------------------------------------------------ status
 
@@ -263,8 +281,11 @@ class FleetCoordinator:
             "redis_error": self.redis_error,
             "nodes": list(self.live_nodes),
             "leases": {
-                bot: {"token": lease.token, "valid_for_s": round(max(0.0, lease.valid_until - now), 3),
-                      "draining": lease.draining}
+                bot: {
+                    "token": lease.token,
+                    "valid_for_s": round(max(0.0, lease.valid_until - now), 3),
+                    "draining": lease.draining,
+                }
                 for bot, lease in sorted(self.leases.items())
             },
         }
@@ -278,9 +299,7 @@ async def fleet_node(
     # Two attempts of a command fit in one tick, so a tick ends well within the lease.
     redis = open_redis(spec.redis_url.get_secret_value(), timeout=spec.lease_ttl / 6)
     try:
-        yield FleetCoordinator(
-            LeaseStore(redis, spec.key_prefix, spec.node_id, spec.lease_ttl), runner, nodes_changed
-        )
+        yield FleetCoordinator(LeaseStore(redis, spec.key_prefix, spec.node_id, spec.lease_ttl), runner, nodes_changed)
     finally:
         with anyio.CancelScope(shield=True):
             await redis.aclose()

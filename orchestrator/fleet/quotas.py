@@ -143,7 +143,9 @@ end
 # user, requests/min, tokens/min, tokens/day, usd/day), the quota keys' prefix, then the settles it
 # carries (as _SETTLE's), applied first. Few arguments: each costs the node's client about as much
 # as a line of Lua. Returns {1} when reserved, else {0, scope (1 bot, 2 user), limit, ms until it fits}.
-_RESERVE = _COMMON + """
+_RESERVE = (
+    _COMMON
+    + """
 settle_all(ARGV[5], 6)
 local K = {}  -- w, t, d of the bot, then of the user
 for scope = 1, 2 do
@@ -202,27 +204,36 @@ for scope = 1, 2 do
 end
 return {1}
 """
+)
 
 # ARGV: now ms ('' = Redis' clock), the quota keys' prefix, then one settle in each:
 # "<bot> <user> <reservation id> <real tokens - estimate> <USD>" (names and ids have no spaces).
-_SETTLE = _COMMON + """
+_SETTLE = (
+    _COMMON
+    + """
 settle_all(ARGV[2], 3)
 return 1
 """
+)
 
 # KEYS: w, t, d of one scope. ARGV: now ms ('' = Redis' clock).
 # Returns {requests this minute, tokens this minute, tokens today, USD today as text}.
-_USAGE = _COMMON + """
+_USAGE = (
+    _COMMON
+    + """
 prune(KEYS[1], KEYS[2])
 local tokens, usd = daily(KEYS[3])
 return {redis.call('ZCARD', KEYS[1]), tonumber(redis.call('HGET', KEYS[2], '_total')) or 0, tokens,
         string.format('%.17g', usd)}
 """
+)
 
 
 # KEYS: d of the bot, then of the user. ARGV: now ms ('' = Redis' clock), images/day of the bot and
 # of the user ('' = none). Returns {1, today} when taken, else {0, scope (1 bot, 2 user), ms until midnight}.
-_TAKE_IMAGE = _COMMON + """
+_TAKE_IMAGE = (
+    _COMMON
+    + """
 for scope = 1, 2 do
   local cap = tonumber(ARGV[1 + scope])
   if cap then
@@ -236,10 +247,13 @@ for scope = 1, 2 do
 end
 return {1, today}
 """
+)
 
 # KEYS: as _TAKE_IMAGE. ARGV: now ms ('' = Redis' clock), the day the image was taken on: another
 # day's image stays counted on it (as the single-process book does).
-_GIVE_BACK_IMAGE = _COMMON + """
+_GIVE_BACK_IMAGE = (
+    _COMMON
+    + """
 if tonumber(ARGV[2]) ~= today then return 0 end
 for scope = 1, 2 do
   local tokens, usd, images = daily(KEYS[scope])
@@ -247,13 +261,17 @@ for scope = 1, 2 do
 end
 return 1
 """
+)
 
 # KEYS: as _TAKE_IMAGE. ARGV: now ms ('' = Redis' clock). Returns {the bot's images today, the user's}.
-_IMAGES_TODAY = _COMMON + """
+_IMAGES_TODAY = (
+    _COMMON
+    + """
 local _, _, everyone = daily(KEYS[1])
 local _, _, mine = daily(KEYS[2])
 return {everyone, mine}
 """
+)
 
 
 def _settle_arg(reservation: Reservation, ticket: str, delta: int, usd: float) -> str:
@@ -262,9 +280,10 @@ def _settle_arg(reservation: Reservation, ticket: str, delta: int, usd: float) -
 
 
 def limited(quota: QuotaSettings) -> bool:
-    return any(value is not None for value in (
-        quota.requests_per_minute, quota.tokens_per_minute, quota.tokens_per_day, quota.usd_per_day
-    ))
+    return any(
+        value is not None
+        for value in (quota.requests_per_minute, quota.tokens_per_minute, quota.tokens_per_day, quota.usd_per_day)
+    )
 
 
 class FleetQuotas:
@@ -345,9 +364,11 @@ class FleetQuotas:
         ticket = f"{self._instance}{next(self._tickets)}"
         if bot_quota.usd_per_day is not None or user_quota.usd_per_day is not None:
             ticket = SPEND_CAPPED + ticket
-        limits = ",".join(_arg(value) for quota in (bot_quota, user_quota) for value in (
-            quota.requests_per_minute, quota.tokens_per_minute, quota.tokens_per_day, quota.usd_per_day
-        ))
+        limits = ",".join(
+            _arg(value)
+            for quota in (bot_quota, user_quota)
+            for value in (quota.requests_per_minute, quota.tokens_per_minute, quota.tokens_per_day, quota.usd_per_day)
+        )
         # Queued settles ride along: no call of their own.
         args: list[Any] = [self._now(), ticket, estimate, limits, self._base, *self._settles.take(SETTLE_BATCH)]
         try:
@@ -453,7 +474,6 @@ class FleetQuotas:
         """The day hashes (``d``) of the bot and of the user."""
         keys = self._keys(bot, user)
         return [keys[2], keys[5]]
-
 
 
 def _draws_limited(bot_quota: QuotaSettings, user_quota: QuotaSettings) -> bool:

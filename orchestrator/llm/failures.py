@@ -77,7 +77,9 @@ def map_error(spec: ProviderSpec, exc: openai.OpenAIError, model: str | None = N
         return ProviderUnavailable(name, f"cannot connect to {spec.base_url}")
     if isinstance(exc, (openai.AuthenticationError, openai.PermissionDeniedError)):
         log.error(
-            "provider %s refused the API key (HTTP %s); check %s", name, exc.status_code,
+            "provider %s refused the API key (HTTP %s); check %s",
+            name,
+            exc.status_code,
             spec.settings.api_key_env or "its api_key_env",
         )
         return ProviderAuthError(name, f"API key refused (HTTP {exc.status_code})")

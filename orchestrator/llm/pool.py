@@ -141,8 +141,13 @@ class _Provider:
             return
         self.concurrency.set_ceiling(cap)
         self.limiter.resize(self.concurrency.limit)
-        log.info("provider %s: at most %d requests at once from this node (max_concurrency %d shared by %d node(s))",
-                 self.spec.name, cap, self.spec.settings.max_concurrency, nodes)
+        log.info(
+            "provider %s: at most %d requests at once from this node (max_concurrency %d shared by %d node(s))",
+            self.spec.name,
+            cap,
+            self.spec.settings.max_concurrency,
+            nodes,
+        )
 
     def answered(self, sent_at: float, sent_saturated: bool) -> None:
         """Call before releasing the request's slot, so the limit sees whether others wait."""
@@ -288,7 +293,12 @@ class LLMPool:
             completion_tokens = usage.completion_tokens if usage else estimate_tokens(text)
             await self.admission.settle(reservation, call.price, prompt, completion_tokens)
             return ChatResult(
-                text, prompt, completion_tokens, completion.model or call.model, attempts, answer.requested_at,
+                text,
+                prompt,
+                completion_tokens,
+                completion.model or call.model,
+                attempts,
+                answer.requested_at,
                 answer.answered_at,
             )
 
@@ -393,12 +403,18 @@ class LLMPool:
                     if isinstance(error, ProviderBusy) and error.asked:
                         log.info(
                             "provider %s asks to wait %.3gs, beyond the %.3gs left: not retrying",
-                            state.spec.name, delay, deadline - anyio.current_time(),
+                            state.spec.name,
+                            delay,
+                            deadline - anyio.current_time(),
                         )
                     raise
                 log.info(
-                    "provider %s: %s; retry %d/%d in %.2fs", state.spec.name, error.detail, attempt + 1,
-                    settings.max_retries, delay,
+                    "provider %s: %s; retry %d/%d in %.2fs",
+                    state.spec.name,
+                    error.detail,
+                    attempt + 1,
+                    settings.max_retries,
+                    delay,
                 )
                 self.stats.retries += 1
                 attempt += 1
@@ -495,6 +511,8 @@ class LLMPool:
         state.spent_pauses += 1
         state.pause(wait, asked=False)
         log.info(
-            "provider %s: no %s left and no reset time given; pausing new requests for %.3gs", state.spec.name,
-            " or ".join(spent), wait,
+            "provider %s: no %s left and no reset time given; pausing new requests for %.3gs",
+            state.spec.name,
+            " or ".join(spent),
+            wait,
         )

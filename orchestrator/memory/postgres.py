@@ -152,7 +152,7 @@ def backup_hint(where: str) -> str:
     """What to do instead of ``orchestrator memory backup`` for a PostgreSQL database."""
     return (
         f"the memory is in {where}: back it up with PostgreSQL's own tool, e.g. "
-        "pg_dump --format=custom --file=memory.dump \"$DATABASE_URL\" (consistent while `run` runs; "
+        'pg_dump --format=custom --file=memory.dump "$DATABASE_URL" (consistent while `run` runs; '
         "pg_restore reads it back). `orchestrator memory backup` copies SQLite databases only"
     )
 
@@ -551,6 +551,7 @@ class PostgresStore:
 
     async def forget_user(self, user: int, bot: str | None = None) -> Forgotten:
         """Delete ``user``'s turns and daily usage (a bot's totals keep their share, without the id)."""
+
         def doomed(key: ConversationKey) -> bool:
             return key.user == user and bot in (None, key.bot)
 
@@ -575,9 +576,7 @@ class PostgresStore:
     async def _read_daily(self, day: str) -> dict[tuple[str, str], Totals]:
         """(tokens, usd, images) of ``day`` per (bot, user) in the database, plus what is still pending."""
         async with self._lock, self._connection() as conn:
-            rows = await conn.fetch(
-                "SELECT bot, user_id, tokens, usd, images FROM daily_usage WHERE day = $1", day
-            )
+            rows = await conn.fetch("SELECT bot, user_id, tokens, usd, images FROM daily_usage WHERE day = $1", day)
             totals: dict[tuple[str, str], Totals] = {
                 (bot, user): (tokens, usd, images) for bot, user, tokens, usd, images in rows
             }

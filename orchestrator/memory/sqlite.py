@@ -147,7 +147,9 @@ class SQLiteStore:
             if error is not None:
                 log.error(
                     "could not write to %s on close (%s): %d exchange(s) and the unsaved token usage are lost",
-                    self.path, error, len(self._pending),
+                    self.path,
+                    error,
+                    len(self._pending),
                 )
             self._db.close()
 
@@ -215,7 +217,8 @@ class SQLiteStore:
             if not self._failing:
                 log.warning(
                     "could not write conversations and token usage to %s (%s); keeping them in memory and retrying",
-                    self.path, exc,
+                    self.path,
+                    exc,
                 )
             self._failing = True
             return exc
@@ -229,8 +232,16 @@ class SQLiteStore:
             "INSERT INTO turns (bot, channel, user, role, content, created, speaker, message_ids) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (
-                (e.key.bot, e.key.channel, e.key.user, t.role, t.content, e.created, t.speaker,
-                 _ids_text(t.message_ids))
+                (
+                    e.key.bot,
+                    e.key.channel,
+                    e.key.user,
+                    t.role,
+                    t.content,
+                    e.created,
+                    t.speaker,
+                    _ids_text(t.message_ids),
+                )
                 for e in exchanges
                 for t in (e.question, e.answer)
             ),
@@ -271,8 +282,13 @@ class SQLiteStore:
     ) -> None:
         """Remember an exchange at once (cache) and queue it for the writer thread; never waits for SQLite."""
         exchange = PendingExchange.of(
-            key, replace_lone_surrogates(question), replace_lone_surrogates(answer), replace_lone_surrogates(speaker),
-            question_id, answer_ids, time.time(),
+            key,
+            replace_lone_surrogates(question),
+            replace_lone_surrogates(answer),
+            replace_lone_surrogates(speaker),
+            question_id,
+            answer_ids,
+            time.time(),
         )
         self._cache.extend(key, exchange)
         self._known.add(hash(key))

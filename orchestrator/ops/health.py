@@ -65,8 +65,12 @@ def health_report(app: HealthSource) -> tuple[int, dict[str, Any]]:
     """The HTTP status and JSON body of ``/healthz``."""
     supervisor = app.supervisor
     if supervisor is None:
-        return 503, {"status": "starting", "reason": "the process is starting", "bots": {},
-                     "last_reload_error": app.last_reload_error}
+        return 503, {
+            "status": "starting",
+            "reason": "the process is starting",
+            "bots": {},
+            "last_reload_error": app.last_reload_error,
+        }
     now = time.monotonic()
     bots: dict[str, Any] = {}
     for name, child in list(supervisor.children.items()):

@@ -165,11 +165,13 @@ class _LiveCollector(Collector):
             ),
             "dropped": CounterMetricFamily(
                 "orchestrator_gateway_events_dropped",
-                "Gateway messages that could not concern the bot, dropped before decoding.", labels=["bot"],
+                "Gateway messages that could not concern the bot, dropped before decoding.",
+                labels=["bot"],
             ),
             "claimed_elsewhere": CounterMetricFamily(
                 "orchestrator_fleet_messages_claimed_elsewhere",
-                "Messages taken here without the bot's lease, left to the node holding it.", labels=["bot"],
+                "Messages taken here without the bot's lease, left to the node holding it.",
+                labels=["bot"],
             ),
         }
         now = time.monotonic()
@@ -198,7 +200,8 @@ class _LiveCollector(Collector):
                 "orchestrator_fleet_lease_acquisitions", "Bot leases taken by this node.", labels=["bot"]
             ),
             "losses": CounterMetricFamily(
-                "orchestrator_fleet_lease_losses", "Bot leases lost without releasing them (not renewed in time).",
+                "orchestrator_fleet_lease_losses",
+                "Bot leases lost without releasing them (not renewed in time).",
                 labels=["bot"],
             ),
             "failovers": CounterMetricFamily(
@@ -222,10 +225,12 @@ class _LiveCollector(Collector):
         rejections = CounterMetricFamily(
             "orchestrator_quota_rejections", "Requests refused by a quota.", labels=["bot", "scope", "limit"]
         )
-        tokens = CounterMetricFamily("orchestrator_tokens", "Tokens used, as counted by the providers.",
-                                     labels=["bot", "provider"])
+        tokens = CounterMetricFamily(
+            "orchestrator_tokens", "Tokens used, as counted by the providers.", labels=["bot", "provider"]
+        )
         spend = CounterMetricFamily(
-            "orchestrator_spend_usd", "USD spent: the providers' reported usage times the prices in bots.yaml.",
+            "orchestrator_spend_usd",
+            "USD spent: the providers' reported usage times the prices in bots.yaml.",
             labels=["bot"],
         )
         if pool is not None:

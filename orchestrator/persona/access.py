@@ -41,9 +41,7 @@ def _payload_replies_to_me(data: dict[str, Any], me_text: str) -> bool:
     return bool(referenced.get("author", {}).get("id") == me_text)
 
 
-def payload_addressed(
-    data: dict[str, Any], me: int, prefix: str, *, allow_bots: bool, read_all: bool = True
-) -> bool:
+def payload_addressed(data: dict[str, Any], me: int, prefix: str, *, allow_bots: bool, read_all: bool = True) -> bool:
     """:func:`addressed` on a raw MESSAGE_CREATE payload; bots' messages only with ``allow_bots``."""
     if data.get("author", {}).get("bot") and not allow_bots:
         return False

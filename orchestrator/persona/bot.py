@@ -179,15 +179,17 @@ class PersonaBot:
                     self._failure = ConnectionLost("the Discord connection closed unexpectedly")
             except discord.LoginFailure:
                 self._failure = BotFatalError(
-                    self.spec.name, "Discord refused the token (401). Put a valid bot token in the environment "
-                    "variable named by token_env and save bots.yaml or restart."
+                    self.spec.name,
+                    "Discord refused the token (401). Put a valid bot token in the environment "
+                    "variable named by token_env and save bots.yaml or restart.",
                 )
             except discord.PrivilegedIntentsRequired:  # gateway close 4014, "Disallowed intent(s)"
                 self._failure = BotFatalError(
-                    self.spec.name, "Discord refused the Message Content intent (close code 4014): it is not enabled "
+                    self.spec.name,
+                    "Discord refused the Message Content intent (close code 4014): it is not enabled "
                     "for this application. Enable it in the Discord developer portal (Bot page → Privileged Gateway "
                     "Intents → Message Content Intent), or set 'message_content: false' for this bot in bots.yaml "
-                    "(it then answers @mentions, replies and DMs only); then save bots.yaml or restart."
+                    "(it then answers @mentions, replies and DMs only); then save bots.yaml or restart.",
                 )
             except Exception as exc:  # noqa: BLE001 - any crash is the supervisor's to handle
                 cause = network_failure(exc)

@@ -47,7 +47,8 @@ async def catch_up(
             )
             continue
         answered = {
-            message.reference.message_id for message in messages
+            message.reference.message_id
+            for message in messages
             if message.author.id == me and message.reference is not None
         }
         if answered_elsewhere is not None:

@@ -14,7 +14,13 @@ from typing import Literal, NamedTuple
 CommandName = Literal["chat", "reset", "usage", "help", "panel", "stop", "imagine"]
 
 _NAMES: dict[str, CommandName] = {
-    "chat": "chat", "ask": "chat", "reset": "reset", "usage": "usage", "help": "help", "panel": "panel", "stop": "stop",
+    "chat": "chat",
+    "ask": "chat",
+    "reset": "reset",
+    "usage": "usage",
+    "help": "help",
+    "panel": "panel",
+    "stop": "stop",
     "imagine": "imagine",
 }
 

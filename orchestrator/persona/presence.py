@@ -208,7 +208,7 @@ class Presence:
             return refusal
         names = ", ".join(p.display for p in panelists)
         plural = "s" if rounds > 1 else ""
-        return f"Panel on \"{topic}\": {names}, {rounds} round{plural}. `{self._spec().prefix}stop` ends it."
+        return f'Panel on "{topic}": {names}, {rounds} round{plural}. `{self._spec().prefix}stop` ends it.'
 
     def stop_panel(self, message: discord.Message) -> str:
         if self._community.panels.stop(message.channel.id):
@@ -226,7 +226,10 @@ class Presence:
         group = self._spec().group
         to_persona = self.is_persona(message.author.id)
         refusal = self._community.guard.grant(
-            message.channel.id, message.id, group.max_bot_turns, group.max_bot_messages_per_minute,
+            message.channel.id,
+            message.id,
+            group.max_bot_turns,
+            group.max_bot_messages_per_minute,
             to_persona=to_persona,
         )
         if refusal is not None:

@@ -41,9 +41,7 @@ def usage_text(spec: BotSpec, mine: UsageReport, total: UsageReport, images: tup
     if images is not None and spec.image_model is not None:
         caps = (spec.user_quota.images_per_day, spec.quota.images_per_day)
         user_cap, bot_cap = ("∞" if limit is None else str(limit) for limit in caps)
-        lines.append(
-            f"- images today: {images[0]}/{user_cap} · {images[1]}/{bot_cap}"
-        )
+        lines.append(f"- images today: {images[0]}/{user_cap} · {images[1]}/{bot_cap}")
     return "\n".join(lines)
 
 

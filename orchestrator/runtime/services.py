@@ -37,10 +37,10 @@ class MessageClaims(Protocol):
 class Services:
     """What every bot shares: the provider pool, the memory store, the community and runtime options.
 
-    ``may_post(bot)`` (fleet mode) tells whether this node may post as ``bot`` now: a local check of
-    its lease's deadline, without I/O (orchestrator/fleet/); a bot asks it before it answers a user's
-message too. ``claims`` (fleet mode) marks the messages answered, and tells a bot catching up which
-ones another node answered; None in one process, where the mailbox's own "taken once" is enough."""
+        ``may_post(bot)`` (fleet mode) tells whether this node may post as ``bot`` now: a local check of
+        its lease's deadline, without I/O (orchestrator/fleet/); a bot asks it before it answers a user's
+    message too. ``claims`` (fleet mode) marks the messages answered, and tells a bot catching up which
+    ones another node answered; None in one process, where the mailbox's own "taken once" is enough."""
 
     pool: LLMPool
     store: ConversationStore

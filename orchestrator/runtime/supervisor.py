@@ -239,7 +239,10 @@ class Supervisor:
                 delay = self.policy.backoff(child.connect_failures, self._rng)
                 log.warning(
                     "bot %s cannot reach Discord (%s); trying again in %.1fs (attempt %d)",
-                    name, exc.reason, delay, child.connect_failures,
+                    name,
+                    exc.reason,
+                    delay,
+                    child.connect_failures,
                 )
                 self._set_state(child, BotState.UNREACHABLE)
                 await anyio.sleep(delay)
@@ -256,14 +259,23 @@ class Supervisor:
                 if len(child.recent_crashes) > self.policy.max_restarts:
                     log.error(
                         "bot %s crashed %d times within %.0fs; giving up on it (the other bots keep running). "
-                        "Last error: %s", name, len(child.recent_crashes), self.policy.window, child.last_error,
+                        "Last error: %s",
+                        name,
+                        len(child.recent_crashes),
+                        self.policy.window,
+                        child.last_error,
                     )
                     self._fail(child)
                     return
                 delay = self.policy.backoff(len(child.recent_crashes), self._rng)
                 log.warning(
-                    "bot %s crashed (%s); restart %d/%d in %.1fs", name, child.last_error,
-                    len(child.recent_crashes), self.policy.max_restarts, delay, exc_info=exc,
+                    "bot %s crashed (%s); restart %d/%d in %.1fs",
+                    name,
+                    child.last_error,
+                    len(child.recent_crashes),
+                    self.policy.max_restarts,
+                    delay,
+                    exc_info=exc,
                 )
                 child.restarts += 1
                 self._set_state(child, BotState.BACKOFF)

@@ -503,8 +503,12 @@ def said(message: Mapping[str, Any]) -> str:
     return f"{text} {images}" if images else text
 
 
-_SAMPLING = (("temperature", "T"), ("top_p", "top_p"), ("frequency_penalty", "frequency_penalty"),
-             ("presence_penalty", "presence_penalty"))
+_SAMPLING = (
+    ("temperature", "T"),
+    ("top_p", "top_p"),
+    ("frequency_penalty", "frequency_penalty"),
+    ("presence_penalty", "presence_penalty"),
+)
 _YOU_ARE = re.compile(r"you are\s+", re.IGNORECASE)
 _NAME = re.compile(r"[^\W\d_][\w'-]*")
 
@@ -519,7 +523,7 @@ def sandbox_reply(body: Mapping[str, Any], seen: Sequence[str] = ()) -> str:
     persona = _clip(re.split(r"(?<=[.!?])\s", first_line, maxsplit=1)[0].rstrip("."), 80)
     name = None
     if (you_are := _YOU_ARE.match(persona)) is not None:
-        persona = persona[you_are.end():]
+        persona = persona[you_are.end() :]
         name = found.group() if (found := _NAME.match(persona)) else None
     users = [" ".join(_said_text(m).split()) for m in messages if m.get("role") == "user"]
     heard = f'you said "{_clip(users[-1], 200)}".' if users else "you said nothing."

@@ -55,16 +55,18 @@ def build_parser() -> argparse.ArgumentParser:
                         "separate (each bot in a guild of its own) "
                         f"(default {','.join(TOPOLOGIES)}: both, side by side)")  # fmt: skip
     parser.add_argument("--rate", type=float, help="messages per second in the overhead scenario (200; quick 100)")
-    parser.add_argument("--low-rate", type=float,
-                        help="a second, sustainable rate for the overhead scenario (50; quick 0 = off)")
+    parser.add_argument(
+        "--low-rate", type=float, help="a second, sustainable rate for the overhead scenario (50; quick 0 = off)"
+    )
     parser.add_argument("--capacity-rate", type=float,
                         help="the capacity run: one bot, orchestrator only, at this rate; "
                         "the CPU target is judged there "
                         "(650, the target's answers per second on one core; 0 = off)")  # fmt: skip
     parser.add_argument("--duration", type=float, help="measured seconds in the overhead scenario (10; quick 2)")
     parser.add_argument("--warmup", type=float, help="warm-up seconds before it (5; quick 1)")
-    parser.add_argument("--users", type=int,
-                        help="users (conversations per bot) in the overhead scenario (100; quick 20)")
+    parser.add_argument(
+        "--users", type=int, help="users (conversations per bot) in the overhead scenario (100; quick 20)"
+    )
     parser.add_argument("--overhead-bots", help="bot counts for the overhead scenario (1,BOTS; quick BOTS)")
     parser.add_argument("--fleet", help="bot counts for memory and start-up (10,50,100; quick 2,6)")
     parser.add_argument("--fairness-bots", type=int, default=3, help="bots in the fairness scenario, weights 1,2,4 (3)")
@@ -73,15 +75,26 @@ def build_parser() -> argparse.ArgumentParser:
                         help="how often the orchestrator's judged runs are repeated; the median trial is kept "
                              "(concurrency bursts, the runs at --rate, the capacity run, start-up at the largest "
                              "fleet) (3; quick 1)")  # fmt: skip
-    parser.add_argument("--instructions", action="store_true",
-                        help="instead of the scenarios: count the orchestrator's instructions per answered !chat under "
-                             "valgrind's callgrind, for a fixed workload (results/bench_instructions.json)")
-    parser.add_argument("--instructions-idle", type=float, default=0.0, metavar="SECONDS",
-                        help="with --instructions: also count a window of SECONDS without messages, to tell the "
-                        "work done per second from the work per answer (default 0: none)")
-    parser.add_argument("--instructions-messages", default="50,250", metavar="N1,N2",
-                        help="--instructions: messages in the two counted windows; the figure is "
-                             "(I(N2) - I(N1)) / (N2 - N1) (50,250)")
+    parser.add_argument(
+        "--instructions",
+        action="store_true",
+        help="instead of the scenarios: count the orchestrator's instructions per answered !chat under "
+        "valgrind's callgrind, for a fixed workload (results/bench_instructions.json)",
+    )
+    parser.add_argument(
+        "--instructions-idle",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="with --instructions: also count a window of SECONDS without messages, to tell the "
+        "work done per second from the work per answer (default 0: none)",
+    )
+    parser.add_argument(
+        "--instructions-messages",
+        default="50,250",
+        metavar="N1,N2",
+        help="--instructions: messages in the two counted windows; the figure is (I(N2) - I(N1)) / (N2 - N1) (50,250)",
+    )
     parser.add_argument("--valgrind", default="valgrind", help="--instructions: the valgrind executable (valgrind)")
     parser.add_argument(
         "--output",

@@ -99,8 +99,14 @@ async def run(args: Any, command: str) -> dict[str, Any]:
 
 
 async def count(
-    bench: Bench, world: World, callgrind: Callgrind, small: int, large: int,
-    env: dict[str, str] | None = None, sections: dict[str, Any] | None = None, idle: float = 0.0,
+    bench: Bench,
+    world: World,
+    callgrind: Callgrind,
+    small: int,
+    large: int,
+    env: dict[str, str] | None = None,
+    sections: dict[str, Any] | None = None,
+    idle: float = 0.0,
 ) -> dict[str, Any]:
     """Launch the orchestrator of ``world`` under callgrind (``env`` and ``sections`` as in
     :meth:`World.launch`), warm it up, count the two windows; the figure and the windows. With
@@ -147,8 +153,10 @@ async def count(
             "instructions": counted,
             "instructions_per_answer": counted / count,
             "typing_posts_per_answer": (stats1["typing"] - stats0["typing"]) / count,
-            "provider_requests_per_answer": (sum(stats1["provider_statuses"].values())
-                                             - sum(stats0["provider_statuses"].values())) / count,
+            "provider_requests_per_answer": (
+                sum(stats1["provider_statuses"].values()) - sum(stats0["provider_statuses"].values())
+            )
+            / count,
             "answers_overlapping_the_next_message": overlapping,  # 0, or the machine is too slow for PERIOD
             "wall_s": load["end"] - load["start"],
         }

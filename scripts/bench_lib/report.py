@@ -60,43 +60,90 @@ def targets(results: dict[str, Any], args: Any) -> list[dict[str, Any]]:
     where = {"shared": f"{B} bots sharing a channel", "separate": f"{B} bots, own guild each"}
     for topology, figures in concurrency_runs(s) or [("", {})]:
         name = f"concurrency wall <= 1.25 x L ({where[topology]})" if topology else "concurrency wall <= 1.25 x L"
-        add(name, _get(figures, "orchestrator", "wall_over_latency"), 1.25, "max", "x L", sizes,
-            _get(figures, "orchestrator", "trials"))
+        add(
+            name,
+            _get(figures, "orchestrator", "wall_over_latency"),
+            1.25,
+            "max",
+            "x L",
+            sizes,
+            _get(figures, "orchestrator", "trials"),
+        )
     rate = _get(s, "overhead", "params", "rate_per_s")
     runs = _get(s, "overhead", "runs") or []
     capacity = [run for run in runs if run.get("capacity")]
     for run in capacity:  # the CPU target names its rate: 650 answers per second on one core
         offered = run["rate_per_s"]
-        add(f"CPU per answered !chat <= 1.5 ms (1 bot, {offered:g} msg/s)",
-            _get(run, "orchestrator", "cpu_ms_per_answer"), 1.5, "max", "ms",
+        add(
+            f"CPU per answered !chat <= 1.5 ms (1 bot, {offered:g} msg/s)",
+            _get(run, "orchestrator", "cpu_ms_per_answer"),
+            1.5,
+            "max",
+            "ms",
             "" if offered >= 650 else "offered below the target's 650 answers/s",
-            _get(run, "orchestrator", "trials"))
-        add(f"answers/s at {offered:g} msg/s offered >= 650", _get(run, "orchestrator", "throughput_per_s"), 650 * 0.98,
-            "min", "/s", "within 2% of 650: the open-loop sender's own jitter")
+            _get(run, "orchestrator", "trials"),
+        )
+        add(
+            f"answers/s at {offered:g} msg/s offered >= 650",
+            _get(run, "orchestrator", "throughput_per_s"),
+            650 * 0.98,
+            "min",
+            "/s",
+            "within 2% of 650: the open-loop sender's own jitter",
+        )
     for run in runs:
         if run.get("capacity") or run.get("rate_per_s", rate) != rate:
             continue  # the low-rate runs are for information; the latency targets are judged at --rate
         n = run["bots"]
         where = "1 bot" if n == 1 else f"{n} bots sharing a channel"
         if not capacity:
-            add(f"CPU per answered !chat <= 1.5 ms ({where})", _get(run, "orchestrator", "cpu_ms_per_answer"), 1.5,
-                "max", "ms", f"measured at {rate:g} msg/s, not at the target's 650")
+            add(
+                f"CPU per answered !chat <= 1.5 ms ({where})",
+                _get(run, "orchestrator", "cpu_ms_per_answer"),
+                1.5,
+                "max",
+                "ms",
+                f"measured at {rate:g} msg/s, not at the target's 650",
+            )
         at_rate = "" if rate == 200 else f"measured at {rate:g} msg/s, target is at 200 msg/s"
-        add(f"orchestrator-added latency p99 <= 5 ms ({where})",
-            _get(run, "orchestrator", "added_latency_inside_ms", "total", "p99"), 5.0, "max", "ms",
-            f"timed inside the orchestrator{'; ' + at_rate if at_rate else ''}", _get(run, "orchestrator", "trials"))
-        add(f"  the same, as the sandbox sees it ({where})",
-            _get(run, "orchestrator", "added_latency_ms", "total", "p99"), 5.0, "max", "ms",
-            "adds 4 loopback transits and the sandbox's own scheduling")
+        add(
+            f"orchestrator-added latency p99 <= 5 ms ({where})",
+            _get(run, "orchestrator", "added_latency_inside_ms", "total", "p99"),
+            5.0,
+            "max",
+            "ms",
+            f"timed inside the orchestrator{'; ' + at_rate if at_rate else ''}",
+            _get(run, "orchestrator", "trials"),
+        )
+        add(
+            f"  the same, as the sandbox sees it ({where})",
+            _get(run, "orchestrator", "added_latency_ms", "total", "p99"),
+            5.0,
+            "max",
+            "ms",
+            "adds 4 loopback transits and the sandbox's own scheduling",
+        )
     at = _get(s, "memory", "at_bots")
     add("RSS per additional bot <= 0.5 MiB", _get(s, "memory", "orchestrator_rss_per_bot_mib"), 0.5, "max", "MiB")
-    add("total RSS >= 50x less than N baseline processes", _get(s, "memory", "baseline_over_orchestrator_rss"), 50.0,
-        "min", "x", "" if at == 100 else f"measured at N={at}, target is at N=100")
+    add(
+        "total RSS >= 50x less than N baseline processes",
+        _get(s, "memory", "baseline_over_orchestrator_rss"),
+        50.0,
+        "min",
+        "x",
+        "" if at == 100 else f"measured at N={at}, target is at N=100",
+    )
     points = _get(s, "startup", "points") or []
     startup_at = _get(s, "startup", "at_bots")
-    add("100 bots ready <= 2 s", _get(points[-1], "orchestrator", "online_s") if points else None, 2.0, "max", "s",
+    add(
+        "100 bots ready <= 2 s",
+        _get(points[-1], "orchestrator", "online_s") if points else None,
+        2.0,
+        "max",
+        "s",
         "" if startup_at == 100 else f"measured with N={startup_at}, target is N=100",
-        _get(points[-1], "orchestrator", "trials") if points else None)
+        _get(points[-1], "orchestrator", "trials") if points else None,
+    )
     add("429s that reached a user = 0", _get(s, "fairness", "orchestrator", "user_visible_429"), 0, "max", "")
     return out
 
@@ -147,6 +194,7 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, Any, Any]]:
     if "overhead" in s:
         p = s["overhead"].get("params", {})
         for run in s["overhead"].get("runs") or []:
+
             def pair(metric: str, *path: str, run: Any = run) -> None:
                 r.append(("overhead", metric, _get(run, "orchestrator", *path), _get(run, "baseline", *path)))
 
@@ -170,6 +218,7 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, Any, Any]]:
             r[-1] = (r[-1][0], r[-1][1], _two(run, "orchestrator", *inside), None)
             pair("  sandbox cores used", "sandbox_cores_used")
             pair("  other processes' cores used (noise)", "other_processes_cores_used")
+
     def sides(group: str, metric: str, point: Any, key: str) -> None:  # the orchestrator's figure and the baseline's
         r.append((group, metric, _get(point, "orchestrator", key), _get(point, "baseline", key)))
 
@@ -179,11 +228,23 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, Any, Any]]:
     if "memory" in s:
         m = s["memory"]
         for kind in ("rss", "pss"):
-            r.append(("memory", f"{kind.upper()} MiB per additional bot", m.get(f"orchestrator_{kind}_per_bot_mib"),
-                      m.get(f"baseline_{kind}_per_bot_mib")))
+            r.append(
+                (
+                    "memory",
+                    f"{kind.upper()} MiB per additional bot",
+                    m.get(f"orchestrator_{kind}_per_bot_mib"),
+                    m.get(f"baseline_{kind}_per_bot_mib"),
+                )
+            )
         for kind in ("rss", "pss"):
-            r.append(("memory", f"baseline/orchestrator {kind.upper()} at {m.get('at_bots')}",
-                      m.get(f"baseline_over_orchestrator_{kind}"), None))
+            r.append(
+                (
+                    "memory",
+                    f"baseline/orchestrator {kind.upper()} at {m.get('at_bots')}",
+                    m.get(f"baseline_over_orchestrator_{kind}"),
+                    None,
+                )
+            )
     for point in _get(s, "startup", "points") or []:
         sides("start-up", f"{point['bots']} bots online s (on_ready)", point, "online_s")
         sides("start-up", f"{point['bots']} bots gateway READY s", point, "gateway_ready_s")
@@ -233,8 +294,10 @@ def table(results: dict[str, Any], goal: list[dict[str, Any]]) -> str:
     if isinstance(context, dict) and "channel_messages" in context:
         per = ", ".join(f"{n}: {f['cpu_ms_per_chat']:.2f} ms (repeat {f['repeat_cpu_ms_per_chat']:.2f})"
                         for n, f in context["channel_messages"].items())  # fmt: skip
-        lines.append(f"channel context, CPU per !chat by context.channel_messages: {per}; last / first "
-                     f"{_fmt(context['last_over_first_cpu'])} (repeat {_fmt(context['last_over_first_repeat_cpu'])})")
+        lines.append(
+            f"channel context, CPU per !chat by context.channel_messages: {per}; last / first "
+            f"{_fmt(context['last_over_first_cpu'])} (repeat {_fmt(context['last_over_first_repeat_cpu'])})"
+        )
     for name, scenario in results.get("scenarios", {}).items():
         if isinstance(scenario, dict) and "error" in scenario:
             lines.append(f"ERROR in {name}: {scenario['error']}")

@@ -139,7 +139,9 @@ class Helper:
         await self.discord.start()
         self.channels = [self.discord.channel_id] + [self.discord.add_channel(f"c{i}") for i in range(1, channels)]
         self.openai = BenchOpenAI(
-            api_keys=[api_key], latency=latency, rate_limit_per_minute=rate_limit_per_minute,
+            api_keys=[api_key],
+            latency=latency,
+            rate_limit_per_minute=rate_limit_per_minute,
             echo=True,
         )
         await self.openai.start()

@@ -280,7 +280,12 @@ class World:
             if seed:
                 seed_memory(database, self.bots, self.info["channel_id"], self.info["user_ids"])
             config = write_orchestrator_config(
-                self.workdir / "bots.yaml", self.bots, self.info, database, provider=provider, defaults=defaults,
+                self.workdir / "bots.yaml",
+                self.bots,
+                self.info,
+                database,
+                provider=provider,
+                defaults=defaults,
                 sections=sections,
             )
             environment = {**orchestrator_env(self.bots, self.info, database), **(env or {})}
@@ -534,6 +539,7 @@ def _burst_figures(
         "replies": kinds(items),
     }
 
+
 async def overhead(bench: Bench) -> dict[str, Any]:
     """Zero provider latency, a sustained open-loop message rate; one run per bot count in --overhead-bots.
 
@@ -607,7 +613,8 @@ async def _overhead_side(bench: Bench, side: str, n: int, rate: float) -> dict[s
         if side == "orchestrator":  # loads every conversation's history from SQLite into its cache
             await world.chat(
                 chat_messages(bots, warm_count, users, first_tag=2_000_000),
-                rate=warm_rate, timeout=60 + warm_count / 20,
+                rate=warm_rate,
+                timeout=60 + warm_count / 20,
             )
         messages = chat_messages(bots, total, users)
         label = f"overhead-{n}bots-{rate:g}per_s"
@@ -647,12 +654,15 @@ async def _overhead_side(bench: Bench, side: str, n: int, rate: float) -> dict[s
         "capacity_per_core_per_s": 1 / per_answer if per_answer else None,
         "cpu_cores_used": cpu / span if span else None,
         "added_latency_ms": {
-            "total": summary_ms(added), "inbound": summary_ms(inbound), "outbound": summary_ms(outbound)
+            "total": summary_ms(added),
+            "inbound": summary_ms(inbound),
+            "outbound": summary_ms(outbound),
         },
         # the same points timed inside the orchestrator (no loopback transits, no sandbox scheduling)
         "added_latency_inside_ms": {
             part: histogram_summary_ms(histogram0.get(part, []), histogram1[part]) for part in histogram1
-        } or None,
+        }
+        or None,
         "answer_latency_ms": summary_ms([x.e2e for x in answered if x.e2e is not None]),
         "sandbox_cores_used": load["sandbox_cpu"] / window,
         "other_processes_cores_used": other_cores,
