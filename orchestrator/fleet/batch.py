@@ -3,8 +3,9 @@
 A node's round trips to Redis cost it about as much CPU as the rest of its fleet work per answer,
 so what need not be written before the answer goes on (a quota settle) is queued. A call the node
 makes anyway carries what has queued (:meth:`WriteBehind.take`); what none took is applied in one
-call, looked for every ``every`` seconds (at once when ``size`` items have queued). What is queued
-when the batching stops (the node stopping) is applied on the way out.
+call ``every`` seconds after the first item queued (at once when ``size`` items have queued). Nothing
+queued, nothing wakes. What is queued when the batching stops (the node stopping) is applied on the
+way out.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ class WriteBehind(Generic[T]):
         self.every = every
         self.size = size
         self._queue: list[T] | None = None  # None: not batching now (add refuses)
+        self._queued = anyio.Event()  # set by the first item queued since the last look
         self._full = anyio.Event()  # set when it holds ``size``
 
     @contextlib.asynccontextmanager
@@ -51,6 +53,8 @@ class WriteBehind(Generic[T]):
         if queue is None:
             return False
         queue.append(item)
+        if len(queue) == 1:
+            self._queued.set()
         if len(queue) >= self.size:
             self._full.set()
         return True
@@ -79,10 +83,11 @@ class WriteBehind(Generic[T]):
             await self._apply(items[start : start + self.size])
 
     async def _flush_forever(self) -> None:
-        # A look every ``every`` seconds rather than a wake-up per first item: under load most items
+        # One look ``every`` seconds after a first item, not a wake-up per item: under load most items
         # are taken by calls the node makes anyway, and a task switch per item would cost more.
         while True:
+            await self._queued.wait()
             with anyio.move_on_after(self.every):
                 await self._full.wait()
-            self._full = anyio.Event()  # the next batch's, set by it
+            self._queued, self._full = anyio.Event(), anyio.Event()  # the next batch's, set by it
             await self.flush()
