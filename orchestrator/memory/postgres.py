@@ -12,7 +12,7 @@ It behaves as :class:`~orchestrator.memory.sqlite.SQLiteStore` does:
   loopback: a batch of 100 exchanges commits in ~5 ms (~20 000 exchanges/s), where one INSERT
   transaction per exchange took 1.2 ms alone and, 500 at once, 134 ms each waiting for a pooled
   connection (~2 000/s). One statement instead of a transaction of two ``executemany`` costs a batch
-  of 5 exchanges 0.35 ms of CPU instead of 0.64 ms;
+  of 5 exchanges 0.35 ms of CPU instead of 0.64 ms, and 0.23 ms without the pool's reset query;
 - reads, resets, pruning and data requests take the store's lock and write what is pending first,
   so they see (or delete) it.
 
@@ -176,12 +176,23 @@ def _turn_rows(exchanges: list[PendingExchange]) -> list[tuple[Any, ...]]:
     """The turns of ``exchanges`` as rows of :data:`_WRITE`'s first eight columns, in order."""
     return [
         (
-            e.key.bot, e.key.channel, e.key.user, turn.role, turn.content, e.created, turn.speaker,
-            "{" + ",".join(map(str, turn.message_ids)) + "}",
+            e.key.bot,
+            e.key.channel,
+            e.key.user,
+            turn.role,
+            turn.content,
+            e.created,
+            turn.speaker,
+            _array(turn.message_ids),
         )
         for e in exchanges
         for turn in e.turns()
-    ]  # fmt: skip
+    ]
+
+
+def _array(numbers: tuple[int, ...]) -> str:
+    """A PostgreSQL array literal of ``numbers``, as ``{1,2}``."""
+    return "{" + ",".join(map(str, numbers)) + "}"
 
 
 def _usage_rows(usage: dict[UsageKey, Totals]) -> list[tuple[Any, ...]]:
